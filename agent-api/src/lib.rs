@@ -1,0 +1,152 @@
+//! The protocol between `palisade-cni` (the chained CNI plugin) and
+//! `policy-agent` (the node agent): one JSON request and one JSON response,
+//! each a single line, over the agent's unix socket.
+//!
+//! The plugin's ADD sends [`Request::Add`] and returns to the runtime only
+//! after the agent answers [`Response::Ok`], which the agent does only once
+//! the endpoint's programs are attached and its policy is in the maps (fail
+//! closed: until then the endpoint's packets are dropped).
+#![deny(missing_docs)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default path of the agent's socket on a node.
+pub const DEFAULT_SOCKET: &str = "/run/palisade/cni.sock";
+
+/// A pod's network attachment as the CNI plugin saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_NETNS`.
+    pub netns: String,
+    /// `CNI_IFNAME` (the interface inside the pod).
+    pub ifname: String,
+    /// `K8S_POD_NAMESPACE` from `CNI_ARGS`.
+    pub pod_namespace: String,
+    /// `K8S_POD_NAME` from `CNI_ARGS`.
+    pub pod_name: String,
+    /// Interfaces of the previous result without a sandbox: the host-side
+    /// veth is among them (the agent picks the veth).
+    pub host_interfaces: Vec<String>,
+    /// The pod's addresses from the previous result, without prefix length.
+    pub ips: Vec<String>,
+}
+
+/// What the plugin asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum Request {
+    /// A pod was wired: enforce its policy, answer when it is enforced.
+    Add(Attachment),
+    /// A pod is going away: forget its endpoint.
+    Del {
+        /// `CNI_CONTAINERID`.
+        container_id: String,
+    },
+    /// Is the endpoint still enforced as the agent expects?
+    Check {
+        /// `CNI_CONTAINERID`.
+        container_id: String,
+    },
+    /// Is the agent ready to serve ADDs (CNI STATUS)?
+    Status,
+}
+
+/// What the agent answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "camelCase")]
+pub enum Response {
+    /// Done.
+    Ok,
+    /// Not done; `message` says why.
+    Error {
+        /// A sentence naming the pod and the cause.
+        message: String,
+    },
+}
+
+/// Failures of [`call`].
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached.
+    #[error("cannot reach the Palisade agent at {path}: {source}")]
+    Connect {
+        /// Socket path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Sending or receiving failed (includes the timeout).
+    #[error("talking to the Palisade agent at {path}: {source}")]
+    Io {
+        /// Socket path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The agent's answer was not a [`Response`].
+    #[error("the Palisade agent at {path} answered something unreadable: {source}")]
+    Decode {
+        /// Socket path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Sends one request and waits up to `timeout` for the answer.
+pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let path = socket.display().to_string();
+    let io = |source| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut line = serde_json::to_vec(request).map_err(|source| ClientError::Decode {
+        path: path.clone(),
+        source,
+    })?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).map_err(io)?;
+    serde_json::from_str(&answer).map_err(|source| ClientError::Decode { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_tagged_json() {
+        let r = Request::Del {
+            container_id: "abc".into(),
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"op":"del","containerId":"abc"}"#);
+        let back: Request = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, r);
+        let e: Response = serde_json::from_str(r#"{"result":"error","message":"x"}"#).unwrap();
+        assert_eq!(
+            e,
+            Response::Error {
+                message: "x".into()
+            }
+        );
+    }
+}

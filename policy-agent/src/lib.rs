@@ -1,0 +1,1 @@
+//! Palisade node agent (being written).

@@ -1,0 +1,396 @@
+//! Map layouts shared by Palisade's eBPF programs (`policy-ebpf`) and user
+//! space (`policy-engine`, `policy-agent`).
+//!
+//! Every struct here is `#[repr(C)]`, has no implicit padding and is `Copy`,
+//! so the kernel side and user space see the same bytes. The `user` feature
+//! adds `unsafe impl aya::Pod` for user space.
+//!
+//! # Layout versioning
+//!
+//! [`LAYOUT_VERSION`] changes whenever any struct or map here changes shape.
+//! It is written into the [`Config`] map and into the pin folder name, so an
+//! agent never adopts maps it does not understand.
+//!
+//! # Generations
+//!
+//! Everything the compiler produces (endpoint flags, ipcache, CIDRs, policy
+//! entries) is keyed by a generation bit `gen` (0 or 1). The datapath reads
+//! the active generation from [`Config::active_gen`] once per packet and only
+//! looks at entries of that generation. User space fills the inactive
+//! generation, then flips `active_gen` with one map write: a policy change is
+//! atomic for every packet, with no transient verdict that neither the old
+//! nor the new state gives.
+#![no_std]
+#![deny(missing_docs)]
+
+/// Version of every map layout in this crate; bump on any change.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Traffic direction as seen from the endpoint (the pod).
+pub mod dir {
+    /// Packets entering the pod (checked at tc egress of the host-side veth).
+    pub const INGRESS: u8 = 0;
+    /// Packets leaving the pod (checked at tc ingress of the host-side veth).
+    pub const EGRESS: u8 = 1;
+}
+
+/// IP protocol numbers Palisade understands.
+pub mod proto {
+    /// ICMP.
+    pub const ICMP: u8 = 1;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// ICMPv6.
+    pub const ICMPV6: u8 = 58;
+    /// SCTP.
+    pub const SCTP: u8 = 132;
+}
+
+/// Reserved security identities. Dynamic identities start at
+/// [`identity::FIRST_DYNAMIC`].
+pub mod identity {
+    /// Wildcard peer in a policy entry: matches every peer (`from`/`to`
+    /// omitted). Never assigned to an address.
+    pub const ANY: u32 = 0;
+    /// The node itself (kubelet probes); always allowed to reach local pods.
+    pub const HOST: u32 = 1;
+    /// Addresses no pod and no ipBlock prefix covers (`0.0.0.0/0`, `::/0`).
+    pub const WORLD: u32 = 2;
+    /// First identity the compiler may allocate.
+    pub const FIRST_DYNAMIC: u32 = 256;
+}
+
+/// Flags in [`EndpointPolicy::flags`].
+pub mod ep_flags {
+    /// At least one policy selects the endpoint for ingress.
+    pub const ISOLATED_INGRESS: u32 = 1 << 0;
+    /// At least one policy selects the endpoint for egress.
+    pub const ISOLATED_EGRESS: u32 = 1 << 1;
+}
+
+/// Maps by name, as declared in the eBPF object and pinned under the agent's
+/// bpffs folder.
+pub mod maps {
+    /// `Array<Config>`, one entry.
+    pub const CONFIG: &str = "PALISADE_CONFIG";
+    /// `HashMap<u32 ifindex, EndpointInfo>`: host-side veth → endpoint.
+    pub const ENDPOINTS: &str = "PALISADE_ENDPOINTS";
+    /// `HashMap<EndpointPolicyKey, EndpointPolicy>`.
+    pub const EP_POLICY: &str = "PALISADE_EP_POLICY";
+    /// `HashMap<IpcacheKey, IdentityValue>`: exact pod IPs.
+    pub const IPCACHE: &str = "PALISADE_IPCACHE";
+    /// `LpmTrie<CidrKey, IdentityValue>`: ipBlock prefixes.
+    pub const CIDRS: &str = "PALISADE_CIDRS";
+    /// `LpmTrie<PolicyKey, PolicyValue>`: per-endpoint allow entries.
+    pub const POLICY: &str = "PALISADE_POLICY";
+    /// `LruHashMap<CtKey, CtValue>`: connection tracking.
+    pub const CONNTRACK: &str = "PALISADE_CT";
+    /// `RingBuf` of [`crate::VerdictEvent`].
+    pub const EVENTS: &str = "PALISADE_EVENTS";
+}
+
+/// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`) so one map
+/// serves both families. Bytes are in network order.
+pub type Addr = [u8; 16];
+
+/// Builds the IPv4-mapped form of an IPv4 address given in network order.
+#[inline(always)]
+pub const fn v4_mapped(v4: [u8; 4]) -> Addr {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// Bits of an [`Addr`] that an IPv4 prefix length is offset by.
+pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
+
+/// Global datapath configuration (single entry of [`maps::CONFIG`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Must equal [`LAYOUT_VERSION`]; 0 means "not configured yet" and every
+    /// endpoint packet is dropped (fail closed).
+    pub layout_version: u32,
+    /// Generation (0 or 1) the datapath reads.
+    pub active_gen: u32,
+    /// Policy revision, bumped on every flip. Conntrack entries admitted
+    /// under an older revision are judged again on their next packet.
+    pub revision: u32,
+    /// Reserved for datapath options (event sampling etc.).
+    pub flags: u32,
+}
+
+/// Value of [`maps::ENDPOINTS`], keyed by the host-side veth's ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EndpointInfo {
+    /// Endpoint id the compiled state uses for this pod.
+    pub ep_id: u32,
+    /// Reserved.
+    pub flags: u32,
+}
+
+/// Key of [`maps::EP_POLICY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EndpointPolicyKey {
+    /// Generation, 0 or 1.
+    pub gen: u32,
+    /// Endpoint id.
+    pub ep_id: u32,
+}
+
+/// Value of [`maps::EP_POLICY`]. An endpoint without an entry in the active
+/// generation has no computed policy yet: its packets are dropped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EndpointPolicy {
+    /// [`ep_flags`] bits.
+    pub flags: u32,
+}
+
+/// Key of [`maps::IPCACHE`]: an exact address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpcacheKey {
+    /// Generation, 0 or 1.
+    pub gen: u32,
+    /// Address, IPv4-mapped for IPv4.
+    pub addr: Addr,
+}
+
+/// Value of [`maps::IPCACHE`] and [`maps::CIDRS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdentityValue {
+    /// Security identity.
+    pub identity: u32,
+    /// Reserved.
+    pub flags: u32,
+}
+
+/// Data part of an LPM key in [`maps::CIDRS`]. The LPM prefix length covers
+/// `gen` and `pad` (32 bits, always matched) plus the address prefix:
+/// `prefix_len = 32 + addr_bits` (IPv4 `/n` is `96 + n` address bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CidrKey {
+    /// Generation, 0 or 1.
+    pub gen: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+    /// Address (prefix bits significant), IPv4-mapped for IPv4.
+    pub addr: Addr,
+}
+
+/// Bits of [`CidrKey`] before the address (always fully matched).
+pub const CIDR_KEY_HEAD_BITS: u32 = 32;
+
+/// Data part of an LPM key in [`maps::POLICY`].
+///
+/// Field order is the wildcard order: a prefix that stops after `identity`
+/// matches every protocol and port, one that stops after `pad2` matches
+/// every port of `proto`, and a prefix inside `dport` is a port range
+/// (`endPort` ranges are split into aligned power-of-two blocks). Peer
+/// wildcards use [`identity::ANY`] and are a separate lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKey {
+    /// Generation, 0 or 1.
+    pub gen: u8,
+    /// [`dir`] value.
+    pub dir: u8,
+    /// Always zero.
+    pub pad: [u8; 2],
+    /// Endpoint id, big-endian.
+    pub ep_id: [u8; 4],
+    /// Peer identity, big-endian.
+    pub identity: [u8; 4],
+    /// IP protocol.
+    pub proto: u8,
+    /// Always zero.
+    pub pad2: u8,
+    /// Destination port, big-endian.
+    pub dport: [u8; 2],
+}
+
+/// LPM prefix length of a [`PolicyKey`] entry that matches any protocol.
+pub const POLICY_PREFIX_ANY_PROTO: u32 = 96;
+/// LPM prefix length of a [`PolicyKey`] entry that matches any port of one
+/// protocol.
+pub const POLICY_PREFIX_ANY_PORT: u32 = 112;
+/// LPM prefix length of a [`PolicyKey`] entry for one exact port.
+pub const POLICY_PREFIX_FULL: u32 = 128;
+
+impl PolicyKey {
+    /// Builds the data part of a policy key.
+    #[inline(always)]
+    pub const fn new(gen: u8, dir: u8, ep_id: u32, identity: u32, proto: u8, dport: u16) -> Self {
+        Self {
+            gen,
+            dir,
+            pad: [0; 2],
+            ep_id: ep_id.to_be_bytes(),
+            identity: identity.to_be_bytes(),
+            proto,
+            pad2: 0,
+            dport: dport.to_be_bytes(),
+        }
+    }
+}
+
+/// Value of [`maps::POLICY`]: every entry allows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyValue {
+    /// Opaque reference to the rule that produced the entry (reported in
+    /// verdict events; resolved by user space).
+    pub rule: u32,
+    /// Reserved.
+    pub flags: u32,
+}
+
+/// Key of [`maps::CONNTRACK`]: a flow as first seen at one endpoint in one
+/// direction (`saddr`/`sport` is the initiator).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CtKey {
+    /// Endpoint id the flow was judged for.
+    pub ep_id: u32,
+    /// [`dir`] of the first packet, relative to the endpoint.
+    pub dir: u8,
+    /// IP protocol.
+    pub proto: u8,
+    /// Source port (ICMP echo: identifier), network order.
+    pub sport: [u8; 2],
+    /// Destination port (ICMP echo: 0), network order.
+    pub dport: [u8; 2],
+    /// Always zero.
+    pub pad: [u8; 2],
+    /// Initiator address.
+    pub saddr: Addr,
+    /// Responder address.
+    pub daddr: Addr,
+}
+
+/// Value of [`maps::CONNTRACK`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// `bpf_ktime_get_ns` of the last packet.
+    pub last_seen_ns: u64,
+    /// [`Config::revision`] the flow was last judged under.
+    pub revision: u32,
+    /// Protocol state bits (datapath-defined).
+    pub state: u32,
+    /// Packets seen.
+    pub packets: u64,
+}
+
+/// Verdicts in [`VerdictEvent::verdict`].
+pub mod verdict {
+    /// The packet was allowed (a new flow).
+    pub const ALLOWED: u8 = 0;
+    /// The packet was dropped.
+    pub const DROPPED: u8 = 1;
+}
+
+/// Reasons in [`VerdictEvent::reason`].
+pub mod reason {
+    /// Allowed by a policy entry.
+    pub const POLICY_ALLOW: u8 = 0;
+    /// Direction not isolated.
+    pub const NOT_ISOLATED: u8 = 1;
+    /// Isolated and no entry allows the peer/port.
+    pub const NO_RULE: u8 = 2;
+    /// The endpoint has no computed policy yet (fail closed).
+    pub const NOT_READY: u8 = 3;
+    /// An established flow was cut after a policy revision.
+    pub const REVISION_DENIED: u8 = 4;
+    /// Malformed or truncated headers.
+    pub const MALFORMED: u8 = 5;
+    /// A non-first IPv4 fragment without a tracked flow.
+    pub const FRAGMENT: u8 = 6;
+    /// Allowed as part of a tracked flow.
+    pub const ESTABLISHED: u8 = 7;
+}
+
+/// One verdict, sent to user space through [`maps::EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictEvent {
+    /// `bpf_ktime_get_ns`.
+    pub ts_ns: u64,
+    /// Endpoint id.
+    pub ep_id: u32,
+    /// Host-side veth ifindex.
+    pub ifindex: u32,
+    /// Peer identity (pod identity if known, else CIDR identity).
+    pub peer_identity: u32,
+    /// Rule reference of the allowing entry (0 if none).
+    pub rule: u32,
+    /// [`dir`].
+    pub dir: u8,
+    /// IP protocol.
+    pub proto: u8,
+    /// [`verdict`].
+    pub verdict: u8,
+    /// [`reason`].
+    pub reason: u8,
+    /// Source port, host order.
+    pub sport: u16,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// Source address.
+    pub saddr: Addr,
+    /// Destination address.
+    pub daddr: Addr,
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], Copy, and made only of integers and
+    // byte arrays laid out without implicit padding.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for EndpointPolicyKey {}
+    unsafe impl aya::Pod for EndpointPolicy {}
+    unsafe impl aya::Pod for IpcacheKey {}
+    unsafe impl aya::Pod for IdentityValue {}
+    unsafe impl aya::Pod for CidrKey {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for VerdictEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<EndpointInfo>(), 8);
+        assert_eq!(size_of::<EndpointPolicyKey>(), 8);
+        assert_eq!(size_of::<IpcacheKey>(), 20);
+        assert_eq!(size_of::<CidrKey>(), 20);
+        assert_eq!(size_of::<PolicyKey>() * 8, POLICY_PREFIX_FULL as usize);
+        assert_eq!(size_of::<CtKey>(), 44);
+        assert_eq!(size_of::<CtValue>(), 24);
+        assert_eq!(size_of::<VerdictEvent>(), 64);
+    }
+
+    #[test]
+    fn policy_key_is_big_endian() {
+        let k = PolicyKey::new(1, dir::EGRESS, 0x0102_0304, 7, proto::TCP, 80);
+        assert_eq!(k.ep_id, [1, 2, 3, 4]);
+        assert_eq!(k.identity, [0, 0, 0, 7]);
+        assert_eq!(k.dport, [0, 80]);
+    }
+}
