@@ -1,0 +1,75 @@
+//! The boundary between the agent and the kernel: a small trait with a
+//! kernel implementation (`kernel`, aya) and an in-memory one ([`fake`])
+//! used to test everything above the dataplane without a kernel.
+
+use policy_engine::state::MapState;
+
+/// Failures of a dataplane operation; each names what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// Loading, attaching, pinning or map access failed.
+    #[error("{what}: {source}")]
+    Kernel {
+        /// What was being done, naming the interface/map.
+        what: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The interface does not exist (in the agent's network namespace).
+    #[error("interface {ifname} not found")]
+    NoSuchInterface {
+        /// Interface name.
+        ifname: String,
+    },
+}
+
+/// What the agent needs from a dataplane.
+pub trait Dataplane: Send {
+    /// Attaches the programs to `ifname` (a pod's host-side veth) and maps
+    /// it to `ep_id`. Until a state containing `ep_id` is applied, the
+    /// endpoint's packets are dropped (fail closed).
+    fn attach_endpoint(&mut self, ifname: &str, ep_id: u32) -> Result<(), DataplaneError>;
+
+    /// Detaches from `ifname` if it still exists and forgets the endpoint.
+    fn detach_endpoint(&mut self, ifname: &str, ep_id: u32) -> Result<(), DataplaneError>;
+
+    /// Makes the kernel enforce `state`, atomically for every packet.
+    fn apply(&mut self, state: &MapState) -> Result<(), DataplaneError>;
+}
+
+/// In-memory dataplane: remembers what it was told.
+pub mod fake {
+    use std::collections::BTreeMap;
+
+    use super::{Dataplane, DataplaneError, MapState};
+
+    /// Records attachments and the last applied state.
+    #[derive(Debug, Default)]
+    pub struct FakeDataplane {
+        /// ifname → ep_id.
+        pub endpoints: BTreeMap<String, u32>,
+        /// Last applied state.
+        pub state: MapState,
+        /// Number of `apply` calls.
+        pub applies: usize,
+    }
+
+    impl Dataplane for FakeDataplane {
+        fn attach_endpoint(&mut self, ifname: &str, ep_id: u32) -> Result<(), DataplaneError> {
+            self.endpoints.insert(ifname.to_string(), ep_id);
+            Ok(())
+        }
+
+        fn detach_endpoint(&mut self, ifname: &str, _ep_id: u32) -> Result<(), DataplaneError> {
+            self.endpoints.remove(ifname);
+            Ok(())
+        }
+
+        fn apply(&mut self, state: &MapState) -> Result<(), DataplaneError> {
+            self.state = state.clone();
+            self.applies += 1;
+            Ok(())
+        }
+    }
+}
