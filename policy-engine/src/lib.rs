@@ -5,4 +5,6 @@
 //! function) → [`state::MapState`] → [`state::diff`] → the dataplane.
 #![deny(missing_docs)]
 
+pub mod manifest;
+pub mod model;
 pub mod state;
