@@ -1,0 +1,263 @@
+//! `palisade-cni install`: puts the plugin on a node. Copies the binary into
+//! the CNI bin dir and appends `{"type": "palisade-cni"}` as the last plugin
+//! of the node's active .conflist (the one the runtime loads: the first
+//! `.conf`/`.conflist`/`.json` file by name). Both steps are idempotent and
+//! write through a temporary file and a rename, so the runtime never reads a
+//! half-written file.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The plugin's `type`, i.e. its binary name.
+pub const PLUGIN_TYPE: &str = "palisade-cni";
+
+/// Options of `palisade-cni install`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct InstallOptions {
+    /// Directory holding the runtime's CNI network configurations.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub conflist_dir: PathBuf,
+    /// Directory the runtime looks plugin binaries up in.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    pub bin_dir: PathBuf,
+    /// Binary to install (default: this executable).
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// `agentSocket` to put in the chained entry (default: none, the plugin
+    /// then uses the agent's default socket).
+    #[arg(long)]
+    pub agent_socket: Option<PathBuf>,
+    /// Wait up to this many seconds for the main plugin (e.g. Flannel) to
+    /// write its .conflist.
+    #[arg(long, default_value_t = 0)]
+    pub wait_seconds: u64,
+    /// Keep running and re-chain every N seconds (a main plugin that rewrites
+    /// its .conflist drops our entry).
+    #[arg(long)]
+    pub watch_seconds: Option<u64>,
+}
+
+/// Failures of the installer.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// A file operation failed.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done ("read", "write", ...).
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A configuration file is not JSON.
+    #[error("{path} is not valid JSON: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// No network configuration in the directory.
+    #[error("no CNI network configuration in {dir} (waited {waited_seconds}s): install the main CNI plugin (e.g. Flannel) first")]
+    NoConflist {
+        /// The directory searched.
+        dir: PathBuf,
+        /// How long we waited.
+        waited_seconds: u64,
+    },
+    /// The active configuration is a single-plugin `.conf`, which cannot chain.
+    #[error("{path} is not a plugin list (no \"plugins\" array): palisade-cni can only be chained into a .conflist")]
+    NotAConflist {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InstallError {
+    let path = path.to_path_buf();
+    move |source| InstallError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Runs the whole installer as `palisade-cni install` does, printing what it
+/// changes.
+pub fn run(opts: &InstallOptions) -> Result<(), InstallError> {
+    let source = match &opts.source {
+        Some(s) => s.clone(),
+        None => std::env::current_exe().map_err(io_err("locate", Path::new("/proc/self/exe")))?,
+    };
+    let entry = chained_entry(opts.agent_socket.as_deref());
+    let target = opts.bin_dir.join(PLUGIN_TYPE);
+    report_binary(install_binary(&source, &opts.bin_dir)?, &target);
+    let conflist = wait_for_config(&opts.conflist_dir, Duration::from_secs(opts.wait_seconds))?;
+    report_chain(ensure_chained(&conflist, &entry)?, &conflist);
+    let Some(every) = opts.watch_seconds else {
+        return Ok(());
+    };
+    loop {
+        std::thread::sleep(Duration::from_secs(every.max(1)));
+        let pass = install_binary(&source, &opts.bin_dir).and_then(|changed| {
+            if changed {
+                report_binary(true, &target);
+            }
+            let conflist = wait_for_config(&opts.conflist_dir, Duration::ZERO)?;
+            if ensure_chained(&conflist, &entry)? {
+                report_chain(true, &conflist);
+            }
+            Ok(())
+        });
+        if let Err(e) = pass {
+            eprintln!("palisade-cni install: {e} (retrying in {every}s)");
+        }
+    }
+}
+
+fn report_binary(changed: bool, target: &Path) {
+    if changed {
+        println!("installed {}", target.display());
+    } else {
+        println!("{} is up to date", target.display());
+    }
+}
+
+fn report_chain(changed: bool, conflist: &Path) {
+    if changed {
+        println!("chained {PLUGIN_TYPE} last into {}", conflist.display());
+    } else {
+        println!("{} already chains {PLUGIN_TYPE} last", conflist.display());
+    }
+}
+
+/// The plugin entry to chain.
+pub fn chained_entry(agent_socket: Option<&Path>) -> Value {
+    let mut entry = json!({ "type": PLUGIN_TYPE });
+    if let Some(socket) = agent_socket {
+        entry["agentSocket"] = json!(socket);
+    }
+    entry
+}
+
+/// Copies `source` to `bin_dir/palisade-cni` (mode 0755) unless it is already
+/// there with the same content. Returns whether it changed anything.
+pub fn install_binary(source: &Path, bin_dir: &Path) -> Result<bool, InstallError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bytes = std::fs::read(source).map_err(io_err("read", source))?;
+    let target = bin_dir.join(PLUGIN_TYPE);
+    if let Ok(existing) = std::fs::read(&target) {
+        let mode = std::fs::metadata(&target).map(|m| m.permissions().mode() & 0o777);
+        if existing == bytes && matches!(mode, Ok(0o755)) {
+            return Ok(false);
+        }
+    }
+    std::fs::create_dir_all(bin_dir).map_err(io_err("create", bin_dir))?;
+    write_atomically(&target, &bytes, 0o755)?;
+    Ok(true)
+}
+
+/// The configuration file the runtime loads from `dir`: the first `.conf`,
+/// `.conflist` or `.json` file by name, if any.
+pub fn active_config(dir: &Path) -> Result<Option<PathBuf>, InstallError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("list", dir)(e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(io_err("list", dir))?.path();
+        let is_config = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "conf" | "conflist" | "json"));
+        if is_config && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files.into_iter().next())
+}
+
+fn wait_for_config(dir: &Path, patience: Duration) -> Result<PathBuf, InstallError> {
+    let start = Instant::now();
+    loop {
+        if let Some(path) = active_config(dir)? {
+            return Ok(path);
+        }
+        if start.elapsed() >= patience {
+            return Err(InstallError::NoConflist {
+                dir: dir.to_path_buf(),
+                waited_seconds: patience.as_secs(),
+            });
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Makes `entry` the last plugin of the conflist document, removing any other
+/// `palisade-cni` entry. Returns whether the document changed.
+pub fn chain(doc: &mut Value, entry: &Value) -> Option<bool> {
+    let plugins = doc.get_mut("plugins")?.as_array_mut()?;
+    if plugins.last() == Some(entry) && plugins.iter().filter(|p| is_ours(p)).count() == 1 {
+        return Some(false);
+    }
+    plugins.retain(|p| !is_ours(p));
+    plugins.push(entry.clone());
+    Some(true)
+}
+
+fn is_ours(plugin: &Value) -> bool {
+    plugin.get("type").and_then(Value::as_str) == Some(PLUGIN_TYPE)
+}
+
+/// Chains `entry` into the conflist file at `path` (see [`chain`]), rewriting
+/// the file only if it changes. Returns whether it did.
+pub fn ensure_chained(path: &Path, entry: &Value) -> Result<bool, InstallError> {
+    let raw = std::fs::read(path).map_err(io_err("read", path))?;
+    let mut doc: Value = serde_json::from_slice(&raw).map_err(|source| InstallError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match chain(&mut doc, entry) {
+        None => Err(InstallError::NotAConflist {
+            path: path.to_path_buf(),
+        }),
+        Some(false) => Ok(false),
+        Some(true) => {
+            let mut text =
+                serde_json::to_vec_pretty(&doc).map_err(|source| InstallError::Json {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            text.push(b'\n');
+            write_atomically(path, &text, 0o644)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Writes through a hidden temporary file in the same directory (with an
+/// extension the runtime ignores) and renames it over `target`.
+fn write_atomically(target: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.palisade-tmp"));
+    std::fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err("chmod", &tmp))?;
+    std::fs::rename(&tmp, target).map_err(io_err("rename into place", target))
+}
+
+#[cfg(test)]
+mod tests;
