@@ -277,7 +277,8 @@ pub fn default_policy(np: &NetworkPolicy) -> NetworkPolicy {
     let spec = np.spec.get_or_insert_with(NetworkPolicySpec::default);
     if spec.policy_types.as_ref().is_none_or(|t| t.is_empty()) {
         let mut types = vec!["Ingress".to_string()];
-        if spec.egress.is_some() {
+        // As the API server does: `egress: []` is no egress section.
+        if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) {
             types.push("Egress".to_string());
         }
         spec.policy_types = Some(types);

@@ -85,12 +85,14 @@ impl Selector {
                 }
                 "Exists" => Requirement::Exists(key),
                 "DoesNotExist" => Requirement::DoesNotExist(key),
-                other => return Err(PolicyIssue::new(
-                    format!("{f}.operator"),
-                    format!(
+                other => {
+                    return Err(PolicyIssue::new(
+                        format!("{f}.operator"),
+                        format!(
                         "unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"
                     ),
-                )),
+                    ))
+                }
             };
             out.requirements.push(req);
         }

@@ -1,0 +1,458 @@
+//! The compiler: a pure function from a cluster [`Snapshot`] (and which pods
+//! are local endpoints) to the [`MapState`] the datapath reads.
+//!
+//! - Pods are grouped into identities by what selectors can see
+//!   (namespace, labels, named ports); the ipcache maps each pod IP to its
+//!   identity and the node's own addresses to `identity::HOST`.
+//! - Every distinct ipBlock prefix (cidrs and excepts), plus the IPv4 and
+//!   IPv6 world prefixes, gets an identity in the CIDR LPM map. An ipBlock
+//!   allows prefix identity P iff P is in the same family as its cidr C,
+//!   P ⊆ C and P is inside none of the excepts: exact, because the datapath
+//!   takes the longest matching prefix.
+//! - Each rule becomes allow entries (endpoint, direction, peer identity,
+//!   ports); named ports are resolved per destination pod; `endPort` ranges
+//!   become aligned port blocks.
+//! - Invalid policies still isolate the pods they select but allow nothing
+//!   (fail closed); their problems come back as [`CompileError`]s.
+
+pub mod identity;
+pub mod ports;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+use policy_common::identity::{ANY, HOST};
+use policy_common::PolicyValue;
+
+use crate::model::addr::{net_within, to_addr, to_prefix, world_v4, world_v6};
+use crate::model::{
+    Direction, Peer, PodInfo, PodRef, Policy, PolicyRef, PortRef, PortSpec, Protocol, Rule,
+    Snapshot,
+};
+use crate::state::{diff, MapOp, MapState, PolicyEntry, PortMatch};
+
+pub use identity::{Allocator, IdentityDesc, PodGroup, RuleRef};
+
+/// A problem found while compiling. The compile itself never fails.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    /// A policy is invalid: it isolates its pods but allows nothing.
+    #[error("NetworkPolicy {policy}: {field}: {message}")]
+    InvalidPolicy {
+        /// The policy.
+        policy: PolicyRef,
+        /// Path of the offending field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The result of a compile: the state plus what explains it.
+#[derive(Clone, Debug, Default)]
+pub struct Compiled {
+    /// What the maps must hold.
+    pub state: MapState,
+    /// Problems found (invalid policies, which fail closed).
+    pub errors: Vec<CompileError>,
+    /// Identity number → what it stands for.
+    pub identities: BTreeMap<u32, IdentityDesc>,
+    /// `PolicyValue::rule` → which policy rule.
+    pub rules: BTreeMap<u32, RuleRef>,
+}
+
+/// Every non-hostNetwork pod as an endpoint, numbered 1, 2, ... in name
+/// order (what `simulate` uses).
+pub fn all_endpoints(snapshot: &Snapshot) -> BTreeMap<PodRef, u32> {
+    snapshot
+        .pods
+        .iter()
+        .filter(|(_, p)| !p.host_network)
+        .zip(1u32..)
+        .map(|((r, _), id)| (r.clone(), id))
+        .collect()
+}
+
+/// Compiles `snapshot` for the local `endpoints` (pod → endpoint id),
+/// numbering identities and rules with `alloc`.
+pub fn compile(
+    snapshot: &Snapshot,
+    endpoints: &BTreeMap<PodRef, u32>,
+    alloc: &mut Allocator,
+) -> Compiled {
+    let mut out = Compiled::default();
+    let ix = Index::build(snapshot, alloc, &mut out);
+
+    // Endpoints: every known, non-hostNetwork pod we were asked about.
+    let mut local: BTreeMap<&str, Vec<(u32, &PodInfo)>> = BTreeMap::new();
+    for (r, ep) in endpoints {
+        if let Some(pod) = snapshot.pods.get(r).filter(|p| !p.host_network) {
+            out.state.endpoints.insert(*ep, 0);
+            local
+                .entry(r.namespace.as_str())
+                .or_default()
+                .push((*ep, pod));
+        }
+    }
+
+    for (pref, policy) in &snapshot.policies {
+        for issue in &policy.issues {
+            out.errors.push(CompileError::InvalidPolicy {
+                policy: pref.clone(),
+                field: issue.field.clone(),
+                message: issue.message.clone(),
+            });
+        }
+        let selected: Vec<(u32, &PodInfo)> = local
+            .get(pref.namespace.as_str())
+            .into_iter()
+            .flatten()
+            .filter(|(_, pod)| {
+                policy
+                    .pod_selector
+                    .as_ref()
+                    .is_none_or(|s| s.matches(&pod.labels))
+            })
+            .copied()
+            .collect();
+        if selected.is_empty() {
+            // Still number its rules so explain can name them.
+            number_rules(pref, policy, alloc, &mut out);
+            continue;
+        }
+        for dir in Direction::BOTH {
+            let Some(rules) = policy.rules(dir) else {
+                continue;
+            };
+            for (ep, _) in &selected {
+                if let Some(flags) = out.state.endpoints.get_mut(ep) {
+                    *flags |= dir.isolation_flag();
+                }
+            }
+            if !policy.is_valid() {
+                continue;
+            }
+            for (index, rule) in rules.iter().enumerate() {
+                let rref = RuleRef {
+                    policy: pref.clone(),
+                    dir,
+                    index,
+                };
+                let rule_id = alloc.rule(&rref);
+                out.rules.insert(rule_id, rref);
+                ix.add_rule(
+                    &pref.namespace,
+                    dir,
+                    rule,
+                    rule_id,
+                    &selected,
+                    &mut out.state,
+                );
+            }
+        }
+    }
+    alloc.sweep();
+    out
+}
+
+fn number_rules(pref: &PolicyRef, policy: &Policy, alloc: &mut Allocator, out: &mut Compiled) {
+    if !policy.is_valid() {
+        return;
+    }
+    for dir in Direction::BOTH {
+        for index in 0..policy.rules(dir).map_or(0, <[Rule]>::len) {
+            let rref = RuleRef {
+                policy: pref.clone(),
+                dir,
+                index,
+            };
+            out.rules.insert(alloc.rule(&rref), rref);
+        }
+    }
+}
+
+/// Peers a rule admits.
+enum Peers {
+    /// Everyone (`from`/`to` empty).
+    Any,
+    /// These identities.
+    Ids(Vec<u32>),
+}
+
+/// Identities indexed for rule resolution.
+struct Index<'a> {
+    snapshot: &'a Snapshot,
+    /// Namespace → pod identities in it.
+    by_ns: BTreeMap<String, Vec<u32>>,
+    /// Pod identity → its group.
+    groups: BTreeMap<u32, PodGroup>,
+    /// CIDR identities.
+    cidrs: Vec<(IpNet, u32)>,
+}
+
+impl<'a> Index<'a> {
+    fn build(snapshot: &'a Snapshot, alloc: &mut Allocator, out: &mut Compiled) -> Self {
+        let mut by_ns: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        let mut groups: BTreeMap<u32, PodGroup> = BTreeMap::new();
+        let mut members: BTreeMap<u32, Vec<PodRef>> = BTreeMap::new();
+        for (r, pod) in &snapshot.pods {
+            if pod.host_network {
+                continue;
+            }
+            let group = PodGroup {
+                namespace: r.namespace.clone(),
+                labels: pod.labels.clone(),
+                named_ports: pod
+                    .ports
+                    .iter()
+                    .filter_map(|p| p.name.clone().map(|n| (n, p.protocol, p.port)))
+                    .collect(),
+            };
+            let id = alloc.pod_identity(&group);
+            if let std::collections::btree_map::Entry::Vacant(slot) = groups.entry(id) {
+                by_ns.entry(r.namespace.clone()).or_default().push(id);
+                slot.insert(group);
+            }
+            members.entry(id).or_default().push(r.clone());
+            for ip in &pod.ips {
+                out.state.ipcache.insert(to_addr(*ip), id);
+            }
+        }
+        for addr in &snapshot.host_addrs {
+            out.state.ipcache.insert(to_addr(*addr), HOST);
+        }
+        out.identities.insert(HOST, IdentityDesc::Host);
+        for (id, group) in &groups {
+            out.identities.insert(
+                *id,
+                IdentityDesc::Pods {
+                    group: group.clone(),
+                    members: members.remove(id).unwrap_or_default(),
+                },
+            );
+        }
+
+        // Every prefix any valid policy names, plus both world prefixes.
+        let mut nets: BTreeSet<IpNet> = [world_v4(), world_v6()].into();
+        for policy in snapshot.policies.values().filter(|p| p.is_valid()) {
+            for dir in Direction::BOTH {
+                for rule in policy.rules(dir).into_iter().flatten() {
+                    for peer in &rule.peers {
+                        if let Peer::IpBlock(b) = peer {
+                            nets.insert(b.cidr);
+                            nets.extend(b.except.iter().copied());
+                        }
+                    }
+                }
+            }
+        }
+        let mut cidrs = Vec::with_capacity(nets.len());
+        for net in nets {
+            let id = alloc.cidr_identity(net);
+            out.state.cidrs.insert(to_prefix(&net), id);
+            out.identities.insert(id, IdentityDesc::Cidr(net));
+            cidrs.push((net, id));
+        }
+        Index {
+            snapshot,
+            by_ns,
+            groups,
+            cidrs,
+        }
+    }
+
+    fn peers(&self, namespace: &str, rule: &Rule) -> Peers {
+        if rule.peers.is_empty() {
+            return Peers::Any;
+        }
+        let mut ids = BTreeSet::new();
+        for peer in &rule.peers {
+            match peer {
+                Peer::Pods { namespaces, pods } => {
+                    let matches_pod = |id: &u32| {
+                        pods.as_ref().is_none_or(|s| {
+                            self.groups.get(id).is_some_and(|g| s.matches(&g.labels))
+                        })
+                    };
+                    match namespaces {
+                        None => ids.extend(
+                            self.by_ns
+                                .get(namespace)
+                                .into_iter()
+                                .flatten()
+                                .filter(|id| matches_pod(id)),
+                        ),
+                        Some(nsel) => {
+                            for (ns, nids) in &self.by_ns {
+                                if nsel.matches(&self.snapshot.namespace_labels(ns)) {
+                                    ids.extend(nids.iter().filter(|id| matches_pod(id)));
+                                }
+                            }
+                        }
+                    }
+                }
+                Peer::IpBlock(b) => ids.extend(
+                    self.cidrs
+                        .iter()
+                        .filter(|(p, _)| {
+                            net_within(p, &b.cidr) && !b.except.iter().any(|e| net_within(p, e))
+                        })
+                        .map(|(_, id)| *id),
+                ),
+            }
+        }
+        Peers::Ids(ids.into_iter().collect())
+    }
+
+    fn add_rule(
+        &self,
+        namespace: &str,
+        dir: Direction,
+        rule: &Rule,
+        rule_id: u32,
+        selected: &[(u32, &PodInfo)],
+        state: &mut MapState,
+    ) {
+        let peers = self.peers(namespace, rule);
+        let d = dir.dir();
+        let mut add = |ep_id: u32, identity: u32, ports: PortMatch| {
+            let e = PolicyEntry {
+                ep_id,
+                dir: d,
+                identity,
+                ports,
+            };
+            state
+                .policy
+                .entry(e)
+                .and_modify(|v| v.rule = v.rule.min(rule_id))
+                .or_insert(PolicyValue {
+                    rule: rule_id,
+                    flags: 0,
+                });
+        };
+        let peer_ids: Vec<u32> = match &peers {
+            Peers::Any => vec![ANY],
+            Peers::Ids(ids) => ids.clone(),
+        };
+        if rule.ports.is_empty() {
+            for (ep, _) in selected {
+                for id in &peer_ids {
+                    add(*ep, *id, PortMatch::AnyProtocol);
+                }
+            }
+            return;
+        }
+        // Ports that do not depend on the destination pod.
+        let fixed: Vec<PortMatch> = rule.ports.iter().flat_map(fixed_matches).collect();
+        let named: Vec<(&str, Protocol)> = rule
+            .ports
+            .iter()
+            .filter_map(|p| match &p.port {
+                Some(PortRef::Name(n)) => Some((n.as_str(), p.protocol)),
+                _ => None,
+            })
+            .collect();
+        for (ep, pod) in selected {
+            for id in &peer_ids {
+                for m in &fixed {
+                    add(*ep, *id, *m);
+                }
+            }
+            if named.is_empty() {
+                continue;
+            }
+            match dir {
+                // The destination is the endpoint itself.
+                Direction::Ingress => {
+                    for (name, proto) in &named {
+                        for port in pod.named_port(name, *proto) {
+                            for id in &peer_ids {
+                                add(*ep, *id, exact(*proto, port));
+                            }
+                        }
+                    }
+                }
+                // The destination is the peer: resolve against each peer
+                // identity's named ports (CIDR peers have none). Any peer
+                // means every pod identity.
+                Direction::Egress => {
+                    let dests: Box<dyn Iterator<Item = &u32>> = match &peers {
+                        Peers::Any => Box::new(self.groups.keys()),
+                        Peers::Ids(ids) => Box::new(ids.iter()),
+                    };
+                    for id in dests {
+                        let Some(group) = self.groups.get(id) else {
+                            continue;
+                        };
+                        for (name, proto) in &named {
+                            for (n, p, port) in &group.named_ports {
+                                if n == name && p == proto {
+                                    add(*ep, *id, exact(*proto, *port));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn exact(proto: Protocol, port: u16) -> PortMatch {
+    PortMatch::Ports {
+        proto: proto.number(),
+        port,
+        prefix_len: 16,
+    }
+}
+
+/// Matches of a port spec that do not need named-port resolution.
+fn fixed_matches(spec: &PortSpec) -> Vec<PortMatch> {
+    let proto = spec.protocol.number();
+    match (&spec.port, spec.end_port) {
+        (None, _) => vec![PortMatch::AnyPort { proto }],
+        (Some(PortRef::Number(p)), None) => vec![exact(spec.protocol, *p)],
+        (Some(PortRef::Number(p)), Some(e)) => ports::split_range(*p, e)
+            .into_iter()
+            .map(|(port, prefix_len)| PortMatch::Ports {
+                proto,
+                port,
+                prefix_len,
+            })
+            .collect(),
+        (Some(PortRef::Name(_)), _) => Vec::new(),
+    }
+}
+
+/// Keeps the allocator and the last state between compiles, and turns each
+/// new snapshot into the minimal list of map operations.
+#[derive(Clone, Debug, Default)]
+pub struct Engine {
+    alloc: Allocator,
+    current: Compiled,
+}
+
+impl Engine {
+    /// A fresh engine (empty state).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Compiles `snapshot` and returns the operations that turn the previous
+    /// state into the new one. The new compile is then [`Engine::current`].
+    pub fn update(&mut self, snapshot: &Snapshot, endpoints: &BTreeMap<PodRef, u32>) -> Vec<MapOp> {
+        let next = compile(snapshot, endpoints, &mut self.alloc);
+        let ops = diff(&self.current.state, &next.state);
+        self.current = next;
+        ops
+    }
+
+    /// The last compile.
+    pub fn current(&self) -> &Compiled {
+        &self.current
+    }
+}
+
+#[cfg(test)]
+mod tests;

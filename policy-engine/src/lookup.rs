@@ -1,0 +1,178 @@
+//! The datapath's decision, in user space: exactly the lookups the eBPF
+//! programs do, over a [`MapState`]. `simulate` and `explain` use it, and
+//! the dataplane tests compare the kernel against it.
+//!
+//! 1. No endpoint entry → drop (not ready, fail closed).
+//! 2. Direction not isolated → allow.
+//! 3. Ingress from the node itself (ipcache says HOST) → allow.
+//! 4. For each peer identity in order — the exact ipcache match, the
+//!    longest CIDR prefix match, then `identity::ANY` — allow if a policy
+//!    entry for (endpoint, direction, identity) matches any protocol, any
+//!    port of the protocol, or a port block covering the port.
+//! 5. Otherwise drop.
+//!
+//! IPv4 is looked up IPv4-mapped; ICMP uses port 0 and only matches
+//! any-protocol entries (the compiler never emits ICMP entries).
+
+use std::net::IpAddr;
+
+use policy_common::identity::{ANY, HOST};
+
+use crate::compile::ports::block_covers;
+use crate::model::addr::{mask, to_addr};
+use crate::state::{CidrPrefix, MapState, PolicyEntry, PortMatch};
+
+/// Why a verdict was reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// The endpoint has no computed policy (dropped).
+    NotReady,
+    /// The direction is not isolated (allowed).
+    NotIsolated,
+    /// Ingress from the node itself (allowed).
+    Host,
+    /// A policy entry allows it.
+    PolicyAllow,
+    /// Isolated, and no entry allows it (dropped).
+    NoRule,
+}
+
+impl Reason {
+    /// Short text for tool output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotReady => "not-ready",
+            Reason::NotIsolated => "not-isolated",
+            Reason::Host => "host",
+            Reason::PolicyAllow => "policy",
+            Reason::NoRule => "no-rule",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One direction's decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the packet passes.
+    pub allowed: bool,
+    /// Why.
+    pub reason: Reason,
+    /// The allowing entry's `PolicyValue::rule` (with [`Reason::PolicyAllow`]).
+    pub rule: Option<u32>,
+    /// The peer identity that matched (with [`Reason::PolicyAllow`]).
+    pub identity: Option<u32>,
+    /// The allowing entry.
+    pub entry: Option<PolicyEntry>,
+}
+
+impl Verdict {
+    fn plain(allowed: bool, reason: Reason) -> Self {
+        Verdict {
+            allowed,
+            reason,
+            rule: None,
+            identity: None,
+            entry: None,
+        }
+    }
+}
+
+/// Peer identities the datapath would try, in order: exact ipcache match,
+/// longest CIDR prefix, then ANY.
+pub fn peer_identities(state: &MapState, peer: IpAddr) -> Vec<u32> {
+    let addr = to_addr(peer);
+    let mut ids = Vec::with_capacity(3);
+    if let Some(id) = state.ipcache.get(&addr) {
+        ids.push(*id);
+    }
+    if let Some(id) = longest_prefix(state, peer) {
+        ids.push(id);
+    }
+    ids.push(ANY);
+    ids
+}
+
+/// The CIDR map's longest prefix match for `peer`.
+pub fn longest_prefix(state: &MapState, peer: IpAddr) -> Option<u32> {
+    let addr = to_addr(peer);
+    (0..=128u8).rev().find_map(|len| {
+        state
+            .cidrs
+            .get(&CidrPrefix {
+                prefix_len: len,
+                addr: mask(addr, len),
+            })
+            .copied()
+    })
+}
+
+/// The datapath verdict for a packet at endpoint `ep_id` in direction `dir`
+/// (`policy_common::dir`), from/to `peer`, protocol `proto`, destination
+/// port `dport`.
+pub fn verdict(
+    state: &MapState,
+    ep_id: u32,
+    dir: u8,
+    peer: IpAddr,
+    proto: u8,
+    dport: u16,
+) -> Verdict {
+    let Some(flags) = state.endpoints.get(&ep_id) else {
+        return Verdict::plain(false, Reason::NotReady);
+    };
+    let isolated = if dir == policy_common::dir::INGRESS {
+        policy_common::ep_flags::ISOLATED_INGRESS
+    } else {
+        policy_common::ep_flags::ISOLATED_EGRESS
+    };
+    if flags & isolated == 0 {
+        return Verdict::plain(true, Reason::NotIsolated);
+    }
+    if dir == policy_common::dir::INGRESS && state.ipcache.get(&to_addr(peer)) == Some(&HOST) {
+        return Verdict::plain(true, Reason::Host);
+    }
+    for identity in peer_identities(state, peer) {
+        let key = |ports| PolicyEntry {
+            ep_id,
+            dir,
+            identity,
+            ports,
+        };
+        let mut candidates = vec![
+            key(PortMatch::AnyProtocol),
+            key(PortMatch::AnyPort { proto }),
+        ];
+        for prefix_len in (0..=16u8).rev() {
+            let shift = 16 - u32::from(prefix_len);
+            let port = if shift >= 16 {
+                0
+            } else {
+                ((u32::from(dport) >> shift) << shift) as u16
+            };
+            debug_assert!(block_covers(port, prefix_len, dport));
+            candidates.push(key(PortMatch::Ports {
+                proto,
+                port,
+                prefix_len,
+            }));
+        }
+        for e in candidates {
+            if let Some(v) = state.policy.get(&e) {
+                return Verdict {
+                    allowed: true,
+                    reason: Reason::PolicyAllow,
+                    rule: Some(v.rule),
+                    identity: Some(identity),
+                    entry: Some(e),
+                };
+            }
+        }
+    }
+    Verdict::plain(false, Reason::NoRule)
+}
