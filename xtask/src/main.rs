@@ -1,1 +1,116 @@
-fn main() {}
+//! `cargo xtask`: Palisade's developer tasks.
+//!
+//! Every command except `setup` runs `setup` first, so a fresh Debian 12
+//! machine needs nothing but `cargo xtask test`.
+
+mod cmd;
+mod setup;
+mod tasks;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Palisade's developer tasks.
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the toolchain and system packages (idempotent; needs root only
+    /// when something is missing).
+    Setup,
+    /// Build `policy-agent` and `palisade-cni`; prints the directory holding
+    /// them.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Check formatting and lints, build the binaries, run every test of the
+    /// workspace.
+    Test,
+    /// Run probes against a cluster manifest in the network-namespace test bed.
+    Testbed {
+        /// Multi-document YAML of Namespaces, Pods and NetworkPolicies.
+        #[arg(long)]
+        manifests: PathBuf,
+        /// JSON-lines probe file (default: every pod to every pod's ports).
+        #[arg(long)]
+        probes: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Run without Palisade: the plain bridge network, as Flannel gives.
+        #[arg(long)]
+        no_palisade: bool,
+        /// Build and run the release binaries.
+        #[arg(long)]
+        release: bool,
+    },
+    /// For each example under examples/, probe without and with Palisade
+    /// and show what the policies change.
+    Demo {
+        /// Only this example (a directory name under examples/).
+        #[arg(long)]
+        example: Option<String>,
+        /// Build and run the release binaries.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the policy engine's benchmarks (`cargo bench -p policy-engine`).
+    Bench {
+        /// Arguments passed to the benchmark harness (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Output formats of `testbed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One JSON object per probe and line.
+    Json,
+    /// A readable table with a summary line.
+    Table,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cmd::ensure_cargo_bin_on_path();
+    let outcome = match cli.command {
+        Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
+        Command::Build { release } => tasks::build(release),
+        Command::Test => tasks::test(),
+        Command::Testbed {
+            manifests,
+            probes,
+            format,
+            no_palisade,
+            release,
+        } => tasks::testbed(tasks::TestbedArgs {
+            manifests,
+            probes,
+            format,
+            palisade: !no_palisade,
+            release,
+        }),
+        Command::Demo { example, release } => tasks::demo(example.as_deref(), release),
+        Command::Bench { args } => tasks::bench(&args),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod manifests_tests;
