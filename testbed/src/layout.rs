@@ -1,0 +1,285 @@
+//! How a cluster snapshot and its probes are laid out on one node: the pod
+//! subnet and gateway, which pods are wired and with which address, which
+//! outside hosts exist, and which ports every namespace serves.
+//!
+//! IPv4 only for now: IPv6 pod addresses are ignored (with a warning);
+//! dual-stack will add a second range to the same host-local IPAM.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::error::TestbedError;
+use crate::probe::{End, PodRef, Probe, Snapshot};
+
+/// The widest subnet used when no pod asks for an address.
+const DEFAULT_SUBNET: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 244, 0, 0), 24);
+/// Pod subnets are never narrower than this (room for IPAM-assigned pods).
+const MAX_PREFIX: u8 = 24;
+
+/// A pod to wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodPlan {
+    /// The pod.
+    pub pod: PodRef,
+    /// The IPv4 address requested from IPAM (`status.podIP`), if any.
+    pub requested: Option<Ipv4Addr>,
+    /// hostNetwork pods are not wired: they share the node's namespace.
+    pub host_network: bool,
+    /// Ports to serve (TCP and UDP echo on each).
+    pub ports: BTreeSet<u16>,
+}
+
+/// The whole layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Pod subnet (network address, prefix length).
+    pub subnet: (Ipv4Addr, u8),
+    /// Gateway: the bridge's address, the node's address.
+    pub gateway: Ipv4Addr,
+    /// Pods, those with a requested address first (so that IPAM hands out
+    /// the free ones around them).
+    pub pods: Vec<PodPlan>,
+    /// Outside hosts: address → ports served there.
+    pub outside: BTreeMap<Ipv4Addr, BTreeSet<u16>>,
+    /// Ports served in the node namespace (for hostNetwork pods).
+    pub node_ports: BTreeSet<u16>,
+}
+
+fn mask(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    }
+}
+
+fn in_subnet(ip: Ipv4Addr, (net, prefix): (Ipv4Addr, u8)) -> bool {
+    u32::from(ip) & mask(prefix) == u32::from(net)
+}
+
+impl Layout {
+    /// Lays out `snapshot` so that every probe can run.
+    pub fn new(snapshot: &Snapshot, probes: &[Probe]) -> Result<Self, TestbedError> {
+        let mut pods: Vec<PodPlan> = Vec::new();
+        for (pod, info) in &snapshot.pods {
+            let v4: Vec<Ipv4Addr> = info
+                .ips
+                .iter()
+                .filter_map(|ip| match ip {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                })
+                .collect();
+            if v4.len() < info.ips.len() {
+                tracing::warn!(
+                    "pod {}/{}: IPv6 addresses are not wired yet (IPv4 only)",
+                    pod.namespace,
+                    pod.name
+                );
+            }
+            pods.push(PodPlan {
+                pod: pod.clone(),
+                requested: if info.host_network {
+                    None
+                } else {
+                    v4.first().copied()
+                },
+                host_network: info.host_network,
+                ports: info.ports.iter().map(|p| p.port).collect(),
+            });
+        }
+        pods.sort_by_key(|p| (p.requested.is_none(), p.requested, p.pod.clone()));
+
+        let requested: BTreeSet<Ipv4Addr> = pods.iter().filter_map(|p| p.requested).collect();
+        let mut seen = BTreeMap::new();
+        for p in &pods {
+            if let Some(ip) = p.requested {
+                if let Some(other) = seen.insert(ip, &p.pod) {
+                    return Err(TestbedError::Layout {
+                        reason: format!(
+                            "pods {}/{} and {}/{} both have IP {ip}",
+                            other.namespace, other.name, p.pod.namespace, p.pod.name
+                        ),
+                    });
+                }
+            }
+        }
+        let subnet = covering_subnet(&requested);
+        let gateway = ((u32::from(subnet.0) + 1)..(u32::from(subnet.0) | !mask(subnet.1)))
+            .map(Ipv4Addr::from)
+            .find(|ip| !requested.contains(ip))
+            .ok_or_else(|| TestbedError::Layout {
+                reason: format!(
+                    "no free address for the gateway in {}/{}",
+                    subnet.0, subnet.1
+                ),
+            })?;
+        let hosts = (1u64 << (32 - subnet.1)).saturating_sub(3);
+        if (pods.iter().filter(|p| !p.host_network).count() as u64) > hosts {
+            return Err(TestbedError::Layout {
+                reason: format!("too many pods for {}/{}", subnet.0, subnet.1),
+            });
+        }
+
+        let mut layout = Layout {
+            subnet,
+            gateway,
+            pods,
+            outside: BTreeMap::new(),
+            node_ports: BTreeSet::new(),
+        };
+        for probe in probes {
+            for end in [&probe.from, &probe.to] {
+                if let End::Ip(IpAddr::V4(ip)) = end {
+                    if layout.pod_by_ip(*ip).is_none() && *ip != gateway {
+                        if in_subnet(*ip, subnet) {
+                            return Err(TestbedError::Layout {
+                                reason: format!(
+                                    "probe {probe}: outside address {ip} lies in the pod subnet {}/{}",
+                                    subnet.0, subnet.1
+                                ),
+                            });
+                        }
+                        layout.outside.entry(*ip).or_default();
+                    }
+                }
+            }
+            match &probe.to {
+                End::Pod(pod) => layout.serve_on_pod(pod, probe.port),
+                End::Ip(IpAddr::V4(ip)) => {
+                    let ip = *ip;
+                    if let Some(i) = layout.pod_by_ip(ip) {
+                        let pod = layout.pods[i].pod.clone();
+                        layout.serve_on_pod(&pod, probe.port);
+                    } else if ip == gateway {
+                        layout.node_ports.insert(probe.port);
+                    } else {
+                        layout.outside.entry(ip).or_default().insert(probe.port);
+                    }
+                }
+                End::Ip(IpAddr::V6(_)) => {}
+            }
+        }
+        let host_ports: Vec<u16> = layout
+            .pods
+            .iter()
+            .filter(|p| p.host_network)
+            .flat_map(|p| p.ports.iter().copied())
+            .collect();
+        layout.node_ports.extend(host_ports);
+        Ok(layout)
+    }
+
+    fn serve_on_pod(&mut self, pod: &PodRef, port: u16) {
+        if let Some(p) = self.pods.iter_mut().find(|p| &p.pod == pod) {
+            if p.host_network {
+                self.node_ports.insert(port);
+            } else {
+                p.ports.insert(port);
+            }
+        }
+    }
+
+    /// Index of the pod that requested `ip`.
+    pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<usize> {
+        self.pods.iter().position(|p| p.requested == Some(ip))
+    }
+}
+
+/// The smallest subnet (at most /24) holding every requested address.
+fn covering_subnet(ips: &BTreeSet<Ipv4Addr>) -> (Ipv4Addr, u8) {
+    let (Some(first), Some(last)) = (ips.first(), ips.last()) else {
+        return DEFAULT_SUBNET;
+    };
+    let (a, b) = (u32::from(*first), u32::from(*last));
+    let mut prefix = MAX_PREFIX;
+    while prefix > 0 && a & mask(prefix) != b & mask(prefix) {
+        prefix -= 1;
+    }
+    (Ipv4Addr::from(a & mask(prefix)), prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model_compat::{ContainerPort, PodInfo};
+    use crate::probe::Protocol;
+
+    fn snapshot(pods: &[(&str, Option<&str>, &[u16])]) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (name, ip, ports) in pods {
+            let (ns, n) = name.split_once('/').unwrap();
+            s.pods.insert(
+                PodRef {
+                    namespace: ns.into(),
+                    name: n.into(),
+                },
+                PodInfo {
+                    ips: ip.iter().map(|i| i.parse().unwrap()).collect(),
+                    ports: ports
+                        .iter()
+                        .map(|p| ContainerPort {
+                            name: None,
+                            port: *p,
+                            protocol: Protocol::Tcp,
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn subnet_covers_all_requested_and_gateway_is_free() {
+        let s = snapshot(&[
+            ("prod/db", Some("10.244.1.10"), &[3306]),
+            ("prod/api", Some("10.244.1.11"), &[8080]),
+            ("dev/api", Some("10.244.2.11"), &[8080]),
+            ("dev/x", None, &[]),
+        ]);
+        let l = Layout::new(&s, &[]).unwrap();
+        assert_eq!(l.subnet, (Ipv4Addr::new(10, 244, 0, 0), 22));
+        assert_eq!(l.gateway, Ipv4Addr::new(10, 244, 0, 1));
+        assert_eq!(l.pods.last().unwrap().pod.name, "x");
+
+        let s = snapshot(&[
+            ("a/a", Some("10.244.0.1"), &[]),
+            ("a/b", Some("10.244.0.2"), &[]),
+        ]);
+        let l = Layout::new(&s, &[]).unwrap();
+        assert_eq!(l.subnet, (Ipv4Addr::new(10, 244, 0, 0), 24));
+        assert_eq!(l.gateway, Ipv4Addr::new(10, 244, 0, 3));
+    }
+
+    #[test]
+    fn probes_add_outside_hosts_and_served_ports() {
+        let s = snapshot(&[("default/a", Some("10.244.0.10"), &[80])]);
+        let probes = crate::probe::parse_probes(
+            r#"{"from": "192.0.2.10", "to": "default/a", "port": 8080}
+{"from": "default/a", "to": "192.0.2.10", "port": 443}
+{"from": "default/a", "to": "10.244.0.10", "port": 9000, "protocol": "UDP"}"#,
+            std::path::Path::new("t"),
+        )
+        .unwrap();
+        let l = Layout::new(&s, &probes).unwrap();
+        assert_eq!(l.pods[0].ports, BTreeSet::from([80, 8080, 9000]));
+        assert_eq!(
+            l.outside,
+            BTreeMap::from([(Ipv4Addr::new(192, 0, 2, 10), BTreeSet::from([443]))])
+        );
+    }
+
+    #[test]
+    fn outside_address_in_pod_subnet_is_bad_input() {
+        let s = snapshot(&[("default/a", Some("10.244.0.10"), &[80])]);
+        let probes = crate::probe::parse_probes(
+            r#"{"from": "10.244.0.99", "to": "default/a", "port": 80}"#,
+            std::path::Path::new("t"),
+        )
+        .unwrap();
+        let err = Layout::new(&s, &probes).unwrap_err();
+        assert!(err.is_bad_input(), "{err}");
+    }
+}
