@@ -163,3 +163,46 @@ impl Sim {
 pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
+
+/// Namespaces of the upstream conformance model.
+pub const XYZ_NAMESPACES: [&str; 3] = ["x", "y", "z"];
+/// Pods of each namespace in the upstream conformance model.
+pub const XYZ_PODS: [&str; 3] = ["a", "b", "c"];
+
+/// Address of model pod `ns/pod`: x → 10.1.0.0/24, y → 10.2, z → 10.3;
+/// a → .1, b → .2, c → .3.
+pub fn xyz_ip(ns: &str, pod: &str) -> String {
+    let n = XYZ_NAMESPACES.iter().position(|x| *x == ns).unwrap_or(0) + 1;
+    let p = XYZ_PODS.iter().position(|x| *x == pod).unwrap_or(0) + 1;
+    format!("10.{n}.0.{p}")
+}
+
+/// The upstream conformance model: namespaces x, y, z (label `ns=<name>`)
+/// each with pods a, b, c (label `pod=<name>`) serving ports 80 and 81 on
+/// TCP, UDP and SCTP, named `serve-<port>-<proto>`.
+pub fn xyz_model() -> ClusterBuilder {
+    let mut b = ClusterBuilder::new();
+    for ns in XYZ_NAMESPACES {
+        b = b.ns(ns, &[("ns", ns)]);
+        for pod in XYZ_PODS {
+            let mut ports = Vec::new();
+            for port in [80u16, 81] {
+                for proto in ["TCP", "UDP", "SCTP"] {
+                    ports.push(ContainerPort {
+                        name: Some(format!("serve-{port}-{}", proto.to_lowercase())),
+                        port,
+                        protocol: proto.parse().unwrap(),
+                    });
+                }
+            }
+            let info = PodInfo {
+                labels: [("pod".to_string(), pod.to_string())].into(),
+                ips: vec![xyz_ip(ns, pod).parse().unwrap()],
+                ports,
+                host_network: false,
+            };
+            b.snapshot.insert_pod(PodRef::new(ns, pod), info);
+        }
+    }
+    b
+}
