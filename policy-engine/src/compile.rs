@@ -188,6 +188,9 @@ struct Index<'a> {
     groups: BTreeMap<u32, PodGroup>,
     /// CIDR identities.
     cidrs: Vec<(IpNet, u32)>,
+    /// CIDR identities of single pod addresses → that pod (named ports of
+    /// ipBlock peers resolve against it).
+    host_pods: BTreeMap<u32, &'a PodInfo>,
 }
 
 impl<'a> Index<'a> {
@@ -246,18 +249,39 @@ impl<'a> Index<'a> {
                 }
             }
         }
+        // Egress named ports towards ipBlock peers resolve per destination
+        // pod: give each such pod address its own host prefix, so the
+        // longest-prefix match singles it out.
+        let pod_by_ip: BTreeMap<std::net::IpAddr, &PodInfo> = snapshot
+            .pods
+            .values()
+            .filter(|p| !p.host_network)
+            .flat_map(|p| p.ips.iter().map(move |ip| (*ip, p)))
+            .collect();
+        for policy in snapshot.policies.values().filter(|p| p.is_valid()) {
+            for rule in policy.egress.iter().flatten() {
+                nets.extend(named_port_hosts(rule, &pod_by_ip));
+            }
+        }
         let mut cidrs = Vec::with_capacity(nets.len());
+        let mut host_pods = BTreeMap::new();
         for net in nets {
             let id = alloc.cidr_identity(net);
             out.state.cidrs.insert(to_prefix(&net), id);
             out.identities.insert(id, IdentityDesc::Cidr(net));
             cidrs.push((net, id));
+            if net.prefix_len() == net.max_prefix_len() {
+                if let Some(pod) = pod_by_ip.get(&net.addr()) {
+                    host_pods.insert(id, *pod);
+                }
+            }
         }
         Index {
             snapshot,
             by_ns,
             groups,
             cidrs,
+            host_pods,
         }
     }
 
@@ -382,6 +406,13 @@ impl<'a> Index<'a> {
                         Peers::Ids(ids) => Box::new(ids.iter()),
                     };
                     for id in dests {
+                        if let Some(pod) = self.host_pods.get(id) {
+                            for (name, proto) in &named {
+                                for port in pod.named_port(name, *proto) {
+                                    add(*ep, *id, exact(*proto, port));
+                                }
+                            }
+                        }
                         let Some(group) = self.groups.get(id) else {
                             continue;
                         };
@@ -397,6 +428,44 @@ impl<'a> Index<'a> {
             }
         }
     }
+}
+
+/// Host prefixes of the pods an egress rule's ipBlock peers reach on one of
+/// its named ports.
+fn named_port_hosts<'p>(
+    rule: &'p Rule,
+    pod_by_ip: &'p BTreeMap<std::net::IpAddr, &PodInfo>,
+) -> impl Iterator<Item = IpNet> + 'p {
+    let named: Vec<(&str, Protocol)> = rule
+        .ports
+        .iter()
+        .filter_map(|p| match &p.port {
+            Some(PortRef::Name(n)) => Some((n.as_str(), p.protocol)),
+            _ => None,
+        })
+        .collect();
+    let blocks: Vec<&crate::model::IpBlock> = rule
+        .peers
+        .iter()
+        .filter_map(|p| match p {
+            Peer::IpBlock(b) => Some(b),
+            Peer::Pods { .. } => None,
+        })
+        .collect();
+    let active = !named.is_empty() && !blocks.is_empty();
+    pod_by_ip
+        .iter()
+        .filter(move |_| active)
+        .filter(move |(ip, pod)| {
+            let host = IpNet::from(**ip);
+            named
+                .iter()
+                .any(|(n, proto)| pod.named_port(n, *proto).next().is_some())
+                && blocks.iter().any(|b| {
+                    net_within(&host, &b.cidr) && !b.except.iter().any(|e| net_within(&host, e))
+                })
+        })
+        .map(|(ip, _)| IpNet::from(*ip))
 }
 
 fn exact(proto: Protocol, port: u16) -> PortMatch {
