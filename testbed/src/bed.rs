@@ -81,11 +81,14 @@ fn bpffs_mounted() -> bool {
 }
 
 /// Loads cluster manifests into a snapshot (bad input → [`TestbedError::Manifest`]).
+/// Warnings (skipped objects) are logged.
 pub fn load_snapshot(paths: &[PathBuf]) -> Result<Snapshot, TestbedError> {
-    let _ = paths;
-    Err(TestbedError::Manifest {
-        message: "the manifest loader is not available yet".into(),
-    })
+    let loaded = policy_engine::manifest::load_paths(paths)
+        .map_err(|source| TestbedError::Manifest { source })?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(loaded.snapshot)
 }
 
 impl Testbed {
@@ -415,8 +418,8 @@ fn wire_outside(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model_compat::{ContainerPort, PodInfo};
     use crate::probe::{parse_probes, Protocol};
+    use policy_engine::model::{ContainerPort, PodInfo};
 
     fn pod(ns: &str, name: &str, ip: Option<&str>, ports: &[u16]) -> (PodRef, PodInfo) {
         (
@@ -450,6 +453,7 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            ..Default::default()
         };
         let probes = parse_probes(
             r#"{"from": "prod/api", "to": "prod/db", "port": 3306, "allowed": true}

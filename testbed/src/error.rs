@@ -12,10 +12,11 @@ pub enum TestbedError {
     #[error(transparent)]
     Probes(#[from] ProbeError),
     /// The cluster manifests could not be loaded (bad input).
-    #[error("loading the cluster manifests: {message}")]
+    #[error("loading the cluster manifests: {source}")]
     Manifest {
-        /// The loader's message (names file, object and field).
-        message: String,
+        /// The loader's error (names file, object and field).
+        #[source]
+        source: policy_engine::manifest::ManifestError,
     },
     /// The cluster cannot be laid out on one bridge (bad input): e.g. an
     /// outside address inside the pod subnet, or no room for the pods.

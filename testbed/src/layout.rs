@@ -202,8 +202,8 @@ fn covering_subnet(ips: &BTreeSet<Ipv4Addr>) -> (Ipv4Addr, u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model_compat::{ContainerPort, PodInfo};
     use crate::probe::Protocol;
+    use policy_engine::model::{ContainerPort, PodInfo};
 
     fn snapshot(pods: &[(&str, Option<&str>, &[u16])]) -> Snapshot {
         let mut s = Snapshot::default();

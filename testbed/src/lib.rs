@@ -40,7 +40,6 @@ pub mod cni;
 mod echo;
 mod error;
 pub mod layout;
-mod model_compat;
 mod netns;
 pub mod probe;
 mod prober;

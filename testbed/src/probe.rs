@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-pub use crate::model_compat::{PodRef, Protocol, Snapshot};
+pub use policy_engine::model::{PodRef, Protocol, Snapshot};
 
 /// One end of a probe: a pod of the cluster or a host outside it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

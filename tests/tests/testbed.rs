@@ -1,0 +1,86 @@
+//! The test bed itself, on the plain bridge (no Palisade binaries needed):
+//! bad input is reported as such, unserved ports are refused, the default
+//! probe matrix runs in parallel, and nothing is left behind.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use palisade_tests::scenarios;
+use testbed::{
+    default_probes, load_snapshot, parse_probes, report, Testbed, TestbedError, TestbedOptions,
+};
+
+#[test]
+fn unknown_pod_in_a_probe_is_bad_input() {
+    let scenario = &scenarios("service-abc")[0];
+    let probes = parse_probes(
+        r#"{"from": "default/nope", "to": "default/servicea", "port": 80}"#,
+        Path::new("inline.jsonl"),
+    )
+    .unwrap();
+    let err = Testbed::start(TestbedOptions {
+        manifests: vec![scenario.cluster.clone()],
+        probes,
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.is_bad_input(), "{err}");
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("default/nope"), "{err}");
+}
+
+#[test]
+fn missing_manifest_is_bad_input() {
+    let err = Testbed::start(TestbedOptions {
+        manifests: vec!["/nonexistent/cluster.yaml".into()],
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(matches!(err, TestbedError::Manifest { .. }), "{err}");
+    assert_eq!(err.exit_code(), 2);
+}
+
+#[test]
+fn default_matrix_runs_in_parallel_and_cleans_up() {
+    let scenario = &scenarios("db-backup")[0];
+    let snapshot = load_snapshot(std::slice::from_ref(&scenario.cluster)).unwrap();
+    let mut probes = default_probes(&snapshot);
+    assert!(!probes.is_empty());
+    // Plus one unserved port: refused, so a probe can come back denied.
+    probes.extend(
+        parse_probes(
+            r#"{"from": "prod/db", "to": "dev/api-pod", "port": 9999, "allowed": false}"#,
+            Path::new("inline.jsonl"),
+        )
+        .unwrap(),
+    );
+    let bed = Testbed::start(TestbedOptions {
+        manifests: vec![scenario.cluster.clone()],
+        ..Default::default()
+    })
+    .unwrap();
+    // Served only the declared ports: the extra probe was not announced.
+    let t0 = Instant::now();
+    let seen = bed.probe(&probes);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let (last, matrix) = seen.split_last().unwrap();
+    assert!(
+        matrix.iter().all(|o| o.allowed == Some(true)),
+        "{}",
+        report::table(&seen)
+    );
+    assert_eq!(last.allowed, Some(false), "{}", report::table(&seen));
+    let names: Vec<String> = bed
+        .pods()
+        .values()
+        .map(|w| w.netns.clone())
+        .chain([bed.node_netns().to_string()])
+        .collect();
+    drop(bed);
+    for ns in names {
+        assert!(
+            !Path::new("/run/netns").join(&ns).exists(),
+            "{ns} left behind"
+        );
+    }
+}
