@@ -3,6 +3,7 @@
 //! write to any `Write` and return a [`ToolError`] whose
 //! [`ToolError::exit_code`] the CLI uses.
 
+pub mod explain;
 pub mod probe;
 pub mod simulate;
 

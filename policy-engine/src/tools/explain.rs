@@ -1,0 +1,514 @@
+//! `explain`: why A may or may not reach B, in plain words.
+//!
+//! The verdict comes from the datapath lookup model (as in `simulate`); the
+//! words come from walking the policies that select each end: which isolate
+//! it, which rule admits the connection, or, when denied, the rules that came
+//! closest and what did not match.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use super::probe::{End, ProbeError};
+use super::simulate::Simulation;
+use super::{write_err, ToolError};
+use crate::lookup::{Reason, Verdict};
+use crate::manifest;
+use crate::model::{
+    Direction, ModelError, Peer, PodInfo, PodRef, PortRef, Protocol, Rule, Snapshot,
+};
+
+/// What to explain.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Manifest files or directories.
+    pub manifests: Vec<PathBuf>,
+    /// Source: `ns/pod` or an IP.
+    pub from: String,
+    /// Destination: `ns/pod` or an IP.
+    pub to: String,
+    /// `80`, `80/TCP`, `53/UDP`, `9/SCTP`.
+    pub port: String,
+}
+
+/// The explanation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    /// The datapath's verdict.
+    pub allowed: bool,
+    /// The text, one line per entry.
+    pub lines: Vec<String>,
+}
+
+/// Parses `80`, `80/TCP`, `53/udp`.
+pub fn parse_port(s: &str) -> Result<(u16, Protocol), ModelError> {
+    let (num, proto) = match s.split_once('/') {
+        Some((n, p)) => (n, p.to_ascii_uppercase().parse()?),
+        None => (s, Protocol::Tcp),
+    };
+    let port = num
+        .trim()
+        .parse::<u16>()
+        .map_err(|_| ModelError::InvalidField {
+            kind: "argument",
+            object: s.to_string(),
+            field: "port".into(),
+            message: "expected PORT or PORT/PROTOCOL".into(),
+        })?;
+    Ok((port, proto))
+}
+
+/// Runs `explain` as the CLI does.
+pub fn run(opts: &Options, out: &mut impl Write) -> Result<Explanation, ToolError> {
+    let loaded = manifest::load_paths(&opts.manifests)?.strict()?;
+    let sim = Simulation::new(loaded.snapshot);
+    let from: End = opts.from.parse().map_err(|source| ToolError::Argument {
+        arg: "--from",
+        source,
+    })?;
+    let to: End = opts.to.parse().map_err(|source| ToolError::Argument {
+        arg: "--to",
+        source,
+    })?;
+    let (port, proto) = parse_port(&opts.port).map_err(|source| ToolError::Argument {
+        arg: "--port",
+        source,
+    })?;
+    let e = explain(&sim, &from, &to, proto, port).map_err(|source| ToolError::End { source })?;
+    for l in &e.lines {
+        writeln!(out, "{l}").map_err(write_err)?;
+    }
+    Ok(e)
+}
+
+/// Explains `from → to` on `port`/`proto`.
+pub fn explain(
+    sim: &Simulation,
+    from: &End,
+    to: &End,
+    proto: Protocol,
+    port: u16,
+) -> Result<Explanation, ProbeError> {
+    let c = sim.judge(&super::simulate::Probe {
+        from: from.clone(),
+        to: to.clone(),
+        port,
+        protocol: proto,
+    })?;
+    let conn = &c.connection;
+    let allowed = conn.allowed();
+    let name = |pod: &Option<PodRef>, ip: IpAddr| match pod {
+        Some(p) => format!("{p} ({ip})"),
+        None => format!("{ip} (outside the cluster)"),
+    };
+    let mut lines = vec![format!(
+        "{} -> {} on {port}/{proto}: {}",
+        name(&conn.src_pod, conn.src_ip),
+        name(&conn.dst_pod, conn.dst_ip),
+        if allowed { "ALLOWED" } else { "DENIED" }
+    )];
+    let snapshot = &sim.snapshot;
+    let ends = [
+        (
+            Direction::Egress,
+            &conn.src_pod,
+            conn.egress,
+            conn.dst_ip,
+            &conn.dst_pod,
+        ),
+        (
+            Direction::Ingress,
+            &conn.dst_pod,
+            conn.ingress,
+            conn.src_ip,
+            &conn.src_pod,
+        ),
+    ];
+    for (dir, pod, verdict, peer_ip, peer_pod) in ends {
+        lines.push(String::new());
+        let Some(pod) = pod else {
+            lines.push(format!(
+                "{}: the {} is not a pod here; nothing is enforced on that side.",
+                dir_title(dir),
+                if dir == Direction::Egress {
+                    "source"
+                } else {
+                    "destination"
+                }
+            ));
+            continue;
+        };
+        let Some(v) = verdict else {
+            lines.push(format!(
+                "{} at {pod}: a hostNetwork pod (or not a local endpoint); never enforced.",
+                dir_title(dir)
+            ));
+            continue;
+        };
+        let dest = if dir == Direction::Ingress {
+            snapshot.pods.get(pod)
+        } else {
+            peer_pod.as_ref().and_then(|p| snapshot.pods.get(p))
+        };
+        let ctx = Side {
+            sim,
+            pod,
+            dir,
+            peer_ip,
+            peer_pod: peer_pod.as_ref(),
+            dest,
+            proto,
+            port,
+        };
+        ctx.describe(v, &mut lines);
+    }
+    if !allowed {
+        lines.push(String::new());
+        let side = match (conn.egress, conn.ingress) {
+            (Some(e), Some(i)) if !e.allowed && !i.allowed => {
+                "both the source's egress and the destination's ingress deny it"
+            }
+            (Some(e), _) if !e.allowed => "the source's egress denies it",
+            _ => "the destination's ingress denies it",
+        };
+        lines.push(format!(
+            "Verdict: DENIED because {side} (both ends must allow a connection)."
+        ));
+    } else {
+        lines.push(String::new());
+        lines.push("Verdict: ALLOWED (both ends allow it).".into());
+    }
+    Ok(Explanation { allowed, lines })
+}
+
+fn dir_title(dir: Direction) -> &'static str {
+    match dir {
+        Direction::Ingress => "Ingress",
+        Direction::Egress => "Egress",
+    }
+}
+
+struct Side<'a> {
+    sim: &'a Simulation,
+    pod: &'a PodRef,
+    dir: Direction,
+    peer_ip: IpAddr,
+    peer_pod: Option<&'a PodRef>,
+    dest: Option<&'a PodInfo>,
+    proto: Protocol,
+    port: u16,
+}
+
+impl Side<'_> {
+    fn describe(&self, v: Verdict, lines: &mut Vec<String>) {
+        let s = &self.sim.snapshot;
+        let title = format!("{} at {}", dir_title(self.dir), self.pod);
+        let Some(info) = s.pods.get(self.pod) else {
+            return;
+        };
+        let isolating: Vec<&PodRef> = s
+            .policies
+            .iter()
+            .filter(|(r, p)| {
+                r.namespace == self.pod.namespace
+                    && p.rules(self.dir).is_some()
+                    && p.pod_selector
+                        .as_ref()
+                        .is_none_or(|sel| sel.matches(&info.labels))
+            })
+            .map(|(r, _)| r)
+            .collect();
+        match v.reason {
+            Reason::NotIsolated => {
+                lines.push(format!(
+                    "{title}: not isolated (no NetworkPolicy in {} selects it for {}), so everything is allowed.",
+                    self.pod.namespace, self.dir
+                ));
+                return;
+            }
+            Reason::NotReady => {
+                lines.push(format!(
+                    "{title}: no computed policy (endpoint not ready): dropped."
+                ));
+                return;
+            }
+            Reason::Host => {
+                lines.push(format!(
+                    "{title}: traffic from the node itself is always allowed."
+                ));
+                return;
+            }
+            _ => {}
+        }
+        let names: Vec<String> = isolating.iter().map(|r| r.to_string()).collect();
+        lines.push(format!(
+            "{title}: isolated by NetworkPolicy {}.",
+            names.join(", ")
+        ));
+        if v.allowed {
+            let rule = v
+                .rule
+                .and_then(|r| self.sim.compiled.rules.get(&r))
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "a rule".into());
+            let peer = v
+                .identity
+                .and_then(|id| self.sim.compiled.identities.get(&id))
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "any peer".into());
+            let peer = if v.identity == Some(policy_common::identity::ANY) {
+                "any peer".to_string()
+            } else {
+                peer
+            };
+            lines.push(format!("  allowed by {rule} (peer matched as {peer})."));
+            return;
+        }
+        lines.push(format!(
+            "  denied: no {} rule of these policies admits {} on {}/{}.",
+            self.dir, self.peer_ip, self.port, self.proto
+        ));
+        let mut closest = Vec::new();
+        for r in &isolating {
+            let Some(p) = s.policies.get(*r) else {
+                continue;
+            };
+            if !p.is_valid() {
+                closest.push((
+                    0,
+                    format!(
+                        "  - NetworkPolicy {r} is invalid and allows nothing: {}",
+                        p.issues
+                            .iter()
+                            .map(|i| i.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                ));
+                continue;
+            }
+            let rules = p.rules(self.dir).unwrap_or_default();
+            if rules.is_empty() {
+                closest.push((
+                    0,
+                    format!(
+                        "  - NetworkPolicy {r} has no {} rules: it only denies.",
+                        self.dir
+                    ),
+                ));
+            }
+            for (i, rule) in rules.iter().enumerate() {
+                let (peer_ok, peer_why) = self.peer_reason(s, &r.namespace, rule);
+                let (port_ok, port_why) = self.port_reason(rule);
+                let score = usize::from(peer_ok) + usize::from(port_ok);
+                let at = format!("NetworkPolicy {r} spec.{}[{i}]", self.dir.field());
+                let text = match (peer_ok, port_ok) {
+                    (true, false) => {
+                        format!("  - {at}: the peer matches ({peer_why}), but {port_why}.")
+                    }
+                    (false, true) => {
+                        format!("  - {at}: the port matches ({port_why}), but {peer_why}.")
+                    }
+                    _ => format!("  - {at}: {peer_why}; and {port_why}."),
+                };
+                closest.push((score, text));
+            }
+        }
+        closest.sort_by_key(|c| std::cmp::Reverse(c.0));
+        if !closest.is_empty() {
+            lines.push("  closest rules:".into());
+            lines.extend(closest.into_iter().take(5).map(|(_, t)| t));
+        }
+    }
+
+    fn peer_reason(&self, s: &Snapshot, policy_ns: &str, rule: &Rule) -> (bool, String) {
+        if rule.peers.is_empty() {
+            return (
+                true,
+                format!("any peer ({} omitted)", self.dir.peers_field()),
+            );
+        }
+        let mut why = Vec::new();
+        for (i, peer) in rule.peers.iter().enumerate() {
+            let f = format!("{}[{i}]", self.dir.peers_field());
+            match peer {
+                Peer::IpBlock(b) => {
+                    let inside =
+                        crate::model::addr::net_within(&ipnet::IpNet::from(self.peer_ip), &b.cidr);
+                    let except = b.except.iter().find(|e| {
+                        crate::model::addr::net_within(&ipnet::IpNet::from(self.peer_ip), e)
+                    });
+                    match (inside, except) {
+                        (true, None) => return (true, format!("{f} ipBlock {}", b.cidr)),
+                        (true, Some(e)) => why.push(format!(
+                            "{f}: {} is excepted ({e}) from ipBlock {}",
+                            self.peer_ip, b.cidr
+                        )),
+                        (false, _) => why.push(format!(
+                            "{f}: {} is outside ipBlock {}",
+                            self.peer_ip, b.cidr
+                        )),
+                    }
+                }
+                Peer::Pods { namespaces, pods } => {
+                    let Some(peer) = self.peer_pod.and_then(|p| s.pods.get(p).map(|i| (p, i)))
+                    else {
+                        why.push(format!(
+                            "{f}: selects pods, and {} is not a pod",
+                            self.peer_ip
+                        ));
+                        continue;
+                    };
+                    let (pr, pinfo) = peer;
+                    let ns_ok = match namespaces {
+                        None => pr.namespace == policy_ns,
+                        Some(sel) => sel.matches(&s.namespace_labels(&pr.namespace)),
+                    };
+                    let pod_ok = pods.as_ref().is_none_or(|sel| sel.matches(&pinfo.labels));
+                    if ns_ok && pod_ok {
+                        return (true, format!("{f} selects {pr}"));
+                    }
+                    if !ns_ok {
+                        match namespaces {
+                            None => why.push(format!("{f}: podSelector only looks in namespace {policy_ns}, and {pr} is in {}", pr.namespace)),
+                            Some(sel) => why.push(format!("{f}: namespaceSelector {sel} does not match namespace {}", pr.namespace)),
+                        }
+                    } else if let Some(sel) = pods {
+                        let labels: Vec<String> = pinfo
+                            .labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect();
+                        why.push(format!(
+                            "{f}: podSelector {sel} does not match {pr} labels {{{}}}",
+                            labels.join(",")
+                        ));
+                    }
+                }
+            }
+        }
+        (false, format!("no peer matches ({})", why.join("; ")))
+    }
+
+    fn port_reason(&self, rule: &Rule) -> (bool, String) {
+        if rule.ports.is_empty() {
+            return (true, "any port (ports omitted)".into());
+        }
+        let list: Vec<String> = rule.ports.iter().map(|p| p.to_string()).collect();
+        for p in &rule.ports {
+            if p.protocol != self.proto {
+                continue;
+            }
+            let ok = match (&p.port, p.end_port) {
+                (None, _) => true,
+                (Some(PortRef::Number(n)), None) => *n == self.port,
+                (Some(PortRef::Number(n)), Some(e)) => *n <= self.port && self.port <= e,
+                (Some(PortRef::Name(name)), _) => self
+                    .dest
+                    .is_some_and(|d| d.named_port(name, self.proto).any(|x| x == self.port)),
+            };
+            if ok {
+                return (true, format!("{p}"));
+            }
+        }
+        let named: Vec<String> = rule
+            .ports
+            .iter()
+            .filter_map(|p| match &p.port {
+                Some(PortRef::Name(n)) => {
+                    let res: Vec<String> = self
+                        .dest
+                        .map(|d| d.named_port(n, p.protocol).map(|x| x.to_string()).collect())
+                        .unwrap_or_default();
+                    Some(if res.is_empty() {
+                        format!("named port {n:?} is not declared by the destination")
+                    } else {
+                        format!("named port {n:?} is {} on the destination", res.join(","))
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        let mut why = format!(
+            "{}/{} is not in [{}]",
+            self.port,
+            self.proto,
+            list.join(", ")
+        );
+        if !named.is_empty() {
+            why.push_str(&format!(" ({})", named.join("; ")));
+        }
+        (false, why)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::ClusterBuilder;
+
+    fn sim() -> Simulation {
+        let b = ClusterBuilder::new()
+            .ns("x", &[])
+            .pod_with_ports("x/a", &[("app", "a")], &["10.0.0.1"], &[("http", 80, "TCP")])
+            .pod("x/b", &[("app", "b")], &["10.0.0.2"])
+            .pod("x/c", &[("app", "c")], &["10.0.0.3"])
+            .policy("metadata: {name: web, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: b}}}], ports: [{port: http}]}]\n");
+        Simulation::new(b.build())
+    }
+
+    #[test]
+    fn explains_allow_and_deny() {
+        let s = sim();
+        let e = explain(
+            &s,
+            &"x/b".parse().unwrap(),
+            &"x/a".parse().unwrap(),
+            Protocol::Tcp,
+            80,
+        )
+        .unwrap();
+        assert!(e.allowed);
+        let text = e.lines.join("\n");
+        assert!(
+            text.contains("allowed by NetworkPolicy x/web spec.ingress[0]"),
+            "{text}"
+        );
+        let e = explain(
+            &s,
+            &"x/c".parse().unwrap(),
+            &"x/a".parse().unwrap(),
+            Protocol::Tcp,
+            80,
+        )
+        .unwrap();
+        assert!(!e.allowed);
+        let text = e.lines.join("\n");
+        assert!(
+            text.contains("podSelector app=b does not match x/c"),
+            "{text}"
+        );
+        assert!(text.contains("destination's ingress denies"), "{text}");
+        let e = explain(
+            &s,
+            &"x/b".parse().unwrap(),
+            &"x/a".parse().unwrap(),
+            Protocol::Tcp,
+            81,
+        )
+        .unwrap();
+        let text = e.lines.join("\n");
+        assert!(
+            text.contains("the peer matches") && text.contains("81/TCP is not in"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn port_argument() {
+        assert_eq!(parse_port("80").unwrap(), (80, Protocol::Tcp));
+        assert_eq!(parse_port("53/udp").unwrap(), (53, Protocol::Udp));
+        assert!(parse_port("x/TCP").is_err());
+        assert!(parse_port("80/ICMP").is_err());
+    }
+}
