@@ -405,6 +405,8 @@ fn wire_outside(
     )?;
     ip_in(node, &["link", "set", "out0", "up"])?;
     sysctl_in(node, "net.ipv4.conf.out0.proxy_arp=1")?;
+    // Proxy ARP answers after a random delay of up to 0.8 s by default.
+    sysctl_in(node, "net.ipv4.neigh.out0.proxy_delay=0")?;
     ip_in(outside, &["link", "set", "eth0", "up"])?;
     for ip in addrs {
         let host = format!("{ip}/32");

@@ -155,7 +155,8 @@ pub(crate) fn run(
                             .into(),
                     );
                 }
-                match sock {
+                let t0 = std::time::Instant::now();
+                let (allowed, detail) = match sock {
                     None => (None, "skipped: no socket".into()),
                     Some(Err(e)) => (None, format!("skipped: {e}")),
                     Some(Ok(Client::Tcp(s))) => {
@@ -166,7 +167,9 @@ pub(crate) fn run(
                         let (ok, d) = udp(s, route.dst, payload).await;
                         (Some(ok), d)
                     }
-                }
+                };
+                let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                (allowed, format!("{detail} ({ms:.1} ms)"))
             })
         })
         .collect();

@@ -87,6 +87,7 @@ pub fn run_scenario(scenario: &Scenario, palisade: bool) -> (Vec<Probe>, Vec<Obs
     })
     .unwrap_or_else(|e| panic!("{} (palisade={palisade}): {e}", scenario.label));
     let seen = bed.probe(&probes);
+    eprintln!("{}", testbed::report::table(&seen));
     if palisade && testbed::mismatches(&seen) > 0 {
         eprintln!(
             "--- agent log tail for {} ---\n{}",
