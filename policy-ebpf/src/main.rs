@@ -1,12 +1,66 @@
-//! Palisade's tc programs. (Being written.)
+//! Palisade's tc programs, attached to each pod's host-side veth.
+//!
+//! - `pod_egress` runs at tc **ingress** of the host-side veth: packets the
+//!   pod sends.
+//! - `pod_ingress` runs at tc **egress** of the host-side veth: packets
+//!   delivered to the pod.
+//!
+//! Both look the endpoint up by the veth's ifindex, read the active
+//! generation from the config map, parse the packet, consult conntrack and,
+//! for new flows (or flows admitted under an older policy revision), run the
+//! verdict algorithm of [`policy::judge`] — the same algorithm as the
+//! user-space lookup model in `policy-engine`.
+//!
+//! On the host this crate builds as an empty stub so that `cargo build
+//! --workspace` works; the real object is built for the bpf target by
+//! `policy-agent`'s build script.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod conntrack;
+#[cfg(target_arch = "bpf")]
+mod events;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod packet;
+#[cfg(target_arch = "bpf")]
+mod pipeline;
+#[cfg(target_arch = "bpf")]
+mod policy;
+
+#[cfg(target_arch = "bpf")]
+mod entry {
+    use aya_ebpf::{macros::classifier, programs::TcContext};
+    use policy_common::dir;
+
+    use crate::pipeline;
+
+    /// Packets leaving the pod (tc ingress of the host-side veth).
+    #[classifier]
+    pub fn pod_egress(ctx: TcContext) -> i32 {
+        pipeline::run(&ctx, dir::EGRESS)
+    }
+
+    /// Packets entering the pod (tc egress of the host-side veth).
+    #[classifier]
+    pub fn pod_ingress(ctx: TcContext) -> i32 {
+        pipeline::run(&ctx, dir::INGRESS)
+    }
+}
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {
     loop {}
 }
+
+/// The kernel only lets GPL-compatible programs call some helpers.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -1,0 +1,689 @@
+//! The kernel dataplane: loads Palisade's tc programs (aya), pins every map
+//! and link under a bpffs folder so enforcement survives the agent, adopts
+//! what a previous agent left there, and applies [`MapState`]s with a
+//! generation flip.
+//!
+//! ```no_run
+//! use policy_agent::dataplane::{kernel::{KernelDataplane, KernelOptions}, Dataplane};
+//! # fn main() -> Result<(), policy_agent::dataplane::DataplaneError> {
+//! let mut dp = KernelDataplane::open(KernelOptions::new("/sys/fs/bpf/palisade/default"))?;
+//! dp.attach_endpoint("veth1234", 7)?;
+//! dp.apply(&policy_engine::state::MapState::default())?;
+//! # Ok(()) }
+//! ```
+
+pub mod events;
+pub mod maps;
+pub mod pins;
+
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, Map, MapData, RingBuf},
+    programs::{
+        links::{FdLink, LinkOrder, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+        SchedClassifier, TcAttachType,
+    },
+    Ebpf, EbpfLoader,
+};
+use policy_common::{maps as names, Config, EndpointInfo, LAYOUT_VERSION};
+use policy_engine::state::{diff, MapState};
+
+use self::maps::Maps;
+pub use self::{events::EventReader, maps::MapCounts, pins::PinPaths};
+use super::{Dataplane, DataplaneError};
+
+/// The eBPF object built by `build.rs` (bin `palisade-tc` of `policy-ebpf`).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-tc"));
+
+/// Program checking packets that leave the pod (attached at tc ingress of
+/// the host-side veth).
+pub const PROG_POD_EGRESS: &str = "pod_egress";
+/// Program checking packets that enter the pod (attached at tc egress of
+/// the host-side veth).
+pub const PROG_POD_INGRESS: &str = "pod_ingress";
+
+/// Bit of `Config::flags`: the programs also report allowed new flows.
+pub const CONFIG_FLAG_EVENTS_ALLOWED: u32 = 1 << 0;
+
+/// Priority of Palisade's cls_bpf filters in [`AttachMode::Netlink`].
+pub const NETLINK_PRIORITY: u16 = 0x5a1;
+/// Handle of Palisade's cls_bpf filters in [`AttachMode::Netlink`].
+pub const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 0x5a1);
+
+/// Every map of the object, all pinned.
+const ALL_MAPS: [&str; 8] = [
+    names::CONFIG,
+    names::ENDPOINTS,
+    names::EP_POLICY,
+    names::IPCACHE,
+    names::CIDRS,
+    names::POLICY,
+    names::CONNTRACK,
+    names::EVENTS,
+];
+
+/// (program, tc hook of the host-side veth, link pin suffix).
+const HOOKS: [(&str, TcAttachType, &str); 2] = [
+    (
+        PROG_POD_EGRESS,
+        TcAttachType::Ingress,
+        pins::HOOK_TC_INGRESS,
+    ),
+    (PROG_POD_INGRESS, TcAttachType::Egress, pins::HOOK_TC_EGRESS),
+];
+
+/// Wraps any error into [`DataplaneError::Kernel`].
+pub(crate) fn kernel_error(
+    what: impl Into<String>,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> DataplaneError {
+    DataplaneError::Kernel {
+        what: what.into(),
+        source: source.into(),
+    }
+}
+
+/// How programs are attached to interfaces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// TCX links (kernel ≥ 6.6), pinned so they outlive the agent.
+    #[default]
+    Tcx,
+    /// Classic cls_bpf filters on a clsact qdisc (netlink), with a fixed
+    /// priority/handle ([`NETLINK_PRIORITY`], [`NETLINK_HANDLE`]); they
+    /// stay until detached or the interface goes away.
+    Netlink,
+}
+
+/// Map capacities, set before the maps are created (adopted maps keep the
+/// size they were created with). Per-generation sizes are doubled for the
+/// maps that hold both generations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Attached interfaces; the endpoint-policy map gets twice this.
+    pub endpoints: u32,
+    /// Exact pod addresses per generation.
+    pub ipcache: u32,
+    /// CIDR prefixes per generation.
+    pub cidrs: u32,
+    /// Policy entries per generation (all endpoints together).
+    pub policy: u32,
+    /// Conntrack entries (LRU).
+    pub conntrack: u32,
+    /// Event ring buffer size in bytes (a power of two, ≥ one page).
+    pub events_bytes: u32,
+}
+
+impl Default for MapSizes {
+    /// 1,024 interfaces, 32,768 addresses, 16,384 CIDRs and 131,072 policy
+    /// entries (1,000 per endpoint for ~130 endpoints) per generation,
+    /// 131,072 tracked flows, 256 KiB of events.
+    fn default() -> Self {
+        Self {
+            endpoints: 1024,
+            ipcache: 32_768,
+            cidrs: 16_384,
+            policy: 131_072,
+            conntrack: 131_072,
+            events_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Options of [`KernelDataplane::open`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelOptions {
+    /// Base bpffs folder, e.g. `/sys/fs/bpf/palisade/<instance>` (see
+    /// [`pins`] for what goes inside).
+    pub pin_dir: PathBuf,
+    /// Map capacities for maps created now.
+    pub sizes: MapSizes,
+    /// How to attach programs.
+    pub attach_mode: AttachMode,
+    /// Also report allowed new flows as events (drops are always reported).
+    pub events_for_allowed: bool,
+}
+
+impl KernelOptions {
+    /// Defaults with the given base pin folder.
+    pub fn new(pin_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            pin_dir: pin_dir.into(),
+            sizes: MapSizes::default(),
+            attach_mode: AttachMode::default(),
+            events_for_allowed: false,
+        }
+    }
+}
+
+/// A program's verdict on a test-run frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestVerdict {
+    /// `TC_ACT_UNSPEC`: the packet goes on.
+    Allow,
+    /// `TC_ACT_SHOT`.
+    Drop,
+    /// Anything else (a bug).
+    Other(u32),
+}
+
+impl TestVerdict {
+    fn from_retval(v: u32) -> Self {
+        match v as i32 {
+            -1 => Self::Allow,
+            2 => Self::Drop,
+            _ => Self::Other(v),
+        }
+    }
+}
+
+/// One attached interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttachedEndpoint {
+    /// Interface index.
+    pub ifindex: u32,
+    /// Endpoint id.
+    pub ep_id: u32,
+}
+
+/// The aya-backed [`Dataplane`].
+pub struct KernelDataplane {
+    ebpf: Ebpf,
+    maps: Maps,
+    events: Option<RingBuf<MapData>>,
+    paths: PinPaths,
+    mode: AttachMode,
+    cfg: Config,
+    /// What each generation holds; `None` = unknown, read back before use.
+    mirrors: [Option<MapState>; 2],
+    attached: BTreeMap<String, AttachedEndpoint>,
+    adopted: bool,
+}
+
+impl KernelDataplane {
+    /// Loads the programs and opens (or creates) the pinned maps under
+    /// `opts.pin_dir`. Maps already pinned there with the same layout are
+    /// adopted: reused as they are, their active generation and contents
+    /// read back, and pinned links re-pointed at the new programs.
+    pub fn open(opts: KernelOptions) -> Result<Self, DataplaneError> {
+        let paths = PinPaths::new(&opts.pin_dir);
+        for dir in [paths.maps_dir(), paths.links_dir()] {
+            fs::create_dir_all(&dir)
+                .map_err(|e| kernel_error(format!("creating {}", dir.display()), e))?;
+        }
+        check_pinned_layout(&paths)?;
+
+        let s = opts.sizes;
+        let mut loader = EbpfLoader::new();
+        for name in ALL_MAPS {
+            loader.map_pin_path(name, paths.map(name));
+        }
+        loader
+            .map_max_entries(names::ENDPOINTS, s.endpoints)
+            .map_max_entries(names::EP_POLICY, s.endpoints.saturating_mul(2))
+            .map_max_entries(names::IPCACHE, s.ipcache.saturating_mul(2))
+            .map_max_entries(names::CIDRS, s.cidrs.saturating_mul(2))
+            .map_max_entries(names::POLICY, s.policy.saturating_mul(2))
+            .map_max_entries(names::CONNTRACK, s.conntrack)
+            .map_max_entries(names::EVENTS, s.events_bytes);
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| kernel_error("loading the eBPF object", e))?;
+        for (prog, _, _) in HOOKS {
+            program(&mut ebpf, prog)?
+                .load()
+                .map_err(|e| kernel_error(format!("loading program {prog}"), e))?;
+        }
+        let maps = Maps::take(&mut ebpf)?;
+        let events = match ebpf.take_map(names::EVENTS) {
+            Some(m) => Some(
+                RingBuf::try_from(m)
+                    .map_err(|e| kernel_error("opening the event ring buffer", e))?,
+            ),
+            None => None,
+        };
+
+        let mut dp = Self {
+            ebpf,
+            maps,
+            events,
+            paths,
+            mode: opts.attach_mode,
+            cfg: Config::default(),
+            mirrors: [None, None],
+            attached: BTreeMap::new(),
+            adopted: false,
+        };
+        let flags = if opts.events_for_allowed {
+            CONFIG_FLAG_EVENTS_ALLOWED
+        } else {
+            0
+        };
+        let cfg = dp.maps.config()?;
+        if cfg.layout_version == LAYOUT_VERSION {
+            dp.adopted = true;
+            dp.cfg = cfg;
+            dp.adopt_links()?;
+        } else {
+            dp.mirrors = [Some(MapState::default()), Some(MapState::default())];
+            dp.cfg = Config {
+                layout_version: LAYOUT_VERSION,
+                active_gen: 0,
+                revision: 0,
+                flags,
+            };
+            dp.maps.set_config(dp.cfg)?;
+        }
+        dp.set_events_for_allowed(opts.events_for_allowed)?;
+        Ok(dp)
+    }
+
+    /// Whether [`open`](Self::open) found and adopted pinned maps.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The pin paths in use.
+    pub fn paths(&self) -> &PinPaths {
+        &self.paths
+    }
+
+    /// The configuration last written (active generation, revision, flags).
+    pub fn config(&self) -> Config {
+        self.cfg
+    }
+
+    /// The state the active generation holds (read back from the maps if
+    /// not known).
+    pub fn active_state(&mut self) -> Result<MapState, DataplaneError> {
+        let gen = (self.cfg.active_gen & 1) as u8;
+        self.generation(gen).cloned()
+    }
+
+    /// Interfaces attached by this agent or adopted from pins.
+    pub fn attached(&self) -> &BTreeMap<String, AttachedEndpoint> {
+        &self.attached
+    }
+
+    /// Entries per map.
+    pub fn counts(&self) -> MapCounts {
+        self.maps.counts()
+    }
+
+    /// Kernel ids of every map (stable across adoption), by map name.
+    pub fn map_ids(&self) -> Result<BTreeMap<&'static str, u32>, DataplaneError> {
+        let mut ids = BTreeMap::new();
+        for name in ALL_MAPS {
+            let path = self.paths.map(name);
+            let info = aya::maps::MapInfo::from_pin(&path)
+                .map_err(|e| kernel_error(format!("reading {}", path.display()), e))?;
+            ids.insert(name, info.id());
+        }
+        Ok(ids)
+    }
+
+    /// Takes the event reader (once; later calls return `None`). Another
+    /// process can use [`EventReader::open`] on the pin folder instead.
+    pub fn take_event_reader(&mut self) -> Option<EventReader> {
+        self.events.take().map(EventReader::new)
+    }
+
+    /// Turns reporting of allowed new flows on or off.
+    pub fn set_events_for_allowed(&mut self, on: bool) -> Result<(), DataplaneError> {
+        let flags = if on {
+            self.cfg.flags | CONFIG_FLAG_EVENTS_ALLOWED
+        } else {
+            self.cfg.flags & !CONFIG_FLAG_EVENTS_ALLOWED
+        };
+        if flags != self.cfg.flags {
+            let cfg = Config { flags, ..self.cfg };
+            self.maps.set_config(cfg)?;
+            self.cfg = cfg;
+        }
+        Ok(())
+    }
+
+    /// Runs one Ethernet frame through program `prog` ([`PROG_POD_EGRESS`]
+    /// or [`PROG_POD_INGRESS`]) with `BPF_PROG_TEST_RUN`, as if it were
+    /// seen on interface `ifindex` — which must exist in the calling
+    /// thread's network namespace (1, the loopback, always does). Returns
+    /// the program's verdict; maps are read and written as for a real
+    /// packet.
+    pub fn test_run(
+        &mut self,
+        prog: &str,
+        frame: &[u8],
+        ifindex: u32,
+    ) -> Result<TestVerdict, DataplaneError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        // `struct __sk_buff` up to and including `ifindex` (offset 40);
+        // the kernel takes the device from it when it is above 1.
+        let mut ctx = [0u8; 44];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.ctx_in = Some(&ctx);
+        let p = program(&mut self.ebpf, prog)?;
+        let r = p
+            .test_run(opts)
+            .map_err(|e| kernel_error(format!("test run of {prog}"), e))?;
+        Ok(TestVerdict::from_retval(r.return_value))
+    }
+
+    /// Detaches every program and removes every pin under `base` (the
+    /// uninstall path, and test cleanup). Missing pins are not an error.
+    pub fn remove_pins(base: impl AsRef<Path>) -> Result<(), DataplaneError> {
+        let base = base.as_ref();
+        match fs::remove_dir_all(base) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(kernel_error(format!("removing {}", base.display()), e)),
+        }
+    }
+
+    fn generation(&mut self, gen: u8) -> Result<&MapState, DataplaneError> {
+        let slot = usize::from(gen & 1);
+        if self.mirrors[slot].is_none() {
+            self.mirrors[slot] = Some(self.maps.read_generation(gen)?);
+        }
+        self.mirrors[slot]
+            .as_ref()
+            .ok_or_else(|| kernel_error("generation mirror", "missing after read-back"))
+    }
+
+    /// Re-points pinned links at the freshly loaded programs and forgets
+    /// pins of interfaces that are gone.
+    fn adopt_links(&mut self) -> Result<(), DataplaneError> {
+        let dir = self.paths.links_dir();
+        let entries = fs::read_dir(&dir)
+            .map_err(|e| kernel_error(format!("reading {}", dir.display()), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| kernel_error(format!("reading {}", dir.display()), e))?;
+            let file = entry.file_name();
+            let Some((ifindex, hook)) = file.to_str().and_then(PinPaths::parse_link_name) else {
+                continue;
+            };
+            let path = entry.path();
+            let Some(ifname) = ifname_of(ifindex) else {
+                remove_file(&path)?;
+                let _ = self.maps.endpoints.remove(&ifindex);
+                continue;
+            };
+            let Some((prog, _, _)) = HOOKS.iter().copied().find(|(_, _, h)| *h == hook) else {
+                continue;
+            };
+            let replaced = PinnedLink::from_pin(&path)
+                .map_err(|e| kernel_error(format!("opening {}", path.display()), e))
+                .and_then(|pinned| {
+                    let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                        .map_err(|e| kernel_error(format!("adopting {}", path.display()), e))?;
+                    let p = program(&mut self.ebpf, prog)?;
+                    let id = p
+                        .attach_to_link(link)
+                        .map_err(|e| kernel_error(format!("updating {}", path.display()), e))?;
+                    // Dropping our handle only closes the fd: the pin keeps
+                    // the link.
+                    drop(p.take_link(id));
+                    Ok(())
+                });
+            if replaced.is_err() {
+                // A defunct link (its interface was replaced): forget it.
+                remove_file(&path)?;
+                continue;
+            }
+            if let Ok(info) = self.maps.endpoints.get(&ifindex, 0) {
+                self.attached.insert(
+                    ifname,
+                    AttachedEndpoint {
+                        ifindex,
+                        ep_id: info.ep_id,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_tcx(&mut self, ifname: &str, ifindex: u32) -> Result<(), DataplaneError> {
+        for (prog, attach_type, hook) in HOOKS {
+            let pin = self.paths.link(ifindex, hook);
+            let p = program(&mut self.ebpf, prog)?;
+            if pin.exists() {
+                let updated = PinnedLink::from_pin(&pin)
+                    .ok()
+                    .and_then(|l| SchedClassifierLink::try_from(FdLink::from(l)).ok())
+                    .and_then(|l| p.attach_to_link(l).ok());
+                if let Some(id) = updated {
+                    drop(p.take_link(id));
+                    continue;
+                }
+                remove_file(&pin)?;
+            }
+            let what = || format!("attaching {prog} to {ifname}");
+            let id = p
+                .attach_with_options(
+                    ifname,
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| kernel_error(what(), e))?;
+            let link = p.take_link(id).map_err(|e| kernel_error(what(), e))?;
+            let fd = FdLink::try_from(link).map_err(|e| kernel_error(what(), e))?;
+            fd.pin(&pin)
+                .map_err(|e| kernel_error(format!("pinning {}", pin.display()), e))?;
+        }
+        Ok(())
+    }
+
+    fn attach_netlink(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        // EEXIST when the qdisc is already there; a real failure shows up
+        // in the attach below.
+        let _ = tc::qdisc_add_clsact(ifname);
+        for (prog, attach_type, _) in HOOKS {
+            let what = || format!("attaching {prog} to {ifname} (netlink)");
+            let p = program(&mut self.ebpf, prog)?;
+            let opts = || {
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: NETLINK_PRIORITY,
+                    handle: NETLINK_HANDLE,
+                    classid: None,
+                })
+            };
+            let id = match p.attach_with_options(ifname, attach_type, opts()) {
+                Ok(id) => id,
+                Err(_) => {
+                    // Our filter is already there (a previous agent): replace
+                    // its program in place.
+                    let link = SchedClassifierLink::attached(
+                        ifname,
+                        attach_type,
+                        NETLINK_PRIORITY,
+                        NETLINK_HANDLE,
+                        None,
+                    )
+                    .map_err(|e| kernel_error(what(), e))?;
+                    p.attach_to_link(link)
+                        .map_err(|e| kernel_error(what(), e))?
+                }
+            };
+            let link = p.take_link(id).map_err(|e| kernel_error(what(), e))?;
+            // The filter must outlive this handle (and the agent): dropping
+            // the handle would detach it.
+            std::mem::forget(link);
+        }
+        Ok(())
+    }
+}
+
+impl Dataplane for KernelDataplane {
+    fn attach_endpoint(&mut self, ifname: &str, ep_id: u32) -> Result<(), DataplaneError> {
+        let ifindex = ifindex_of(ifname).ok_or_else(|| DataplaneError::NoSuchInterface {
+            ifname: ifname.to_string(),
+        })?;
+        // The endpoint is known before the programs see its first packet;
+        // until a state with `ep_id` is applied its packets are dropped.
+        self.maps
+            .endpoints
+            .insert(ifindex, EndpointInfo { ep_id, flags: 0 }, 0)
+            .map_err(|e| kernel_error(format!("registering {ifname} as endpoint {ep_id}"), e))?;
+        match self.mode {
+            AttachMode::Tcx => self.attach_tcx(ifname, ifindex)?,
+            AttachMode::Netlink => self.attach_netlink(ifname)?,
+        }
+        self.attached
+            .insert(ifname.to_string(), AttachedEndpoint { ifindex, ep_id });
+        Ok(())
+    }
+
+    fn detach_endpoint(&mut self, ifname: &str, _ep_id: u32) -> Result<(), DataplaneError> {
+        let ifindex = self
+            .attached
+            .get(ifname)
+            .map(|a| a.ifindex)
+            .or_else(|| ifindex_of(ifname));
+        match self.mode {
+            AttachMode::Tcx => {
+                if let Some(ifindex) = ifindex {
+                    for (_, _, hook) in HOOKS {
+                        // No fd of ours is open: removing the pin releases
+                        // the link, which detaches the program.
+                        remove_file(&self.paths.link(ifindex, hook))?;
+                    }
+                }
+            }
+            AttachMode::Netlink => {
+                if ifindex_of(ifname).is_some() {
+                    for (prog, attach_type, _) in HOOKS {
+                        match tc::qdisc_detach_program(ifname, attach_type, prog) {
+                            Ok(()) => {}
+                            Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {
+                            }
+                            Err(e) => {
+                                return Err(kernel_error(
+                                    format!("detaching {prog} from {ifname}"),
+                                    e,
+                                ))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(ifindex) = ifindex {
+            let _ = self.maps.endpoints.remove(&ifindex);
+        }
+        self.attached.remove(ifname);
+        Ok(())
+    }
+
+    fn apply(&mut self, state: &MapState) -> Result<(), DataplaneError> {
+        let target = ((self.cfg.active_gen ^ 1) & 1) as u8;
+        let ops = diff(self.generation(target)?, state);
+        let slot = usize::from(target);
+        if let Err(e) = self.maps.write(target, &ops) {
+            self.mirrors[slot] = None;
+            return Err(e);
+        }
+        self.mirrors[slot] = Some(state.clone());
+        let cfg = Config {
+            layout_version: LAYOUT_VERSION,
+            active_gen: u32::from(target),
+            revision: self.cfg.revision.wrapping_add(1),
+            flags: self.cfg.flags,
+        };
+        self.maps.set_config(cfg)?;
+        self.cfg = cfg;
+        Ok(())
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, DataplaneError> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| {
+        kernel_error(
+            format!("eBPF object has no program {name}"),
+            "missing program",
+        )
+    })?;
+    prog.try_into()
+        .map_err(|e| kernel_error(format!("program {name} is not a classifier"), e))
+}
+
+/// Refuses a pin folder whose config map has another layout (it would not
+/// be understood).
+fn check_pinned_layout(paths: &PinPaths) -> Result<(), DataplaneError> {
+    let path = paths.map(names::CONFIG);
+    if !path.exists() {
+        return Ok(());
+    }
+    let what = || format!("checking {}", path.display());
+    let data = MapData::from_pin(&path).map_err(|e| kernel_error(what(), e))?;
+    let config: Array<MapData, Config> =
+        Array::try_from(Map::Array(data)).map_err(|e| kernel_error(what(), e))?;
+    let cfg = config.get(&0, 0).map_err(|e| kernel_error(what(), e))?;
+    if cfg.layout_version != 0 && cfg.layout_version != LAYOUT_VERSION {
+        return Err(kernel_error(
+            what(),
+            format!(
+                "pinned maps have layout version {}, this agent understands {LAYOUT_VERSION}",
+                cfg.layout_version
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn remove_file(path: &Path) -> Result<(), DataplaneError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(kernel_error(format!("removing {}", path.display()), e)),
+    }
+}
+
+/// Index of interface `ifname` in the agent's network namespace.
+pub fn ifindex_of(ifname: &str) -> Option<u32> {
+    let name = CString::new(ifname).ok()?;
+    // SAFETY: a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+/// Name of interface `ifindex` in the agent's network namespace.
+pub fn ifname_of(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes as the call requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    name.to_str().ok().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataplane_is_send() {
+        fn send<T: Send>() {}
+        send::<KernelDataplane>();
+        send::<EventReader>();
+    }
+
+    #[test]
+    fn object_is_embedded() {
+        // Built by build.rs unless AYA_BUILD_SKIP is set.
+        if std::env::var_os("AYA_BUILD_SKIP").is_none() {
+            assert!(EBPF_OBJECT.starts_with(b"\x7fELF"));
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Connection tracking. Entries are per endpoint and per direction of the
+//! flow's first packet, so the two checks of a local pod→pod connection
+//! (A's egress, B's ingress) never share an entry.
+//!
+//! A packet at endpoint `E` in direction `D` is looked up as
+//! `(E, D, src, dst)` (a packet of a flow `E` saw start in `D`) and then as
+//! `(E, opposite(D), dst, src)` (a reply to a flow that started the other
+//! way). An entry admitted under an older policy revision is judged again
+//! in its original direction: allowed → its revision is updated; denied →
+//! it is deleted and the packet dropped.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use policy_common::{dir, proto, CtKey, CtValue};
+
+use crate::{
+    maps::CONNTRACK,
+    packet::Flow,
+    pipeline::PacketCtx,
+    policy::{judge, Query, Verdict},
+};
+
+/// A reply has been seen.
+const ST_REPLIED: u32 = 1 << 0;
+/// FIN/RST (TCP) or ABORT/SHUTDOWN (SCTP) seen.
+const ST_CLOSING: u32 = 1 << 1;
+
+const SEC: u64 = 1_000_000_000;
+const TIMEOUT_CONN_ESTABLISHED: u64 = 6 * 3600 * SEC;
+const TIMEOUT_CONN_OPENING: u64 = 60 * SEC;
+const TIMEOUT_CONN_CLOSING: u64 = 10 * SEC;
+const TIMEOUT_UDP: u64 = 60 * SEC;
+const TIMEOUT_ICMP: u64 = 30 * SEC;
+const TIMEOUT_OTHER: u64 = 60 * SEC;
+
+/// The other direction.
+#[inline(always)]
+pub const fn opposite(d: u8) -> u8 {
+    if d == dir::INGRESS {
+        dir::EGRESS
+    } else {
+        dir::INGRESS
+    }
+}
+
+/// Key of `flow` seen at `ep_id` in direction `d`, in forward orientation.
+#[inline(always)]
+pub fn forward_key(ep_id: u32, d: u8, flow: &Flow) -> CtKey {
+    CtKey {
+        ep_id,
+        dir: d,
+        proto: flow.proto,
+        sport: flow.sport.to_be_bytes(),
+        dport: flow.dport.to_be_bytes(),
+        pad: [0; 2],
+        saddr: flow.saddr,
+        daddr: flow.daddr,
+    }
+}
+
+/// Key of a flow that started in the opposite direction and of which
+/// `flow` is a reply.
+#[inline(always)]
+pub fn reverse_key(ep_id: u32, d: u8, flow: &Flow) -> CtKey {
+    CtKey {
+        ep_id,
+        dir: opposite(d),
+        proto: flow.proto,
+        sport: flow.dport.to_be_bytes(),
+        dport: flow.sport.to_be_bytes(),
+        pad: [0; 2],
+        saddr: flow.daddr,
+        daddr: flow.saddr,
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn timeout(proto_nr: u8, state: u32) -> u64 {
+    match proto_nr {
+        proto::TCP | proto::SCTP => {
+            if state & ST_CLOSING != 0 {
+                TIMEOUT_CONN_CLOSING
+            } else if state & ST_REPLIED != 0 {
+                TIMEOUT_CONN_ESTABLISHED
+            } else {
+                TIMEOUT_CONN_OPENING
+            }
+        }
+        proto::UDP => TIMEOUT_UDP,
+        proto::ICMP | proto::ICMPV6 => TIMEOUT_ICMP,
+        _ => TIMEOUT_OTHER,
+    }
+}
+
+/// Whether a live (not expired) entry exists for `key`.
+#[inline(never)]
+pub fn exists(key: &CtKey) -> bool {
+    match CONNTRACK.get_ptr(key) {
+        Some(v) => {
+            // SAFETY: a map value pointer from a successful lookup.
+            let v = unsafe { &*v };
+            now().saturating_sub(v.last_seen_ns) <= timeout(key.proto, v.state)
+        }
+        None => false,
+    }
+}
+
+/// No live entry: judge the packet as a new flow.
+pub const UNTRACKED: u8 = 0;
+/// Part of a tracked flow that is still allowed.
+pub const PASS: u8 = 1;
+/// The flow's entry was judged again and is now denied (entry removed);
+/// the verdict says why.
+pub const DENIED: u8 = 2;
+
+/// Looks `flow` up in both orientations and updates the entry found;
+/// returns [`UNTRACKED`], [`PASS`] or [`DENIED`] (then `out` holds the
+/// verdict).
+#[inline(never)]
+pub fn lookup(pkt: &PacketCtx, flow: &Flow, out: &mut Verdict) -> u8 {
+    let mut key = forward_key(pkt.ep_id, pkt.dir, flow);
+    let r = touch(pkt, &key, false, flow, out);
+    if r != UNTRACKED {
+        return r;
+    }
+    key = reverse_key(pkt.ep_id, pkt.dir, flow);
+    touch(pkt, &key, true, flow, out)
+}
+
+#[inline(always)]
+fn touch(pkt: &PacketCtx, key: &CtKey, reply: bool, flow: &Flow, out: &mut Verdict) -> u8 {
+    let ptr = match CONNTRACK.get_ptr_mut(key) {
+        Some(p) => p,
+        None => return UNTRACKED,
+    };
+    // SAFETY: a map value pointer from a successful lookup; concurrent
+    // updates of these counters may race, which only loses an update.
+    let v = unsafe { &mut *ptr };
+    let t = now();
+    if t.saturating_sub(v.last_seen_ns) > timeout(key.proto, v.state) {
+        let _ = CONNTRACK.remove(key);
+        return UNTRACKED;
+    }
+    if v.revision != pkt.cfg.revision {
+        let dport = match key.proto {
+            proto::TCP | proto::UDP | proto::SCTP => u16::from_be_bytes(key.dport),
+            _ => 0,
+        };
+        let q = Query {
+            peer: if key.dir == dir::EGRESS {
+                key.daddr
+            } else {
+                key.saddr
+            },
+            ep_id: key.ep_id,
+            dport,
+            gen: pkt.gen,
+            dir: key.dir,
+            proto: key.proto,
+            ports_known: true,
+        };
+        judge(&q, out);
+        if !out.allow {
+            let _ = CONNTRACK.remove(key);
+            return DENIED;
+        }
+        v.revision = pkt.cfg.revision;
+    }
+    if !reply && flow.opening && v.state & ST_CLOSING != 0 {
+        // A new connection reusing the tuple of a closing one.
+        v.state = 0;
+    }
+    if reply {
+        v.state |= ST_REPLIED;
+    }
+    if flow.closing {
+        v.state |= ST_CLOSING;
+    }
+    v.last_seen_ns = t;
+    v.packets += 1;
+    PASS
+}
+
+/// Creates the entry of a new, allowed flow.
+#[inline(never)]
+pub fn create(pkt: &PacketCtx, flow: &Flow) {
+    let key = forward_key(pkt.ep_id, pkt.dir, flow);
+    let value = CtValue {
+        last_seen_ns: now(),
+        revision: pkt.cfg.revision,
+        state: if flow.closing { ST_CLOSING } else { 0 },
+        packets: 1,
+    };
+    let _ = CONNTRACK.insert(&key, &value, 0);
+}

@@ -1,0 +1,45 @@
+//! The maps, named as in `policy_common::maps` (the names are the contract
+//! with user space, which pins and fills them). Sizes here are defaults;
+//! the agent overrides them before load.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, RingBuf},
+};
+use policy_common::{
+    CidrKey, Config, CtKey, CtValue, EndpointInfo, EndpointPolicy, EndpointPolicyKey,
+    IdentityValue, IpcacheKey, PolicyKey, PolicyValue,
+};
+
+/// Global configuration, one entry.
+#[map(name = "PALISADE_CONFIG")]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Host-side veth ifindex → endpoint.
+#[map(name = "PALISADE_ENDPOINTS")]
+pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(1024, 0);
+
+/// (generation, endpoint) → isolation flags.
+#[map(name = "PALISADE_EP_POLICY")]
+pub static EP_POLICY: HashMap<EndpointPolicyKey, EndpointPolicy> =
+    HashMap::with_max_entries(2048, 0);
+
+/// (generation, exact address) → identity.
+#[map(name = "PALISADE_IPCACHE")]
+pub static IPCACHE: HashMap<IpcacheKey, IdentityValue> = HashMap::with_max_entries(65536, 0);
+
+/// (generation, prefix) → identity.
+#[map(name = "PALISADE_CIDRS")]
+pub static CIDRS: LpmTrie<CidrKey, IdentityValue> = LpmTrie::with_max_entries(32768, 0);
+
+/// Allow entries.
+#[map(name = "PALISADE_POLICY")]
+pub static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(262144, 0);
+
+/// Connection tracking.
+#[map(name = "PALISADE_CT")]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(131072, 0);
+
+/// Verdict events for user space.
+#[map(name = "PALISADE_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);

@@ -1,0 +1,344 @@
+//! Header parsing. Every read goes through `bpf_skb_load_bytes`
+//! (`TcContext::load`), so a truncated packet makes a read fail and the
+//! packet is reported as [`Parsed::Malformed`] — never as a flow that could
+//! slip past a verdict.
+
+use aya_ebpf::programs::TcContext;
+use policy_common::{proto, v4_mapped, Addr};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_ARP: u16 = 0x0806;
+
+/// IPv6 extension headers walked before giving up (the packet is then
+/// malformed for us and dropped).
+const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+const SCTP_ABORT: u8 = 6;
+const SCTP_SHUTDOWN: u8 = 7;
+const SCTP_SHUTDOWN_ACK: u8 = 8;
+const SCTP_SHUTDOWN_COMPLETE: u8 = 14;
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAM_PROBLEM: u8 = 12;
+
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+const ICMPV6_TIME_EXCEEDED: u8 = 3;
+const ICMPV6_PARAM_PROBLEM: u8 = 4;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+const ICMPV6_ND_FIRST: u8 = 133;
+const ICMPV6_ND_LAST: u8 = 137;
+
+/// One packet's flow identity, as far as policy and conntrack need it.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    /// Source address (IPv4-mapped for IPv4).
+    pub saddr: Addr,
+    /// Destination address.
+    pub daddr: Addr,
+    /// Conntrack source port (ICMP echo request: identifier; reply: 0).
+    pub sport: u16,
+    /// Conntrack destination port (ICMP echo reply: identifier).
+    pub dport: u16,
+    /// Port the policy is judged on (TCP/UDP/SCTP destination port, else 0).
+    pub policy_dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// False for non-first fragments: no L4 header in this packet.
+    pub ports_known: bool,
+    /// Whether an allowed packet without a conntrack entry creates one.
+    pub create: bool,
+    /// TCP SYN without ACK / SCTP INIT: a connection (re)starts.
+    pub opening: bool,
+    /// TCP FIN/RST, SCTP ABORT/SHUTDOWN*: the flow is closing.
+    pub closing: bool,
+}
+
+/// What the parser made of a packet (return value of [`parse`]).
+pub mod kind {
+    /// Always allowed (ARP, IPv6 neighbour discovery).
+    pub const PASS: u8 = 0;
+    /// Unparseable, truncated or not IP/ARP: dropped.
+    pub const MALFORMED: u8 = 1;
+    /// An IP packet, described by the outer flow.
+    pub const FLOW: u8 = 2;
+    /// An ICMP error: the outer flow is the error, the inner one the quoted
+    /// packet.
+    pub const ICMP_ERROR: u8 = 3;
+}
+
+impl Flow {
+    /// An empty flow, to be filled by [`parse`].
+    #[inline(always)]
+    pub const fn empty() -> Self {
+        Self {
+            saddr: [0; 16],
+            daddr: [0; 16],
+            sport: 0,
+            dport: 0,
+            policy_dport: 0,
+            proto: 0,
+            ports_known: true,
+            create: true,
+            opening: false,
+            closing: false,
+        }
+    }
+}
+
+/// Parses the packet in `ctx` into `outer` (and, for ICMP errors, the
+/// quoted packet into `inner`); returns a [`kind`].
+#[inline(never)]
+pub fn parse(ctx: &TcContext, outer: &mut Flow, inner: &mut Flow) -> u8 {
+    match try_parse(ctx, outer, inner) {
+        Ok(k) => k,
+        Err(()) => kind::MALFORMED,
+    }
+}
+
+#[inline(always)]
+fn load<T>(ctx: &TcContext, off: usize) -> Result<T, ()> {
+    ctx.load::<T>(off).map_err(|_| ())
+}
+
+#[inline(always)]
+fn try_parse(ctx: &TcContext, outer: &mut Flow, inner: &mut Flow) -> Result<u8, ()> {
+    let ethertype: [u8; 2] = load(ctx, 12)?;
+    match u16::from_be_bytes(ethertype) {
+        ETH_P_ARP => Ok(kind::PASS),
+        ETH_P_IP => parse_v4(ctx, ETH_HLEN, outer, inner),
+        ETH_P_IPV6 => parse_v6(ctx, ETH_HLEN, outer, inner),
+        _ => Ok(kind::MALFORMED),
+    }
+}
+
+/// Reads an IPv4 header at `off` into `flow`; returns the L4 offset, or
+/// `None` for a non-first fragment.
+#[inline(always)]
+fn ipv4_header(ctx: &TcContext, off: usize, flow: &mut Flow) -> Result<Option<usize>, ()> {
+    let h: [u8; 20] = load(ctx, off)?;
+    if h[0] >> 4 != 4 {
+        return Err(());
+    }
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    if ihl < 20 {
+        return Err(());
+    }
+    flow.saddr = v4_mapped([h[12], h[13], h[14], h[15]]);
+    flow.daddr = v4_mapped([h[16], h[17], h[18], h[19]]);
+    flow.proto = h[9];
+    let frag_off = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+    if frag_off != 0 {
+        return Ok(None);
+    }
+    Ok(Some(off + ihl))
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &TcContext, off: usize, flow: &mut Flow, inner: &mut Flow) -> Result<u8, ()> {
+    let l4 = match ipv4_header(ctx, off, flow)? {
+        Some(l4) => l4,
+        None => {
+            flow.ports_known = false;
+            flow.create = false;
+            return Ok(kind::FLOW);
+        }
+    };
+    if flow.proto != proto::ICMP {
+        l4_ports(ctx, l4, flow)?;
+        return Ok(kind::FLOW);
+    }
+    let icmp: [u8; 8] = load(ctx, l4)?;
+    let id = u16::from_be_bytes([icmp[4], icmp[5]]);
+    match icmp[0] {
+        ICMP_ECHO_REQUEST => flow.sport = id,
+        ICMP_ECHO_REPLY => {
+            flow.dport = id;
+            flow.create = false;
+        }
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM => {
+            flow.create = false;
+            if inner_v4(ctx, l4 + 8, inner).is_ok() {
+                return Ok(kind::ICMP_ERROR);
+            }
+        }
+        _ => flow.create = false,
+    }
+    Ok(kind::FLOW)
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &TcContext, off: usize, flow: &mut Flow, inner: &mut Flow) -> Result<u8, ()> {
+    let h: [u8; 8] = load(ctx, off)?;
+    if h[0] >> 4 != 6 {
+        return Err(());
+    }
+    flow.saddr = load(ctx, off + 8)?;
+    flow.daddr = load(ctx, off + 24)?;
+    let mut nh = h[6];
+    let mut cur = off + 40;
+    let mut done = false;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match nh {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
+                let e: [u8; 2] = load(ctx, cur)?;
+                nh = e[0];
+                cur += (usize::from(e[1]) + 1) * 8;
+            }
+            IPV6_AUTH => {
+                let e: [u8; 2] = load(ctx, cur)?;
+                nh = e[0];
+                cur += (usize::from(e[1]) + 2) * 4;
+            }
+            IPV6_FRAGMENT => {
+                let e: [u8; 4] = load(ctx, cur)?;
+                nh = e[0];
+                cur += 8;
+                if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
+                    flow.proto = nh;
+                    flow.ports_known = false;
+                    flow.create = false;
+                    return Ok(kind::FLOW);
+                }
+            }
+            _ => {
+                done = true;
+                break;
+            }
+        }
+    }
+    if !done {
+        return Err(());
+    }
+    flow.proto = nh;
+    if flow.proto != proto::ICMPV6 {
+        l4_ports(ctx, cur, flow)?;
+        return Ok(kind::FLOW);
+    }
+    let icmp: [u8; 8] = load(ctx, cur)?;
+    let id = u16::from_be_bytes([icmp[4], icmp[5]]);
+    match icmp[0] {
+        ICMPV6_ND_FIRST..=ICMPV6_ND_LAST => return Ok(kind::PASS),
+        ICMPV6_ECHO_REQUEST => flow.sport = id,
+        ICMPV6_ECHO_REPLY => {
+            flow.dport = id;
+            flow.create = false;
+        }
+        ICMPV6_DEST_UNREACH
+        | ICMPV6_PACKET_TOO_BIG
+        | ICMPV6_TIME_EXCEEDED
+        | ICMPV6_PARAM_PROBLEM => {
+            flow.create = false;
+            if inner_v6(ctx, cur + 8, inner).is_ok() {
+                return Ok(kind::ICMP_ERROR);
+            }
+        }
+        _ => flow.create = false,
+    }
+    Ok(kind::FLOW)
+}
+
+/// Reads ports and connection state of TCP/UDP/SCTP; other protocols keep
+/// ports 0.
+#[inline(always)]
+fn l4_ports(ctx: &TcContext, l4: usize, flow: &mut Flow) -> Result<(), ()> {
+    match flow.proto {
+        proto::TCP => {
+            let t: [u8; 14] = load(ctx, l4)?;
+            flow.sport = u16::from_be_bytes([t[0], t[1]]);
+            flow.dport = u16::from_be_bytes([t[2], t[3]]);
+            let flags = t[13];
+            flow.opening = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
+            flow.closing = flags & (TCP_FIN | TCP_RST) != 0;
+            flow.create = flags & TCP_RST == 0;
+        }
+        proto::UDP => {
+            let u: [u8; 4] = load(ctx, l4)?;
+            flow.sport = u16::from_be_bytes([u[0], u[1]]);
+            flow.dport = u16::from_be_bytes([u[2], u[3]]);
+        }
+        proto::SCTP => {
+            // Common header (12 bytes) and the first chunk's type.
+            let s: [u8; 13] = load(ctx, l4)?;
+            flow.sport = u16::from_be_bytes([s[0], s[1]]);
+            flow.dport = u16::from_be_bytes([s[2], s[3]]);
+            let chunk = s[12];
+            flow.opening = chunk == 1;
+            flow.closing = matches!(
+                chunk,
+                SCTP_ABORT | SCTP_SHUTDOWN | SCTP_SHUTDOWN_ACK | SCTP_SHUTDOWN_COMPLETE
+            );
+            flow.create = !matches!(chunk, SCTP_ABORT | SCTP_SHUTDOWN_COMPLETE);
+        }
+        _ => return Ok(()),
+    }
+    flow.policy_dport = flow.dport;
+    Ok(())
+}
+
+/// Ports of a quoted packet (first 8 bytes of its L4 header).
+#[inline(always)]
+fn inner_ports(
+    ctx: &TcContext,
+    l4: usize,
+    flow: &mut Flow,
+    echo_req: u8,
+    echo_reply: u8,
+) -> Result<(), ()> {
+    let p: [u8; 8] = load(ctx, l4)?;
+    match flow.proto {
+        proto::TCP | proto::UDP | proto::SCTP => {
+            flow.sport = u16::from_be_bytes([p[0], p[1]]);
+            flow.dport = u16::from_be_bytes([p[2], p[3]]);
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            let id = u16::from_be_bytes([p[4], p[5]]);
+            if p[0] == echo_req {
+                flow.sport = id;
+            } else if p[0] == echo_reply {
+                flow.dport = id;
+            } else {
+                return Err(());
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn inner_v4(ctx: &TcContext, off: usize, flow: &mut Flow) -> Result<(), ()> {
+    let l4 = ipv4_header(ctx, off, flow)?.ok_or(())?;
+    flow.create = false;
+    inner_ports(ctx, l4, flow, ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY)
+}
+
+#[inline(always)]
+fn inner_v6(ctx: &TcContext, off: usize, flow: &mut Flow) -> Result<(), ()> {
+    let h: [u8; 8] = load(ctx, off)?;
+    if h[0] >> 4 != 6 {
+        return Err(());
+    }
+    flow.saddr = load(ctx, off + 8)?;
+    flow.daddr = load(ctx, off + 24)?;
+    flow.proto = h[6];
+    flow.create = false;
+    inner_ports(ctx, off + 40, flow, ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY)
+}

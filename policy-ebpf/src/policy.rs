@@ -1,0 +1,142 @@
+//! The verdict algorithm. It must stay identical to the user-space lookup
+//! model (`policy_engine::lookup::verdict`):
+//!
+//! 1. `EP_POLICY[gen, ep]` missing → drop (`NOT_READY`).
+//! 2. The direction's isolated flag unset → allow (`NOT_ISOLATED`).
+//! 3. Ingress from an address whose ipcache identity is `HOST` → allow.
+//! 4. For each peer identity in [ipcache, CIDR LPM, `ANY`] (those found),
+//!    one POLICY LPM lookup with the full key; a hit allows.
+//! 5. Otherwise drop (`NO_RULE`).
+
+use aya_ebpf::maps::lpm_trie::Key;
+use policy_common::{
+    dir, ep_flags, identity, reason, Addr, CidrKey, EndpointPolicyKey, IpcacheKey, PolicyKey,
+    CIDR_KEY_HEAD_BITS, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_FULL,
+};
+
+use crate::maps::{CIDRS, EP_POLICY, IPCACHE, POLICY};
+
+/// Outcome of [`judge`].
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    /// Peer identity found (ipcache first, then CIDR; 0 if none).
+    pub peer_identity: u32,
+    /// Rule reference of the allowing entry (0 if none).
+    pub rule: u32,
+    /// Whether the packet may pass.
+    pub allow: bool,
+    /// `policy_common::reason` value.
+    pub reason: u8,
+}
+
+impl Verdict {
+    /// A drop without any lookup done yet.
+    #[inline(always)]
+    pub const fn empty() -> Self {
+        Self {
+            peer_identity: 0,
+            rule: 0,
+            allow: false,
+            reason: reason::NO_RULE,
+        }
+    }
+
+    #[inline(always)]
+    fn set(&mut self, allow: bool, reason: u8, peer_identity: u32, rule: u32) {
+        self.allow = allow;
+        self.reason = reason;
+        self.peer_identity = peer_identity;
+        self.rule = rule;
+    }
+}
+
+/// One question for [`judge`].
+pub struct Query {
+    /// Peer address (destination for egress, source for ingress).
+    pub peer: Addr,
+    /// Endpoint id.
+    pub ep_id: u32,
+    /// Destination port (0 for port-less protocols).
+    pub dport: u16,
+    /// Generation to read.
+    pub gen: u8,
+    /// Direction.
+    pub dir: u8,
+    /// IP protocol.
+    pub proto: u8,
+    /// False for non-first fragments: only entries allowing every port of
+    /// `proto` (or every protocol) can match.
+    pub ports_known: bool,
+}
+
+/// Judges one packet (see the module documentation) into `out`.
+#[inline(never)]
+pub fn judge(q: &Query, out: &mut Verdict) {
+    let gen = q.gen;
+    let ep_key = EndpointPolicyKey {
+        gen: u32::from(gen),
+        ep_id: q.ep_id,
+    };
+    // SAFETY: the value is copied out at once; a concurrent update may give
+    // an old or new value, both of which are valid flag words.
+    let flags = match unsafe { EP_POLICY.get(&ep_key) } {
+        Some(v) => v.flags,
+        None => return out.set(false, reason::NOT_READY, 0, 0),
+    };
+    let isolated = if q.dir == dir::INGRESS {
+        ep_flags::ISOLATED_INGRESS
+    } else {
+        ep_flags::ISOLATED_EGRESS
+    };
+    let ipc_key = IpcacheKey {
+        gen: u32::from(gen),
+        addr: q.peer,
+    };
+    // SAFETY: as above, copied out at once.
+    let ipc = unsafe { IPCACHE.get(&ipc_key) }.map(|v| v.identity);
+    if flags & isolated == 0 {
+        return out.set(true, reason::NOT_ISOLATED, ipc.unwrap_or(0), 0);
+    }
+    if q.dir == dir::INGRESS && ipc == Some(identity::HOST) {
+        return out.set(true, reason::POLICY_ALLOW, identity::HOST, 0);
+    }
+    let cidr_key = Key::new(
+        CIDR_KEY_HEAD_BITS + 128,
+        CidrKey {
+            gen,
+            pad: [0; 3],
+            addr: q.peer,
+        },
+    );
+    let cidr = CIDRS.get(&cidr_key).map(|v| v.identity);
+    let (prefix, dport) = if q.ports_known {
+        (POLICY_PREFIX_FULL, q.dport)
+    } else {
+        (POLICY_PREFIX_ANY_PORT, 0)
+    };
+    let peer_identity = match (ipc, cidr) {
+        (Some(i), _) | (None, Some(i)) => i,
+        (None, None) => 0,
+    };
+    let mut key = Key::new(
+        prefix,
+        PolicyKey::new(gen, q.dir, q.ep_id, identity::ANY, q.proto, dport),
+    );
+    if let Some(id) = ipc {
+        key.data.identity = id.to_be_bytes();
+        if let Some(v) = POLICY.get(&key) {
+            return out.set(true, reason::POLICY_ALLOW, id, v.rule);
+        }
+    }
+    if let Some(id) = cidr {
+        key.data.identity = id.to_be_bytes();
+        if let Some(v) = POLICY.get(&key) {
+            return out.set(true, reason::POLICY_ALLOW, id, v.rule);
+        }
+    }
+    key.data.identity = identity::ANY.to_be_bytes();
+    if let Some(v) = POLICY.get(&key) {
+        return out.set(true, reason::POLICY_ALLOW, peer_identity, v.rule);
+    }
+    out.set(false, reason::NO_RULE, peer_identity, 0)
+}
