@@ -4,6 +4,16 @@
 
 use policy_engine::state::MapState;
 
+pub mod kernel;
+
+/// Opens the kernel dataplane with default options, pinning under
+/// `pin_dir` (e.g. `/sys/fs/bpf/palisade/<instance>`) and adopting what a
+/// previous agent pinned there. See [`kernel::KernelDataplane::open`] for
+/// the options.
+pub fn open_kernel(pin_dir: &std::path::Path) -> Result<kernel::KernelDataplane, DataplaneError> {
+    kernel::KernelDataplane::open(kernel::KernelOptions::new(pin_dir))
+}
+
 /// Failures of a dataplane operation; each names what it was doing.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
