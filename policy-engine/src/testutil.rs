@@ -206,3 +206,64 @@ pub fn xyz_model() -> ClusterBuilder {
     }
     b
 }
+
+/// A synthetic cluster for benchmarks: `namespaces` namespaces (label
+/// `team=t<i % 10>`), `pods` pods spread evenly (labels `app=app<i % 5>`,
+/// `tier=<i % 3>`, named port `http` 8080/TCP, IPs 10.x.y.z), and
+/// `policies` policies cycling through four shapes: default deny, same-
+/// namespace pod selector on a port, namespace selector on a named port,
+/// and egress to an ipBlock with except on a port range.
+pub fn synthetic_cluster(namespaces: usize, pods: usize, policies: usize) -> Snapshot {
+    let mut b = ClusterBuilder::new();
+    for n in 0..namespaces {
+        let team = format!("t{}", n % 10);
+        b = b.ns(&format!("ns{n}"), &[("team", team.as_str())]);
+    }
+    for i in 0..pods {
+        let ns = format!("ns{}", i % namespaces.max(1));
+        let info = PodInfo {
+            labels: [
+                ("app".to_string(), format!("app{}", i % 5)),
+                ("tier".to_string(), format!("{}", i % 3)),
+            ]
+            .into(),
+            ips: vec![IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8])],
+            ports: vec![ContainerPort {
+                name: Some("http".into()),
+                port: 8080,
+                protocol: Protocol::Tcp,
+            }],
+            host_network: false,
+        };
+        b.snapshot
+            .insert_pod(PodRef::new(ns, format!("pod{i}")), info);
+    }
+    for p in 0..policies {
+        let ns = format!("ns{}", p % namespaces.max(1));
+        let name = format!("pol{p}");
+        let spec = match (p / namespaces.max(1)) % 4 {
+            0 => "  podSelector: {}\n  policyTypes: [Ingress]\n".to_string(),
+            1 => format!(
+                "  podSelector: {{matchLabels: {{app: app{}}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{app: app{}}}}}}}], ports: [{{port: 80}}, {{port: 443}}]}}]\n",
+                p % 5,
+                (p + 1) % 5
+            ),
+            2 => format!(
+                "  podSelector: {{matchExpressions: [{{key: tier, operator: In, values: ['{}']}}]}}\n  ingress: [{{from: [{{namespaceSelector: {{matchLabels: {{team: t{}}}}}, podSelector: {{matchLabels: {{app: app{}}}}}}}], ports: [{{port: http}}]}}]\n",
+                p % 3,
+                p % 10,
+                p % 5
+            ),
+            _ => format!(
+                "  podSelector: {{matchLabels: {{app: app{}}}}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{ipBlock: {{cidr: 172.{}.0.0/16, except: [172.{}.1.0/24]}}}}], ports: [{{port: 8000, endPort: 8100}}]}}, {{ports: [{{port: 53, protocol: UDP}}]}}]\n",
+                p % 5,
+                p % 32,
+                p % 32
+            ),
+        };
+        b = b.policy(&format!(
+            "metadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}"
+        ));
+    }
+    b.build()
+}

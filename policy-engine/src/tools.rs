@@ -4,6 +4,7 @@
 //! [`ToolError::exit_code`] the CLI uses.
 
 pub mod explain;
+pub mod lint;
 pub mod probe;
 pub mod simulate;
 
