@@ -17,13 +17,22 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Where `policy-agent` and `palisade-cni` are: `$PALISADE_BIN_DIR` (set by
-/// `cargo xtask test`), else `<workspace>/target/debug`. Panics with a clear
-/// message when either binary is missing.
+/// `cargo xtask test`), else the profile folder this test binary was built
+/// into (`<target>/debug`, which honours `CARGO_TARGET_DIR`) if it holds
+/// them, else `<workspace>/target/debug`. Panics with a clear message when
+/// either binary is missing.
 pub fn bin_dir() -> PathBuf {
-    let dir = std::env::var_os("PALISADE_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target").join("debug"));
-    for bin in [testbed::AGENT_BINARY, testbed::PLUGIN_BINARY] {
+    let bins = [testbed::AGENT_BINARY, testbed::PLUGIN_BINARY];
+    let has_bins = |d: &Path| bins.iter().all(|b| d.join(b).is_file());
+    let dir = match std::env::var_os("PALISADE_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
+            .filter(|d| has_bins(d))
+            .unwrap_or_else(|| workspace_root().join("target").join("debug")),
+    };
+    for bin in bins {
         let path = dir.join(bin);
         assert!(
             path.is_file(),
