@@ -79,23 +79,30 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 flip = !flip;
                 let s = if flip { &relabelled } else { &snap };
-                black_box(engine.update(s, &eps))
+                black_box(engine.pod_changed(s, &pod))
             })
         });
         let ops = {
             let mut e = Engine::new();
             e.update(&snap, &eps);
-            e.update(&relabelled, &eps).len()
+            e.pod_changed(&relabelled, &pod).len()
         };
         println!("[{label}] pod relabel: {ops} map ops");
 
-        // One policy changed.
+        // One policy changed: the first one in a namespace with a local
+        // endpoint.
+        let target = snap
+            .policies
+            .keys()
+            .find(|r| r.namespace == pod.namespace)
+            .cloned()
+            .unwrap_or_else(|| PodRef::new("ns0", "pol0"));
         let mut changed = snap.clone();
-        changed
-            .upsert_policy(&policy_yaml(
-                "metadata: {name: pol1, namespace: ns1}\nspec:\n  podSelector: {}\n  ingress: [{ports: [{port: 9090}]}]\n",
-            ))
-            .ok();
+        let yaml = format!(
+            "metadata: {{name: {}, namespace: {}}}\nspec:\n  podSelector: {{}}\n  ingress: [{{ports: [{{port: 9090}}]}}]\n",
+            target.name, target.namespace
+        );
+        changed.upsert_policy(&policy_yaml(&yaml)).ok();
         let mut engine = Engine::new();
         engine.update(&snap, &eps);
         let mut flip = false;
@@ -103,13 +110,13 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 flip = !flip;
                 let s = if flip { &changed } else { &snap };
-                black_box(engine.update(s, &eps))
+                black_box(engine.policy_changed(s, &target))
             })
         });
         let ops = {
             let mut e = Engine::new();
             e.update(&snap, &eps);
-            e.update(&changed, &eps).len()
+            e.policy_changed(&changed, &target).len()
         };
         println!("[{label}] policy change: {ops} map ops");
         g.finish();

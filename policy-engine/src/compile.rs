@@ -15,6 +15,7 @@
 //! - Invalid policies still isolate the pods they select but allow nothing
 //!   (fail closed); their problems come back as [`CompileError`]s.
 
+mod engine;
 pub mod identity;
 pub mod ports;
 
@@ -29,8 +30,9 @@ use crate::model::{
     Direction, Peer, PodInfo, PodRef, Policy, PolicyRef, PortRef, PortSpec, Protocol, Rule,
     Snapshot,
 };
-use crate::state::{diff, MapOp, MapState, PolicyEntry, PortMatch};
+use crate::state::{MapState, PolicyEntry, PortMatch};
 
+pub use engine::Engine;
 pub use identity::{Allocator, IdentityDesc, PodGroup, RuleRef};
 
 /// A problem found while compiling. The compile itself never fails.
@@ -80,95 +82,154 @@ pub fn compile(
     endpoints: &BTreeMap<PodRef, u32>,
     alloc: &mut Allocator,
 ) -> Compiled {
-    let mut out = Compiled::default();
-    let ix = Index::build(snapshot, alloc, &mut out);
+    let full = build(snapshot, endpoints, alloc);
+    alloc.sweep();
+    full.compiled
+}
 
-    // Endpoints: every known, non-hostNetwork pod we were asked about.
-    let mut local: BTreeMap<&str, Vec<(u32, &PodInfo)>> = BTreeMap::new();
+/// Local endpoints by namespace: (endpoint id, pod).
+type Local = BTreeMap<String, Vec<(u32, PodRef)>>;
+
+/// What one policy adds to the state.
+#[derive(Clone, Debug, Default)]
+struct Contribution {
+    /// Endpoint → isolation bits this policy sets.
+    flags: BTreeMap<u32, u32>,
+    /// Allow entries (with this policy's rule ids).
+    entries: BTreeMap<PolicyEntry, PolicyValue>,
+    /// Rule ids this policy's rules carry.
+    rules: Vec<(u32, RuleRef)>,
+}
+
+/// A full compile, with the intermediate results the incremental
+/// [`Engine`] keeps.
+struct Full {
+    compiled: Compiled,
+    index: Index,
+    local: Local,
+    contrib: BTreeMap<PolicyRef, Contribution>,
+}
+
+fn local_endpoints(snapshot: &Snapshot, endpoints: &BTreeMap<PodRef, u32>) -> Local {
+    let mut local = Local::new();
     for (r, ep) in endpoints {
-        if let Some(pod) = snapshot.pods.get(r).filter(|p| !p.host_network) {
-            out.state.endpoints.insert(*ep, 0);
+        if snapshot.pods.get(r).is_some_and(|p| !p.host_network) {
             local
-                .entry(r.namespace.as_str())
+                .entry(r.namespace.clone())
                 .or_default()
-                .push((*ep, pod));
+                .push((*ep, r.clone()));
         }
     }
+    local
+}
 
+fn policy_errors(snapshot: &Snapshot) -> Vec<CompileError> {
+    let mut errors = Vec::new();
     for (pref, policy) in &snapshot.policies {
         for issue in &policy.issues {
-            out.errors.push(CompileError::InvalidPolicy {
+            errors.push(CompileError::InvalidPolicy {
                 policy: pref.clone(),
                 field: issue.field.clone(),
                 message: issue.message.clone(),
             });
         }
-        let selected: Vec<(u32, &PodInfo)> = local
-            .get(pref.namespace.as_str())
-            .into_iter()
-            .flatten()
-            .filter(|(_, pod)| {
-                policy
-                    .pod_selector
-                    .as_ref()
-                    .is_none_or(|s| s.matches(&pod.labels))
-            })
-            .copied()
-            .collect();
-        if selected.is_empty() {
-            // Still number its rules so explain can name them.
-            number_rules(pref, policy, alloc, &mut out);
-            continue;
-        }
-        for dir in Direction::BOTH {
-            let Some(rules) = policy.rules(dir) else {
-                continue;
-            };
-            for (ep, _) in &selected {
-                if let Some(flags) = out.state.endpoints.get_mut(ep) {
-                    *flags |= dir.isolation_flag();
-                }
-            }
-            if !policy.is_valid() {
-                continue;
-            }
-            for (index, rule) in rules.iter().enumerate() {
-                let rref = RuleRef {
-                    policy: pref.clone(),
-                    dir,
-                    index,
-                };
-                let rule_id = alloc.rule(&rref);
-                out.rules.insert(rule_id, rref);
-                ix.add_rule(
-                    &pref.namespace,
-                    dir,
-                    rule,
-                    rule_id,
-                    &selected,
-                    &mut out.state,
-                );
-            }
-        }
     }
-    alloc.sweep();
-    out
+    errors
 }
 
-fn number_rules(pref: &PolicyRef, policy: &Policy, alloc: &mut Allocator, out: &mut Compiled) {
-    if !policy.is_valid() {
-        return;
+fn build(snapshot: &Snapshot, endpoints: &BTreeMap<PodRef, u32>, alloc: &mut Allocator) -> Full {
+    let mut out = Compiled::default();
+    let ix = Index::build(snapshot, alloc, &mut out);
+    let local = local_endpoints(snapshot, endpoints);
+    for eps in local.values() {
+        for (ep, _) in eps {
+            out.state.endpoints.insert(*ep, 0);
+        }
     }
+    out.errors = policy_errors(snapshot);
+    let mut contrib = BTreeMap::new();
+    for (pref, policy) in &snapshot.policies {
+        let c = contribution(&ix, snapshot, pref, policy, &local, alloc);
+        for (ep, f) in &c.flags {
+            if let Some(flags) = out.state.endpoints.get_mut(ep) {
+                *flags |= f;
+            }
+        }
+        for (e, v) in &c.entries {
+            out.state
+                .policy
+                .entry(*e)
+                .and_modify(|x| x.rule = x.rule.min(v.rule))
+                .or_insert(*v);
+        }
+        for (id, r) in &c.rules {
+            out.rules.insert(*id, r.clone());
+        }
+        contrib.insert(pref.clone(), c);
+    }
+    Full {
+        compiled: out,
+        index: ix,
+        local,
+        contrib,
+    }
+}
+
+/// Everything one policy adds: isolation of the pods it selects, and (if
+/// valid) its rules' allow entries.
+fn contribution(
+    ix: &Index,
+    snapshot: &Snapshot,
+    pref: &PolicyRef,
+    policy: &Policy,
+    local: &Local,
+    alloc: &mut Allocator,
+) -> Contribution {
+    let mut c = Contribution::default();
+    let selected: Vec<(u32, &PodInfo)> = local
+        .get(pref.namespace.as_str())
+        .into_iter()
+        .flatten()
+        .filter_map(|(ep, r)| snapshot.pods.get(r).map(|p| (*ep, p)))
+        .filter(|(_, pod)| {
+            policy
+                .pod_selector
+                .as_ref()
+                .is_none_or(|s| s.matches(&pod.labels))
+        })
+        .collect();
     for dir in Direction::BOTH {
-        for index in 0..policy.rules(dir).map_or(0, <[Rule]>::len) {
+        let Some(rules) = policy.rules(dir) else {
+            continue;
+        };
+        for (ep, _) in &selected {
+            *c.flags.entry(*ep).or_default() |= dir.isolation_flag();
+        }
+        if !policy.is_valid() {
+            continue;
+        }
+        for (index, rule) in rules.iter().enumerate() {
             let rref = RuleRef {
                 policy: pref.clone(),
                 dir,
                 index,
             };
-            out.rules.insert(alloc.rule(&rref), rref);
+            let rule_id = alloc.rule(&rref);
+            c.rules.push((rule_id, rref));
+            if !selected.is_empty() {
+                ix.add_rule(
+                    snapshot,
+                    &pref.namespace,
+                    dir,
+                    rule,
+                    rule_id,
+                    &selected,
+                    &mut c.entries,
+                );
+            }
         }
     }
+    c
 }
 
 /// Peers a rule admits.
@@ -179,44 +240,56 @@ enum Peers {
     Ids(Vec<u32>),
 }
 
-/// Identities indexed for rule resolution.
-struct Index<'a> {
-    snapshot: &'a Snapshot,
+/// Identities indexed for rule resolution (owned, so the incremental
+/// [`Engine`] can keep and update it).
+#[derive(Clone, Debug, Default)]
+struct Index {
     /// Namespace → pod identities in it.
-    by_ns: BTreeMap<String, Vec<u32>>,
+    by_ns: BTreeMap<String, BTreeSet<u32>>,
     /// Pod identity → its group.
     groups: BTreeMap<u32, PodGroup>,
+    /// Pod identity → its members.
+    members: BTreeMap<u32, BTreeSet<PodRef>>,
+    /// Pod → its identity and addresses.
+    pods: BTreeMap<PodRef, (u32, Vec<std::net::IpAddr>)>,
     /// CIDR identities.
     cidrs: Vec<(IpNet, u32)>,
     /// CIDR identities of single pod addresses → that pod (named ports of
     /// ipBlock peers resolve against it).
-    host_pods: BTreeMap<u32, &'a PodInfo>,
+    host_pods: BTreeMap<u32, PodRef>,
 }
 
-impl<'a> Index<'a> {
-    fn build(snapshot: &'a Snapshot, alloc: &mut Allocator, out: &mut Compiled) -> Self {
-        let mut by_ns: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+/// The identity key of a pod.
+fn pod_group(r: &PodRef, pod: &PodInfo) -> PodGroup {
+    PodGroup {
+        namespace: r.namespace.clone(),
+        labels: pod.labels.clone(),
+        named_ports: pod
+            .ports
+            .iter()
+            .filter_map(|p| p.name.clone().map(|n| (n, p.protocol, p.port)))
+            .collect(),
+    }
+}
+
+impl Index {
+    fn build(snapshot: &Snapshot, alloc: &mut Allocator, out: &mut Compiled) -> Self {
+        let mut by_ns: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
         let mut groups: BTreeMap<u32, PodGroup> = BTreeMap::new();
-        let mut members: BTreeMap<u32, Vec<PodRef>> = BTreeMap::new();
+        let mut members: BTreeMap<u32, BTreeSet<PodRef>> = BTreeMap::new();
+        let mut pods = BTreeMap::new();
         for (r, pod) in &snapshot.pods {
             if pod.host_network {
                 continue;
             }
-            let group = PodGroup {
-                namespace: r.namespace.clone(),
-                labels: pod.labels.clone(),
-                named_ports: pod
-                    .ports
-                    .iter()
-                    .filter_map(|p| p.name.clone().map(|n| (n, p.protocol, p.port)))
-                    .collect(),
-            };
+            let group = pod_group(r, pod);
             let id = alloc.pod_identity(&group);
             if let std::collections::btree_map::Entry::Vacant(slot) = groups.entry(id) {
-                by_ns.entry(r.namespace.clone()).or_default().push(id);
+                by_ns.entry(r.namespace.clone()).or_default().insert(id);
                 slot.insert(group);
             }
-            members.entry(id).or_default().push(r.clone());
+            members.entry(id).or_default().insert(r.clone());
+            pods.insert(r.clone(), (id, pod.ips.clone()));
             for ip in &pod.ips {
                 out.state.ipcache.insert(to_addr(*ip), id);
             }
@@ -230,7 +303,10 @@ impl<'a> Index<'a> {
                 *id,
                 IdentityDesc::Pods {
                     group: group.clone(),
-                    members: members.remove(id).unwrap_or_default(),
+                    members: members
+                        .get(id)
+                        .map(|m| m.iter().cloned().collect())
+                        .unwrap_or_default(),
                 },
             );
         }
@@ -252,11 +328,11 @@ impl<'a> Index<'a> {
         // Egress named ports towards ipBlock peers resolve per destination
         // pod: give each such pod address its own host prefix, so the
         // longest-prefix match singles it out.
-        let pod_by_ip: BTreeMap<std::net::IpAddr, &PodInfo> = snapshot
+        let pod_by_ip: BTreeMap<std::net::IpAddr, (&PodRef, &PodInfo)> = snapshot
             .pods
-            .values()
-            .filter(|p| !p.host_network)
-            .flat_map(|p| p.ips.iter().map(move |ip| (*ip, p)))
+            .iter()
+            .filter(|(_, p)| !p.host_network)
+            .flat_map(|(r, p)| p.ips.iter().map(move |ip| (*ip, (r, p))))
             .collect();
         for policy in snapshot.policies.values().filter(|p| p.is_valid()) {
             for rule in policy.egress.iter().flatten() {
@@ -271,21 +347,28 @@ impl<'a> Index<'a> {
             out.identities.insert(id, IdentityDesc::Cidr(net));
             cidrs.push((net, id));
             if net.prefix_len() == net.max_prefix_len() {
-                if let Some(pod) = pod_by_ip.get(&net.addr()) {
-                    host_pods.insert(id, *pod);
+                if let Some((r, _)) = pod_by_ip.get(&net.addr()) {
+                    host_pods.insert(id, (*r).clone());
                 }
             }
         }
         Index {
-            snapshot,
             by_ns,
             groups,
+            members,
+            pods,
             cidrs,
             host_pods,
         }
     }
 
-    fn peers(&self, namespace: &str, rule: &Rule) -> Peers {
+    /// Whether some egress rule resolves named ports behind ipBlock peers
+    /// (then pod changes can move host prefixes: the engine recompiles).
+    fn has_host_prefixes(&self) -> bool {
+        !self.host_pods.is_empty()
+    }
+
+    fn peers(&self, snapshot: &Snapshot, namespace: &str, rule: &Rule) -> Peers {
         if rule.peers.is_empty() {
             return Peers::Any;
         }
@@ -308,7 +391,7 @@ impl<'a> Index<'a> {
                         ),
                         Some(nsel) => {
                             for (ns, nids) in &self.by_ns {
-                                if nsel.matches(&self.snapshot.namespace_labels(ns)) {
+                                if nsel.matches(&snapshot.namespace_labels(ns)) {
                                     ids.extend(nids.iter().filter(|id| matches_pod(id)));
                                 }
                             }
@@ -328,16 +411,18 @@ impl<'a> Index<'a> {
         Peers::Ids(ids.into_iter().collect())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn add_rule(
         &self,
+        snapshot: &Snapshot,
         namespace: &str,
         dir: Direction,
         rule: &Rule,
         rule_id: u32,
         selected: &[(u32, &PodInfo)],
-        state: &mut MapState,
+        entries: &mut BTreeMap<PolicyEntry, PolicyValue>,
     ) {
-        let peers = self.peers(namespace, rule);
+        let peers = self.peers(snapshot, namespace, rule);
         let d = dir.dir();
         let mut add = |ep_id: u32, identity: u32, ports: PortMatch| {
             let e = PolicyEntry {
@@ -346,8 +431,7 @@ impl<'a> Index<'a> {
                 identity,
                 ports,
             };
-            state
-                .policy
+            entries
                 .entry(e)
                 .and_modify(|v| v.rule = v.rule.min(rule_id))
                 .or_insert(PolicyValue {
@@ -406,7 +490,8 @@ impl<'a> Index<'a> {
                         Peers::Ids(ids) => Box::new(ids.iter()),
                     };
                     for id in dests {
-                        if let Some(pod) = self.host_pods.get(id) {
+                        if let Some(pod) = self.host_pods.get(id).and_then(|r| snapshot.pods.get(r))
+                        {
                             for (name, proto) in &named {
                                 for port in pod.named_port(name, *proto) {
                                     add(*ep, *id, exact(*proto, port));
@@ -434,7 +519,7 @@ impl<'a> Index<'a> {
 /// its named ports.
 fn named_port_hosts<'p>(
     rule: &'p Rule,
-    pod_by_ip: &'p BTreeMap<std::net::IpAddr, &PodInfo>,
+    pod_by_ip: &'p BTreeMap<std::net::IpAddr, (&PodRef, &PodInfo)>,
 ) -> impl Iterator<Item = IpNet> + 'p {
     let named: Vec<(&str, Protocol)> = rule
         .ports
@@ -456,7 +541,7 @@ fn named_port_hosts<'p>(
     pod_by_ip
         .iter()
         .filter(move |_| active)
-        .filter(move |(ip, pod)| {
+        .filter(move |(ip, (_, pod))| {
             let host = IpNet::from(**ip);
             named
                 .iter()
@@ -491,35 +576,6 @@ fn fixed_matches(spec: &PortSpec) -> Vec<PortMatch> {
             })
             .collect(),
         (Some(PortRef::Name(_)), _) => Vec::new(),
-    }
-}
-
-/// Keeps the allocator and the last state between compiles, and turns each
-/// new snapshot into the minimal list of map operations.
-#[derive(Clone, Debug, Default)]
-pub struct Engine {
-    alloc: Allocator,
-    current: Compiled,
-}
-
-impl Engine {
-    /// A fresh engine (empty state).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Compiles `snapshot` and returns the operations that turn the previous
-    /// state into the new one. The new compile is then [`Engine::current`].
-    pub fn update(&mut self, snapshot: &Snapshot, endpoints: &BTreeMap<PodRef, u32>) -> Vec<MapOp> {
-        let next = compile(snapshot, endpoints, &mut self.alloc);
-        let ops = diff(&self.current.state, &next.state);
-        self.current = next;
-        ops
-    }
-
-    /// The last compile.
-    pub fn current(&self) -> &Compiled {
-        &self.current
     }
 }
 

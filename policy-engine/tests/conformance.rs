@@ -84,7 +84,18 @@ impl Cluster {
 
     fn sync(&mut self) {
         let ops = self.engine.update(&self.snapshot, &self.endpoints);
+        self.absorb(ops);
+    }
+
+    /// Applies incremental ops and checks them against a full compile.
+    fn absorb(&mut self, ops: Vec<policy_engine::state::MapOp>) {
         self.state.apply(&ops);
+        let full = policy_engine::compile::compile(
+            &self.snapshot,
+            &self.endpoints,
+            &mut self.engine.allocator().clone(),
+        );
+        assert_eq!(self.state, full.state);
         assert_eq!(self.state, self.engine.current().state);
         assert!(
             self.engine.current().errors.is_empty(),
@@ -97,14 +108,19 @@ impl Cluster {
     /// (indented by two spaces).
     fn apply(&mut self, ns: &str, name: &str, spec: &str) -> &mut Self {
         let yaml = format!("metadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}");
-        self.snapshot.upsert_policy(&policy_yaml(&yaml)).unwrap();
-        self.sync();
+        let r = self.snapshot.upsert_policy(&policy_yaml(&yaml)).unwrap();
+        let ops = self.engine.policy_changed(&self.snapshot, &r);
+        self.absorb(ops);
         self
     }
 
     fn delete_policies(&mut self) -> &mut Self {
-        self.snapshot.policies.clear();
-        self.sync();
+        let all: Vec<PodRef> = self.snapshot.policies.keys().cloned().collect();
+        for r in all {
+            self.snapshot.remove_policy(&r);
+            let ops = self.engine.policy_changed(&self.snapshot, &r);
+            self.absorb(ops);
+        }
         self
     }
 

@@ -360,11 +360,14 @@ fn probes(s: &Snapshot) -> Vec<(End, End, Protocol, u16)> {
 }
 
 fn verdicts(s: &Snapshot, state: &MapState) -> Vec<Option<bool>> {
-    let eps = all_endpoints(s);
+    verdicts_with(s, state, &all_endpoints(s))
+}
+
+fn verdicts_with(s: &Snapshot, state: &MapState, eps: &BTreeMap<PodRef, u32>) -> Vec<Option<bool>> {
     probes(s)
         .iter()
         .map(|(a, b, proto, port)| {
-            connection(s, state, &eps, a, b, *proto, *port)
+            connection(s, state, eps, a, b, *proto, *port)
                 .ok()
                 .map(|c| c.allowed())
         })
@@ -448,49 +451,66 @@ proptest! {
     #[test]
     fn incremental_equals_full(
         (pods, policies, blue) in cluster(),
-        steps in prop::collection::vec((0..5u8, 0..8usize, arb_policy()), 1..5),
+        steps in prop::collection::vec((0..6u8, 0..8usize, arb_policy()), 1..6),
     ) {
         let mut s = build(&pods, &policies, blue);
+        let eps = all_endpoints(&s);
         let mut engine = Engine::new();
         let mut state = MapState::default();
-        state.apply(&engine.update(&s, &all_endpoints(&s)));
-        for (kind, i, pol) in steps {
-            match kind {
-                0 => {
-                    let keys: Vec<PodRef> = s.pods.keys().cloned().collect();
-                    if let Some(k) = keys.get(i % keys.len().max(1)) {
-                        let info = s.pods.get_mut(k).unwrap();
-                        info.labels.insert("app".into(), APPS[i % 3].into());
-                    }
+        state.apply(&engine.update(&s, &eps));
+        for (step, (kind, i, pol)) in steps.into_iter().enumerate() {
+            let keys: Vec<PodRef> = s.pods.keys().cloned().collect();
+            let pod = keys.get(i % keys.len().max(1)).cloned();
+            let before = state.clone();
+            let ops = match (kind, pod) {
+                (0, Some(k)) => {
+                    s.pods.get_mut(&k).unwrap().labels.insert("app".into(), APPS[i % 3].into());
+                    engine.pod_changed(&s, &k)
                 }
-                1 => {
-                    let keys: Vec<PodRef> = s.pods.keys().cloned().collect();
-                    if let Some(k) = keys.get(i % keys.len().max(1)) {
-                        s.remove_pod(k);
-                    }
+                (1, Some(k)) => {
+                    s.remove_pod(&k);
+                    engine.pod_changed(&s, &k)
                 }
-                2 => {
+                (2, Some(k)) => {
+                    // Re-add under a new name with the same labels (new pod,
+                    // not an endpoint here: a remote pod).
+                    let mut info = s.pods[&k].clone();
+                    info.ips = vec![format!("10.0.0.{}", 100 + step).parse().unwrap()];
+                    let r = PodRef::new(k.namespace.clone(), format!("new{i}"));
+                    s.insert_pod(r.clone(), info);
+                    engine.pod_changed(&s, &r)
+                }
+                (3, _) => {
                     let ns = s.namespaces.get_mut(NAMESPACES[i % 2]).unwrap();
                     if ns.labels.remove("team").is_none() {
                         ns.labels.insert("team".into(), "blue".into());
                     }
+                    engine.namespace_changed(&s, NAMESPACES[i % 2])
                 }
-                3 => {
+                (4, _) => {
                     let keys: Vec<PodRef> = s.policies.keys().cloned().collect();
-                    if let Some(k) = keys.get(i % keys.len().max(1)) {
-                        s.remove_policy(k);
+                    match keys.get(i % keys.len().max(1)) {
+                        Some(k) => {
+                            s.remove_policy(k);
+                            engine.policy_changed(&s, k)
+                        }
+                        None => Vec::new(),
                     }
                 }
                 _ => {
-                    s.upsert_policy(&pol).unwrap();
+                    let r = s.upsert_policy(&pol).unwrap();
+                    engine.policy_changed(&s, &r)
                 }
-            }
-            let before = state.clone();
-            let ops = engine.update(&s, &all_endpoints(&s));
+            };
             state.apply(&ops);
             prop_assert_eq!(&state, &engine.current().state);
-            prop_assert_eq!(ops.len(), policy_engine::state::diff(&before, &state).len());
-            prop_assert_eq!(verdicts(&s, &state), verdicts(&s, &full(&s)));
+            // Exactly the diff to a full compile with the same numbering.
+            let full = compile(&s, &eps, &mut engine.allocator().clone());
+            prop_assert_eq!(&state, &full.state);
+            prop_assert_eq!(ops, policy_engine::state::diff(&before, &full.state));
+            prop_assert_eq!(&engine.current().rules, &full.rules);
+            let fresh = compile(&s, &eps, &mut Allocator::new()).state;
+            prop_assert_eq!(verdicts_with(&s, &state, &eps), verdicts_with(&s, &fresh, &eps));
         }
     }
 }

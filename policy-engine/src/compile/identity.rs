@@ -166,6 +166,16 @@ impl Allocator {
         id
     }
 
+    /// Forgets a pod group (its number is not reused).
+    pub fn forget_pod_group(&mut self, group: &PodGroup) {
+        self.pods.remove(group);
+    }
+
+    /// Forgets a rule (its number is not reused).
+    pub fn forget_rule(&mut self, rule: &RuleRef) {
+        self.rules.remove(rule);
+    }
+
     /// Forgets everything not used since the last call.
     pub fn sweep(&mut self) {
         let (up, uc, ur) = (

@@ -1,0 +1,455 @@
+//! The incremental compiler the agent keeps: the allocator, the last state
+//! and every policy's contribution, so that a change recomputes only the
+//! policies it can affect.
+//!
+//! Each change method returns exactly the operations [`diff`] gives between
+//! the previous state and a full compile of the new snapshot with the same
+//! allocator (property-tested). Changes it does not handle incrementally —
+//! host addresses, the endpoint set, policies with ipBlocks, pods while
+//! named ports resolve behind ipBlock peers — fall back to a full compile
+//! and a diff, which is always correct, only slower.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use policy_common::identity::HOST;
+use policy_common::{Addr, PolicyValue};
+
+use super::{
+    build, contribution, local_endpoints, pod_group, policy_errors, Allocator, Compiled,
+    Contribution, IdentityDesc, Index, Local, PodGroup,
+};
+use crate::model::addr::to_addr;
+use crate::model::{Direction, Peer, PodRef, Policy, PolicyRef, Snapshot};
+use crate::state::{diff, MapOp, PolicyEntry};
+
+/// Incremental compiler state (see the module docs).
+#[derive(Clone, Debug, Default)]
+pub struct Engine {
+    alloc: Allocator,
+    index: Index,
+    local: Local,
+    endpoints: BTreeMap<PodRef, u32>,
+    contrib: BTreeMap<PolicyRef, Contribution>,
+    /// Policies with an ipBlock peer (their changes recompile fully).
+    with_ipblocks: BTreeSet<PolicyRef>,
+    /// Some egress rule has named ports and ipBlock peers: pod changes can
+    /// add or remove host prefixes, so they recompile fully.
+    named_ipblocks: bool,
+    /// Entry → rule id → how many contributions carry it.
+    entry_rules: BTreeMap<PolicyEntry, BTreeMap<u32, u32>>,
+    /// Endpoint → [ingress, egress] isolation counts.
+    flag_counts: BTreeMap<u32, [u32; 2]>,
+    current: Compiled,
+    compiled_once: bool,
+}
+
+/// Old values of every key a change touched, to emit exactly `diff`'s ops.
+#[derive(Default)]
+struct Journal {
+    endpoints: BTreeMap<u32, Option<u32>>,
+    ipcache: BTreeMap<Addr, Option<u32>>,
+    policy: BTreeMap<PolicyEntry, Option<PolicyValue>>,
+}
+
+fn has_ipblock(p: &Policy) -> bool {
+    Direction::BOTH.iter().any(|d| {
+        p.rules(*d)
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.peers.iter().any(|x| matches!(x, Peer::IpBlock(_))))
+    })
+}
+
+/// Whether `policy`'s rules could admit pods of `group` (so its birth or
+/// death changes the policy's entries).
+fn may_see(snapshot: &Snapshot, pref: &PolicyRef, policy: &Policy, group: &PodGroup) -> bool {
+    if !policy.is_valid() {
+        return false;
+    }
+    Direction::BOTH.iter().any(|d| {
+        policy.rules(*d).unwrap_or_default().iter().any(|rule| {
+            let named = rule
+                .ports
+                .iter()
+                .any(|p| matches!(p.port, Some(crate::model::PortRef::Name(_))));
+            (*d == Direction::Egress && rule.peers.is_empty() && named)
+                || rule.peers.iter().any(|peer| match peer {
+                    Peer::Pods { namespaces, pods } => {
+                        let ns_ok = match namespaces {
+                            None => group.namespace == pref.namespace,
+                            Some(sel) => sel.matches(&snapshot.namespace_labels(&group.namespace)),
+                        };
+                        ns_ok && pods.as_ref().is_none_or(|s| s.matches(&group.labels))
+                    }
+                    Peer::IpBlock(_) => false,
+                })
+        })
+    })
+}
+
+fn count(
+    entry_rules: &mut BTreeMap<PolicyEntry, BTreeMap<u32, u32>>,
+    flag_counts: &mut BTreeMap<u32, [u32; 2]>,
+    c: &Contribution,
+    add: bool,
+) {
+    for (e, v) in &c.entries {
+        let rules = entry_rules.entry(*e).or_default();
+        let n = rules.entry(v.rule).or_default();
+        if add {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                rules.remove(&v.rule);
+            }
+            if rules.is_empty() {
+                entry_rules.remove(e);
+            }
+        }
+    }
+    for (ep, f) in &c.flags {
+        let counts = flag_counts.entry(*ep).or_default();
+        for (i, dir) in Direction::BOTH.iter().enumerate() {
+            if f & dir.isolation_flag() != 0 {
+                if add {
+                    counts[i] += 1;
+                } else {
+                    counts[i] = counts[i].saturating_sub(1);
+                }
+            }
+        }
+        if *counts == [0, 0] {
+            flag_counts.remove(ep);
+        }
+    }
+}
+
+impl Engine {
+    /// A fresh engine (empty state).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The last compile.
+    pub fn current(&self) -> &Compiled {
+        &self.current
+    }
+
+    /// The allocator (a clone compiles with the same numbering).
+    pub fn allocator(&self) -> &Allocator {
+        &self.alloc
+    }
+
+    /// Full compile of `snapshot` for `endpoints` (also the way to change
+    /// the endpoint set or host addresses); returns the operations that turn
+    /// the previous state into the new one.
+    pub fn update(&mut self, snapshot: &Snapshot, endpoints: &BTreeMap<PodRef, u32>) -> Vec<MapOp> {
+        let full = build(snapshot, endpoints, &mut self.alloc);
+        self.alloc.sweep();
+        let ops = diff(&self.current.state, &full.compiled.state);
+        self.entry_rules.clear();
+        self.flag_counts.clear();
+        for c in full.contrib.values() {
+            count(&mut self.entry_rules, &mut self.flag_counts, c, true);
+        }
+        self.with_ipblocks = snapshot
+            .policies
+            .iter()
+            .filter(|(_, p)| has_ipblock(p))
+            .map(|(r, _)| r.clone())
+            .collect();
+        self.named_ipblocks = snapshot.policies.values().any(|p| {
+            p.is_valid()
+                && p.egress.iter().flatten().any(|r| {
+                    r.peers.iter().any(|x| matches!(x, Peer::IpBlock(_)))
+                        && r.ports
+                            .iter()
+                            .any(|x| matches!(x.port, Some(crate::model::PortRef::Name(_))))
+                })
+        });
+        self.index = full.index;
+        self.local = full.local;
+        self.contrib = full.contrib;
+        self.endpoints = endpoints.clone();
+        self.current = full.compiled;
+        self.compiled_once = true;
+        ops
+    }
+
+    fn fallback(&mut self, snapshot: &Snapshot) -> Vec<MapOp> {
+        let eps = self.endpoints.clone();
+        self.update(snapshot, &eps)
+    }
+
+    fn set_ipcache(&mut self, j: &mut Journal, a: Addr, v: Option<u32>) {
+        let st = &mut self.current.state.ipcache;
+        j.ipcache.entry(a).or_insert_with(|| st.get(&a).copied());
+        match v {
+            Some(v) => st.insert(a, v),
+            None => st.remove(&a),
+        };
+    }
+
+    fn set_endpoint(&mut self, j: &mut Journal, ep: u32, v: Option<u32>) {
+        let st = &mut self.current.state.endpoints;
+        j.endpoints
+            .entry(ep)
+            .or_insert_with(|| st.get(&ep).copied());
+        match v {
+            Some(v) => st.insert(ep, v),
+            None => st.remove(&ep),
+        };
+    }
+
+    fn flags_of(&self, ep: u32) -> u32 {
+        let c = self.flag_counts.get(&ep).copied().unwrap_or_default();
+        Direction::BOTH
+            .iter()
+            .zip(c)
+            .filter(|(_, n)| *n > 0)
+            .fold(0, |f, (d, _)| f | d.isolation_flag())
+    }
+
+    /// Recomputes the contributions of `policies` and records every state
+    /// change in `j`.
+    fn recompute(&mut self, snapshot: &Snapshot, policies: &BTreeSet<PolicyRef>, j: &mut Journal) {
+        let mut touched_entries = BTreeSet::new();
+        let mut touched_eps = BTreeSet::new();
+        for pref in policies {
+            let old = self.contrib.remove(pref);
+            if let Some(old) = &old {
+                count(&mut self.entry_rules, &mut self.flag_counts, old, false);
+                touched_entries.extend(old.entries.keys().copied());
+                touched_eps.extend(old.flags.keys().copied());
+                for (id, _) in &old.rules {
+                    self.current.rules.remove(id);
+                }
+            }
+            let new = snapshot.policies.get(pref).map(|p| {
+                contribution(&self.index, snapshot, pref, p, &self.local, &mut self.alloc)
+            });
+            if let Some(old) = &old {
+                for (_, r) in &old.rules {
+                    if new
+                        .as_ref()
+                        .is_none_or(|n| !n.rules.iter().any(|(_, x)| x == r))
+                    {
+                        self.alloc.forget_rule(r);
+                    }
+                }
+            }
+            if let Some(new) = new {
+                count(&mut self.entry_rules, &mut self.flag_counts, &new, true);
+                touched_entries.extend(new.entries.keys().copied());
+                touched_eps.extend(new.flags.keys().copied());
+                for (id, r) in &new.rules {
+                    self.current.rules.insert(*id, r.clone());
+                }
+                self.contrib.insert(pref.clone(), new);
+            }
+        }
+        for e in touched_entries {
+            let v = self
+                .entry_rules
+                .get(&e)
+                .and_then(|rules| rules.keys().next())
+                .map(|rule| PolicyValue {
+                    rule: *rule,
+                    flags: 0,
+                });
+            let st = &mut self.current.state.policy;
+            j.policy.entry(e).or_insert_with(|| st.get(&e).copied());
+            match v {
+                Some(v) => st.insert(e, v),
+                None => st.remove(&e),
+            };
+        }
+        for ep in touched_eps {
+            if self.current.state.endpoints.contains_key(&ep) {
+                let f = self.flags_of(ep);
+                self.set_endpoint(j, ep, Some(f));
+            }
+        }
+    }
+
+    fn refresh_members(&mut self, id: u32) {
+        if let (Some(group), Some(members)) =
+            (self.index.groups.get(&id), self.index.members.get(&id))
+        {
+            self.current.identities.insert(
+                id,
+                IdentityDesc::Pods {
+                    group: group.clone(),
+                    members: members.iter().cloned().collect(),
+                },
+            );
+        }
+    }
+
+    /// `pod` was added, changed (labels, IPs, ports) or removed in
+    /// `snapshot`. Returns the map operations.
+    pub fn pod_changed(&mut self, snapshot: &Snapshot, pod: &PodRef) -> Vec<MapOp> {
+        if !self.compiled_once || self.named_ipblocks || self.index.has_host_prefixes() {
+            return self.fallback(snapshot);
+        }
+        let mut j = Journal::default();
+        let mut changed_groups = Vec::new();
+        let old = self.index.pods.remove(pod);
+        let new_info = snapshot.pods.get(pod).filter(|p| !p.host_network);
+        if let Some((old_id, old_ips)) = old {
+            for ip in &old_ips {
+                let a = to_addr(*ip);
+                if self.current.state.ipcache.get(&a) == Some(&old_id) {
+                    self.set_ipcache(&mut j, a, None);
+                }
+            }
+            let now_empty = self.index.members.get_mut(&old_id).is_some_and(|m| {
+                m.remove(pod);
+                m.is_empty()
+            });
+            if now_empty {
+                self.index.members.remove(&old_id);
+                if let Some(g) = self.index.groups.remove(&old_id) {
+                    if let Some(ids) = self.index.by_ns.get_mut(&g.namespace) {
+                        ids.remove(&old_id);
+                        if ids.is_empty() {
+                            self.index.by_ns.remove(&g.namespace);
+                        }
+                    }
+                    self.alloc.forget_pod_group(&g);
+                    self.current.identities.remove(&old_id);
+                    changed_groups.push(g);
+                }
+            } else {
+                self.refresh_members(old_id);
+            }
+        }
+        if let Some(info) = new_info {
+            let group = pod_group(pod, info);
+            let id = self.alloc.pod_identity(&group);
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.index.groups.entry(id) {
+                slot.insert(group.clone());
+                self.index
+                    .by_ns
+                    .entry(pod.namespace.clone())
+                    .or_default()
+                    .insert(id);
+                changed_groups.push(group);
+            }
+            self.index
+                .members
+                .entry(id)
+                .or_default()
+                .insert(pod.clone());
+            self.refresh_members(id);
+            self.index.pods.insert(pod.clone(), (id, info.ips.clone()));
+            for ip in &info.ips {
+                self.set_ipcache(&mut j, to_addr(*ip), Some(id));
+            }
+        }
+        for a in &snapshot.host_addrs {
+            self.set_ipcache(&mut j, to_addr(*a), Some(HOST));
+        }
+        let mut policies = BTreeSet::new();
+        if let Some(ep) = self.endpoints.get(pod).copied() {
+            self.local = local_endpoints(snapshot, &self.endpoints);
+            if new_info.is_some() {
+                let f = self.flags_of(ep);
+                self.set_endpoint(&mut j, ep, Some(f));
+            } else {
+                self.set_endpoint(&mut j, ep, None);
+            }
+            policies.extend(
+                snapshot
+                    .policies
+                    .keys()
+                    .chain(self.contrib.keys())
+                    .filter(|r| r.namespace == pod.namespace)
+                    .cloned(),
+            );
+        }
+        for g in &changed_groups {
+            for (r, p) in &snapshot.policies {
+                if may_see(snapshot, r, p, g) {
+                    policies.insert(r.clone());
+                }
+            }
+        }
+        self.recompute(snapshot, &policies, &mut j);
+        self.finish(j)
+    }
+
+    /// Policy `policy` was added, changed or removed in `snapshot`.
+    pub fn policy_changed(&mut self, snapshot: &Snapshot, policy: &PolicyRef) -> Vec<MapOp> {
+        let now_ipblock = snapshot.policies.get(policy).is_some_and(has_ipblock);
+        if !self.compiled_once || now_ipblock || self.with_ipblocks.contains(policy) {
+            return self.fallback(snapshot);
+        }
+        let mut j = Journal::default();
+        self.current.errors = policy_errors(snapshot);
+        self.recompute(snapshot, &[policy.clone()].into(), &mut j);
+        self.finish(j)
+    }
+
+    /// Namespace `name` was added, relabelled or removed in `snapshot`.
+    pub fn namespace_changed(&mut self, snapshot: &Snapshot, name: &str) -> Vec<MapOp> {
+        if !self.compiled_once {
+            return self.fallback(snapshot);
+        }
+        let _ = name;
+        let policies: BTreeSet<PolicyRef> = snapshot
+            .policies
+            .iter()
+            .filter(|(_, p)| {
+                Direction::BOTH.iter().any(|d| {
+                    p.rules(*d).unwrap_or_default().iter().any(|r| {
+                        r.peers.iter().any(|x| {
+                            matches!(
+                                x,
+                                Peer::Pods {
+                                    namespaces: Some(_),
+                                    ..
+                                }
+                            )
+                        })
+                    })
+                })
+            })
+            .map(|(r, _)| r.clone())
+            .collect();
+        let mut j = Journal::default();
+        self.recompute(snapshot, &policies, &mut j);
+        self.finish(j)
+    }
+
+    /// The operations for everything `j` recorded, in [`diff`]'s order.
+    fn finish(&self, j: Journal) -> Vec<MapOp> {
+        let st = &self.current.state;
+        let mut sets = Vec::new();
+        let mut dels = Vec::new();
+        for (k, old) in j.endpoints {
+            match st.endpoints.get(&k) {
+                Some(v) if old != Some(*v) => sets.push(MapOp::SetEndpoint(k, *v)),
+                None if old.is_some() => dels.push(MapOp::DelEndpoint(k)),
+                _ => {}
+            }
+        }
+        for (k, old) in j.ipcache {
+            match st.ipcache.get(&k) {
+                Some(v) if old != Some(*v) => sets.push(MapOp::SetIpcache(k, *v)),
+                None if old.is_some() => dels.push(MapOp::DelIpcache(k)),
+                _ => {}
+            }
+        }
+        for (k, old) in j.policy {
+            match st.policy.get(&k) {
+                Some(v) if old != Some(*v) => sets.push(MapOp::SetPolicy(k, *v)),
+                None if old.is_some() => dels.push(MapOp::DelPolicy(k)),
+                _ => {}
+            }
+        }
+        sets.extend(dels);
+        sets
+    }
+}
