@@ -1,5 +1,15 @@
-//! Palisade's node agent: sources of cluster state, the reconcile loop, the
-//! CNI endpoint server and the kernel dataplane.
+//! Palisade's node agent.
+//!
+//! Data flows one way: a [`source`] publishes cluster snapshots →
+//! [`reconcile::Agent`] compiles them (`policy_engine`) for the local
+//! [`endpoints`] the CNI plugin reported through [`cni_server`] → the
+//! [`dataplane`] writes the result into the kernel maps.
 #![deny(missing_docs)]
 
+pub mod cni_server;
 pub mod dataplane;
+pub mod endpoints;
+pub mod links;
+pub mod reconcile;
+pub mod run;
+pub mod source;

@@ -1,0 +1,109 @@
+//! The unix socket the CNI plugin talks to (protocol: `agent_api`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_api::{Attachment, Request, Response};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Mutex;
+
+use crate::dataplane::Dataplane;
+use crate::reconcile::{parse_ips, Agent, AgentError, NewEndpoint};
+
+/// How long an ADD waits for its pod to appear in the cluster state (the
+/// watch may lag the kubelet) before failing so the runtime retries.
+pub const ADD_WAIT: Duration = Duration::from_secs(10);
+
+/// Shared handle on the agent.
+pub type SharedAgent<D> = Arc<Mutex<Agent<D>>>;
+
+/// Binds the socket (replacing a stale one) and serves it forever.
+pub async fn serve<D: Dataplane + 'static>(socket: &Path, agent: SharedAgent<D>) -> std::io::Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(socket)?;
+    tracing::info!(socket = %socket.display(), "serving CNI requests");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle_connection(stream, agent).await {
+                tracing::warn!(error = %e, "CNI connection failed");
+            }
+        });
+    }
+}
+
+async fn handle_connection<D: Dataplane>(stream: UnixStream, agent: SharedAgent<D>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => handle(request, &agent).await,
+        Err(e) => Response::Error {
+            message: format!("unreadable request: {e}"),
+        },
+    };
+    let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await
+}
+
+/// Answers one request.
+pub async fn handle<D: Dataplane>(request: Request, agent: &SharedAgent<D>) -> Response {
+    let result = match request {
+        Request::Add(att) => add(att, agent).await,
+        Request::Del { container_id } => agent.lock().await.del(&container_id).map_err(|e| e.to_string()),
+        Request::Check { container_id } => {
+            if agent.lock().await.check(&container_id) {
+                Ok(())
+            } else {
+                Err(format!("container {container_id} has no enforced endpoint"))
+            }
+        }
+        Request::Status => Ok(()),
+    };
+    match result {
+        Ok(()) => Response::Ok,
+        Err(message) => Response::Error { message },
+    }
+}
+
+async fn add<D: Dataplane>(att: Attachment, agent: &SharedAgent<D>) -> Result<(), String> {
+    let pod = policy_engine::model::PodRef {
+        namespace: att.pod_namespace.clone(),
+        name: att.pod_name.clone(),
+    };
+    let ips = parse_ips(&pod, &att.ips).map_err(|e| e.to_string())?;
+    let ifname = crate::links::pick_host_veth(&att.host_interfaces)
+        .await
+        .map_err(|e| format!("pod {pod}: {e}"))?;
+    let new = NewEndpoint {
+        container_id: att.container_id.clone(),
+        pod: pod.clone(),
+        ifname,
+        ips,
+    };
+    let started = Instant::now();
+    loop {
+        let result = agent.lock().await.add(new.clone());
+        match result {
+            Ok(()) => {
+                tracing::info!(pod = %pod, ifname = %new.ifname, "endpoint enforced");
+                return Ok(());
+            }
+            Err(AgentError::UnknownPod { .. }) if started.elapsed() < ADD_WAIT => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The local endpoints: pods on this node whose host-side veth the agent
+//! enforces on, as reported by the CNI plugin.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use policy_engine::model::PodRef;
+
+/// One local endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `CNI_CONTAINERID` of the sandbox.
+    pub container_id: String,
+    /// The pod.
+    pub pod: PodRef,
+    /// Host-side veth name.
+    pub ifname: String,
+    /// Endpoint id in the maps.
+    pub ep_id: u32,
+    /// Addresses CNI gave the pod.
+    pub ips: Vec<IpAddr>,
+}
+
+/// Endpoints by container id, with endpoint-id allocation.
+#[derive(Debug, Default)]
+pub struct Registry {
+    by_container: BTreeMap<String, Endpoint>,
+    used_ids: BTreeSet<u32>,
+}
+
+/// Endpoint ids start here (0 is never used, so a zeroed key is never valid).
+const FIRST_EP_ID: u32 = 1;
+
+impl Registry {
+    /// Reserves the lowest free endpoint id.
+    pub fn allocate_id(&mut self) -> u32 {
+        let mut id = FIRST_EP_ID;
+        for used in self.used_ids.range(FIRST_EP_ID..) {
+            if *used != id {
+                break;
+            }
+            id += 1;
+        }
+        self.used_ids.insert(id);
+        id
+    }
+
+    /// Releases an id reserved by [`Registry::allocate_id`] that was never
+    /// inserted (e.g. the attach failed).
+    pub fn release_id(&mut self, ep_id: u32) {
+        if !self.by_container.values().any(|e| e.ep_id == ep_id) {
+            self.used_ids.remove(&ep_id);
+        }
+    }
+
+    /// Records an endpoint (its id must come from [`Registry::allocate_id`]).
+    /// Returns the endpoint it replaces, if the container was known.
+    pub fn insert(&mut self, ep: Endpoint) -> Option<Endpoint> {
+        self.used_ids.insert(ep.ep_id);
+        let old = self.by_container.insert(ep.container_id.clone(), ep);
+        if let Some(old) = &old {
+            self.release_id(old.ep_id);
+        }
+        old
+    }
+
+    /// Forgets a container's endpoint and frees its id.
+    pub fn remove(&mut self, container_id: &str) -> Option<Endpoint> {
+        let ep = self.by_container.remove(container_id)?;
+        self.release_id(ep.ep_id);
+        Some(ep)
+    }
+
+    /// The endpoint of a container.
+    pub fn get(&self, container_id: &str) -> Option<&Endpoint> {
+        self.by_container.get(container_id)
+    }
+
+    /// All endpoints, by container id.
+    pub fn iter(&self) -> impl Iterator<Item = &Endpoint> {
+        self.by_container.values()
+    }
+
+    /// Pod → endpoint id, the compiler's input. A pod with two sandboxes
+    /// (restart race) keeps the newest id.
+    pub fn assignment(&self) -> BTreeMap<PodRef, u32> {
+        let mut out = BTreeMap::new();
+        for ep in self.by_container.values() {
+            let id = out.entry(ep.pod.clone()).or_insert(ep.ep_id);
+            *id = (*id).max(ep.ep_id);
+        }
+        out
+    }
+
+    /// Number of endpoints.
+    pub fn len(&self) -> usize {
+        self.by_container.len()
+    }
+
+    /// True when there is no endpoint.
+    pub fn is_empty(&self) -> bool {
+        self.by_container.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(reg: &mut Registry, cid: &str, pod: &str) -> Endpoint {
+        let ep_id = reg.allocate_id();
+        Endpoint {
+            container_id: cid.into(),
+            pod: PodRef {
+                namespace: "default".into(),
+                name: pod.into(),
+            },
+            ifname: format!("veth{cid}"),
+            ep_id,
+            ips: vec![],
+        }
+    }
+
+    #[test]
+    fn ids_are_reused_lowest_first() {
+        let mut reg = Registry::default();
+        let a = ep(&mut reg, "a", "pa");
+        reg.insert(a);
+        let b = ep(&mut reg, "b", "pb");
+        assert_eq!(b.ep_id, 2);
+        reg.insert(b);
+        assert_eq!(reg.remove("a").map(|e| e.ep_id), Some(1));
+        let c = ep(&mut reg, "c", "pc");
+        assert_eq!(c.ep_id, 1);
+        reg.insert(c);
+        assert_eq!(reg.len(), 2);
+        assert_eq!(reg.assignment().len(), 2);
+    }
+
+    #[test]
+    fn released_unused_id_is_free_again() {
+        let mut reg = Registry::default();
+        let id = reg.allocate_id();
+        reg.release_id(id);
+        assert_eq!(reg.allocate_id(), id);
+    }
+}

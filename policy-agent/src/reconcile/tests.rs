@@ -1,0 +1,109 @@
+use std::net::IpAddr;
+
+use policy_common::{dir, ep_flags, proto};
+use policy_engine::lookup::verdict;
+use policy_engine::model::PodRef;
+use policy_engine::testutil::ClusterBuilder;
+
+use super::*;
+use crate::dataplane::fake::FakeDataplane;
+
+const DENY_ALL: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: default}
+spec:
+  podSelector: {}
+"#;
+
+fn cluster(policies: &[&str]) -> Snapshot {
+    let mut b = ClusterBuilder::new()
+        .ns("default", &[])
+        .pod("default/a", &[("app", "a")], &["10.244.0.10"])
+        .pod("default/b", &[("app", "b")], &["10.244.0.11"]);
+    for p in policies {
+        b = b.policy(p);
+    }
+    b.build()
+}
+
+fn pod(name: &str) -> PodRef {
+    PodRef::new("default", name)
+}
+
+fn new_ep(cid: &str, name: &str, ip: &str) -> NewEndpoint {
+    NewEndpoint {
+        container_id: cid.into(),
+        pod: pod(name),
+        ifname: format!("veth-{name}"),
+        ips: vec![ip.parse().unwrap()],
+    }
+}
+
+fn ingress_allowed(agent: &Agent<FakeDataplane>, ifname: &str, from: &str) -> bool {
+    let ep = agent.dataplane().endpoints[ifname];
+    let peer: IpAddr = from.parse().unwrap();
+    verdict(&agent.dataplane().state, ep, dir::INGRESS, peer, proto::TCP, 80).allowed
+}
+
+#[test]
+fn add_attaches_and_applies_policy_for_the_pod() {
+    let mut agent = Agent::new(FakeDataplane::default(), vec!["10.244.0.1".parse().unwrap()]);
+    agent.set_snapshot(cluster(&[])).unwrap();
+    agent.add(new_ep("c1", "a", "10.244.0.10")).unwrap();
+    let ep = agent.dataplane().endpoints["veth-a"];
+    assert_eq!(agent.dataplane().state.endpoints.get(&ep), Some(&0));
+    assert!(ingress_allowed(&agent, "veth-a", "10.244.0.11"));
+
+    // A deny-all policy arriving later isolates the running pod...
+    agent.set_snapshot(cluster(&[DENY_ALL])).unwrap();
+    let flags = agent.dataplane().state.endpoints[&ep];
+    assert_ne!(flags & ep_flags::ISOLATED_INGRESS, 0);
+    assert!(!ingress_allowed(&agent, "veth-a", "10.244.0.11"));
+    // ...but the node itself still reaches it (kubelet probes).
+    assert!(ingress_allowed(&agent, "veth-a", "10.244.0.1"));
+}
+
+#[test]
+fn unknown_pod_is_refused_and_nothing_is_attached() {
+    let mut agent = Agent::new(FakeDataplane::default(), vec![]);
+    agent.set_snapshot(cluster(&[])).unwrap();
+    let err = agent.add(new_ep("c9", "ghost", "10.244.0.99")).unwrap_err();
+    assert!(matches!(err, AgentError::UnknownPod { .. }), "{err}");
+    assert!(agent.dataplane().endpoints.is_empty());
+}
+
+#[test]
+fn cni_address_overrides_the_manifest_and_del_forgets_the_endpoint() {
+    let mut agent = Agent::new(FakeDataplane::default(), vec![]);
+    agent.set_snapshot(cluster(&[])).unwrap();
+    agent.add(new_ep("c1", "a", "10.244.0.50")).unwrap();
+    let addr = policy_engine::model::addr::to_addr("10.244.0.50".parse().unwrap());
+    assert!(agent.dataplane().state.ipcache.contains_key(&addr));
+    assert!(agent.check("c1"));
+    agent.del("c1").unwrap();
+    agent.del("c1").unwrap();
+    assert!(!agent.check("c1"));
+    assert!(agent.dataplane().endpoints.is_empty());
+    assert!(agent.dataplane().state.endpoints.is_empty());
+}
+
+#[test]
+fn invalid_policy_isolates_its_pods_and_the_rest_keeps_working() {
+    let bad = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bad, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  ingress:
+  - from:
+    - ipBlock: {cidr: 10.0.0.0/8, except: [192.0.2.0/24]}
+"#;
+    let mut agent = Agent::new(FakeDataplane::default(), vec![]);
+    agent.set_snapshot(cluster(&[bad])).unwrap();
+    agent.add(new_ep("c1", "a", "10.244.0.10")).unwrap();
+    agent.add(new_ep("c2", "b", "10.244.0.11")).unwrap();
+    assert!(!ingress_allowed(&agent, "veth-a", "10.244.0.11"));
+    assert!(ingress_allowed(&agent, "veth-b", "10.244.0.10"));
+}

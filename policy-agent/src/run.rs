@@ -1,0 +1,91 @@
+//! `policy-agent run`: the long-running node agent.
+//!
+//! Wiring only: a source publishes snapshots, the [`Agent`] compiles and
+//! applies them, the CNI server feeds it endpoints.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::cni_server;
+use crate::dataplane::Dataplane;
+use crate::reconcile::Agent;
+use crate::source::SnapshotRx;
+
+/// What `run` needs besides the dataplane.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The CNI socket to serve.
+    pub cni_socket: PathBuf,
+    /// The node's own addresses (traffic from them to local pods is allowed).
+    pub node_addrs: Vec<IpAddr>,
+}
+
+/// Runs until SIGINT/SIGTERM. Pinned programs and maps stay in place after
+/// exit, so pods stay protected while the agent restarts.
+pub async fn run<D: Dataplane + 'static>(
+    opts: RunOptions,
+    dataplane: D,
+    mut snapshots: SnapshotRx,
+) -> anyhow::Result<()> {
+    let agent = Arc::new(Mutex::new(Agent::new(dataplane, opts.node_addrs.clone())));
+    // The first state must be in place before any ADD is served.
+    let first = snapshots.borrow_and_update().clone();
+    if let Some(snapshot) = first {
+        agent.lock().await.set_snapshot(snapshot)?;
+    }
+    let feeder = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            while snapshots.changed().await.is_ok() {
+                let next = snapshots.borrow_and_update().clone();
+                if let Some(snapshot) = next {
+                    if let Err(e) = agent.lock().await.set_snapshot(snapshot) {
+                        tracing::error!(error = %e, "applying the new cluster state failed");
+                    }
+                }
+            }
+        })
+    };
+    let server = {
+        let agent = agent.clone();
+        let socket = opts.cni_socket.clone();
+        tokio::spawn(async move { cni_server::serve(&socket, agent).await })
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = term.recv() => tracing::info!("terminated"),
+        r = server => match r {
+            Ok(Err(e)) => return Err(anyhow::anyhow!("CNI socket {}: {e}", opts.cni_socket.display())),
+            Ok(Ok(())) => {}
+            Err(e) => return Err(e.into()),
+        },
+    }
+    feeder.abort();
+    let _ = std::fs::remove_file(&opts.cni_socket);
+    Ok(())
+}
+
+/// Every address of every interface in the agent's network namespace.
+pub fn local_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for ifa in addrs {
+            let Some(addr) = ifa.address else { continue };
+            if let Some(v4) = addr.as_sockaddr_in() {
+                out.push(IpAddr::V4(v4.ip()));
+            } else if let Some(v6) = addr.as_sockaddr_in6() {
+                out.push(IpAddr::V6(v6.ip()));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Where a node's agent pins its maps and links unless told otherwise.
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/palisade";
