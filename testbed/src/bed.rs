@@ -120,6 +120,8 @@ impl Testbed {
         let resources = Tracked::new();
 
         let state_dir = std::env::temp_dir().join(&id);
+        // Names carry our pid: anything already there is a dead process's.
+        let _ = std::fs::remove_dir_all(&state_dir);
         std::fs::create_dir_all(&state_dir).map_err(|source| TestbedError::Io {
             path: state_dir.clone(),
             source,
@@ -153,6 +155,8 @@ impl Testbed {
                 bpffs_dir: Path::new(BPFFS_ROOT).join(format!("palisade-tb-{id}")),
                 log: state_dir.join("agent.log"),
             };
+            // A leftover of a dead process with our pid: not to be adopted.
+            let _ = std::fs::remove_dir_all(&paths.bpffs_dir);
             resources.with(|r| r.dirs.push(paths.bpffs_dir.clone()));
             let agent = Agent::start(
                 paths.clone(),

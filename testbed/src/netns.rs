@@ -46,8 +46,14 @@ pub(crate) fn ip_in(ns: &str, args: &[&str]) -> Result<String, TestbedError> {
     run("ip", &full)
 }
 
-/// Creates a named namespace with its loopback up.
+/// Creates a named namespace with its loopback up. A namespace already
+/// holding the name is a leftover of a dead process that had our pid (names
+/// carry the pid), so it is deleted first.
 pub(crate) fn create(name: &str) -> Result<(), TestbedError> {
+    if netns_path(name).exists() {
+        tracing::warn!("removing stale network namespace {name}");
+        delete(name);
+    }
     run("ip", &["netns", "add", name])?;
     ip_in(name, &["link", "set", "lo", "up"])?;
     Ok(())
