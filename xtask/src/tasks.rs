@@ -6,6 +6,8 @@ use std::process::{ExitCode, Stdio};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use testbed::{report, Observation, Testbed, TestbedError, TestbedOptions};
+
 use crate::cmd::{self, cargo};
 use crate::{setup, Format};
 
@@ -117,19 +119,141 @@ pub struct TestbedArgs {
 }
 
 /// `cargo xtask testbed`: exit 1 if an observation contradicts an
-/// expectation, 2 on bad input.
+/// expectation of the probe file, 2 on bad input.
 pub fn testbed(args: TestbedArgs) -> Result<ExitCode> {
     setup::run()?;
-    let _bin_dir = build_binaries(args.release)?;
-    let _ = (args.manifests, args.probes, args.format, args.palisade);
-    bail!("the testbed library is not wired in yet")
+    let bin_dir = build_binaries(args.release)?;
+    testbed::install_signal_cleanup().context("cannot install the Ctrl-C cleanup")?;
+    let seen = match run_probes(
+        &args.manifests,
+        args.probes.as_deref(),
+        args.palisade,
+        &bin_dir,
+    ) {
+        Ok(seen) => seen,
+        Err(e) => {
+            eprintln!("xtask testbed: {e}");
+            return Ok(exit_code(e.exit_code()));
+        }
+    };
+    match args.format {
+        Format::Json => print!("{}", report::json_lines(&seen)),
+        Format::Table => print!("{}", report::table(&seen)),
+    }
+    Ok(exit_code(i32::from(report::mismatches(&seen) > 0)))
 }
 
-/// `cargo xtask demo`.
-pub fn demo(_example: Option<&str>, release: bool) -> Result<ExitCode> {
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Starts a test bed for `manifests` (with or without Palisade), runs the
+/// probes of `probes` (default: every pod to every declared port) and tears
+/// the bed down.
+fn run_probes(
+    manifests: &Path,
+    probes: Option<&Path>,
+    palisade: bool,
+    bin_dir: &Path,
+) -> Result<Vec<Observation>, TestbedError> {
+    let manifests = vec![manifests.to_path_buf()];
+    let snapshot = testbed::load_snapshot(&manifests)?;
+    let probes = match probes {
+        Some(file) => testbed::read_probes(file)?,
+        None => testbed::default_probes(&snapshot),
+    };
+    let bed = Testbed::start_with_snapshot(
+        TestbedOptions {
+            manifests,
+            palisade,
+            bin_dir: bin_dir.to_path_buf(),
+            probes: probes.clone(),
+        },
+        &snapshot,
+    )?;
+    Ok(bed.probe(&probes))
+}
+
+/// An example under examples/: a cluster and probes with expectations.
+struct Example {
+    name: String,
+    cluster: PathBuf,
+    probes: PathBuf,
+}
+
+fn examples(only: Option<&str>) -> Result<Vec<Example>> {
+    let dir = cmd::workspace_root().join("examples");
+    let mut found = Vec::new();
+    for entry in
+        std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
+    {
+        let path = entry?.path();
+        let (cluster, probes) = (path.join("cluster.yaml"), path.join("probes.jsonl"));
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if cluster.is_file() && probes.is_file() && only.is_none_or(|o| o == name) {
+            found.push(Example {
+                name: name.to_string(),
+                cluster,
+                probes,
+            });
+        }
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    if found.is_empty() {
+        bail!(
+            "no example{} under {} (each needs cluster.yaml and probes.jsonl)",
+            only.map(|o| format!(" named {o:?}")).unwrap_or_default(),
+            dir.display()
+        );
+    }
+    Ok(found)
+}
+
+/// `cargo xtask demo`: each example without Palisade (the plain bridge, what
+/// Flannel gives) and with it, side by side. Exit 1 if, with Palisade, a
+/// verdict differs from the example's expectation.
+pub fn demo(only: Option<&str>, release: bool) -> Result<ExitCode> {
     setup::run()?;
-    let _bin_dir = build_binaries(release)?;
-    bail!("the testbed library is not wired in yet")
+    let bin_dir = build_binaries(release)?;
+    testbed::install_signal_cleanup().context("cannot install the Ctrl-C cleanup")?;
+    let (mut probes, mut changed, mut wrong) = (0, 0, 0);
+    let list = examples(only)?;
+    for ex in &list {
+        let run = |palisade| run_probes(&ex.cluster, Some(&ex.probes), palisade, &bin_dir);
+        let (before, after) = match run(false).and_then(|b| Ok((b, run(true)?))) {
+            Ok(pair) => pair,
+            Err(e) => {
+                eprintln!("xtask demo: {}: {e}", ex.name);
+                return Ok(exit_code(e.exit_code()));
+            }
+        };
+        println!(
+            "\n== {} (BEFORE: plain bridge, AFTER: with Palisade)",
+            ex.name
+        );
+        print!("{}", report::comparison_table(&before, &after));
+        let mismatched: Vec<_> = after
+            .iter()
+            .filter(|o| o.matches_expectation() == Some(false))
+            .collect();
+        for o in &mismatched {
+            println!("   MISMATCH with Palisade: {} ({})", o.probe, o.detail);
+        }
+        probes += after.len();
+        changed += before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| b.probe.key() == a.probe.key() && b.allowed != a.allowed)
+            .count();
+        wrong += mismatched.len();
+    }
+    println!(
+        "\ndemo: {} examples, {probes} probes, {changed} verdicts changed by the policies, {wrong} mismatches with Palisade",
+        list.len()
+    );
+    Ok(exit_code(i32::from(wrong > 0)))
 }
 
 /// `cargo xtask bench`.
@@ -142,4 +266,35 @@ pub fn bench(args: &[String]) -> Result<ExitCode> {
     }
     cmd::run(&mut c)?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bin_dir_comes_from_cargo_messages() {
+        let messages = r#"{"reason":"compiler-artifact","executable":null}
+{"reason":"compiler-artifact","executable":"/t/debug/policy-agent"}
+not json
+{"reason":"compiler-artifact","executable":"/t/debug/palisade-cni"}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(
+            bin_dir_from_messages(messages).unwrap(),
+            PathBuf::from("/t/debug")
+        );
+        let partial = r#"{"reason":"compiler-artifact","executable":"/t/debug/palisade-cni"}"#;
+        assert!(bin_dir_from_messages(partial).is_err());
+    }
+
+    #[test]
+    fn examples_need_a_cluster_and_probes() {
+        let all = examples(None).unwrap();
+        assert!(all.iter().any(|e| e.name == "apod"));
+        assert!(all
+            .iter()
+            .all(|e| e.cluster.is_file() && e.probes.is_file()));
+        assert_eq!(examples(Some("apod")).unwrap().len(), 1);
+        assert!(examples(Some("no-such-example")).is_err());
+    }
 }
