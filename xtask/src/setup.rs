@@ -46,6 +46,11 @@ const STEPS: &[Step] = &[
         fix: install_packages,
     },
     Step {
+        name: "rustfmt+clippy",
+        check: lint_tools_missing,
+        fix: install_lint_tools,
+    },
+    Step {
         name: "eBPF toolchain",
         check: toolchain_missing,
         fix: install_toolchain,
@@ -140,6 +145,23 @@ fn install_packages(missing: &str) -> Result<()> {
         apt()
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(missing.split_whitespace()),
+    )
+}
+
+fn lint_tools_missing() -> Result<Option<String>> {
+    let missing: Vec<&str> = ["fmt", "clippy"]
+        .into_iter()
+        .filter(|tool| probe(cmd::cargo().args([tool, "--version"])).is_none())
+        .collect();
+    Ok((!missing.is_empty()).then(|| format!("cargo {}", missing.join(", cargo "))))
+}
+
+fn install_lint_tools(_: &str) -> Result<()> {
+    // For the toolchain that builds user space (the directory's default).
+    cmd::run(
+        Command::new("rustup")
+            .current_dir(cmd::workspace_root())
+            .args(["component", "add", "rustfmt", "clippy"]),
     )
 }
 
