@@ -95,8 +95,9 @@ type Local = BTreeMap<String, Vec<(u32, PodRef)>>;
 struct Contribution {
     /// Endpoint → isolation bits this policy sets.
     flags: BTreeMap<u32, u32>,
-    /// Allow entries (with this policy's rule ids).
-    entries: BTreeMap<PolicyEntry, PolicyValue>,
+    /// Allow entries (with this policy's lowest rule id), sorted by entry,
+    /// each entry once.
+    entries: Vec<(PolicyEntry, PolicyValue)>,
     /// Rule ids this policy's rules carry.
     rules: Vec<(u32, RuleRef)>,
 }
@@ -148,6 +149,7 @@ fn build(snapshot: &Snapshot, endpoints: &BTreeMap<PodRef, u32>, alloc: &mut All
     }
     out.errors = policy_errors(snapshot);
     let mut contrib = BTreeMap::new();
+    let mut all: Vec<(PolicyEntry, PolicyValue)> = Vec::new();
     for (pref, policy) in &snapshot.policies {
         let c = contribution(&ix, snapshot, pref, policy, &local, alloc);
         for (ep, f) in &c.flags {
@@ -155,24 +157,28 @@ fn build(snapshot: &Snapshot, endpoints: &BTreeMap<PodRef, u32>, alloc: &mut All
                 *flags |= f;
             }
         }
-        for (e, v) in &c.entries {
-            out.state
-                .policy
-                .entry(*e)
-                .and_modify(|x| x.rule = x.rule.min(v.rule))
-                .or_insert(*v);
-        }
+        all.extend(c.entries.iter().copied());
         for (id, r) in &c.rules {
             out.rules.insert(*id, r.clone());
         }
         contrib.insert(pref.clone(), c);
     }
+    // One entry per key with the lowest rule id; building the map from a
+    // sorted sequence is linear.
+    sort_min_rule(&mut all);
+    out.state.policy = all.into_iter().collect();
     Full {
         compiled: out,
         index: ix,
         local,
         contrib,
     }
+}
+
+/// Sorts entries and keeps, for each key, the one with the lowest rule id.
+fn sort_min_rule(entries: &mut Vec<(PolicyEntry, PolicyValue)>) {
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.rule.cmp(&b.1.rule)));
+    entries.dedup_by(|later, first| later.0 == first.0);
 }
 
 /// Everything one policy adds: isolation of the pods it selects, and (if
@@ -229,6 +235,7 @@ fn contribution(
             }
         }
     }
+    sort_min_rule(&mut c.entries);
     c
 }
 
@@ -420,7 +427,7 @@ impl Index {
         rule: &Rule,
         rule_id: u32,
         selected: &[(u32, &PodInfo)],
-        entries: &mut BTreeMap<PolicyEntry, PolicyValue>,
+        entries: &mut Vec<(PolicyEntry, PolicyValue)>,
     ) {
         let peers = self.peers(snapshot, namespace, rule);
         let d = dir.dir();
@@ -431,13 +438,13 @@ impl Index {
                 identity,
                 ports,
             };
-            entries
-                .entry(e)
-                .and_modify(|v| v.rule = v.rule.min(rule_id))
-                .or_insert(PolicyValue {
+            entries.push((
+                e,
+                PolicyValue {
                     rule: rule_id,
                     flags: 0,
-                });
+                },
+            ));
         };
         let peer_ids: Vec<u32> = match &peers {
             Peers::Any => vec![ANY],

@@ -220,7 +220,7 @@ impl Engine {
             let old = self.contrib.remove(pref);
             if let Some(old) = &old {
                 count(&mut self.entry_rules, &mut self.flag_counts, old, false);
-                touched_entries.extend(old.entries.keys().copied());
+                touched_entries.extend(old.entries.iter().map(|(e, _)| *e));
                 touched_eps.extend(old.flags.keys().copied());
                 for (id, _) in &old.rules {
                     self.current.rules.remove(id);
@@ -241,7 +241,7 @@ impl Engine {
             }
             if let Some(new) = new {
                 count(&mut self.entry_rules, &mut self.flag_counts, &new, true);
-                touched_entries.extend(new.entries.keys().copied());
+                touched_entries.extend(new.entries.iter().map(|(e, _)| *e));
                 touched_eps.extend(new.flags.keys().copied());
                 for (id, r) in &new.rules {
                     self.current.rules.insert(*id, r.clone());
