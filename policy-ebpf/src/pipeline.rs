@@ -73,13 +73,7 @@ pub fn run(ctx: &TcContext, d: u8) -> i32 {
         kind::PASS => ALLOW,
         kind::FLOW => on_flow(&pkt, &outer, &mut v),
         kind::ICMP_ERROR => {
-            // The quoted packet travelled the other way: it is a packet of a
-            // flow that started in opposite(d), or a reply of one that
-            // started in d.
-            let back = conntrack::opposite(d);
-            if conntrack::exists(&conntrack::forward_key(pkt.ep_id, back, &inner))
-                || conntrack::exists(&conntrack::reverse_key(pkt.ep_id, back, &inner))
-            {
+            if related(&pkt, &inner) {
                 ALLOW
             } else {
                 on_flow(&pkt, &outer, &mut v)
@@ -87,9 +81,19 @@ pub fn run(ctx: &TcContext, d: u8) -> i32 {
         }
         _ => {
             v.reason = reason::MALFORMED;
-            drop(&pkt, &Flow::empty(), &v)
+            drop(&pkt, &outer, &v)
         }
     }
+}
+
+/// Whether the packet quoted by an ICMP error belongs to a tracked flow.
+/// The quoted packet travelled the other way: it is a packet of a flow
+/// that started in opposite(d), or a reply of one that started in d.
+#[inline(never)]
+fn related(pkt: &PacketCtx, inner: &Flow) -> bool {
+    let back = conntrack::opposite(pkt.dir);
+    conntrack::exists(&conntrack::forward_key(pkt.ep_id, back, inner))
+        || conntrack::exists(&conntrack::reverse_key(pkt.ep_id, back, inner))
 }
 
 #[inline(never)]

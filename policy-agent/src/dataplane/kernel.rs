@@ -350,6 +350,21 @@ impl KernelDataplane {
         Ok(())
     }
 
+    /// Maps `ifindex` to `ep_id` without attaching anything: for frames run
+    /// through [`test_run`](Self::test_run). `attach_endpoint` does this
+    /// and attaches.
+    pub fn register_endpoint(&mut self, ifindex: u32, ep_id: u32) -> Result<(), DataplaneError> {
+        self.maps
+            .endpoints
+            .insert(ifindex, EndpointInfo { ep_id, flags: 0 }, 0)
+            .map_err(|e| {
+                kernel_error(
+                    format!("registering ifindex {ifindex} as endpoint {ep_id}"),
+                    e,
+                )
+            })
+    }
+
     /// Runs one Ethernet frame through program `prog` ([`PROG_POD_EGRESS`]
     /// or [`PROG_POD_INGRESS`]) with `BPF_PROG_TEST_RUN`, as if it were
     /// seen on interface `ifindex` — which must exist in the calling
@@ -362,7 +377,7 @@ impl KernelDataplane {
         frame: &[u8],
         ifindex: u32,
     ) -> Result<TestVerdict, DataplaneError> {
-        use aya::programs::{TestRun, TestRunOptions};
+        use aya::{TestRun, TestRunOptions};
         // `struct __sk_buff` up to and including `ifindex` (offset 40);
         // the kernel takes the device from it when it is above 1.
         let mut ctx = [0u8; 44];
