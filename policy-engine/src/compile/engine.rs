@@ -87,6 +87,30 @@ fn may_see(snapshot: &Snapshot, pref: &PolicyRef, policy: &Policy, group: &PodGr
     })
 }
 
+/// One more (`add`) or one less contribution of `rule` to entry `e`.
+fn bump(
+    entry_rules: &mut BTreeMap<PolicyEntry, BTreeMap<u32, u32>>,
+    e: &PolicyEntry,
+    rule: u32,
+    add: bool,
+) {
+    if add {
+        *entry_rules.entry(*e).or_default().entry(rule).or_default() += 1;
+        return;
+    }
+    if let Some(rules) = entry_rules.get_mut(e) {
+        if let Some(n) = rules.get_mut(&rule) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                rules.remove(&rule);
+            }
+        }
+        if rules.is_empty() {
+            entry_rules.remove(e);
+        }
+    }
+}
+
 fn count(
     entry_rules: &mut BTreeMap<PolicyEntry, BTreeMap<u32, u32>>,
     flag_counts: &mut BTreeMap<u32, [u32; 2]>,
@@ -217,32 +241,81 @@ impl Engine {
         let mut touched_entries = BTreeSet::new();
         let mut touched_eps = BTreeSet::new();
         for pref in policies {
-            let old = self.contrib.remove(pref);
-            if let Some(old) = &old {
-                count(&mut self.entry_rules, &mut self.flag_counts, old, false);
-                touched_entries.extend(old.entries.iter().map(|(e, _)| *e));
-                touched_eps.extend(old.flags.keys().copied());
-                for (id, _) in &old.rules {
-                    self.current.rules.remove(id);
-                }
+            let old = self.contrib.remove(pref).unwrap_or_default();
+            for (id, _) in &old.rules {
+                self.current.rules.remove(id);
             }
             let new = snapshot.policies.get(pref).map(|p| {
                 contribution(&self.index, snapshot, pref, p, &self.local, &mut self.alloc)
             });
-            if let Some(old) = &old {
-                for (_, r) in &old.rules {
-                    if new
-                        .as_ref()
-                        .is_none_or(|n| !n.rules.iter().any(|(_, x)| x == r))
-                    {
-                        self.alloc.forget_rule(r);
+            for (_, r) in &old.rules {
+                if new
+                    .as_ref()
+                    .is_none_or(|n| !n.rules.iter().any(|(_, x)| x == r))
+                {
+                    self.alloc.forget_rule(r);
+                }
+            }
+            let empty = Contribution::default();
+            let newc = new.as_ref().unwrap_or(&empty);
+            // Only what differs between the old and new contribution
+            // changes the counts (both entry lists are sorted).
+            let (mut a, mut b) = (
+                old.entries.iter().peekable(),
+                newc.entries.iter().peekable(),
+            );
+            loop {
+                let step = match (a.peek(), b.peek()) {
+                    (None, None) => break,
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (Some(x), Some(y)) => x.0.cmp(&y.0),
+                };
+                match step {
+                    std::cmp::Ordering::Less => {
+                        if let Some((e, v)) = a.next() {
+                            bump(&mut self.entry_rules, e, v.rule, false);
+                            touched_entries.insert(*e);
+                        }
+                    }
+                    std::cmp::Ordering::Greater => {
+                        if let Some((e, v)) = b.next() {
+                            bump(&mut self.entry_rules, e, v.rule, true);
+                            touched_entries.insert(*e);
+                        }
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if let (Some((e, v)), Some((_, w))) = (a.next(), b.next()) {
+                            if v.rule != w.rule {
+                                bump(&mut self.entry_rules, e, v.rule, false);
+                                bump(&mut self.entry_rules, e, w.rule, true);
+                                touched_entries.insert(*e);
+                            }
+                        }
                     }
                 }
             }
+            if old.flags != newc.flags {
+                let flags_only = |c: &Contribution| Contribution {
+                    flags: c.flags.clone(),
+                    ..Contribution::default()
+                };
+                count(
+                    &mut self.entry_rules,
+                    &mut self.flag_counts,
+                    &flags_only(&old),
+                    false,
+                );
+                count(
+                    &mut self.entry_rules,
+                    &mut self.flag_counts,
+                    &flags_only(newc),
+                    true,
+                );
+                touched_eps.extend(old.flags.keys().copied());
+                touched_eps.extend(newc.flags.keys().copied());
+            }
             if let Some(new) = new {
-                count(&mut self.entry_rules, &mut self.flag_counts, &new, true);
-                touched_entries.extend(new.entries.iter().map(|(e, _)| *e));
-                touched_eps.extend(new.flags.keys().copied());
                 for (id, r) in &new.rules {
                     self.current.rules.insert(*id, r.clone());
                 }
