@@ -397,8 +397,17 @@ impl Index {
                                 .filter(|id| matches_pod(id)),
                         ),
                         Some(nsel) => {
+                            // Both maps are sorted by name: walk them
+                            // together instead of looking each one up.
+                            let mut known = snapshot.namespaces.iter().peekable();
                             for (ns, nids) in &self.by_ns {
-                                if nsel.matches(&snapshot.namespace_labels(ns)) {
+                                while known.next_if(|(k, _)| k.as_str() < ns.as_str()).is_some() {}
+                                let hit = match known.peek() {
+                                    Some((k, info)) if *k == ns => nsel.matches(&info.labels),
+                                    _ => nsel
+                                        .matches(&crate::model::NamespaceInfo::implicit(ns).labels),
+                                };
+                                if hit {
                                     ids.extend(nids.iter().filter(|id| matches_pod(id)));
                                 }
                             }
