@@ -1,0 +1,60 @@
+//! The cls_bpf (netlink) attach mode: filters appear on both hooks, a
+//! second attach replaces rather than duplicates, detach removes them.
+//! Needs root.
+
+#[path = "support/kernel.rs"]
+mod kernel;
+
+use std::process::Command;
+
+use kernel::{in_netns, PinDir};
+use policy_agent::dataplane::{
+    kernel::{AttachMode, KernelDataplane, KernelOptions},
+    Dataplane,
+};
+
+fn filters(ifname: &str, hook: &str, prog: &str) -> usize {
+    let out = Command::new("tc")
+        .args(["filter", "show", "dev", ifname, hook])
+        .output()
+        .unwrap_or_else(|e| panic!("tc: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(prog))
+        .count()
+}
+
+#[test]
+fn netlink_attach_replace_detach() {
+    kernel::require_root();
+    let pins = PinDir::new("netlink");
+    in_netns(1, |idx| {
+        let ifname = policy_agent::dataplane::kernel::ifname_of(idx[0]).expect("ifname");
+        let mut opts = KernelOptions::new(&pins.0);
+        opts.attach_mode = AttachMode::Netlink;
+        let mut dp = KernelDataplane::open(opts).unwrap();
+        dp.attach_endpoint(&ifname, 4).unwrap();
+        assert_eq!(filters(&ifname, "ingress", "pod_egress"), 1);
+        assert_eq!(filters(&ifname, "egress", "pod_ingress"), 1);
+        dp.attach_endpoint(&ifname, 4).unwrap();
+        assert_eq!(
+            filters(&ifname, "ingress", "pod_egress"),
+            1,
+            "second attach duplicated"
+        );
+        assert_eq!(
+            filters(&ifname, "egress", "pod_ingress"),
+            1,
+            "second attach duplicated"
+        );
+        drop(dp);
+        // Filters outlive the agent.
+        assert_eq!(filters(&ifname, "ingress", "pod_egress"), 1);
+        let mut opts = KernelOptions::new(&pins.0);
+        opts.attach_mode = AttachMode::Netlink;
+        let mut dp = KernelDataplane::open(opts).unwrap();
+        dp.detach_endpoint(&ifname, 4).unwrap();
+        assert_eq!(filters(&ifname, "ingress", "pod_egress"), 0);
+        assert_eq!(filters(&ifname, "egress", "pod_ingress"), 0);
+    });
+}
