@@ -396,6 +396,12 @@ impl KernelDataplane {
     /// uninstall path, and test cleanup). Missing pins are not an error.
     pub fn remove_pins(base: impl AsRef<Path>) -> Result<(), DataplaneError> {
         let base = base.as_ref();
+        let links = PinPaths::new(base).links_dir();
+        if let Ok(entries) = fs::read_dir(&links) {
+            for entry in entries.flatten() {
+                detach_pinned_link(&entry.path())?;
+            }
+        }
         match fs::remove_dir_all(base) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -567,9 +573,7 @@ impl Dataplane for KernelDataplane {
             AttachMode::Tcx => {
                 if let Some(ifindex) = ifindex {
                     for (_, _, hook) in HOOKS {
-                        // No fd of ours is open: removing the pin releases
-                        // the link, which detaches the program.
-                        remove_file(&self.paths.link(ifindex, hook))?;
+                        detach_pinned_link(&self.paths.link(ifindex, hook))?;
                     }
                 }
             }
@@ -652,6 +656,64 @@ fn check_pinned_layout(paths: &PinPaths) -> Result<(), DataplaneError> {
         ));
     }
     Ok(())
+}
+
+/// Detaches the link pinned at `path` at once (`BPF_LINK_DETACH`; merely
+/// removing the pin would release it only after an RCU grace period), then
+/// removes the pin. A missing pin or an already defunct link is fine.
+fn detach_pinned_link(path: &Path) -> Result<(), DataplaneError> {
+    use std::os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    };
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    #[repr(C)]
+    struct LinkDetach {
+        link_fd: u32,
+    }
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| kernel_error(format!("link pin path {}", path.display()), e))?;
+    let get = ObjGet {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: a valid bpf_attr prefix for BPF_OBJ_GET; `c` outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &get as *const ObjGet,
+            std::mem::size_of::<ObjGet>(),
+        )
+    };
+    if let Ok(raw) = i32::try_from(fd) {
+        if raw >= 0 {
+            // SAFETY: the kernel just returned this fd to us.
+            let link = unsafe { OwnedFd::from_raw_fd(raw) };
+            let detach = LinkDetach {
+                link_fd: link.as_raw_fd() as u32,
+            };
+            // SAFETY: a valid bpf_attr prefix for BPF_LINK_DETACH. A failure
+            // means the link is already defunct, which is what we want.
+            let _ = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_LINK_DETACH,
+                    &detach as *const LinkDetach,
+                    std::mem::size_of::<LinkDetach>(),
+                )
+            };
+        }
+    }
+    remove_file(path)
 }
 
 fn remove_file(path: &Path) -> Result<(), DataplaneError> {
