@@ -46,6 +46,8 @@ fn restart_adopts_maps_links_and_state() {
             let counts = dp.counts();
             assert_eq!(counts.endpoints, 1);
             assert_eq!(counts.policy, 1);
+            let pinned = policy_agent::dataplane::kernel::MapCounts::read_pinned(&pins.0).unwrap();
+            assert_eq!(pinned, counts, "counts read from the pins differ");
             (dp.map_ids().unwrap(), dp.config())
         };
         // The agent is gone: the programs keep filtering.

@@ -203,6 +203,51 @@ pub struct MapCounts {
     pub conntrack: usize,
 }
 
+impl MapCounts {
+    /// Counts the entries of the maps pinned under base folder `base` (what
+    /// `KernelOptions::pin_dir` was), from any process: for `status`.
+    pub fn read_pinned(base: &std::path::Path) -> Result<Self, DataplaneError> {
+        let paths = super::pins::PinPaths::new(base);
+        let open = |name: &str| {
+            let path = paths.map(name);
+            MapData::from_pin(&path)
+                .map_err(|e| kernel_error(format!("opening {}", path.display()), e))
+        };
+        let endpoints: HashMap<MapData, u32, EndpointInfo> = typed(
+            names::ENDPOINTS,
+            HashMap::try_from(Map::HashMap(open(names::ENDPOINTS)?)),
+        )?;
+        let ep_policy: HashMap<MapData, EndpointPolicyKey, EndpointPolicy> = typed(
+            names::EP_POLICY,
+            HashMap::try_from(Map::HashMap(open(names::EP_POLICY)?)),
+        )?;
+        let ipcache: HashMap<MapData, IpcacheKey, IdentityValue> = typed(
+            names::IPCACHE,
+            HashMap::try_from(Map::HashMap(open(names::IPCACHE)?)),
+        )?;
+        let cidrs: LpmTrie<MapData, CidrKey, IdentityValue> = typed(
+            names::CIDRS,
+            LpmTrie::try_from(Map::LpmTrie(open(names::CIDRS)?)),
+        )?;
+        let policy: LpmTrie<MapData, PolicyKey, PolicyValue> = typed(
+            names::POLICY,
+            LpmTrie::try_from(Map::LpmTrie(open(names::POLICY)?)),
+        )?;
+        let conntrack: HashMap<MapData, CtKey, CtValue> = typed(
+            names::CONNTRACK,
+            HashMap::try_from(Map::LruHashMap(open(names::CONNTRACK)?)),
+        )?;
+        Ok(Self {
+            endpoints: endpoints.keys().count(),
+            ep_policy: ep_policy.keys().count(),
+            ipcache: ipcache.keys().count(),
+            cidrs: cidrs.keys().count(),
+            policy: policy.keys().count(),
+            conntrack: conntrack.keys().count(),
+        })
+    }
+}
+
 fn cidr_key(gen: u8, p: &CidrPrefix) -> Key<CidrKey> {
     Key::new(
         CIDR_KEY_HEAD_BITS + u32::from(p.prefix_len),
