@@ -17,7 +17,6 @@ use policy_agent::dataplane::{
     Dataplane,
 };
 use policy_common::{dir, ep_flags, reason};
-use policy_engine::state::PortMatch;
 use TestVerdict::{Allow, Drop};
 
 const A: u32 = 1;
@@ -268,5 +267,4 @@ fn each_pod_checks_its_own_side() {
             Drop,
         );
     });
-    let _ = PortMatch::AnyProtocol;
 }

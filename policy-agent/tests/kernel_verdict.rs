@@ -459,3 +459,37 @@ fn drops_are_reported_as_events() {
     assert_eq!(ev.saddr, peer().mapped());
     assert_eq!(ev.sport, 40000);
 }
+
+#[test]
+fn allowed_new_flows_are_reported_when_asked() {
+    let (mut dp, _pins) = open("events-allowed");
+    let mut events = dp.take_event_reader().expect("event reader");
+    dp.apply(&base().build()).unwrap();
+    dp.set_events_for_allowed(true).unwrap();
+    in_netns(1, |idx| {
+        let i = idx[0];
+        dp.register_endpoint(i, EP).unwrap();
+        let syn = frame(peer(), pod(), &tcp(40100, 80, SYN));
+        expect("allowed", ingress(&mut dp, i, &syn), Allow);
+        // Established packets are not reported.
+        let ack = frame(peer(), pod(), &tcp(40100, 80, ACK));
+        expect("established", ingress(&mut dp, i, &ack), Allow);
+    });
+    let evs = events.poll(Duration::from_secs(1)).unwrap();
+    let allowed: Vec<_> = evs.iter().filter(|e| e.sport == 40100).collect();
+    if allowed.len() != 1 || allowed[0].verdict != verdict::ALLOWED {
+        panic!("want one ALLOWED event for the new flow, got {allowed:?}");
+    }
+    assert_eq!(allowed[0].reason, reason::POLICY_ALLOW);
+    assert_eq!(allowed[0].rule, 80);
+    dp.set_events_for_allowed(false).unwrap();
+    in_netns(1, |idx| {
+        dp.register_endpoint(idx[0], EP).unwrap();
+        let syn = frame(peer(), pod(), &tcp(40101, 80, SYN));
+        expect("allowed, quiet", ingress(&mut dp, idx[0], &syn), Allow);
+    });
+    let evs = events.poll(Duration::from_millis(200)).unwrap();
+    if evs.iter().any(|e| e.sport == 40101) {
+        panic!("allowed flow reported with reporting off: {evs:?}");
+    }
+}
