@@ -493,3 +493,33 @@ fn allowed_new_flows_are_reported_when_asked() {
         panic!("allowed flow reported with reporting off: {evs:?}");
     }
 }
+
+#[test]
+fn verdict_cost_with_large_maps() {
+    let (mut dp, _pins) = open("cost");
+    let mut b = base();
+    // 1,000 entries for the endpoint and 10,000 CIDRs.
+    for port in 1000..2000u16 {
+        b = b.port(EP, dir::INGRESS, PEER_ID + 1, TCP, port);
+    }
+    for n in 0..10_000u32 {
+        let [_, x, y, _] = n.to_be_bytes();
+        b = b.cidr(v4(100, x, y, 0).mapped(), 96 + 24, 500 + n % 7);
+    }
+    dp.apply(&b.build()).unwrap();
+    in_netns(1, |idx| {
+        let i = idx[0];
+        dp.register_endpoint(i, EP).unwrap();
+        // A denied packet is judged in full on every run (no conntrack
+        // entry is created for it).
+        let denied = frame(v4(100, 0, 7, 9), pod(), &tcp(40000, 1500, SYN));
+        let (v, per_run) = dp
+            .test_run_timed(PROG_POD_INGRESS, &denied, i, 20_000)
+            .unwrap();
+        expect("denied", v, Drop);
+        println!("full verdict: {per_run:?} per packet");
+        if per_run > Duration::from_micros(20) {
+            panic!("a verdict took {per_run:?}");
+        }
+    });
+}

@@ -377,6 +377,20 @@ impl KernelDataplane {
         frame: &[u8],
         ifindex: u32,
     ) -> Result<TestVerdict, DataplaneError> {
+        self.test_run_timed(prog, frame, ifindex, 1).map(|(v, _)| v)
+    }
+
+    /// [`test_run`](Self::test_run) repeated `repeat` times in the kernel;
+    /// also returns the mean time per run (the cost of one verdict, for
+    /// benchmarks). Conntrack state carries over between repeats, so after
+    /// the first run a new flow is an established one.
+    pub fn test_run_timed(
+        &mut self,
+        prog: &str,
+        frame: &[u8],
+        ifindex: u32,
+        repeat: u32,
+    ) -> Result<(TestVerdict, std::time::Duration), DataplaneError> {
         use aya::{TestRun, TestRunOptions};
         // `struct __sk_buff` up to and including `ifindex` (offset 40);
         // the kernel takes the device from it when it is above 1.
@@ -385,11 +399,12 @@ impl KernelDataplane {
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat.max(1);
         let p = program(&mut self.ebpf, prog)?;
         let r = p
             .test_run(opts)
             .map_err(|e| kernel_error(format!("test run of {prog}"), e))?;
-        Ok(TestVerdict::from_retval(r.return_value))
+        Ok((TestVerdict::from_retval(r.return_value), r.duration))
     }
 
     /// Detaches every program and removes every pin under `base` (the
