@@ -116,6 +116,8 @@ impl Agent {
                 {
                     Ok(Response::Ok) => return Ok(()),
                     Ok(Response::Error { message }) => last = format!("Status answered: {message}"),
+                    #[allow(unreachable_patterns)]
+                    Ok(other) => last = format!("Status answered {other:?}"),
                     Err(e) => last = e.to_string(),
                 }
             }
