@@ -84,3 +84,46 @@ fn default_matrix_runs_in_parallel_and_cleans_up() {
         );
     }
 }
+
+#[test]
+fn an_agent_that_dies_fails_start_with_its_log_and_leaves_nothing() {
+    let bin = std::env::temp_dir().join(format!("pal-fake-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&bin).unwrap();
+    let agent = bin.join(testbed::AGENT_BINARY);
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\necho 'fake agent: cannot load programs' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::write(bin.join(testbed::PLUGIN_BINARY), "#!/bin/sh\nexit 1\n").unwrap();
+    for f in [testbed::AGENT_BINARY, testbed::PLUGIN_BINARY] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(bin.join(f), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let scenario = &scenarios("service-abc")[0];
+    let err = Testbed::start(TestbedOptions {
+        manifests: vec![scenario.cluster.clone()],
+        palisade: true,
+        bin_dir: bin.clone(),
+        probes: vec![],
+    })
+    .unwrap_err();
+    std::fs::remove_dir_all(&bin).unwrap();
+    let TestbedError::Agent { log, .. } = &err else {
+        panic!("expected an agent error, got: {err}");
+    };
+    assert_eq!(err.exit_code(), 1);
+    assert!(
+        err.to_string().contains("fake agent: cannot load programs"),
+        "{err}"
+    );
+    // Everything of that bed is gone: its state folder (which held the log),
+    // its node namespace, its bpffs folder.
+    let state = log.parent().unwrap();
+    let id = state.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(!state.exists(), "{} left behind", state.display());
+    assert!(!Path::new("/run/netns").join(format!("{id}-node")).exists());
+    assert!(!Path::new(testbed::BPFFS_ROOT)
+        .join(format!("palisade-tb-{id}"))
+        .exists());
+}
