@@ -41,7 +41,7 @@ pub struct Attachment {
 
 /// What the plugin asks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "camelCase")]
+#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum Request {
     /// A pod was wired: enforce its policy, answer when it is enforced.
     Add(Attachment),
@@ -57,6 +57,65 @@ pub enum Request {
     },
     /// Is the agent ready to serve ADDs (CNI STATUS)?
     Status,
+    /// Stream verdicts: the agent answers with one [`FlowRecord`] a line
+    /// until the client hangs up.
+    Flows {
+        /// Only flows of this pod (`namespace/name`), either direction.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pod: Option<String>,
+        /// Only this verdict (`allowed` or `dropped`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verdict: Option<String>,
+    },
+    /// Verdict counters per endpoint, direction and verdict.
+    Counters,
+}
+
+/// One verdict, resolved to pod names by the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowRecord {
+    /// Kernel monotonic time of the packet, nanoseconds.
+    pub time_ns: u64,
+    /// The local pod the verdict was taken for (`namespace/name`), or
+    /// `endpoint <id>` if it is gone.
+    pub pod: String,
+    /// `ingress` (into `pod`) or `egress` (out of it).
+    pub direction: String,
+    /// `allowed` or `dropped`.
+    pub verdict: String,
+    /// Why, in a word or two (`no rule`, `not ready`, `policy revision`, ...).
+    pub reason: String,
+    /// `TCP`, `UDP`, `SCTP`, `ICMP`, `ICMPv6` or the number.
+    pub protocol: String,
+    /// Source address.
+    pub src: String,
+    /// Source port (0 for ICMP).
+    pub sport: u16,
+    /// Destination address.
+    pub dst: String,
+    /// Destination port (0 for ICMP).
+    pub dport: u16,
+    /// The other end as a pod (`namespace/name`), when it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The policy rule that allowed it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+/// One verdict counter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CounterRow {
+    /// The pod (`namespace/name`).
+    pub pod: String,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// `allowed` or `dropped`.
+    pub verdict: String,
+    /// Events counted since the agent started.
+    pub count: u64,
 }
 
 /// What the agent answers.
@@ -69,6 +128,11 @@ pub enum Response {
     Error {
         /// A sentence naming the pod and the cause.
         message: String,
+    },
+    /// The answer to [`Request::Counters`].
+    Counters {
+        /// Every counter, ordered by pod, direction, verdict.
+        counters: Vec<CounterRow>,
     },
 }
 
@@ -126,6 +190,48 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
     let mut answer = String::new();
     BufReader::new(stream).read_line(&mut answer).map_err(io)?;
     serde_json::from_str(&answer).map_err(|source| ClientError::Decode { path, source })
+}
+
+/// Sends [`Request::Flows`] and calls `each` for every record until the
+/// agent hangs up or `each` returns `false`.
+pub fn stream_flows(
+    socket: &Path,
+    request: &Request,
+    mut each: impl FnMut(FlowRecord) -> bool,
+) -> Result<(), ClientError> {
+    let path = socket.display().to_string();
+    let io = |source| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    let mut line = serde_json::to_vec(request).map_err(|source| ClientError::Decode {
+        path: path.clone(),
+        source,
+    })?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io)?;
+    for line in BufReader::new(stream).lines() {
+        let line = line.map_err(io)?;
+        if let Ok(Response::Error { message }) = serde_json::from_str::<Response>(&line) {
+            return Err(ClientError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(message),
+            });
+        }
+        let record: FlowRecord =
+            serde_json::from_str(&line).map_err(|source| ClientError::Decode {
+                path: path.clone(),
+                source,
+            })?;
+        if !each(record) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

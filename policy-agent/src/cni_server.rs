@@ -10,6 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Mutex;
 
 use crate::dataplane::Dataplane;
+use crate::flows::FlowHub;
 use crate::reconcile::{parse_ips, Agent, AgentError, NewEndpoint};
 
 /// How long an ADD waits for its pod to appear in the cluster state (the
@@ -19,8 +20,13 @@ pub const ADD_WAIT: Duration = Duration::from_secs(10);
 /// Shared handle on the agent.
 pub type SharedAgent<D> = Arc<Mutex<Agent<D>>>;
 
-/// Binds the socket (replacing a stale one) and serves it forever.
-pub async fn serve<D: Dataplane + 'static>(socket: &Path, agent: SharedAgent<D>) -> std::io::Result<()> {
+/// Binds the socket (replacing a stale one) and serves it forever: CNI
+/// requests, and flow streams and counters from `hub`.
+pub async fn serve<D: Dataplane + 'static>(
+    socket: &Path,
+    agent: SharedAgent<D>,
+    hub: Arc<FlowHub>,
+) -> std::io::Result<()> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -34,19 +40,30 @@ pub async fn serve<D: Dataplane + 'static>(socket: &Path, agent: SharedAgent<D>)
     loop {
         let (stream, _) = listener.accept().await?;
         let agent = agent.clone();
+        let hub = hub.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle_connection(stream, agent).await {
+            if let Err(e) = handle_connection(stream, agent, hub).await {
                 tracing::warn!(error = %e, "CNI connection failed");
             }
         });
     }
 }
 
-async fn handle_connection<D: Dataplane>(stream: UnixStream, agent: SharedAgent<D>) -> std::io::Result<()> {
+async fn handle_connection<D: Dataplane>(
+    stream: UnixStream,
+    agent: SharedAgent<D>,
+    hub: Arc<FlowHub>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::Flows { pod, verdict }) => {
+            return stream_flows(&mut write, &hub, pod.as_deref(), verdict.as_deref()).await;
+        }
+        Ok(Request::Counters) => Response::Counters {
+            counters: hub.counters(),
+        },
         Ok(request) => handle(request, &agent).await,
         Err(e) => Response::Error {
             message: format!("unreadable request: {e}"),
@@ -57,11 +74,41 @@ async fn handle_connection<D: Dataplane>(stream: UnixStream, agent: SharedAgent<
     write.write_all(&out).await
 }
 
+/// Writes matching records, one JSON line each, until the client leaves.
+async fn stream_flows(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    hub: &FlowHub,
+    pod: Option<&str>,
+    verdict: Option<&str>,
+) -> std::io::Result<()> {
+    let mut rx = hub.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(record) => {
+                if !crate::flows::matches(&record, pod, verdict) {
+                    continue;
+                }
+                let mut out = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+                out.push(b'\n');
+                write.write_all(&out).await?;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "a flows client fell behind");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
 /// Answers one request.
 pub async fn handle<D: Dataplane>(request: Request, agent: &SharedAgent<D>) -> Response {
     let result = match request {
         Request::Add(att) => add(att, agent).await,
-        Request::Del { container_id } => agent.lock().await.del(&container_id).map_err(|e| e.to_string()),
+        Request::Del { container_id } => agent
+            .lock()
+            .await
+            .del(&container_id)
+            .map_err(|e| e.to_string()),
         Request::Check { container_id } => {
             if agent.lock().await.check(&container_id) {
                 Ok(())
@@ -70,6 +117,7 @@ pub async fn handle<D: Dataplane>(request: Request, agent: &SharedAgent<D>) -> R
             }
         }
         Request::Status => Ok(()),
+        Request::Flows { .. } | Request::Counters => Err("not a CNI request".into()),
     };
     match result {
         Ok(()) => Response::Ok,

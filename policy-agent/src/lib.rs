@@ -9,6 +9,7 @@
 pub mod cni_server;
 pub mod dataplane;
 pub mod endpoints;
+pub mod flows;
 pub mod links;
 pub mod reconcile;
 pub mod run;

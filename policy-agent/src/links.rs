@@ -11,7 +11,9 @@ pub enum LinkError {
     #[error("cannot open a netlink socket: {0}")]
     Socket(#[source] std::io::Error),
     /// None of the candidates is a veth in this network namespace.
-    #[error("none of the host interfaces {candidates:?} is a veth in the agent's network namespace")]
+    #[error(
+        "none of the host interfaces {candidates:?} is a veth in the agent's network namespace"
+    )]
     NoVeth {
         /// The names that were looked at.
         candidates: Vec<String>,
@@ -31,7 +33,13 @@ pub struct LinkFacts {
 pub async fn link_by_name(name: &str) -> Result<Option<LinkFacts>, LinkError> {
     let (connection, handle, _) = rtnetlink::new_connection().map_err(LinkError::Socket)?;
     let task = tokio::spawn(connection);
-    let result = handle.link().get().match_name(name.to_string()).execute().try_next().await;
+    let result = handle
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await;
     task.abort();
     let Ok(Some(msg)) = result else {
         return Ok(None);

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "policy-agent", version, about = "Palisade: NetworkPolicy enforcement with eBPF")]
+#[command(
+    name = "policy-agent",
+    version,
+    about = "Palisade: NetworkPolicy enforcement with eBPF"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,6 +25,17 @@ enum Command {
     Simulate(SimulateArgs),
     /// Why is a connection allowed or denied?
     Explain(ExplainArgs),
+    /// Common mistakes in a set of policies, with suggested fixes.
+    Lint(LintArgs),
+    /// Live verdicts from a running agent, with pod names.
+    Flows(FlowsArgs),
+}
+
+#[derive(Args)]
+struct LintArgs {
+    /// Manifest files or directories.
+    #[arg(long, required = true, num_args = 1..)]
+    manifests: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -74,6 +89,31 @@ struct RunArgs {
     /// Node name (informational in kube mode).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// Also report allowed new flows (not only drops) to `flows`.
+    #[arg(long)]
+    log_allowed: bool,
+}
+
+#[derive(Args)]
+struct FlowsArgs {
+    /// The agent's socket.
+    #[arg(long, default_value = agent_api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Only flows to or from this pod (`namespace/name`).
+    #[arg(long)]
+    pod: Option<String>,
+    /// Only this verdict.
+    #[arg(long, value_parser = ["allowed", "dropped"])]
+    verdict: Option<String>,
+    /// `text` (one line a flow) or `json` (one object a line).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    format: String,
+    /// Stop after this many flows.
+    #[arg(long)]
+    count: Option<usize>,
+    /// Print the per-pod, per-direction, per-verdict counters and exit.
+    #[arg(long)]
+    counters: bool,
 }
 
 fn main() -> ExitCode {
@@ -89,6 +129,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Simulate(args) => simulate(args),
         Command::Explain(args) => explain(args),
+        Command::Lint(args) => lint(args),
+        Command::Flows(args) => flows(args),
     };
     match result {
         Ok(code) => code,
@@ -112,7 +154,13 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         } else {
             args.node_addrs.clone()
         };
-        let dataplane = policy_agent::dataplane::open_kernel(&args.bpffs_dir)?;
+        let mut dataplane = policy_agent::dataplane::open_kernel(&args.bpffs_dir)?;
+        if args.log_allowed {
+            dataplane.set_events_for_allowed(true)?;
+        }
+        let events = dataplane
+            .take_event_reader()
+            .map(|r| Box::new(r) as Box<dyn policy_agent::flows::EventSource>);
         tracing::info!(
             bpffs = %args.bpffs_dir.display(),
             node = args.node_name.as_deref().unwrap_or("-"),
@@ -122,7 +170,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             cni_socket: args.cni_socket.clone(),
             node_addrs,
         };
-        policy_agent::run::run(opts, dataplane, snapshots).await?;
+        policy_agent::run::run(opts, dataplane, events, snapshots).await?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -141,7 +189,12 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     };
     let stdout = std::io::stdout();
     match policy_engine::tools::simulate::run(&opts, &mut stdout.lock()) {
-        Ok(_) => Ok(ExitCode::SUCCESS),
+        Ok(outcome) => {
+            for w in &outcome.warnings {
+                eprintln!("policy-agent: warning: {w}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Err(e) => Ok(tool_failure(&e)),
     }
 }
@@ -158,4 +211,77 @@ fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e) => Ok(tool_failure(&e)),
     }
+}
+
+fn lint(args: LintArgs) -> anyhow::Result<ExitCode> {
+    let opts = policy_engine::tools::lint::Options {
+        manifests: args.manifests,
+    };
+    let stdout = std::io::stdout();
+    match policy_engine::tools::lint::run(&opts, &mut stdout.lock()) {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) => Ok(tool_failure(&e)),
+    }
+}
+
+fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    if args.counters {
+        let answer = agent_api::call(
+            &args.socket,
+            &agent_api::Request::Counters,
+            std::time::Duration::from_secs(5),
+        )?;
+        let agent_api::Response::Counters { counters } = answer else {
+            anyhow::bail!("the agent did not answer with counters: {answer:?}");
+        };
+        for c in counters {
+            if args.format == "json" {
+                println!("{}", serde_json::to_string(&c)?);
+            } else {
+                println!(
+                    "{:<40} {:<8} {:<8} {}",
+                    c.pod, c.direction, c.verdict, c.count
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let request = agent_api::Request::Flows {
+        pod: args.pod.clone(),
+        verdict: args.verdict.clone(),
+    };
+    let mut seen = 0usize;
+    let stdout = std::io::stdout();
+    agent_api::stream_flows(&args.socket, &request, |r| {
+        let mut out = stdout.lock();
+        let line = if args.format == "json" {
+            serde_json::to_string(&r).unwrap_or_default()
+        } else {
+            format!(
+                "{} {:<7} {:<7} {} {}:{} -> {}:{} {}{}{}",
+                r.pod,
+                r.direction,
+                r.verdict.to_uppercase(),
+                r.protocol,
+                r.src,
+                r.sport,
+                r.dst,
+                r.dport,
+                r.reason,
+                r.peer
+                    .as_deref()
+                    .map(|p| format!(" peer={p}"))
+                    .unwrap_or_default(),
+                r.rule
+                    .as_deref()
+                    .map(|p| format!(" by {p}"))
+                    .unwrap_or_default(),
+            )
+        };
+        let ok = writeln!(out, "{line}").and_then(|()| out.flush()).is_ok();
+        seen += 1;
+        ok && args.count.is_none_or(|n| seen < n)
+    })?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -93,6 +93,15 @@ impl<D: Dataplane> Agent<D> {
         &self.snapshot
     }
 
+    /// A policy rule reference from the maps, in words.
+    pub fn describe_rule(&self, rule: u32) -> Option<String> {
+        self.engine
+            .current()
+            .rules
+            .get(&rule)
+            .map(|r| r.to_string())
+    }
+
     /// Number of successful applies so far.
     pub fn applies(&self) -> u64 {
         self.applies

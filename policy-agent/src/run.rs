@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 
 use crate::cni_server;
 use crate::dataplane::Dataplane;
+use crate::flows::{self, EventSource, FlowHub};
 use crate::reconcile::Agent;
 use crate::source::SnapshotRx;
 
@@ -28,9 +29,14 @@ pub struct RunOptions {
 pub async fn run<D: Dataplane + 'static>(
     opts: RunOptions,
     dataplane: D,
+    events: Option<Box<dyn EventSource>>,
     mut snapshots: SnapshotRx,
 ) -> anyhow::Result<()> {
     let agent = Arc::new(Mutex::new(Agent::new(dataplane, opts.node_addrs.clone())));
+    let hub = FlowHub::new();
+    if let Some(events) = events {
+        flows::spawn_reader(events, agent.clone(), hub.clone());
+    }
     // The first state must be in place before any ADD is served.
     let first = snapshots.borrow_and_update().clone();
     if let Some(snapshot) = first {
@@ -52,7 +58,7 @@ pub async fn run<D: Dataplane + 'static>(
     let server = {
         let agent = agent.clone();
         let socket = opts.cni_socket.clone();
-        tokio::spawn(async move { cni_server::serve(&socket, agent).await })
+        tokio::spawn(async move { cni_server::serve(&socket, agent, hub).await })
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

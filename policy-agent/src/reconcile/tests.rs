@@ -43,12 +43,23 @@ fn new_ep(cid: &str, name: &str, ip: &str) -> NewEndpoint {
 fn ingress_allowed(agent: &Agent<FakeDataplane>, ifname: &str, from: &str) -> bool {
     let ep = agent.dataplane().endpoints[ifname];
     let peer: IpAddr = from.parse().unwrap();
-    verdict(&agent.dataplane().state, ep, dir::INGRESS, peer, proto::TCP, 80).allowed
+    verdict(
+        &agent.dataplane().state,
+        ep,
+        dir::INGRESS,
+        peer,
+        proto::TCP,
+        80,
+    )
+    .allowed
 }
 
 #[test]
 fn add_attaches_and_applies_policy_for_the_pod() {
-    let mut agent = Agent::new(FakeDataplane::default(), vec!["10.244.0.1".parse().unwrap()]);
+    let mut agent = Agent::new(
+        FakeDataplane::default(),
+        vec!["10.244.0.1".parse().unwrap()],
+    );
     agent.set_snapshot(cluster(&[])).unwrap();
     agent.add(new_ep("c1", "a", "10.244.0.10")).unwrap();
     let ep = agent.dataplane().endpoints["veth-a"];

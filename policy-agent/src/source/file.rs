@@ -15,7 +15,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Loads `paths` once (failing if they cannot be read), then keeps watching
 /// them in a background task. Returns the channel the agent reads.
-pub fn spawn(paths: Vec<PathBuf>) -> Result<super::SnapshotRx, policy_engine::manifest::ManifestError> {
+pub fn spawn(
+    paths: Vec<PathBuf>,
+) -> Result<super::SnapshotRx, policy_engine::manifest::ManifestError> {
     let first = load(&paths)?;
     let (tx, rx) = watch::channel(Some(first));
     tokio::spawn(async move {
@@ -34,7 +36,9 @@ pub fn spawn(paths: Vec<PathBuf>) -> Result<super::SnapshotRx, policy_engine::ma
                         return;
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "manifests changed but cannot be loaded; keeping the last good state"),
+                Err(e) => {
+                    tracing::error!(error = %e, "manifests changed but cannot be loaded; keeping the last good state")
+                }
             }
         }
     });

@@ -33,7 +33,9 @@ pub enum KubeSourceError {
 /// Connects (in-cluster config or kubeconfig) and starts watching. The
 /// channel holds `None` until all three kinds have been listed once.
 pub async fn spawn() -> Result<super::SnapshotRx, KubeSourceError> {
-    let client = Client::try_default().await.map_err(KubeSourceError::Client)?;
+    let client = Client::try_default()
+        .await
+        .map_err(KubeSourceError::Client)?;
     let (tx, rx) = watch::channel(None);
     let (dirty_tx, dirty_rx) = mpsc::channel::<()>(1);
     let pods = reflect::<Pod>(Api::all(client.clone()), dirty_tx.clone());
@@ -46,7 +48,13 @@ pub async fn spawn() -> Result<super::SnapshotRx, KubeSourceError> {
 /// Starts one reflector; returns its store. Each event pings `dirty`.
 fn reflect<K>(api: Api<K>, dirty: mpsc::Sender<()>) -> Store<K>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default())
@@ -98,7 +106,11 @@ async fn build_loop(
 
 /// Builds a snapshot from the stores, reporting and skipping what the model
 /// rejects.
-fn build(pods: &Store<Pod>, namespaces: &Store<Namespace>, policies: &Store<NetworkPolicy>) -> Snapshot {
+fn build(
+    pods: &Store<Pod>,
+    namespaces: &Store<Namespace>,
+    policies: &Store<NetworkPolicy>,
+) -> Snapshot {
     let mut snap = Snapshot::default();
     for ns in namespaces.state() {
         if let Err(e) = snap.upsert_namespace(&ns) {
