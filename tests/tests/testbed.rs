@@ -127,3 +127,52 @@ fn an_agent_that_dies_fails_start_with_its_log_and_leaves_nothing() {
         .join(format!("palisade-tb-{id}"))
         .exists());
 }
+
+#[test]
+fn host_network_pods_share_the_node() {
+    let dir = std::env::temp_dir().join(format!("pal-hostnet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cluster = dir.join("cluster.yaml");
+    std::fs::write(
+        &cluster,
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default}
+spec:
+  containers: [{name: web, image: x, ports: [{containerPort: 80}]}]
+status: {podIP: 10.244.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: agent, namespace: kube-system}
+spec:
+  hostNetwork: true
+  containers: [{name: a, image: x, ports: [{containerPort: 9100}]}]
+status: {podIP: 192.168.1.10}
+"#,
+    )
+    .unwrap();
+    let probes = parse_probes(
+        r#"{"from": "kube-system/agent", "to": "default/web", "port": 80, "allowed": true}
+{"from": "default/web", "to": "kube-system/agent", "port": 9100, "allowed": true}"#,
+        Path::new("inline.jsonl"),
+    )
+    .unwrap();
+    let bed = Testbed::start(TestbedOptions {
+        manifests: vec![cluster],
+        probes: probes.clone(),
+        ..Default::default()
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+    let bed = bed.unwrap();
+    let agent = &bed.pods()[&"kube-system/agent".parse().unwrap()];
+    assert!(agent.host_network);
+    assert_eq!(agent.netns, bed.node_netns());
+    assert_eq!(agent.ip, bed.node_addr());
+    let seen = bed.probe(&probes);
+    assert!(
+        seen.iter().all(|o| o.allowed == Some(true)),
+        "{}",
+        report::table(&seen)
+    );
+}
