@@ -10,6 +10,7 @@ pub mod cni_server;
 pub mod dataplane;
 pub mod endpoints;
 pub mod flows;
+pub mod health;
 pub mod links;
 pub mod reconcile;
 pub mod run;

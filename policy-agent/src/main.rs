@@ -89,6 +89,9 @@ struct RunArgs {
     /// Node name (informational in kube mode).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// Serve `/healthz`, `/readyz` and `/metrics` on this address (e.g. `0.0.0.0:9090`).
+    #[arg(long)]
+    health_addr: Option<std::net::SocketAddr>,
     /// Also report allowed new flows (not only drops) to `flows`.
     #[arg(long)]
     log_allowed: bool,
@@ -169,6 +172,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let opts = policy_agent::run::RunOptions {
             cni_socket: args.cni_socket.clone(),
             node_addrs,
+            health_addr: args.health_addr,
         };
         policy_agent::run::run(opts, dataplane, events, snapshots).await?;
         Ok(ExitCode::SUCCESS)

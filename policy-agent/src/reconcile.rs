@@ -102,6 +102,11 @@ impl<D: Dataplane> Agent<D> {
             .map(|r| r.to_string())
     }
 
+    /// Number of policies the last compile found invalid.
+    pub fn invalid_policies(&self) -> usize {
+        self.reported.len()
+    }
+
     /// Number of successful applies so far.
     pub fn applies(&self) -> u64 {
         self.applies

@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
@@ -12,6 +13,7 @@ use tokio::sync::Mutex;
 use crate::cni_server;
 use crate::dataplane::Dataplane;
 use crate::flows::{self, EventSource, FlowHub};
+use crate::health;
 use crate::reconcile::Agent;
 use crate::source::SnapshotRx;
 
@@ -22,6 +24,8 @@ pub struct RunOptions {
     pub cni_socket: PathBuf,
     /// The node's own addresses (traffic from them to local pods is allowed).
     pub node_addrs: Vec<IpAddr>,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics`, if anywhere.
+    pub health_addr: Option<std::net::SocketAddr>,
 }
 
 /// Runs until SIGINT/SIGTERM. Pinned programs and maps stay in place after
@@ -55,11 +59,39 @@ pub async fn run<D: Dataplane + 'static>(
             }
         })
     };
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = opts.health_addr {
+        let state = health::HealthState {
+            agent: agent.clone(),
+            hub: hub.clone(),
+            ready: ready.clone(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = health::serve(addr, state).await {
+                tracing::error!(%addr, error = %e, "health endpoint failed");
+            }
+        });
+    }
     let server = {
         let agent = agent.clone();
         let socket = opts.cni_socket.clone();
         tokio::spawn(async move { cni_server::serve(&socket, agent, hub).await })
     };
+    // Ready once a state is enforced and the socket is bound.
+    {
+        let agent = agent.clone();
+        let socket = opts.cni_socket.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            loop {
+                if agent.lock().await.applies() > 0 && socket.exists() {
+                    ready.store(true, Ordering::Relaxed);
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        });
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
