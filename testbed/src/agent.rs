@@ -73,6 +73,8 @@ impl Agent {
             .arg(&paths.binary)
             .arg("run");
         for m in manifests {
+            // Absolute, so the agent does not depend on our working folder.
+            let m = std::fs::canonicalize(m).unwrap_or_else(|_| m.clone());
             cmd.arg("--manifests").arg(m);
         }
         cmd.arg("--cni-socket")
