@@ -2,9 +2,12 @@
 //! enforces on, as reported by the CNI plugin.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::net::IpAddr;
+use std::path::Path;
 
 use policy_engine::model::PodRef;
+use serde::{Deserialize, Serialize};
 
 /// One local endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +106,109 @@ impl Registry {
     }
 }
 
+/// An endpoint as written to the agent's state file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SavedEndpoint {
+    container_id: String,
+    pod: String,
+    ifname: String,
+    ep_id: u32,
+    ips: Vec<IpAddr>,
+}
+
+/// Failures reading or writing the state file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    /// I/O on the file.
+    #[error("state file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not what the agent writes.
+    #[error("state file {path} is unreadable: {source}")]
+    Decode {
+        /// The file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Writes `endpoints` to `path` atomically (temporary file, then rename), so
+/// a restarted agent knows which pinned endpoints are which pods.
+pub fn save<'a>(
+    path: &Path,
+    endpoints: impl Iterator<Item = &'a Endpoint>,
+) -> Result<(), StateFileError> {
+    let io = |source| StateFileError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let saved: Vec<SavedEndpoint> = endpoints
+        .map(|e| SavedEndpoint {
+            container_id: e.container_id.clone(),
+            pod: e.pod.to_string(),
+            ifname: e.ifname.clone(),
+            ep_id: e.ep_id,
+            ips: e.ips.clone(),
+        })
+        .collect();
+    let text = serde_json::to_vec_pretty(&saved).map_err(|source| StateFileError::Decode {
+        path: path.display().to_string(),
+        source,
+    })?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(&text).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Reads what [`save`] wrote; a missing file is an empty list. Entries whose
+/// pod name does not parse are skipped with a warning.
+pub fn load(path: &Path) -> Result<Vec<Endpoint>, StateFileError> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(StateFileError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        }
+    };
+    let saved: Vec<SavedEndpoint> =
+        serde_json::from_slice(&text).map_err(|source| StateFileError::Decode {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(saved
+        .into_iter()
+        .filter_map(|s| match s.pod.parse::<PodRef>() {
+            Ok(pod) => Some(Endpoint {
+                container_id: s.container_id,
+                pod,
+                ifname: s.ifname,
+                ep_id: s.ep_id,
+                ips: s.ips,
+            }),
+            Err(e) => {
+                tracing::warn!(pod = %s.pod, error = %e, "state file entry skipped");
+                None
+            }
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +241,22 @@ mod tests {
         reg.insert(c);
         assert_eq!(reg.len(), 2);
         assert_eq!(reg.assignment().len(), 2);
+    }
+
+    #[test]
+    fn state_file_round_trips() {
+        let dir = std::env::temp_dir().join(format!("palisade-state-{}", std::process::id()));
+        let path = dir.join("endpoints.json");
+        assert!(load(&path).unwrap().is_empty());
+        let mut reg = Registry::default();
+        let mut a = ep(&mut reg, "a", "pa");
+        a.ips = vec!["10.0.0.1".parse().unwrap()];
+        reg.insert(a.clone());
+        save(&path, reg.iter()).unwrap();
+        assert_eq!(load(&path).unwrap(), vec![a]);
+        std::fs::write(&path, b"not json").unwrap();
+        assert!(matches!(load(&path), Err(StateFileError::Decode { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use policy_engine::model::{PodRef, Snapshot};
 
@@ -61,6 +62,7 @@ pub struct Agent<D: Dataplane> {
     dataplane: D,
     reported: BTreeSet<String>,
     applies: u64,
+    state_file: Option<PathBuf>,
 }
 
 impl<D: Dataplane> Agent<D> {
@@ -75,6 +77,41 @@ impl<D: Dataplane> Agent<D> {
             dataplane,
             reported: BTreeSet::new(),
             applies: 0,
+            state_file: None,
+        }
+    }
+
+    /// Keeps the endpoint list in `path` (rewritten on every ADD and DEL) so
+    /// a restarted agent can [`Agent::restore`] it.
+    pub fn with_state_file(mut self, path: PathBuf) -> Self {
+        self.state_file = Some(path);
+        self
+    }
+
+    /// Takes back endpoints a previous agent enforced (from the state file),
+    /// before the first state is applied: their pinned programs and map
+    /// entries are adopted as they are, so their pods never see a gap.
+    /// Endpoints whose interface is gone are forgotten.
+    pub fn restore(&mut self, endpoints: Vec<Endpoint>) {
+        for ep in endpoints {
+            match self.dataplane.attach_endpoint(&ep.ifname, ep.ep_id) {
+                Ok(()) => {
+                    tracing::info!(pod = %ep.pod, ifname = %ep.ifname, "endpoint adopted");
+                    self.registry.insert(ep);
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %ep.pod, ifname = %ep.ifname, error = %e, "endpoint not adopted")
+                }
+            }
+        }
+        self.persist();
+    }
+
+    fn persist(&self) {
+        if let Some(path) = &self.state_file {
+            if let Err(e) = crate::endpoints::save(path, self.registry.iter()) {
+                tracing::error!(error = %e, "cannot save the endpoint list");
+            }
         }
     }
 
@@ -144,6 +181,7 @@ impl<D: Dataplane> Agent<D> {
             ep_id,
             ips: new.ips,
         });
+        self.persist();
         self.sync()
     }
 
@@ -153,6 +191,7 @@ impl<D: Dataplane> Agent<D> {
             return Ok(());
         };
         self.detach(&ep);
+        self.persist();
         self.sync()
     }
 

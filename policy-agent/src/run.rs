@@ -36,7 +36,14 @@ pub async fn run<D: Dataplane + 'static>(
     events: Option<Box<dyn EventSource>>,
     mut snapshots: SnapshotRx,
 ) -> anyhow::Result<()> {
-    let agent = Arc::new(Mutex::new(Agent::new(dataplane, opts.node_addrs.clone())));
+    let state_file = state_file_for(&opts.cni_socket);
+    let mut core =
+        Agent::new(dataplane, opts.node_addrs.clone()).with_state_file(state_file.clone());
+    match crate::endpoints::load(&state_file) {
+        Ok(previous) => core.restore(previous),
+        Err(e) => tracing::error!(error = %e, "previous endpoints not restored"),
+    }
+    let agent = Arc::new(Mutex::new(core));
     let hub = FlowHub::new();
     if let Some(events) = events {
         flows::spawn_reader(events, agent.clone(), hub.clone());
@@ -105,6 +112,12 @@ pub async fn run<D: Dataplane + 'static>(
     feeder.abort();
     let _ = std::fs::remove_file(&opts.cni_socket);
     Ok(())
+}
+
+/// The endpoint list lives beside the CNI socket (`/run/palisade/` on a
+/// node): both are per boot, like the bpffs pins.
+pub fn state_file_for(cni_socket: &std::path::Path) -> PathBuf {
+    cni_socket.with_file_name("endpoints.json")
 }
 
 /// Every address of every interface in the agent's network namespace.

@@ -118,3 +118,21 @@ spec:
     assert!(!ingress_allowed(&agent, "veth-a", "10.244.0.11"));
     assert!(ingress_allowed(&agent, "veth-b", "10.244.0.10"));
 }
+
+#[test]
+fn a_restarted_agent_restores_its_endpoints_before_the_first_apply() {
+    let dir = std::env::temp_dir().join(format!("palisade-restore-{}", std::process::id()));
+    let file = dir.join("endpoints.json");
+    let mut first = Agent::new(FakeDataplane::default(), vec![]).with_state_file(file.clone());
+    first.set_snapshot(cluster(&[DENY_ALL])).unwrap();
+    first.add(new_ep("c1", "a", "10.244.0.10")).unwrap();
+    let ep = first.dataplane().endpoints["veth-a"];
+
+    let mut second = Agent::new(FakeDataplane::default(), vec![]).with_state_file(file.clone());
+    second.restore(crate::endpoints::load(&file).unwrap());
+    assert_eq!(second.dataplane().endpoints.get("veth-a"), Some(&ep));
+    second.set_snapshot(cluster(&[DENY_ALL])).unwrap();
+    assert_eq!(second.dataplane().state, first.dataplane().state);
+    assert!(second.check("c1"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
