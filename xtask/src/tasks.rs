@@ -2,6 +2,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_api::{FlowRecord, Request};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -130,7 +134,7 @@ pub fn testbed(args: TestbedArgs) -> Result<ExitCode> {
         args.palisade,
         &bin_dir,
     ) {
-        Ok(seen) => seen,
+        Ok((seen, _)) => seen,
         Err(e) => {
             eprintln!("xtask testbed: {e}");
             return Ok(exit_code(e.exit_code()));
@@ -150,12 +154,15 @@ fn exit_code(code: i32) -> ExitCode {
 /// Starts a test bed for `manifests` (with or without Palisade), runs the
 /// probes of `probes` (default: every pod to every declared port) and tears
 /// the bed down.
+/// Runs the probes on a fresh test bed; with Palisade, also returns the
+/// drops the agent reported meanwhile (what `policy-agent flows --verdict
+/// dropped` shows).
 fn run_probes(
     manifests: &Path,
     probes: Option<&Path>,
     palisade: bool,
     bin_dir: &Path,
-) -> Result<Vec<Observation>, TestbedError> {
+) -> Result<(Vec<Observation>, Vec<FlowRecord>), TestbedError> {
     let manifests = vec![manifests.to_path_buf()];
     let snapshot = testbed::load_snapshot(&manifests)?;
     let probes = match probes {
@@ -171,7 +178,53 @@ fn run_probes(
         },
         &snapshot,
     )?;
-    Ok(bed.probe(&probes))
+    let drops = Arc::new(Mutex::new(Vec::new()));
+    if let Some(socket) = bed.agent_socket() {
+        let (socket, sink) = (socket.to_path_buf(), drops.clone());
+        let request = Request::Flows {
+            pod: None,
+            verdict: Some("dropped".into()),
+        };
+        std::thread::spawn(move || {
+            let _ = agent_api::stream_flows(&socket, &request, |r| {
+                sink.lock().map(|mut v| v.push(r)).is_ok()
+            });
+        });
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let seen = bed.probe(&probes);
+    std::thread::sleep(Duration::from_millis(300));
+    let drops = drops.lock().map(|v| v.clone()).unwrap_or_default();
+    Ok((seen, drops))
+}
+
+/// One line per distinct dropped connection attempt, as `policy-agent flows`
+/// names them.
+fn drop_lines(drops: &[FlowRecord]) -> Vec<String> {
+    let mut lines: Vec<String> = drops
+        .iter()
+        .map(|r| {
+            let peer = r.peer.clone().unwrap_or_else(|| {
+                if r.direction == "ingress" {
+                    r.src.clone()
+                } else {
+                    r.dst.clone()
+                }
+            });
+            let (from, to) = if r.direction == "ingress" {
+                (peer, r.pod.clone())
+            } else {
+                (r.pod.clone(), peer)
+            };
+            format!(
+                "   {from} -> {to}:{}/{} dropped at {}'s {} ({})",
+                r.dport, r.protocol, r.pod, r.direction, r.reason
+            )
+        })
+        .collect();
+    lines.sort();
+    lines.dedup();
+    lines
 }
 
 /// An example under examples/: a cluster and probes with expectations.
@@ -222,7 +275,7 @@ pub fn demo(only: Option<&str>, release: bool) -> Result<ExitCode> {
     let list = examples(only)?;
     for ex in &list {
         let run = |palisade| run_probes(&ex.cluster, Some(&ex.probes), palisade, &bin_dir);
-        let (before, after) = match run(false).and_then(|b| Ok((b, run(true)?))) {
+        let (before, (after, drops)) = match run(false).and_then(|b| Ok((b.0, run(true)?))) {
             Ok(pair) => pair,
             Err(e) => {
                 eprintln!("xtask demo: {}: {e}", ex.name);
@@ -240,6 +293,10 @@ pub fn demo(only: Option<&str>, release: bool) -> Result<ExitCode> {
             .collect();
         for o in &mismatched {
             println!("   MISMATCH with Palisade: {} ({})", o.probe, o.detail);
+        }
+        println!("   drops the agent reported (policy-agent flows --verdict dropped):");
+        for line in drop_lines(&drops) {
+            println!("{line}");
         }
         probes += after.len();
         changed += before
