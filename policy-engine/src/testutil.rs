@@ -12,6 +12,8 @@ use crate::compile::{self, Allocator, Compiled};
 use crate::model::{ContainerPort, PodInfo, PodRef, Protocol, Snapshot};
 use crate::tools::probe::{self, End};
 
+pub mod conformance;
+
 /// Parses a NetworkPolicy written in YAML. Panics on bad YAML.
 pub fn policy_yaml(text: &str) -> NetworkPolicy {
     serde_norway::from_str(text).expect("policy YAML")
