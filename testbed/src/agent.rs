@@ -47,14 +47,14 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 }
 
 impl Agent {
-    /// Starts the agent in `node_netns` and waits until it answers `Status`
-    /// with `Ok`; on failure the child is stopped and the error carries the
-    /// log's tail.
+    /// Starts the agent in `node_netns` (told the node's addresses, one
+    /// `--node-addr` each) and waits until it answers `Status` with `Ok`;
+    /// on failure the child is stopped and the error carries the log's tail.
     pub fn start(
         paths: AgentPaths,
         node_netns: &str,
         manifests: &[PathBuf],
-        node_addr: &str,
+        node_addrs: &[String],
     ) -> Result<Agent, TestbedError> {
         if !paths.binary.is_file() {
             return Err(TestbedError::MissingBinary {
@@ -80,10 +80,11 @@ impl Agent {
         cmd.arg("--cni-socket")
             .arg(&paths.socket)
             .arg("--bpffs-dir")
-            .arg(&paths.bpffs_dir)
-            .arg("--node-addr")
-            .arg(node_addr)
-            .stdin(Stdio::null())
+            .arg(&paths.bpffs_dir);
+        for addr in node_addrs {
+            cmd.arg("--node-addr").arg(addr);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
             // Own process group: a terminal's Ctrl-C reaches us, and we stop

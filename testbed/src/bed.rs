@@ -3,7 +3,7 @@
 //! echo servers everywhere, and (optionally) the Palisade agent and plugin.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -51,6 +51,9 @@ pub struct WiredPod {
     pub netns: String,
     /// Its IPv4 address (the node's for hostNetwork pods).
     pub ip: Ipv4Addr,
+    /// Its IPv6 address when the test bed is dual-stack (the node's IPv6
+    /// gateway address for hostNetwork pods); `None` on an IPv4-only bed.
+    pub ip6: Option<Ipv6Addr>,
     /// Whether it shares the node's namespace.
     pub host_network: bool,
 }
@@ -132,6 +135,10 @@ impl Testbed {
         resources.with(|r| r.netns.push(node.clone()));
         netns::create(&node)?;
         sysctl_in(&node, "net.ipv4.ip_forward=1")?;
+        if layout.dual_stack() {
+            sysctl_in(&node, "net.ipv6.conf.all.forwarding=1")?;
+            no_dad(&node)?;
+        }
 
         let mut agent_paths = None;
         if opts.palisade {
@@ -158,21 +165,23 @@ impl Testbed {
             // A leftover of a dead process with our pid: not to be adopted.
             let _ = std::fs::remove_dir_all(&paths.bpffs_dir);
             resources.with(|r| r.dirs.push(paths.bpffs_dir.clone()));
-            let agent = Agent::start(
-                paths.clone(),
-                &node,
-                &opts.manifests,
-                &layout.gateway.to_string(),
-            )?;
+            let node_addrs: Vec<String> = [Some(IpAddr::V4(layout.gateway))]
+                .into_iter()
+                .chain([layout.gateway6.map(IpAddr::V6)])
+                .flatten()
+                .map(|a| a.to_string())
+                .collect();
+            let agent = Agent::start(paths.clone(), &node, &opts.manifests, &node_addrs)?;
             resources.with(|r| r.agent = Some(agent));
             agent_paths = Some(paths);
         }
 
         let network = Network {
-            conflist: cni::conflist(
+            conflist: cni::conflist_dual(
                 &id,
                 layout.subnet,
                 layout.gateway,
+                layout.subnet6.zip(layout.gateway6),
                 &state_dir,
                 agent_paths.as_ref().map(|p| p.socket.as_path()),
             ),
@@ -190,6 +199,7 @@ impl Testbed {
                     WiredPod {
                         netns: node.clone(),
                         ip: layout.gateway,
+                        ip6: layout.gateway6,
                         host_network: true,
                     },
                 );
@@ -198,17 +208,32 @@ impl Testbed {
             let ns = format!("{id}-p{i}");
             resources.with(|r| r.netns.push(ns.clone()));
             netns::create(&ns)?;
+            let mut requested: Vec<IpAddr> = plan.requested.iter().map(|a| (*a).into()).collect();
+            if layout.dual_stack() {
+                no_dad(&ns)?;
+                requested.extend(plan.requested6.map(IpAddr::V6));
+            }
             let container_id = format!("{id}-c{i}");
-            let att = network.add(
+            let att = network.add_ips(
                 &name,
                 &plan.pod.namespace,
                 &plan.pod.name,
                 &container_id,
                 &ns,
-                plan.requested.as_slice(),
+                &requested,
             )?;
             let ip = att.ipv4();
+            let ip6 = att.ipv6();
             resources.with(|r| r.attachments.push(att));
+            if layout.dual_stack() && ip6.is_none() {
+                return Err(TestbedError::Cni {
+                    command: "ADD",
+                    pod: name.clone(),
+                    plugin: "bridge".into(),
+                    message: "the result holds no IPv6 address on a dual-stack bed".into(),
+                    stderr: String::new(),
+                });
+            }
             let ip = ip.ok_or_else(|| TestbedError::Cni {
                 command: "ADD",
                 pod: name.clone(),
@@ -221,17 +246,23 @@ impl Testbed {
                 WiredPod {
                     netns: ns,
                     ip,
+                    ip6,
                     host_network: false,
                 },
             );
         }
 
-        let outside = if layout.outside.is_empty() {
+        let outside = if layout.outside.is_empty() && layout.outside6.is_empty() {
             None
         } else {
             let ns = format!("{id}-out");
             resources.with(|r| r.netns.push(ns.clone()));
-            wire_outside(&node, &ns, layout.outside.keys().copied())?;
+            wire_outside(
+                &node,
+                &ns,
+                layout.outside.keys().copied(),
+                layout.outside6.keys().copied(),
+            )?;
             Some(ns)
         };
 
@@ -258,52 +289,82 @@ impl Testbed {
             return Ok(());
         };
         let handle = rt.handle().clone();
+        // Dual-stack: `[::]` with IPV6_V6ONLY off serves both families.
+        let any = if self.layout.dual_stack() {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
         for plan in self.layout.pods.iter().filter(|p| !p.host_network) {
             if let Some(w) = self.pods.get(&plan.pod) {
-                let addrs: Vec<_> = plan
-                    .ports
-                    .iter()
-                    .map(|p| (Ipv4Addr::UNSPECIFIED, *p))
-                    .collect();
+                let addrs: Vec<_> = plan.ports.iter().map(|p| (any, *p)).collect();
                 echo::serve(&handle, &w.netns, &addrs)?;
             }
         }
-        let node: Vec<_> = self
-            .layout
-            .node_ports
-            .iter()
-            .map(|p| (Ipv4Addr::UNSPECIFIED, *p))
-            .collect();
+        let node: Vec<_> = self.layout.node_ports.iter().map(|p| (any, *p)).collect();
         echo::serve(&handle, &self.node, &node)?;
         if let Some(out) = &self.outside {
-            let addrs: Vec<_> = self
+            let v4 = self
                 .layout
                 .outside
                 .iter()
-                .flat_map(|(ip, ports)| ports.iter().map(move |p| (*ip, *p)))
-                .collect();
+                .flat_map(|(ip, ports)| ports.iter().map(move |p| (IpAddr::V4(*ip), *p)));
+            let v6 = self
+                .layout
+                .outside6
+                .iter()
+                .flat_map(|(ip, ports)| ports.iter().map(move |p| (IpAddr::V6(*ip), *p)));
+            let addrs: Vec<_> = v4.chain(v6).collect();
             echo::serve(&handle, out, &addrs)?;
         }
         Ok(())
     }
 
-    fn locate(&self, end: &End) -> Result<(String, Ipv4Addr, bool), String> {
+    /// Where `end` is, reached over the family `v6` selects: (namespace,
+    /// address, whether it is an outside host).
+    fn locate(&self, end: &End, v6: bool) -> Result<(String, IpAddr, bool), String> {
         match end {
-            End::Pod(p) => self
-                .pods
-                .get(p)
-                .map(|w| (w.netns.clone(), w.ip, false))
-                .ok_or_else(|| format!("pod {end} is not in the test bed")),
-            End::Ip(IpAddr::V6(_)) => Err(format!("{end}: IPv6 is not wired yet")),
+            End::Pod(p) => {
+                let w = self
+                    .pods
+                    .get(p)
+                    .ok_or_else(|| format!("pod {end} is not in the test bed"))?;
+                if !v6 {
+                    return Ok((w.netns.clone(), IpAddr::V4(w.ip), false));
+                }
+                let ip6 = w.ip6.ok_or_else(|| {
+                    format!("pod {end} has no IPv6 address (the test bed is IPv4 only)")
+                })?;
+                Ok((w.netns.clone(), IpAddr::V6(ip6), false))
+            }
+            End::Ip(IpAddr::V6(ip)) => {
+                if let Some(w) = self
+                    .pods
+                    .values()
+                    .find(|w| w.ip6 == Some(*ip) && !w.host_network)
+                {
+                    Ok((w.netns.clone(), IpAddr::V6(*ip), false))
+                } else if Some(*ip) == self.layout.gateway6 {
+                    Ok((self.node.clone(), IpAddr::V6(*ip), false))
+                } else if let (Some(out), true) =
+                    (&self.outside, self.layout.outside6.contains_key(ip))
+                {
+                    Ok((out.clone(), IpAddr::V6(*ip), true))
+                } else {
+                    Err(format!(
+                        "host {ip} was not set up (only addresses of the probes given at start are)"
+                    ))
+                }
+            }
             End::Ip(IpAddr::V4(ip)) => {
                 if let Some(w) = self.pods.values().find(|w| w.ip == *ip && !w.host_network) {
-                    Ok((w.netns.clone(), *ip, false))
+                    Ok((w.netns.clone(), IpAddr::V4(*ip), false))
                 } else if *ip == self.layout.gateway {
-                    Ok((self.node.clone(), *ip, false))
+                    Ok((self.node.clone(), IpAddr::V4(*ip), false))
                 } else if let (Some(out), true) =
                     (&self.outside, self.layout.outside.contains_key(ip))
                 {
-                    Ok((out.clone(), *ip, true))
+                    Ok((out.clone(), IpAddr::V4(*ip), true))
                 } else {
                     Err(format!(
                         "host {ip} was not set up (only addresses of the probes given at start are)"
@@ -314,12 +375,13 @@ impl Testbed {
     }
 
     fn route(&self, probe: &Probe) -> Result<Route, String> {
-        let (src_ns, src_ip, outside) = self.locate(&probe.from)?;
-        let (_, dst_ip, _) = self.locate(&probe.to)?;
+        let v6 = probe_family_v6(probe)?;
+        let (src_ns, src_ip, outside) = self.locate(&probe.from, v6)?;
+        let (_, dst_ip, _) = self.locate(&probe.to, v6)?;
         Ok(Route {
             src_ns,
             bind: outside.then_some(src_ip),
-            dst: SocketAddrV4::new(dst_ip, probe.port),
+            dst: SocketAddr::new(dst_ip, probe.port),
         })
     }
 
@@ -365,6 +427,23 @@ impl Testbed {
         self.layout.subnet
     }
 
+    /// The node's IPv6 address on the bridge (the pods' IPv6 gateway), when
+    /// the test bed is dual-stack.
+    pub fn node_addr6(&self) -> Option<Ipv6Addr> {
+        self.layout.gateway6
+    }
+
+    /// The IPv6 pod subnet, when the test bed is dual-stack.
+    pub fn pod_subnet6(&self) -> Option<(Ipv6Addr, u8)> {
+        self.layout.subnet6
+    }
+
+    /// Whether pods have an IPv6 address too (some pod has one in
+    /// `status.podIPs`, or some probe given at start names an IPv6 address).
+    pub fn dual_stack(&self) -> bool {
+        self.layout.dual_stack()
+    }
+
     /// The agent's log file (palisade on).
     pub fn agent_log(&self) -> Option<&Path> {
         self.agent.as_ref().map(|(log, _)| log.as_path())
@@ -392,15 +471,51 @@ impl Drop for Testbed {
     }
 }
 
+/// Which family a probe runs over: the family of the address it names
+/// (`true` = IPv6); IPv4 when both ends are pods. Naming an IPv4 and an
+/// IPv6 address in one probe is an error.
+pub(crate) fn probe_family_v6(probe: &Probe) -> Result<bool, String> {
+    let family = |e: &End| match e {
+        End::Ip(ip) => Some(ip.is_ipv6()),
+        End::Pod(_) => None,
+    };
+    match (family(&probe.from), family(&probe.to)) {
+        (Some(a), Some(b)) if a != b => Err(format!(
+            "{} and {} are of different address families",
+            probe.from, probe.to
+        )),
+        (Some(v6), _) | (None, Some(v6)) => Ok(v6),
+        (None, None) => Ok(false),
+    }
+}
+
+/// Turns duplicate address detection off in namespace `ns` (for links made
+/// later), so that IPv6 addresses are usable at once instead of staying
+/// "tentative" (failing bind and connect) for a second or two.
+fn no_dad(ns: &str) -> Result<(), TestbedError> {
+    sysctl_in(ns, "net.ipv6.conf.all.accept_dad=0")?;
+    sysctl_in(ns, "net.ipv6.conf.default.accept_dad=0")
+}
+
+/// The link-local address of the node's end of the outside link: the
+/// outside hosts' IPv6 default gateway.
+const OUTSIDE_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
 /// Connects the outside namespace to the node by a veth (`out0` on the
-/// node, `eth0` outside) holding every outside address as a /32; the node
-/// routes each /32 to it and answers ARP for the pods (proxy ARP), no NAT.
+/// node, `eth0` outside) holding every outside address as a /32 (IPv4) or
+/// /128 (IPv6); the node routes each to it, answers ARP for the pods (proxy
+/// ARP) and is the outside hosts' IPv6 default gateway at `fe80::1`. No NAT.
 fn wire_outside(
     node: &str,
     outside: &str,
     addrs: impl Iterator<Item = Ipv4Addr>,
+    addrs6: impl Iterator<Item = Ipv6Addr>,
 ) -> Result<(), TestbedError> {
     netns::create(outside)?;
+    let addrs6: Vec<Ipv6Addr> = addrs6.collect();
+    if !addrs6.is_empty() {
+        no_dad(outside)?;
+    }
     ip_in(
         node,
         &[
@@ -418,12 +533,30 @@ fn wire_outside(
         ip_in(node, &["route", "add", &host, "dev", "out0"])?;
     }
     ip_in(outside, &["route", "add", "default", "dev", "eth0"])?;
+    if !addrs6.is_empty() {
+        let gw = format!("{OUTSIDE_GATEWAY6}/64");
+        ip_in(node, &["-6", "addr", "add", &gw, "dev", "out0", "nodad"])?;
+        for ip in &addrs6 {
+            let host = format!("{ip}/128");
+            ip_in(
+                outside,
+                &["-6", "addr", "add", &host, "dev", "eth0", "nodad"],
+            )?;
+            ip_in(node, &["-6", "route", "add", &host, "dev", "out0"])?;
+        }
+        let gw = OUTSIDE_GATEWAY6.to_string();
+        ip_in(
+            outside,
+            &["-6", "route", "add", "default", "via", &gw, "dev", "eth0"],
+        )?;
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout;
     use crate::probe::{parse_probes, Protocol};
     use policy_engine::model::{ContainerPort, PodInfo};
 
@@ -497,5 +630,91 @@ mod tests {
         let node = bed.node_netns().to_string();
         drop(bed);
         assert!(!netns::netns_path(&node).exists());
+    }
+
+    #[test]
+    fn probe_family_follows_the_named_address() {
+        let probes = parse_probes(
+            r#"{"from": "a/x", "to": "a/y", "port": 80}
+{"from": "a/x", "to": "fd00::1", "port": 80}
+{"from": "2001:db8::1", "to": "a/y", "port": 80}
+{"from": "192.0.2.1", "to": "a/y", "port": 80}
+{"from": "192.0.2.1", "to": "fd00::1", "port": 80}"#,
+            Path::new("t"),
+        )
+        .unwrap();
+        let fam: Vec<_> = probes.iter().map(probe_family_v6).collect();
+        assert_eq!(fam[..4], [Ok(false), Ok(true), Ok(true), Ok(false)]);
+        assert!(fam[4].is_err());
+    }
+
+    #[test]
+    fn plain_bridge_dual_stack_end_to_end() {
+        let mut snapshot = Snapshot {
+            pods: [
+                pod("prod", "db", Some("10.244.1.10"), &[3306]),
+                pod("dev", "api", Some("10.244.1.11"), &[8080]),
+                pod("dev", "dyn", None, &[80]),
+            ]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        };
+        for (p, ip) in [
+            ("prod/db", "fd00:10:244::10"),
+            ("dev/api", "fd00:10:244::11"),
+        ] {
+            let p: PodRef = p.parse().unwrap();
+            snapshot
+                .pods
+                .get_mut(&p)
+                .unwrap()
+                .ips
+                .push(ip.parse().unwrap());
+        }
+        let probes = parse_probes(
+            r#"{"from": "dev/api", "to": "fd00:10:244::10", "port": 3306, "allowed": true}
+{"from": "dev/api", "to": "fd00:10:244::10", "port": 3306, "protocol": "UDP", "allowed": true}
+{"from": "dev/api", "to": "prod/db", "port": 3306, "allowed": true}
+{"from": "fd00:10:244::10", "to": "dev/api", "port": 8080, "allowed": true}
+{"from": "2001:db8::10", "to": "prod/db", "port": 3306, "allowed": true}
+{"from": "2001:db8::10", "to": "prod/db", "port": 3306, "protocol": "UDP", "allowed": true}
+{"from": "prod/db", "to": "2001:db8::11", "port": 443, "allowed": true}
+{"from": "dev/dyn", "to": "fd00:10:244::11", "port": 8080, "allowed": true}
+{"from": "203.0.113.10", "to": "prod/db", "port": 3306, "allowed": true}
+{"from": "192.0.2.1", "to": "fd00:10:244::10", "port": 3306}"#,
+            Path::new("t"),
+        )
+        .unwrap();
+        let bed = Testbed::start_with_snapshot(
+            TestbedOptions {
+                probes: probes.clone(),
+                ..Default::default()
+            },
+            &snapshot,
+        )
+        .unwrap();
+        assert!(bed.dual_stack());
+        let db = &bed.pods()[&"prod/db".parse().unwrap()];
+        assert_eq!(db.ip6, Some("fd00:10:244::10".parse().unwrap()));
+        let dyn_pod = &bed.pods()[&"dev/dyn".parse().unwrap()];
+        let dyn6 = dyn_pod.ip6.expect("IPAM gives every pod an IPv6 address");
+        assert!(layout::in_subnet6(dyn6, bed.pod_subnet6().unwrap()));
+        let t0 = std::time::Instant::now();
+        let seen = bed.probe(&probes);
+        eprintln!("{}", crate::report::table(&seen));
+        eprintln!("probing took {:?}", t0.elapsed());
+        assert_eq!(crate::report::mismatches(&seen), 0);
+        assert!(seen[..9].iter().all(|o| o.allowed.is_some()));
+        // Mixed families cannot run.
+        assert_eq!(seen[9].allowed, None, "{}", seen[9].detail);
+        // A port nobody serves is refused over IPv6 too: the test can fail.
+        let closed = parse_probes(
+            r#"{"from": "fd00:10:244::10", "to": "dev/api", "port": 8081}"#,
+            Path::new("t"),
+        )
+        .unwrap();
+        let closed = bed.probe(&closed);
+        assert_eq!(closed[0].allowed, Some(false), "{}", closed[0].detail);
     }
 }

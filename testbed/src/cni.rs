@@ -3,7 +3,7 @@
 //! plugin binaries, run inside the node namespace, with the environment and
 //! stdin a runtime gives them (CNI 1.0.0).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -47,18 +47,35 @@ pub struct Attachment {
 }
 
 impl Attachment {
+    fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+    }
+
     /// The pod's first IPv4 address in the ADD result.
     pub fn ipv4(&self) -> Option<Ipv4Addr> {
-        self.result["ips"].as_array()?.iter().find_map(|ip| {
-            let addr = ip["address"].as_str()?;
-            addr.split('/').next()?.parse().ok()
+        self.addresses().find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+    }
+
+    /// The pod's first IPv6 address in the ADD result.
+    pub fn ipv6(&self) -> Option<Ipv6Addr> {
+        self.addresses().find_map(|ip| match ip {
+            IpAddr::V6(v6) => Some(v6),
+            IpAddr::V4(_) => None,
         })
     }
 }
 
 /// Builds the conflist: `bridge` (`cni0`, gateway, no masquerade) with
 /// `host-local` over `subnet` (own `dataDir` under `state_dir`) and, when
-/// `agent_socket` is given, `palisade-cni` chained last.
+/// `agent_socket` is given, `palisade-cni` chained last. IPv4 only; see
+/// [`conflist_dual`].
 pub fn conflist(
     name: &str,
     subnet: (Ipv4Addr, u8),
@@ -66,6 +83,32 @@ pub fn conflist(
     state_dir: &Path,
     agent_socket: Option<&Path>,
 ) -> Value {
+    conflist_dual(name, subnet, gateway, None, state_dir, agent_socket)
+}
+
+/// [`conflist`] with, when `v6` (subnet, gateway) is given, a second
+/// host-local range: every pod then gets an address of each family, the
+/// bridge (`isGateway`) both gateways, and the pods a default route each.
+pub fn conflist_dual(
+    name: &str,
+    subnet: (Ipv4Addr, u8),
+    gateway: Ipv4Addr,
+    v6: Option<((Ipv6Addr, u8), Ipv6Addr)>,
+    state_dir: &Path,
+    agent_socket: Option<&Path>,
+) -> Value {
+    let mut ranges = vec![json!([{
+        "subnet": format!("{}/{}", subnet.0, subnet.1),
+        "gateway": gateway.to_string(),
+    }])];
+    let mut routes = vec![json!({"dst": "0.0.0.0/0"})];
+    if let Some(((net6, prefix6), gateway6)) = v6 {
+        ranges.push(json!([{
+            "subnet": format!("{net6}/{prefix6}"),
+            "gateway": gateway6.to_string(),
+        }]));
+        routes.push(json!({"dst": "::/0"}));
+    }
     let mut plugins = vec![json!({
         "type": "bridge",
         "bridge": "cni0",
@@ -75,11 +118,8 @@ pub fn conflist(
         "capabilities": {"ips": true},
         "ipam": {
             "type": "host-local",
-            "ranges": [[{
-                "subnet": format!("{}/{}", subnet.0, subnet.1),
-                "gateway": gateway.to_string(),
-            }]],
-            "routes": [{"dst": "0.0.0.0/0"}],
+            "ranges": ranges,
+            "routes": routes,
             "dataDir": state_dir.join("ipam").display().to_string(),
         },
     })];
@@ -102,7 +142,7 @@ impl Network {
 
     /// The per-plugin stdin: the plugin entry plus `name`, `cniVersion`,
     /// `runtimeConfig` for declared capabilities, `prevResult` if any.
-    fn plugin_config(&self, plugin: &Value, ips: &[Ipv4Addr], prev: Option<&Value>) -> Value {
+    fn plugin_config(&self, plugin: &Value, ips: &[IpAddr], prev: Option<&Value>) -> Value {
         let mut conf = plugin.clone();
         conf["name"] = self.conflist["name"].clone();
         conf["cniVersion"] = self.conflist["cniVersion"].clone();
@@ -198,7 +238,8 @@ impl Network {
 
     /// ADD: runs every plugin in order, each getting the previous result;
     /// returns the attachment to remember (final result inside). On failure
-    /// the plugins already run are DELeted, as a runtime does.
+    /// the plugins already run are DELeted, as a runtime does. IPv4
+    /// requests only; see [`Network::add_ips`].
     pub fn add(
         &self,
         pod: &str,
@@ -207,6 +248,21 @@ impl Network {
         container_id: &str,
         netns: &str,
         ips: &[Ipv4Addr],
+    ) -> Result<Attachment, TestbedError> {
+        let ips: Vec<IpAddr> = ips.iter().copied().map(IpAddr::V4).collect();
+        self.add_ips(pod, namespace, name, container_id, netns, &ips)
+    }
+
+    /// [`Network::add`] requesting addresses of either family (at most one
+    /// per range) through `runtimeConfig.ips`.
+    pub fn add_ips(
+        &self,
+        pod: &str,
+        namespace: &str,
+        name: &str,
+        container_id: &str,
+        netns: &str,
+        ips: &[IpAddr],
     ) -> Result<Attachment, TestbedError> {
         let mut att = Attachment {
             container_id: container_id.to_string(),
@@ -270,7 +326,7 @@ mod tests {
         };
         let plugins = net.plugins();
         assert_eq!(plugins.len(), 2);
-        let ips = [Ipv4Addr::new(10, 244, 1, 10)];
+        let ips = [IpAddr::V4(Ipv4Addr::new(10, 244, 1, 10))];
         let bridge = net.plugin_config(&plugins[0], &ips, None);
         assert_eq!(bridge["runtimeConfig"]["ips"], json!(["10.244.1.10"]));
         assert_eq!(bridge["cniVersion"], json!("1.0.0"));
@@ -286,5 +342,51 @@ mod tests {
         assert_eq!(chained["prevResult"], prev);
         assert_eq!(chained["name"], json!("pal"));
         assert!(chained.get("runtimeConfig").is_none());
+    }
+
+    #[test]
+    fn dual_stack_config_has_two_ranges_and_requests_both_families() {
+        let net = Network {
+            conflist: conflist_dual(
+                "pal",
+                (Ipv4Addr::new(10, 244, 0, 0), 24),
+                Ipv4Addr::new(10, 244, 0, 1),
+                Some((
+                    ("fd00:10:244::".parse().unwrap(), 64),
+                    "fd00:10:244::1".parse().unwrap(),
+                )),
+                Path::new("/tmp/x"),
+                None,
+            ),
+            cni_path: vec![],
+            node_netns: "n".into(),
+        };
+        let plugins = net.plugins();
+        let ips: [IpAddr; 2] = [
+            "10.244.0.10".parse().unwrap(),
+            "fd00:10:244::10".parse().unwrap(),
+        ];
+        let bridge = net.plugin_config(&plugins[0], &ips, None);
+        assert_eq!(
+            bridge["runtimeConfig"]["ips"],
+            json!(["10.244.0.10", "fd00:10:244::10"])
+        );
+        assert_eq!(
+            bridge["ipam"]["ranges"][1][0],
+            json!({"subnet": "fd00:10:244::/64", "gateway": "fd00:10:244::1"})
+        );
+        assert_eq!(bridge["ipam"]["routes"][1], json!({"dst": "::/0"}));
+        let att = Attachment {
+            container_id: "c".into(),
+            netns: "p".into(),
+            pod: "a/b".into(),
+            args: String::new(),
+            result: json!({"ips": [
+                {"address": "fd00:10:244::10/64"},
+                {"address": "10.244.0.10/24"}
+            ]}),
+        };
+        assert_eq!(att.ipv4(), Some(Ipv4Addr::new(10, 244, 0, 10)));
+        assert_eq!(att.ipv6(), Some("fd00:10:244::10".parse().unwrap()));
     }
 }

@@ -1,7 +1,7 @@
 //! TCP and UDP echo servers: sockets made inside the target namespace,
 //! served by tokio tasks of the test bed's runtime.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use socket2::{Domain, Protocol as SockProto, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,17 +19,22 @@ struct Bound {
 fn bind(addr: SocketAddr, ty: Type, proto: SockProto) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
     s.set_reuse_address(true)?;
+    if addr.ip() == IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED) {
+        // `[::]` serves both families.
+        s.set_only_v6(false)?;
+    }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     Ok(s)
 }
 
 /// Starts TCP and UDP echo servers on every `(address, port)` inside
-/// namespace `ns` (`0.0.0.0` for a pod, the host's own address outside).
+/// namespace `ns` (`0.0.0.0` for a pod, `[::]` for a dual-stack one, which
+/// serves both families; the host's own address outside).
 pub(crate) fn serve(
     handle: &Handle,
     ns: &str,
-    addrs: &[(Ipv4Addr, u16)],
+    addrs: &[(IpAddr, u16)],
 ) -> Result<(), TestbedError> {
     let bound = in_netns(ns, || {
         let mut b = Bound {
@@ -37,7 +42,7 @@ pub(crate) fn serve(
             udp: Vec::new(),
         };
         for (ip, port) in addrs {
-            let addr = SocketAddr::V4(SocketAddrV4::new(*ip, *port));
+            let addr = SocketAddr::new(*ip, *port);
             let t = bind(addr, Type::STREAM, SockProto::TCP)?;
             t.listen(128)?;
             b.tcp.push(t.into());

@@ -2,11 +2,15 @@
 //! subnet and gateway, which pods are wired and with which address, which
 //! outside hosts exist, and which ports every namespace serves.
 //!
-//! IPv4 only for now: IPv6 pod addresses are ignored (with a warning);
-//! dual-stack will add a second range to the same host-local IPAM.
+//! Dual-stack when the cluster or the probes use IPv6: any pod with an
+//! IPv6 address in `status.podIPs`, or any probe naming an IPv6 address,
+//! adds an IPv6 range (the smallest prefix of at most /64 covering the
+//! pods' IPv6 addresses, else [`DEFAULT_SUBNET6`]) to the same host-local
+//! IPAM; every wired pod then gets an address of each family. Otherwise the
+//! layout is IPv4 only, exactly as before.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::error::TestbedError;
 use crate::probe::{End, PodRef, Probe, Snapshot};
@@ -15,6 +19,11 @@ use crate::probe::{End, PodRef, Probe, Snapshot};
 const DEFAULT_SUBNET: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 244, 0, 0), 24);
 /// Pod subnets are never narrower than this (room for IPAM-assigned pods).
 const MAX_PREFIX: u8 = 24;
+/// The IPv6 pod range used when no pod has an IPv6 address (a ULA range,
+/// never a documentation prefix: those are for outside hosts).
+pub const DEFAULT_SUBNET6: (Ipv6Addr, u8) = (Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 0), 64);
+/// IPv6 pod subnets are never narrower than this.
+const MAX_PREFIX6: u8 = 64;
 
 /// A pod to wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +32,9 @@ pub struct PodPlan {
     pub pod: PodRef,
     /// The IPv4 address requested from IPAM (`status.podIP`), if any.
     pub requested: Option<Ipv4Addr>,
+    /// The IPv6 address requested from IPAM (from `status.podIPs`), if any
+    /// (only used when the layout is dual-stack).
+    pub requested6: Option<Ipv6Addr>,
     /// hostNetwork pods are not wired: they share the node's namespace.
     pub host_network: bool,
     /// Ports to serve (TCP and UDP echo on each).
@@ -41,6 +53,12 @@ pub struct Layout {
     pub pods: Vec<PodPlan>,
     /// Outside hosts: address → ports served there.
     pub outside: BTreeMap<Ipv4Addr, BTreeSet<u16>>,
+    /// The IPv6 pod subnet (network, prefix length); `None`: IPv4 only.
+    pub subnet6: Option<(Ipv6Addr, u8)>,
+    /// The bridge's IPv6 address (the pods' IPv6 gateway) when dual-stack.
+    pub gateway6: Option<Ipv6Addr>,
+    /// Outside IPv6 hosts: address → ports served there.
+    pub outside6: BTreeMap<Ipv6Addr, BTreeSet<u16>>,
     /// Ports served in the node namespace (for hostNetwork pods).
     pub node_ports: BTreeSet<u16>,
 }
@@ -57,38 +75,51 @@ fn in_subnet(ip: Ipv4Addr, (net, prefix): (Ipv4Addr, u8)) -> bool {
     u32::from(ip) & mask(prefix) == u32::from(net)
 }
 
+fn mask6(prefix: u8) -> u128 {
+    if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - prefix)
+    }
+}
+
+pub(crate) fn in_subnet6(ip: Ipv6Addr, (net, prefix): (Ipv6Addr, u8)) -> bool {
+    u128::from(ip) & mask6(prefix) == u128::from(net)
+}
+
 impl Layout {
     /// Lays out `snapshot` so that every probe can run.
     pub fn new(snapshot: &Snapshot, probes: &[Probe]) -> Result<Self, TestbedError> {
         let mut pods: Vec<PodPlan> = Vec::new();
         for (pod, info) in &snapshot.pods {
-            let v4: Vec<Ipv4Addr> = info
-                .ips
-                .iter()
-                .filter_map(|ip| match ip {
-                    IpAddr::V4(v4) => Some(*v4),
-                    IpAddr::V6(_) => None,
-                })
-                .collect();
-            if v4.len() < info.ips.len() {
-                tracing::warn!(
-                    "pod {}/{}: IPv6 addresses are not wired yet (IPv4 only)",
-                    pod.namespace,
-                    pod.name
-                );
-            }
+            let v4 = info.ips.iter().find_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            });
+            let v6 = info.ips.iter().find_map(|ip| match ip {
+                IpAddr::V6(v6) => Some(*v6),
+                IpAddr::V4(_) => None,
+            });
+            let wired = !info.host_network;
             pods.push(PodPlan {
                 pod: pod.clone(),
-                requested: if info.host_network {
-                    None
-                } else {
-                    v4.first().copied()
-                },
+                requested: v4.filter(|_| wired),
+                requested6: v6.filter(|_| wired),
                 host_network: info.host_network,
                 ports: info.ports.iter().map(|p| p.port).collect(),
             });
         }
-        pods.sort_by_key(|p| (p.requested.is_none(), p.requested, p.pod.clone()));
+        // Pods asking for addresses first, so that IPAM hands out the free
+        // ones around them.
+        pods.sort_by_key(|p| {
+            (
+                p.requested.is_none() && p.requested6.is_none(),
+                p.requested.is_none(),
+                p.requested,
+                p.requested6,
+                p.pod.clone(),
+            )
+        });
 
         let requested: BTreeSet<Ipv4Addr> = pods.iter().filter_map(|p| p.requested).collect();
         let mut seen = BTreeMap::new();
@@ -104,6 +135,44 @@ impl Layout {
                 }
             }
         }
+        let requested6: BTreeSet<Ipv6Addr> = pods.iter().filter_map(|p| p.requested6).collect();
+        let mut seen6 = BTreeMap::new();
+        for p in &pods {
+            if let Some(ip) = p.requested6 {
+                if let Some(other) = seen6.insert(ip, &p.pod) {
+                    return Err(TestbedError::Layout {
+                        reason: format!(
+                            "pods {}/{} and {}/{} both have IP {ip}",
+                            other.namespace, other.name, p.pod.namespace, p.pod.name
+                        ),
+                    });
+                }
+            }
+        }
+        let dual = !requested6.is_empty()
+            || probes.iter().any(|p| {
+                [&p.from, &p.to]
+                    .iter()
+                    .any(|e| matches!(e, End::Ip(IpAddr::V6(_))))
+            });
+        let (subnet6, gateway6) = if dual {
+            let subnet6 = covering_subnet6(&requested6);
+            let first = u128::from(subnet6.0) + 1;
+            let last = u128::from(subnet6.0) | !mask6(subnet6.1);
+            let gateway6 = (first..last)
+                .take(requested6.len() + 1)
+                .map(Ipv6Addr::from)
+                .find(|ip| !requested6.contains(ip))
+                .ok_or_else(|| TestbedError::Layout {
+                    reason: format!(
+                        "no free address for the IPv6 gateway in {}/{}",
+                        subnet6.0, subnet6.1
+                    ),
+                })?;
+            (Some(subnet6), Some(gateway6))
+        } else {
+            (None, None)
+        };
         let subnet = covering_subnet(&requested);
         let gateway = ((u32::from(subnet.0) + 1)..(u32::from(subnet.0) | !mask(subnet.1)))
             .map(Ipv4Addr::from)
@@ -126,6 +195,9 @@ impl Layout {
             gateway,
             pods,
             outside: BTreeMap::new(),
+            subnet6,
+            gateway6,
+            outside6: BTreeMap::new(),
             node_ports: BTreeSet::new(),
         };
         for probe in probes {
@@ -143,6 +215,19 @@ impl Layout {
                         layout.outside.entry(*ip).or_default();
                     }
                 }
+                if let End::Ip(IpAddr::V6(ip)) = end {
+                    if layout.pod_by_ip6(*ip).is_none() && Some(*ip) != gateway6 {
+                        if let Some(s6) = subnet6.filter(|s6| in_subnet6(*ip, *s6)) {
+                            return Err(TestbedError::Layout {
+                                reason: format!(
+                                    "probe {probe}: outside address {ip} lies in the IPv6 pod subnet {}/{}",
+                                    s6.0, s6.1
+                                ),
+                            });
+                        }
+                        layout.outside6.entry(*ip).or_default();
+                    }
+                }
             }
             match &probe.to {
                 End::Pod(pod) => layout.serve_on_pod(pod, probe.port),
@@ -157,7 +242,17 @@ impl Layout {
                         layout.outside.entry(ip).or_default().insert(probe.port);
                     }
                 }
-                End::Ip(IpAddr::V6(_)) => {}
+                End::Ip(IpAddr::V6(ip)) => {
+                    let ip = *ip;
+                    if let Some(i) = layout.pod_by_ip6(ip) {
+                        let pod = layout.pods[i].pod.clone();
+                        layout.serve_on_pod(&pod, probe.port);
+                    } else if Some(ip) == gateway6 {
+                        layout.node_ports.insert(probe.port);
+                    } else {
+                        layout.outside6.entry(ip).or_default().insert(probe.port);
+                    }
+                }
             }
         }
         let host_ports: Vec<u16> = layout
@@ -184,6 +279,29 @@ impl Layout {
     pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<usize> {
         self.pods.iter().position(|p| p.requested == Some(ip))
     }
+
+    /// Index of the pod that requested the IPv6 address `ip`.
+    pub fn pod_by_ip6(&self, ip: Ipv6Addr) -> Option<usize> {
+        self.pods.iter().position(|p| p.requested6 == Some(ip))
+    }
+
+    /// Whether pods get an IPv6 address too.
+    pub fn dual_stack(&self) -> bool {
+        self.subnet6.is_some()
+    }
+}
+
+/// The smallest subnet (at most /64) holding every requested IPv6 address.
+fn covering_subnet6(ips: &BTreeSet<Ipv6Addr>) -> (Ipv6Addr, u8) {
+    let (Some(first), Some(last)) = (ips.first(), ips.last()) else {
+        return DEFAULT_SUBNET6;
+    };
+    let (a, b) = (u128::from(*first), u128::from(*last));
+    let mut prefix = MAX_PREFIX6;
+    while prefix > 0 && a & mask6(prefix) != b & mask6(prefix) {
+        prefix -= 1;
+    }
+    (Ipv6Addr::from(a & mask6(prefix)), prefix)
 }
 
 /// The smallest subnet (at most /24) holding every requested address.
@@ -269,6 +387,70 @@ mod tests {
             l.outside,
             BTreeMap::from([(Ipv4Addr::new(192, 0, 2, 10), BTreeSet::from([443]))])
         );
+    }
+
+    #[test]
+    fn ipv4_only_clusters_stay_ipv4_only() {
+        let s = snapshot(&[("default/a", Some("10.244.0.10"), &[80])]);
+        let l = Layout::new(&s, &[]).unwrap();
+        assert!(!l.dual_stack());
+        assert_eq!((l.subnet6, l.gateway6), (None, None));
+    }
+
+    #[test]
+    fn ipv6_pod_addresses_make_it_dual_stack() {
+        let mut s = snapshot(&[
+            ("default/a", Some("10.244.0.10"), &[80]),
+            ("default/b", Some("10.244.0.11"), &[80]),
+            ("default/c", None, &[80]),
+        ]);
+        for (name, ip) in [("a", "fd00:10:244::1"), ("b", "fd00:10:244::2:b")] {
+            let pod = PodRef {
+                namespace: "default".into(),
+                name: name.into(),
+            };
+            s.pods.get_mut(&pod).unwrap().ips.push(ip.parse().unwrap());
+        }
+        let probes = crate::probe::parse_probes(
+            r#"{"from": "2001:db8::10", "to": "default/a", "port": 8080}
+{"from": "default/a", "to": "2001:db8::11", "port": 443, "protocol": "UDP"}
+{"from": "default/a", "to": "fd00:10:244::2:b", "port": 9000}"#,
+            std::path::Path::new("t"),
+        )
+        .unwrap();
+        let l = Layout::new(&s, &probes).unwrap();
+        assert!(l.dual_stack());
+        assert_eq!(l.subnet6, Some(("fd00:10:244::".parse().unwrap(), 64)));
+        // ::1 is taken by pod a.
+        assert_eq!(l.gateway6, Some("fd00:10:244::2".parse().unwrap()));
+        assert_eq!(
+            l.pods[0].requested6,
+            Some("fd00:10:244::1".parse().unwrap())
+        );
+        assert_eq!(l.pods[2].pod.name, "c");
+        assert_eq!(
+            l.outside6,
+            BTreeMap::from([
+                ("2001:db8::10".parse().unwrap(), BTreeSet::new()),
+                ("2001:db8::11".parse().unwrap(), BTreeSet::from([443])),
+            ])
+        );
+        assert!(l.pods[1].ports.contains(&9000), "{:?}", l.pods[1]);
+        assert!(l.outside.is_empty());
+
+        // A probe naming an IPv6 address alone makes an IPv4 cluster dual-stack.
+        let s = snapshot(&[("default/a", Some("10.244.0.10"), &[80])]);
+        let l = Layout::new(&s, &probes[..1]).unwrap();
+        assert_eq!(l.subnet6, Some(DEFAULT_SUBNET6));
+        assert_eq!(l.gateway6, Some("fd00:10:244::1".parse().unwrap()));
+
+        // An outside address inside the IPv6 pod range is bad input.
+        let bad = crate::probe::parse_probes(
+            r#"{"from": "fd00:10:244::99", "to": "default/a", "port": 80}"#,
+            std::path::Path::new("t"),
+        )
+        .unwrap();
+        assert!(Layout::new(&s, &bad).unwrap_err().is_bad_input());
     }
 
     #[test]

@@ -6,10 +6,16 @@
 //! "outside" namespace routed through the node without NAT; TCP and UDP echo
 //! servers everywhere; and probes made with real sockets.
 //!
-//! Status: IPv4 only (IPv6 pod addresses are ignored, with a warning);
-//! hostNetwork pods are not wired, they share the node namespace and the
-//! node's address; SCTP probes are reported as skipped (this kernel has no
-//! SCTP sockets). Needs root.
+//! Status: IPv4, and dual-stack IPv4 + IPv6 when some pod has an IPv6
+//! address in `status.podIPs` or some probe names an IPv6 address (then
+//! every wired pod gets one address of each family from a two-range
+//! host-local IPAM, outside hosts may have IPv6 documentation addresses,
+//! and servers listen on both families). A probe runs over the family of
+//! the address it names (`{"from": "ns/a", "to": "fd00:10:244::11", ...}`
+//! is IPv6, pod names alone mean IPv4); [`default_probes_v6`] is the pod
+//! matrix over IPv6. hostNetwork pods are not wired, they share the node
+//! namespace and the node's addresses; SCTP probes are reported as skipped
+//! (this kernel has no SCTP sockets). Needs root.
 //!
 //! ```no_run
 //! use testbed::{read_probes, report, Testbed, TestbedOptions};
@@ -51,8 +57,8 @@ pub use bed::{
 pub use cleanup::{cleanup_all, install_signal_cleanup};
 pub use error::TestbedError;
 pub use probe::{
-    default_probes, parse_probes, read_probes, validate_probes, End, Observation, PodRef, Probe,
-    ProbeError, Protocol,
+    default_probes, default_probes_v6, parse_probes, read_probes, validate_probes, End,
+    Observation, PodRef, Probe, ProbeError, Protocol,
 };
 pub use prober::PROBE_TIMEOUT;
 pub use report::mismatches;

@@ -297,6 +297,36 @@ pub fn default_probes(snapshot: &Snapshot) -> Vec<Probe> {
     out
 }
 
+/// [`default_probes`] over IPv6: every ordered pair of distinct pods that
+/// both have an IPv6 address in `status.podIPs` (hostNetwork pods
+/// excluded), on every port the destination declares, with the destination
+/// written as its IPv6 address — which makes the test bed run the probe
+/// over IPv6 (a probe runs over the family of the address it names; pod
+/// names alone mean IPv4). The source stays a pod name.
+pub fn default_probes_v6(snapshot: &Snapshot) -> Vec<Probe> {
+    let v6_of = |p: &policy_engine::model::PodInfo| p.ips.iter().copied().find(IpAddr::is_ipv6);
+    let with_v6: BTreeSet<&PodRef> = snapshot
+        .pods
+        .iter()
+        .filter(|(_, p)| !p.host_network && v6_of(p).is_some())
+        .map(|(r, _)| r)
+        .collect();
+    default_probes(snapshot)
+        .into_iter()
+        .filter_map(|mut probe| {
+            let (End::Pod(src), End::Pod(dst)) = (&probe.from, &probe.to) else {
+                return None;
+            };
+            if !with_v6.contains(src) {
+                return None;
+            }
+            let ip = v6_of(snapshot.pods.get(dst)?)?;
+            probe.to = End::Ip(ip);
+            Some(probe)
+        })
+        .collect()
+}
+
 /// Checks that every pod a probe names exists in the snapshot.
 pub fn validate_probes(snapshot: &Snapshot, probes: &[Probe]) -> Result<(), ProbeError> {
     for p in probes {
@@ -336,6 +366,42 @@ mod tests {
         assert_eq!(probes[1].from, End::Ip("192.0.2.10".parse().unwrap()));
         assert_eq!(probes[1].protocol, Protocol::Udp);
         assert_eq!(probes[1].expected, None);
+    }
+
+    #[test]
+    fn v6_matrix_targets_ipv6_addresses_of_dual_stack_pods() {
+        use policy_engine::model::{ContainerPort, PodInfo};
+        let mut s = Snapshot::default();
+        for (name, ips) in [
+            ("a/x", vec!["10.244.0.10", "fd00:10:244::10"]),
+            ("a/y", vec!["10.244.0.11", "fd00:10:244::11"]),
+            ("a/v4only", vec!["10.244.0.12"]),
+        ] {
+            s.pods.insert(
+                name.parse().unwrap(),
+                PodInfo {
+                    ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+                    ports: vec![ContainerPort {
+                        name: None,
+                        port: 80,
+                        protocol: Protocol::Tcp,
+                    }],
+                    ..Default::default()
+                },
+            );
+        }
+        let v6: Vec<String> = default_probes_v6(&s)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            v6,
+            [
+                "a/x -> fd00:10:244::11 80/TCP",
+                "a/y -> fd00:10:244::10 80/TCP"
+            ]
+        );
+        assert_eq!(default_probes(&s).len(), 6);
     }
 
     #[test]

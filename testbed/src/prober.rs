@@ -3,7 +3,7 @@
 //! parallel as tokio tasks. Allowed = the payload came back echoed.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol as SockProto, Socket, Type};
@@ -23,9 +23,9 @@ pub(crate) struct Route {
     /// Namespace the source socket is made in.
     pub src_ns: String,
     /// Source address to bind (outside hosts hold many).
-    pub bind: Option<Ipv4Addr>,
-    /// Destination.
-    pub dst: SocketAddrV4,
+    pub bind: Option<IpAddr>,
+    /// Destination (its family is the probe's).
+    pub dst: SocketAddr,
 }
 
 enum Client {
@@ -33,13 +33,17 @@ enum Client {
     Udp(std::net::UdpSocket),
 }
 
-fn client(protocol: Protocol, bind: Option<Ipv4Addr>) -> std::io::Result<Client> {
-    let local = SocketAddr::V4(SocketAddrV4::new(bind.unwrap_or(Ipv4Addr::UNSPECIFIED), 0));
+fn client(protocol: Protocol, dst: SocketAddr, bind: Option<IpAddr>) -> std::io::Result<Client> {
+    let any = match dst {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let local = SocketAddr::new(bind.unwrap_or(any), 0);
     let (ty, proto) = match protocol {
         Protocol::Udp => (Type::DGRAM, SockProto::UDP),
         _ => (Type::STREAM, SockProto::TCP),
     };
-    let s = Socket::new(Domain::IPV4, ty, Some(proto))?;
+    let s = Socket::new(Domain::for_address(dst), ty, Some(proto))?;
     s.set_nonblocking(true)?;
     if bind.is_some() || protocol == Protocol::Udp {
         s.bind(&local.into())?;
@@ -54,9 +58,9 @@ fn payload(probe: &Probe) -> Vec<u8> {
     format!("palisade-probe {probe}\n").into_bytes()
 }
 
-async fn tcp(sock: std::net::TcpStream, dst: SocketAddrV4, payload: Vec<u8>) -> (bool, String) {
+async fn tcp(sock: std::net::TcpStream, dst: SocketAddr, payload: Vec<u8>) -> (bool, String) {
     let sock = tokio::net::TcpSocket::from_std_stream(sock);
-    let mut conn = match timeout(PROBE_TIMEOUT, sock.connect(dst.into())).await {
+    let mut conn = match timeout(PROBE_TIMEOUT, sock.connect(dst)).await {
         Err(_) => return (false, "connect: no answer within 1s".into()),
         Ok(Err(e)) => return (false, format!("connect: {e}")),
         Ok(Ok(c)) => c,
@@ -75,12 +79,12 @@ async fn tcp(sock: std::net::TcpStream, dst: SocketAddrV4, payload: Vec<u8>) -> 
     }
 }
 
-async fn udp(sock: std::net::UdpSocket, dst: SocketAddrV4, payload: Vec<u8>) -> (bool, String) {
+async fn udp(sock: std::net::UdpSocket, dst: SocketAddr, payload: Vec<u8>) -> (bool, String) {
     let sock = match tokio::net::UdpSocket::from_std(sock) {
         Ok(s) => s,
         Err(e) => return (false, format!("socket: {e}")),
     };
-    if let Err(e) = sock.connect(SocketAddr::V4(dst)).await {
+    if let Err(e) = sock.connect(dst).await {
         return (false, format!("connect: {e}"));
     }
     // Two sends half the timeout apart; either echo counts.
@@ -121,11 +125,11 @@ pub(crate) fn run(
                 .iter()
                 .map(|&i| {
                     let (p, r) = &probes[i];
-                    let bind = r.as_ref().ok().and_then(|r| r.bind);
-                    (
-                        i,
-                        client(p.protocol, bind).map_err(|e| format!("socket: {e}")),
-                    )
+                    let made = match r {
+                        Ok(r) => client(p.protocol, r.dst, r.bind),
+                        Err(e) => Err(std::io::Error::other(e.clone())),
+                    };
+                    (i, made.map_err(|e| format!("socket: {e}")))
                 })
                 .collect::<Vec<_>>())
         });
