@@ -106,7 +106,7 @@ spec:
     ports: [{port: 80}, {port: 53, protocol: UDP}]
 ---
 # client: egress to its namespace's server, to any pod of team=data
-# namespaces, and to one outside host of each family on TCP 443.
+# namespaces, and to outside hosts of each family on TCP 443, one excepted.
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: client-egress, namespace: web}
@@ -116,12 +116,14 @@ spec:
   egress:
   - to: [{podSelector: {matchLabels: {app: server}}}]
   - to: [{namespaceSelector: {matchLabels: {team: data}}}]
-  - to: [{ipBlock: {cidr: "2001:db8::10/128"}}, {ipBlock: {cidr: 198.51.100.10/32}}]
+  - to:
+    - ipBlock: {cidr: "2001:db8::/64", except: ["2001:db8::11/128"]}
+    - ipBlock: {cidr: 198.51.100.0/24, except: [198.51.100.11/32]}
     ports: [{port: 443}]
 "#;
 
-/// Probes from and to outside hosts, in both families: the allowed ipBlock
-/// hosts and a neighbour of each that no ipBlock covers.
+/// Probes from and to outside hosts, in both families: hosts an ipBlock
+/// allows and neighbours that no ipBlock covers or that are excepted.
 const OUTSIDE_PROBES: &str = r#"
 {"from": "2001:db8::10", "to": "data/db", "port": 5353, "protocol": "UDP"}
 {"from": "2001:db8::11", "to": "data/db", "port": 5353, "protocol": "UDP"}
@@ -137,6 +139,8 @@ const OUTSIDE_PROBES: &str = r#"
 {"from": "web/client", "to": "2001:db8::10", "port": 443, "protocol": "UDP"}
 {"from": "web/client", "to": "198.51.100.10", "port": 443}
 {"from": "web/client", "to": "198.51.100.11", "port": 443}
+{"from": "web/client", "to": "2001:db8::12", "port": 443}
+{"from": "web/client", "to": "198.51.100.12", "port": 443}
 {"from": "data/other", "to": "2001:db8::11", "port": 443}
 {"from": "data/other", "to": "2001:db8::11", "port": 443, "protocol": "UDP"}
 "#;
@@ -344,6 +348,10 @@ fn policies_hold_over_ipv4_and_ipv6_with_palisade() {
         (
             r#"{"from": "web/client", "to": "2001:db8::10", "port": 443, "protocol": "UDP"}"#,
             false,
+        ),
+        (
+            r#"{"from": "web/client", "to": "2001:db8::12", "port": 443}"#,
+            true,
         ),
         (
             r#"{"from": "data/other", "to": "2001:db8::11", "port": 443, "protocol": "UDP"}"#,
