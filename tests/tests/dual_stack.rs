@@ -1,8 +1,9 @@
 //! Dual-stack pods through the netns test bed: every pod has an IPv4 and an
 //! IPv6 address, the policies use podSelector, namespaceSelector (alone and
-//! ANDed with a podSelector) and ipBlocks of both families, and the full TCP
-//! and UDP pod matrix runs over IPv4 and over IPv6, plus probes from and to
-//! outside hosts of both families.
+//! ANDed with a podSelector) and ipBlocks (with an except) of both families,
+//! one pod is isolated both ways (its replies need conntrack), and the full
+//! TCP and UDP pod matrix runs over IPv4 and over IPv6, plus probes from and
+//! to outside hosts of both families.
 //!
 //! With Palisade every probe must get the verdict `policy-agent simulate`
 //! gives (the engine's lookup model over the compiled state), some of them
@@ -25,7 +26,7 @@ use testbed::{
 };
 
 /// Two namespaces, four dual-stack pods (pod IPv6 addresses from a ULA
-/// range; outside hosts use documentation addresses), three policies.
+/// range; outside hosts use documentation addresses), four policies.
 const CLUSTER: &str = r#"
 apiVersion: v1
 kind: Namespace
@@ -104,6 +105,15 @@ spec:
   ingress:
   - from: [{podSelector: {matchLabels: {app: client}}}]
     ports: [{port: 80}, {port: 53, protocol: UDP}]
+---
+# client: no ingress at all, so the replies to its allowed connections
+# (TCP and UDP, both families) get in only through conntrack (rule 9).
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-no-ingress, namespace: web}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Ingress]
 ---
 # client: egress to its namespace's server, to any pod of team=data
 # namespaces, and to outside hosts of each family on TCP 443, one excepted.
@@ -296,6 +306,10 @@ fn policies_hold_over_ipv4_and_ipv6_with_palisade() {
         (
             r#"{"from": "web/client", "to": "fd00:10:244::11", "port": 80}"#,
             true,
+        ),
+        (
+            r#"{"from": "web/server", "to": "fd00:10:244::10", "port": 80}"#,
+            false,
         ),
         (
             r#"{"from": "web/client", "to": "fd00:10:244::11", "port": 53, "protocol": "UDP"}"#,
