@@ -315,6 +315,11 @@ fn ipv6_with_extension_headers() {
             ingress(&mut dp, i, &frame(v6(99), pod6, &ns)),
             Allow,
         );
+        // So does multicast listener discovery (MLDv2 report, MLD query).
+        for (what, ty) in [("mldv2 report", 143u8), ("mld query", 130)] {
+            let mld = icmp(true, ty, 0, &[0; 20]);
+            expect(what, ingress(&mut dp, i, &frame(v6(99), pod6, &mld)), Allow);
+        }
         expect(
             "v6 ping from stranger",
             ingress(&mut dp, i, &frame(v6(99), pod6, &echo(true, true, 1))),

@@ -45,6 +45,11 @@ const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 const ICMPV6_ND_FIRST: u8 = 133;
 const ICMPV6_ND_LAST: u8 = 137;
+/// Multicast listener discovery (query, v1 report, done; v2 report): link
+/// control traffic like neighbour discovery, never subject to policy.
+const ICMPV6_MLD_FIRST: u8 = 130;
+const ICMPV6_MLD_LAST: u8 = 132;
+const ICMPV6_MLD2_REPORT: u8 = 143;
 
 /// One packet's flow identity, as far as policy and conntrack need it.
 #[derive(Clone, Copy)]
@@ -235,7 +240,9 @@ fn parse_v6(ctx: &TcContext, off: usize, flow: &mut Flow, inner: &mut Flow) -> R
     let icmp: [u8; 8] = load(ctx, cur)?;
     let id = u16::from_be_bytes([icmp[4], icmp[5]]);
     match icmp[0] {
-        ICMPV6_ND_FIRST..=ICMPV6_ND_LAST => return Ok(kind::PASS),
+        ICMPV6_ND_FIRST..=ICMPV6_ND_LAST
+        | ICMPV6_MLD_FIRST..=ICMPV6_MLD_LAST
+        | ICMPV6_MLD2_REPORT => return Ok(kind::PASS),
         ICMPV6_ECHO_REQUEST => flow.sport = id,
         ICMPV6_ECHO_REPLY => {
             flow.dport = id;
