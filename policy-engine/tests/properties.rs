@@ -381,7 +381,14 @@ fn full(s: &Snapshot) -> MapState {
 fn cluster() -> impl Strategy<Value = Cluster> {
     (
         prop::collection::vec(arb_pod(), 1..6),
-        prop::collection::vec(arb_policy(), 0..4),
+        // Names made unique: two policies of one name are one object (the
+        // later replaces the earlier), which would make order matter.
+        prop::collection::vec(arb_policy(), 0..4).prop_map(|mut v| {
+            for (i, p) in v.iter_mut().enumerate() {
+                p.metadata.name = Some(format!("p{i}"));
+            }
+            v
+        }),
         any::<bool>(),
     )
 }
