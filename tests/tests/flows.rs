@@ -46,9 +46,18 @@ fn drops_are_reported_with_pod_names_and_counted() {
     let seen = bed.probe(&denied);
     assert!(seen.iter().all(|o| o.allowed == Some(false)), "{seen:?}");
 
-    let record = rx
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap_or_else(|_| panic!("no drop reported; agent log:\n{}", bed.agent_log_tail(30)));
+    // The probes are TCP; anything else on the link is not what we look for.
+    let mut others = Vec::new();
+    let record = loop {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(r) if r.protocol == "TCP" => break r,
+            Ok(r) => others.push(r),
+            Err(_) => panic!(
+                "no TCP drop reported (other drops: {others:?}); agent log:\n{}",
+                bed.agent_log_tail(30)
+            ),
+        }
+    };
     assert_eq!(record.pod, "default/apod-api");
     assert_eq!(record.direction, "ingress");
     assert_eq!(record.verdict, "dropped");
