@@ -4,8 +4,11 @@
 //! crate and clean them up on drop.
 #![deny(missing_docs)]
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use testbed::probe::Snapshot;
 use testbed::{read_probes, Observation, Probe, Testbed, TestbedOptions};
 
 /// The workspace root.
@@ -105,4 +108,175 @@ pub fn run_scenario(scenario: &Scenario, palisade: bool) -> (Vec<Probe>, Vec<Obs
         );
     }
     (probes, seen)
+}
+
+/// A YAML string literal (double-quoted, escaped).
+fn quoted(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn labels_yaml(labels: &std::collections::BTreeMap<String, String>) -> String {
+    let items: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{}: {}", quoted(k), quoted(v)))
+        .collect();
+    format!("{{{}}}", items.join(", "))
+}
+
+/// The cluster manifest the test bed and the agent read: `snapshot`'s
+/// namespaces and pods (labels, container ports, `status.podIP(s)`,
+/// hostNetwork) as Namespace and Pod documents, then `policies`, each a
+/// NetworkPolicy document without `apiVersion`/`kind` (`metadata:` and
+/// `spec:`, as `policy_engine::testutil::conformance::Step::policy_yaml`
+/// writes them). The snapshot's policies and host addresses are not
+/// written.
+pub fn cluster_manifest(snapshot: &Snapshot, policies: &[String]) -> String {
+    let mut out = String::new();
+    for (name, ns) in &snapshot.namespaces {
+        let _ = writeln!(
+            out,
+            "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {}\n  labels: {}",
+            quoted(name),
+            labels_yaml(&ns.labels)
+        );
+    }
+    for (pod, info) in &snapshot.pods {
+        let _ = writeln!(
+            out,
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels: {}\nspec:\n  hostNetwork: {}\n  containers:\n  - name: main\n    image: none",
+            quoted(&pod.name),
+            quoted(&pod.namespace),
+            labels_yaml(&info.labels),
+            info.host_network
+        );
+        if !info.ports.is_empty() {
+            out.push_str("    ports:\n");
+            for p in &info.ports {
+                let _ = write!(
+                    out,
+                    "    - containerPort: {}\n      protocol: {}\n",
+                    p.port, p.protocol
+                );
+                if let Some(n) = &p.name {
+                    let _ = writeln!(out, "      name: {}", quoted(n));
+                }
+            }
+        }
+        if let Some(first) = info.ips.first() {
+            let _ = writeln!(out, "status:\n  podIP: {first}\n  podIPs:");
+            for ip in &info.ips {
+                let _ = writeln!(out, "  - ip: {ip}");
+            }
+        }
+    }
+    for p in policies {
+        let _ = writeln!(
+            out,
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n{}",
+            p.trim_end()
+        );
+    }
+    out
+}
+
+/// Replaces `path` with `text` atomically (a sibling temporary file renamed
+/// over it), so that a watcher never reads a half-written file.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// What `policy-agent` logs each time it has re-read changed manifests and
+/// hands the new state over to be compiled and applied.
+pub const AGENT_RELOAD_LINE: &str = "manifests changed, recompiling";
+/// What it logs when changed manifests cannot be loaded.
+pub const AGENT_RELOAD_FAILED_LINE: &str = "manifests changed but cannot be loaded";
+
+/// How often the agent's log says `line` so far (0 without an agent).
+pub fn agent_log_count(bed: &Testbed, line: &str) -> usize {
+    bed.agent_log()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map_or(0, |t| t.matches(line).count())
+}
+
+/// How far the agent's log had got: take one before rewriting a manifest,
+/// hand it to [`wait_for_agent_reload`] after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReloadMark {
+    /// [`AGENT_RELOAD_LINE`]s so far.
+    pub reloads: usize,
+    /// [`AGENT_RELOAD_FAILED_LINE`]s so far.
+    pub failures: usize,
+}
+
+/// The agent log's [`ReloadMark`] now.
+pub fn reload_mark(bed: &Testbed) -> ReloadMark {
+    ReloadMark {
+        reloads: agent_log_count(bed, AGENT_RELOAD_LINE),
+        failures: agent_log_count(bed, AGENT_RELOAD_FAILED_LINE),
+    }
+}
+
+/// After the manifest has been rewritten: waits until the agent has logged
+/// one more [`AGENT_RELOAD_LINE`] than at `mark` (it polls its files every
+/// 500 ms), then `settle` more, then makes a CNI CHECK call (for a
+/// container that does not exist; the answer is ignored) as a barrier: the
+/// agent answers CHECK under the same lock it compiles and updates its maps
+/// under, and that lock is handed out in turn, so the answer comes after
+/// the new state is in the kernel. Errors (with the agent log's tail) when
+/// it logs that it could not load the files, when the call fails, or after
+/// `timeout`.
+pub fn wait_for_agent_reload(
+    bed: &Testbed,
+    mark: ReloadMark,
+    settle: Duration,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = reload_mark(bed);
+        if now.reloads > mark.reloads {
+            std::thread::sleep(settle);
+            let Some(socket) = bed.agent_socket() else {
+                return Ok(());
+            };
+            let check = agent_api::Request::Check {
+                container_id: "palisade-tests-reload-barrier".into(),
+            };
+            return agent_api::call(socket, &check, timeout)
+                .map(drop)
+                .map_err(|e| {
+                    format!(
+                        "the agent did not answer after reloading: {e}\n{}",
+                        bed.agent_log_tail(20)
+                    )
+                });
+        }
+        if now.failures > mark.failures {
+            return Err(format!(
+                "the agent could not load the rewritten manifest:\n{}",
+                bed.agent_log_tail(20)
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the agent did not reload the manifest within {timeout:?}:\n{}",
+                bed.agent_log_tail(20)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
