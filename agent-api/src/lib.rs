@@ -168,8 +168,13 @@ pub enum ClientError {
     },
 }
 
-/// Sends one request and waits up to `timeout` for the answer.
-pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
+/// Connects and writes `request` as one line; `timeout` bounds every later
+/// read and write on the returned stream (`None`: no bound).
+fn send(
+    socket: &Path,
+    request: &Request,
+    timeout: Option<Duration>,
+) -> Result<UnixStream, ClientError> {
     let path = socket.display().to_string();
     let io = |source| ClientError::Io {
         path: path.clone(),
@@ -179,14 +184,25 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
         path: path.clone(),
         source,
     })?;
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    stream.set_read_timeout(timeout).map_err(io)?;
+    stream.set_write_timeout(timeout).map_err(io)?;
     let mut line = serde_json::to_vec(request).map_err(|source| ClientError::Decode {
         path: path.clone(),
         source,
     })?;
     line.push(b'\n');
     stream.write_all(&line).map_err(io)?;
+    Ok(stream)
+}
+
+/// Sends one request and waits up to `timeout` for the answer.
+pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let path = socket.display().to_string();
+    let io = |source| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
+    let stream = send(socket, request, Some(timeout))?;
     let mut answer = String::new();
     BufReader::new(stream).read_line(&mut answer).map_err(io)?;
     serde_json::from_str(&answer).map_err(|source| ClientError::Decode { path, source })
@@ -204,16 +220,7 @@ pub fn stream_flows(
         path: path.clone(),
         source,
     };
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-        path: path.clone(),
-        source,
-    })?;
-    let mut line = serde_json::to_vec(request).map_err(|source| ClientError::Decode {
-        path: path.clone(),
-        source,
-    })?;
-    line.push(b'\n');
-    stream.write_all(&line).map_err(io)?;
+    let stream = send(socket, request, None)?;
     for line in BufReader::new(stream).lines() {
         let line = line.map_err(io)?;
         if let Ok(Response::Error { message }) = serde_json::from_str::<Response>(&line) {

@@ -245,8 +245,8 @@ mod tests {
 
     #[test]
     fn state_file_round_trips() {
-        let dir = std::env::temp_dir().join(format!("palisade-state-{}", std::process::id()));
-        let path = dir.join("endpoints.json");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("endpoints.json");
         assert!(load(&path).unwrap().is_empty());
         let mut reg = Registry::default();
         let mut a = ep(&mut reg, "a", "pa");
@@ -256,7 +256,6 @@ mod tests {
         assert_eq!(load(&path).unwrap(), vec![a]);
         std::fs::write(&path, b"not json").unwrap();
         assert!(matches!(load(&path), Err(StateFileError::Decode { .. })));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,34 +1,30 @@
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{json, Value};
 
 use super::*;
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-struct TempDir(PathBuf);
+/// A scratch folder with `net.d/` and `bin/`, removed on drop.
+struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     fn new() -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir =
-            std::env::temp_dir().join(format!("palisade-install-test-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(dir.join("net.d")).unwrap();
-        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("palisade-install-test-")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("net.d")).unwrap();
+        std::fs::create_dir_all(dir.path().join("bin")).unwrap();
         Self(dir)
     }
+    fn join(&self, p: &str) -> PathBuf {
+        self.0.path().join(p)
+    }
     fn netd(&self) -> PathBuf {
-        self.0.join("net.d")
+        self.join("net.d")
     }
     fn bin(&self) -> PathBuf {
-        self.0.join("bin")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.join("bin")
     }
 }
 
@@ -111,13 +107,13 @@ fn the_runtime_loads_the_first_config_by_name() {
         active_config(&t.netd()).unwrap(),
         Some(t.netd().join("10-flannel.conflist"))
     );
-    assert_eq!(active_config(&t.0.join("missing")).unwrap(), None);
+    assert_eq!(active_config(&t.join("missing")).unwrap(), None);
 }
 
 #[test]
 fn install_copies_the_binary_and_chains_once() {
     let t = TempDir::new();
-    let source = t.0.join("palisade-cni-build");
+    let source = t.join("palisade-cni-build");
     std::fs::write(&source, b"#!/bin/sh\nexit 0\n").unwrap();
     let conflist = t.netd().join("10-flannel.conflist");
     write(&conflist, &flannel_conflist());
@@ -153,7 +149,7 @@ fn install_copies_the_binary_and_chains_once() {
 #[test]
 fn a_changed_binary_is_replaced() {
     let t = TempDir::new();
-    let source = t.0.join("build");
+    let source = t.join("build");
     std::fs::write(&source, b"v1").unwrap();
     assert!(install_binary(&source, &t.bin()).unwrap());
     std::fs::write(&source, b"v2").unwrap();
@@ -164,7 +160,7 @@ fn a_changed_binary_is_replaced() {
 #[test]
 fn no_config_is_an_error_naming_the_dir() {
     let t = TempDir::new();
-    let source = t.0.join("build");
+    let source = t.join("build");
     std::fs::write(&source, b"v1").unwrap();
     let err = run(&options(&t, &source)).unwrap_err();
     assert!(matches!(err, InstallError::NoConflist { .. }));

@@ -2,7 +2,6 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -11,27 +10,20 @@ use serde_json::{json, Value};
 
 use crate::plugin::{run, Streams};
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
 /// A fresh, unique socket path in a directory removed on drop.
-struct TempDir(PathBuf);
+struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     fn new() -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir =
-            std::env::temp_dir().join(format!("palisade-cni-test-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
+        Self(
+            tempfile::Builder::new()
+                .prefix("palisade-cni-test-")
+                .tempdir()
+                .unwrap(),
+        )
     }
     fn socket(&self) -> PathBuf {
-        self.0.join("agent.sock")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path().join("agent.sock")
     }
 }
 

@@ -121,8 +121,8 @@ spec:
 
 #[test]
 fn a_restarted_agent_restores_its_endpoints_before_the_first_apply() {
-    let dir = std::env::temp_dir().join(format!("palisade-restore-{}", std::process::id()));
-    let file = dir.join("endpoints.json");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("endpoints.json");
     let mut first = Agent::new(FakeDataplane::default(), vec![]).with_state_file(file.clone());
     first.set_snapshot(cluster(&[DENY_ALL])).unwrap();
     first.add(new_ep("c1", "a", "10.244.0.10")).unwrap();
@@ -134,5 +134,4 @@ fn a_restarted_agent_restores_its_endpoints_before_the_first_apply() {
     second.set_snapshot(cluster(&[DENY_ALL])).unwrap();
     assert_eq!(second.dataplane().state, first.dataplane().state);
     assert!(second.check("c1"));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
