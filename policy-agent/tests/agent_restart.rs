@@ -1,0 +1,412 @@
+//! The restart test: the real `policy-agent run` enforces a policy between
+//! two pods (each in its own namespace, wired by veth to a node namespace);
+//! under continuous traffic it is SIGKILLed and started again. No allowed
+//! datagram may be lost, no denied one may pass, no map may be recreated,
+//! the links stay attached and the restarted agent still knows the pods.
+//! Needs root.
+
+#[path = "support/kernel.rs"]
+mod kernel;
+#[path = "support/netns.rs"]
+mod netns;
+
+use std::{
+    fs::File,
+    net::SocketAddr,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use agent_api::{Attachment, Request, Response};
+use aya::programs::{SchedClassifier, TcAttachType};
+use kernel::PinDir;
+use netns::{bind_udp, receive, udp_rcvbuf_errors, veth, NetNs, Received, Sender, VethSpec};
+use policy_agent::dataplane::kernel::PinPaths;
+use policy_common::maps as names;
+
+const CLIENT: [u8; 4] = [10, 98, 1, 2];
+const SERVER: [u8; 4] = [10, 98, 2, 2];
+/// Allowed from the client to the server.
+const X: u16 = 7001;
+/// Denied from the client to the server.
+const Y: u16 = 7002;
+const GAP: Duration = Duration::from_micros(200);
+const MAPS: [&str; 8] = [
+    names::CONFIG,
+    names::ENDPOINTS,
+    names::EP_POLICY,
+    names::IPCACHE,
+    names::CIDRS,
+    names::POLICY,
+    names::CONNTRACK,
+    names::EVENTS,
+];
+
+const MANIFESTS: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: rt
+  labels:
+    kubernetes.io/metadata.name: rt
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+  namespace: rt
+  labels:
+    app: client
+spec:
+  containers:
+  - name: c
+    image: example
+status:
+  podIP: 10.98.1.2
+  podIPs:
+  - ip: 10.98.1.2
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: server
+  namespace: rt
+  labels:
+    app: server
+spec:
+  containers:
+  - name: s
+    image: example
+status:
+  podIP: 10.98.2.2
+  podIPs:
+  - ip: 10.98.2.2
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: server-in
+  namespace: rt
+spec:
+  podSelector:
+    matchLabels:
+      app: server
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          app: client
+    ports:
+    - protocol: UDP
+      port: 7001
+";
+
+/// A scratch folder (manifests, socket, logs), removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        let p = std::env::temp_dir().join(format!("palisade-t{}-restart", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `policy-agent run`, SIGKILLed on drop.
+struct AgentProc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl AgentProc {
+    fn start(node: &NetNs, scratch: &Path, pins: &Path, generation: u32) -> Self {
+        let log = scratch.join(format!("agent-{generation}.log"));
+        let out = File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", node.path()))
+            .arg(env!("CARGO_BIN_EXE_policy-agent"))
+            .arg("run")
+            .arg("--manifests")
+            .arg(scratch.join("cluster.yaml"))
+            .arg("--cni-socket")
+            .arg(socket(scratch))
+            .arg("--bpffs-dir")
+            .arg(pins)
+            .args(["--node-addr", "10.98.1.1", "--node-addr", "10.98.2.1"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut agent = Self { child, log };
+        agent.wait_ready(scratch);
+        agent
+    }
+
+    fn wait_ready(&mut self, scratch: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("agent exited ({st}):\n{}", self.log_text());
+            }
+            if matches!(
+                agent_api::call(&socket(scratch), &Request::Status, Duration::from_secs(1)),
+                Ok(Response::Ok)
+            ) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("agent not ready in 30 s:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn socket(scratch: &Path) -> PathBuf {
+    scratch.join("cni.sock")
+}
+
+fn attachment(name: &str, netns: &NetNs, host_if: &str, ip: &str) -> Attachment {
+    Attachment {
+        container_id: format!("sandbox-{name}"),
+        netns: netns.path(),
+        ifname: "eth0".into(),
+        pod_namespace: "rt".into(),
+        pod_name: name.into(),
+        host_interfaces: vec![host_if.into()],
+        ips: vec![ip.into()],
+    }
+}
+
+fn call(scratch: &Path, req: &Request) -> Response {
+    agent_api::call(&socket(scratch), req, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{req:?}: {e}"))
+}
+
+fn map_ids(pins: &Path) -> Vec<(&'static str, u32)> {
+    let paths = PinPaths::new(pins);
+    MAPS.iter()
+        .map(|name| {
+            let info = aya::maps::MapInfo::from_pin(paths.map(name))
+                .unwrap_or_else(|e| panic!("map {name}: {e}"));
+            (*name, info.id())
+        })
+        .collect()
+}
+
+/// Programs attached to the two host veths (ingress, egress each), seen
+/// from the node namespace.
+fn attached_programs(node: &NetNs) -> Vec<usize> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            node.enter();
+            let mut out = Vec::new();
+            for ifname in ["pa-h", "pb-h"] {
+                for t in [TcAttachType::Ingress, TcAttachType::Egress] {
+                    let n = SchedClassifier::query_tcx(ifname, t)
+                        .unwrap_or_else(|e| panic!("query tcx {ifname}: {e}"))
+                        .1
+                        .len();
+                    out.push(n);
+                }
+            }
+            out
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+#[test]
+fn sigkill_and_restart_under_traffic() {
+    kernel::require_root();
+    let started = Instant::now();
+    let scratch = Scratch::new();
+    std::fs::write(scratch.0.join("cluster.yaml"), MANIFESTS).unwrap();
+    let pins = PinDir::new("restart");
+    let node = NetNs::new("rnode");
+    let client = NetNs::new("rclient");
+    let server = NetNs::new("rserver");
+    node.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    veth(
+        Some(&node),
+        &client,
+        &VethSpec {
+            host: "pa-h",
+            host_cidr: "10.98.1.1/24",
+            pod_if: "eth0",
+            pod_cidr: "10.98.1.2/24",
+            gateway: Some("10.98.1.1"),
+        },
+    );
+    veth(
+        Some(&node),
+        &server,
+        &VethSpec {
+            host: "pb-h",
+            host_cidr: "10.98.2.1/24",
+            pod_if: "eth0",
+            pod_cidr: "10.98.2.2/24",
+            gateway: Some("10.98.2.1"),
+        },
+    );
+
+    let mut agent = AgentProc::start(&node, &scratch.0, &pins.0, 1);
+    for att in [
+        attachment("client", &client, "pa-h", "10.98.1.2"),
+        attachment("server", &server, "pb-h", "10.98.2.2"),
+    ] {
+        let name = att.pod_name.clone();
+        let r = call(&scratch.0, &Request::Add(att));
+        assert_eq!(r, Response::Ok, "ADD {name}");
+    }
+    let ids_before = map_ids(&pins.0);
+    assert_eq!(attached_programs(&node), vec![1, 1, 1, 1]);
+
+    let (x, y) = (Received::default(), Received::default());
+    let stop_rx = AtomicBool::new(false);
+    let stop_tx = AtomicBool::new(false);
+    let rounds = AtomicU64::new(0);
+    let (xr, yr, stop_rx, stop_tx, rounds) = (&x, &y, &stop_rx, &stop_tx, &rounds);
+    let (server_ns, client_ns) = (&server, &client);
+    let mut timeline = Vec::new();
+    let (sent, rcvbuf_errors) = std::thread::scope(|s| {
+        for (port, into) in [(X, xr), (Y, yr)] {
+            s.spawn(move || {
+                server_ns.enter();
+                let sock = bind_udp(SocketAddr::from((SERVER, port)));
+                receive(&sock, into, stop_rx);
+            });
+        }
+        let errors = s.spawn(move || {
+            server_ns.enter();
+            while !stop_rx.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            udp_rcvbuf_errors()
+        });
+        let sender = s.spawn(move || {
+            client_ns.enter();
+            let mut snd = Sender::new(
+                CLIENT,
+                &[SocketAddr::from((SERVER, X)), SocketAddr::from((SERVER, Y))],
+            );
+            while !stop_tx.load(Ordering::SeqCst) {
+                snd.round();
+                rounds.fetch_add(1, Ordering::SeqCst);
+                Sender::pace(GAP);
+            }
+            snd.sent
+        });
+        struct Stop<'a>(&'a AtomicBool, &'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+                self.1.store(true, Ordering::SeqCst);
+            }
+        }
+        let stop = Stop(stop_tx, stop_rx);
+        let t0 = Instant::now();
+        while xr.count() == 0 && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            xr.count() > 0,
+            "no allowed datagram arrived before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let mark = |what: &str, tl: &mut Vec<String>| {
+            tl.push(format!(
+                "{:>6} ms  {what}: {} rounds sent, x received {}",
+                t0.elapsed().as_millis(),
+                rounds.load(Ordering::SeqCst),
+                xr.count()
+            ))
+        };
+        mark("SIGKILL", &mut timeline);
+        agent.kill();
+        std::thread::sleep(Duration::from_secs(1));
+        mark("restart", &mut timeline);
+        agent = AgentProc::start(&node, &scratch.0, &pins.0, 2);
+        mark("ready", &mut timeline);
+        std::thread::sleep(Duration::from_secs(1));
+        mark("stop", &mut timeline);
+        stop_tx.store(true, Ordering::SeqCst);
+        let sent = sender.join().unwrap();
+        xr.settle();
+        yr.settle();
+        drop(stop);
+        (sent, errors.join().unwrap())
+    });
+    let report = format!(
+        "timeline:\n{}\nsent x={} y={}, received x={} y={}\n--- restarted agent log ---\n{}",
+        timeline.join("\n"),
+        sent[0],
+        sent[1],
+        x.count(),
+        y.count(),
+        agent.log_text()
+    );
+    eprintln!("{report}");
+    assert_eq!(rcvbuf_errors, 0, "receive buffers overflowed\n{report}");
+    let missing = x.missing(sent[0]);
+    assert!(
+        missing.is_empty(),
+        "{} of {} allowed datagrams lost (first {:?}, last {:?})\n{report}",
+        missing.len(),
+        sent[0],
+        missing.first(),
+        missing.last()
+    );
+    assert_eq!(y.count(), 0, "denied datagrams passed\n{report}");
+    assert_eq!(map_ids(&pins.0), ids_before, "maps were recreated");
+    assert_eq!(
+        attached_programs(&node),
+        vec![1, 1, 1, 1],
+        "links not attached exactly once after the restart"
+    );
+    for pod in ["client", "server"] {
+        let r = call(
+            &scratch.0,
+            &Request::Check {
+                container_id: format!("sandbox-{pod}"),
+            },
+        );
+        assert_eq!(
+            r,
+            Response::Ok,
+            "the restarted agent forgot {pod}\n{report}"
+        );
+    }
+    agent.kill();
+    eprintln!("wall time {:?}", started.elapsed());
+}
