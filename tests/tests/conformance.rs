@@ -135,6 +135,9 @@ impl CaseState {
     }
 }
 
+/// Pairs (from, to) to probe on one port and protocol.
+type ProbeTable = (u16, Protocol, Vec<(String, String)>);
+
 /// The one test bed, its manifest file, and what the file holds now.
 struct Bed {
     bed: Testbed,
@@ -154,42 +157,40 @@ impl Bed {
         wait_for_agent_reload(&self.bed, mark, SETTLE, RELOAD_TIMEOUT)
     }
 
-    /// Probes every judged pair of `truth` on `port`/`protocol`; returns
-    /// the observed table and the pairs that could not be probed.
-    fn observe(&self, port: u16, protocol: Protocol, truth: &Truth) -> (Truth, Vec<String>) {
-        let pairs: Vec<(String, String)> = truth.0.keys().cloned().collect();
-        self.observe_pairs(port, protocol, &pairs)
-    }
-
-    fn observe_pairs(
-        &self,
-        port: u16,
-        protocol: Protocol,
-        pairs: &[(String, String)],
-    ) -> (Truth, Vec<String>) {
-        let probes: Vec<Probe> = pairs
+    /// Probes the given pairs of each table (port, protocol, pairs), all
+    /// tables at once; returns per table the observed verdicts and the
+    /// probes that could not run.
+    fn observe(&self, tables: &[ProbeTable]) -> Vec<(Truth, Vec<String>)> {
+        let probes: Vec<Probe> = tables
             .iter()
-            .map(|(f, t)| Probe {
-                from: f.parse::<End>().unwrap(),
-                to: t.parse::<End>().unwrap(),
-                port,
-                protocol,
-                expected: None,
+            .flat_map(|(port, protocol, pairs)| {
+                pairs.iter().map(|(f, t)| Probe {
+                    from: f.parse::<End>().unwrap(),
+                    to: t.parse::<End>().unwrap(),
+                    port: *port,
+                    protocol: *protocol,
+                    expected: None,
+                })
             })
             .collect();
         let seen = self.bed.probe(&probes);
         assert_eq!(seen.len(), probes.len(), "one observation per probe");
-        let mut table = BTreeMap::new();
-        let mut unrun = Vec::new();
-        for ((f, t), o) in pairs.iter().zip(&seen) {
-            match o.allowed {
-                Some(v) => {
-                    table.insert((f.clone(), t.clone()), v);
+        let mut seen = seen.into_iter();
+        let mut out = Vec::new();
+        for (_, _, pairs) in tables {
+            let mut table = BTreeMap::new();
+            let mut unrun = Vec::new();
+            for ((f, t), o) in pairs.iter().zip(seen.by_ref()) {
+                match o.allowed {
+                    Some(v) => {
+                        table.insert((f.clone(), t.clone()), v);
+                    }
+                    None => unrun.push(format!("{}: {}", o.probe, o.detail)),
                 }
-                None => unrun.push(format!("{}: {}", o.probe, o.detail)),
             }
+            out.push((Truth(table), unrun));
         }
-        (Truth(table), unrun)
+        out
     }
 }
 
@@ -233,75 +234,119 @@ fn differing(a: &Truth, b: &Truth) -> Vec<(String, String)> {
 }
 
 /// Runs one case's TCP/UDP expectations; returns failure reports and how
-/// many expectations ran and were skipped.
+/// many expectations ran and were skipped. Consecutive expectations with
+/// no change between them are probed together.
 fn run_case(bed: &mut Bed, base: &Snapshot, case: &Case) -> (Vec<String>, usize, usize) {
     let mut state = CaseState::new(base);
     let mut failures = Vec::new();
     let (mut ran, mut skipped) = (0, 0);
+    // (label, port, protocol, expected) of the expectations pending.
+    let mut batch: Vec<(String, u16, Protocol, &Truth)> = Vec::new();
     for (i, step) in case.steps.iter().enumerate() {
-        let Step::Expect {
-            port,
-            protocol,
-            truth,
-        } = step
-        else {
-            state.apply(step);
-            continue;
-        };
-        let (port, protocol) = (*port, *protocol);
-        let label = format!("{} (step {}, {port}/{protocol})", case.name, i + 1);
-        if protocol == Protocol::Sctp {
-            skipped += 1;
-            continue;
+        match step {
+            Step::Expect {
+                port,
+                protocol,
+                truth,
+            } => {
+                if *protocol == Protocol::Sctp {
+                    skipped += 1;
+                } else {
+                    let label = format!("{} (step {}, {port}/{protocol})", case.name, i + 1);
+                    batch.push((label, *port, *protocol, truth));
+                }
+            }
+            _ => {
+                ran += batch.len();
+                check_batch(
+                    bed,
+                    base,
+                    &state,
+                    &std::mem::take(&mut batch),
+                    &mut failures,
+                );
+                state.apply(step);
+            }
         }
-        if let Err(e) = bed.show(&state.manifest()) {
-            failures.push(format!("{label}: {e}"));
-            return (failures, ran, skipped);
-        }
-        ran += 1;
-        let sim = simulated(&bed.manifest, port, protocol, truth);
-        if &sim != truth {
+    }
+    ran += batch.len();
+    check_batch(bed, base, &state, &batch, &mut failures);
+    (failures, ran, skipped)
+}
+
+/// Makes the agent enforce `state`, then checks the simulator and the
+/// kernel against each expectation of `batch`.
+fn check_batch(
+    bed: &mut Bed,
+    base: &Snapshot,
+    state: &CaseState,
+    batch: &[(String, u16, Protocol, &Truth)],
+    failures: &mut Vec<String>,
+) {
+    let Some((first, ..)) = batch.first() else {
+        return;
+    };
+    if let Err(e) = bed.show(&state.manifest()) {
+        failures.push(format!("{first}: {e}"));
+        return;
+    }
+    let tables: Vec<_> = batch
+        .iter()
+        .map(|(_, port, protocol, truth)| (*port, *protocol, truth.0.keys().cloned().collect()))
+        .collect();
+    let observed = bed.observe(&tables);
+    let mut retry = Vec::new();
+    for ((label, port, protocol, truth), (seen, unrun)) in batch.iter().zip(observed) {
+        let sim = simulated(&bed.manifest, *port, *protocol, truth);
+        if &sim != *truth {
             failures.push(format!(
                 "{label}: the SIMULATOR disagrees with the expected table\n{}",
                 truth.diff(&sim)
             ));
         }
-        let (seen, unrun) = bed.observe(port, protocol, truth);
         if !unrun.is_empty() {
             failures.push(format!(
                 "{label}: probes that could not run:\n{}",
                 unrun.join("\n")
             ));
-            continue;
-        }
-        if &seen != truth {
-            // Timing or truth? Probe the differing pairs again, later.
-            let wrong = differing(truth, &seen);
-            std::thread::sleep(Duration::from_secs(2));
-            let (again, _) = bed.observe_pairs(port, protocol, &wrong);
-            let persisting = wrong
-                .iter()
-                .filter(|k| again.0.get(*k) != truth.0.get(*k))
-                .count();
-            let vs_sim = differing(&sim, &seen).len();
-            failures.push(format!(
-                "{label}: the KERNEL disagrees with the expected table \
-                 ({persisting} of {} differing pairs still differ 2 s later; \
-                 kernel vs simulator: {})\n{}\n--- the case so far ---\n{}\n\
-                 --- agent log tail ---\n{}",
-                wrong.len(),
-                if vs_sim == 0 {
-                    "agree".to_string()
-                } else {
-                    format!("{vs_sim} pairs differ")
-                },
-                truth.diff(&seen),
-                state.describe(base),
-                strip_ansi(&bed.bed.agent_log_tail(30))
-            ));
+        } else if &seen != *truth {
+            retry.push((label, *port, *protocol, *truth, seen, sim));
         }
     }
-    (failures, ran, skipped)
+    if retry.is_empty() {
+        return;
+    }
+    // Timing or truth? Probe the differing pairs again, later.
+    std::thread::sleep(Duration::from_secs(2));
+    let tables: Vec<_> = retry
+        .iter()
+        .map(|(_, port, protocol, truth, seen, _)| (*port, *protocol, differing(truth, seen)))
+        .collect();
+    let again = bed.observe(&tables);
+    for ((label, _, _, truth, seen, sim), ((_, _, wrong), (again, _))) in
+        retry.iter().zip(tables.iter().zip(again))
+    {
+        let persisting = wrong
+            .iter()
+            .filter(|k| again.0.get(*k) != truth.0.get(*k))
+            .count();
+        let vs_sim = differing(sim, seen).len();
+        failures.push(format!(
+            "{label}: the KERNEL disagrees with the expected table \
+             ({persisting} of {} differing pairs still differ 2 s later; \
+             kernel vs simulator: {})\n{}\n--- the case so far ---\n{}\n\
+             --- agent log tail ---\n{}",
+            wrong.len(),
+            if vs_sim == 0 {
+                "agree".to_string()
+            } else {
+                format!("{vs_sim} pairs differ")
+            },
+            truth.diff(seen),
+            state.describe(base),
+            strip_ansi(&bed.bed.agent_log_tail(30))
+        ));
+    }
 }
 
 #[test]
