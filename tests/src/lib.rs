@@ -1,8 +1,8 @@
 //! Shared helpers of Palisade's integration tests (`tests/tests/*.rs`):
 //! where the binaries and the scenarios are, and how to rewrite a running
-//! test bed's cluster manifest and wait until the agent enforces it. The tests themselves need root
-//! and a real kernel; they build network namespaces through the `testbed`
-//! crate and clean them up on drop.
+//! test bed's cluster manifest and wait until the agent enforces it. The
+//! tests themselves need root and a real kernel; they build network
+//! namespaces through the `testbed` crate and clean them up on drop.
 #![deny(missing_docs)]
 
 use std::fmt::Write as _;
