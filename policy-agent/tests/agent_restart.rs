@@ -16,14 +16,14 @@ use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
 use agent_api::{Attachment, Request, Response};
 use aya::programs::{SchedClassifier, TcAttachType};
 use kernel::PinDir;
-use netns::{bind_udp, receive, udp_rcvbuf_errors, veth, NetNs, Received, Sender, VethSpec};
+use netns::{serve_udp, udp_rcvbuf_errors, veth, wait_bound, NetNs, Received, Sender, VethSpec};
 use policy_agent::dataplane::kernel::PinPaths;
 use policy_common::maps as names;
 
@@ -296,15 +296,16 @@ fn sigkill_and_restart_under_traffic() {
     let stop_rx = AtomicBool::new(false);
     let stop_tx = AtomicBool::new(false);
     let rounds = AtomicU64::new(0);
+    let bound = AtomicUsize::new(0);
     let (xr, yr, stop_rx, stop_tx, rounds) = (&x, &y, &stop_rx, &stop_tx, &rounds);
+    let bound = &bound;
     let (server_ns, client_ns) = (&server, &client);
     let mut timeline = Vec::new();
     let (sent, rcvbuf_errors) = std::thread::scope(|s| {
         for (port, into) in [(X, xr), (Y, yr)] {
             s.spawn(move || {
                 server_ns.enter();
-                let sock = bind_udp(SocketAddr::from((SERVER, port)));
-                receive(&sock, into, stop_rx);
+                serve_udp(SocketAddr::from((SERVER, port)), into, stop_rx, bound);
             });
         }
         let errors = s.spawn(move || {
@@ -316,6 +317,8 @@ fn sigkill_and_restart_under_traffic() {
         });
         let sender = s.spawn(move || {
             client_ns.enter();
+            // A datagram reaching an unbound port would be lost to the test.
+            wait_bound(bound, 2);
             let mut snd = Sender::new(
                 CLIENT,
                 &[SocketAddr::from((SERVER, X)), SocketAddr::from((SERVER, Y))],

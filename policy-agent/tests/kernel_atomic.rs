@@ -13,12 +13,12 @@ mod netns;
 
 use std::{
     net::SocketAddr,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
 use kernel::{open, StateBuilder};
-use netns::{bind_udp, receive, udp_rcvbuf_errors, veth, NetNs, Received, Sender, VethSpec};
+use netns::{serve_udp, udp_rcvbuf_errors, veth, wait_bound, NetNs, Received, Sender, VethSpec};
 use policy_agent::dataplane::{kernel::EventReader, Dataplane};
 use policy_common::{dir, ep_flags, proto::UDP, v4_mapped, verdict, VerdictEvent};
 use policy_engine::state::MapState;
@@ -151,14 +151,14 @@ fn no_transient_verdict_under_1000_updates() {
     let stop_rx = AtomicBool::new(false);
     let stop_tx = AtomicBool::new(false);
     let rounds = AtomicU64::new(0);
+    let bound = &AtomicUsize::new(0);
     let (flows, stop_rx, stop_tx, rounds) = (&flows, &stop_rx, &stop_tx, &rounds);
     let (pod, node) = (&pod, &node);
     std::thread::scope(|s| {
         for (port, into) in [(X, &flows.x), (Y, &flows.y), (Z, &flows.z)] {
             s.spawn(move || {
                 pod.enter();
-                let sock = bind_udp(dst(port));
-                receive(&sock, into, stop_rx);
+                serve_udp(dst(port), into, stop_rx, bound);
             });
         }
         let rcvbuf_errors = s.spawn(move || {
@@ -182,8 +182,8 @@ fn no_transient_verdict_under_1000_updates() {
                 let _stop = Stop(stop_tx, stop_rx);
                 node.enter();
                 dp.attach_endpoint("pa0", EP).unwrap();
-                // Give the receivers time to bind.
-                std::thread::sleep(Duration::from_millis(200));
+                // A datagram reaching an unbound port would be lost to the test.
+                wait_bound(bound, 3);
 
                 // The states do what they claim, and X can be dropped.
                 dp.apply(&state_a()).unwrap();

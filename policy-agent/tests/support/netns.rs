@@ -189,6 +189,28 @@ pub fn bind_udp(addr: SocketAddr) -> UdpSocket {
     s
 }
 
+/// Binds `addr` (see [`bind_udp`]), counts itself in `bound`, then
+/// [`receive`]s into `into` until `stop`.
+pub fn serve_udp(addr: SocketAddr, into: &Received, stop: &AtomicBool, bound: &AtomicUsize) {
+    let sock = bind_udp(addr);
+    bound.fetch_add(1, Ordering::SeqCst);
+    receive(&sock, into, stop);
+}
+
+/// Waits (at most 10 s) until `n` receivers are bound.
+pub fn wait_bound(bound: &AtomicUsize, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bound.load(Ordering::SeqCst) < n {
+        if Instant::now() > deadline {
+            panic!(
+                "only {} of {n} receivers bound",
+                bound.load(Ordering::SeqCst)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Reads datagrams (8-byte big-endian sequence numbers) from `s` into
 /// `into` until `stop` is set and the socket has been quiet for 100 ms.
 pub fn receive(s: &UdpSocket, into: &Received, stop: &AtomicBool) {
