@@ -2,7 +2,8 @@
 //! two pods (each in its own namespace, wired by veth to a node namespace);
 //! under continuous traffic it is SIGKILLed and started again. No allowed
 //! datagram may be lost, no denied one may pass, no map may be recreated,
-//! the links stay attached and the restarted agent still knows the pods.
+//! the links stay attached, the restarted agent still knows the pods and
+//! it enforces a policy change made after the restart.
 //! Needs root.
 
 #[path = "support/kernel.rs"]
@@ -410,6 +411,46 @@ fn sigkill_and_restart_under_traffic() {
             "the restarted agent forgot {pod}\n{report}"
         );
     }
+    // The restarted agent is in charge, not merely leaving the maps as
+    // they were: a policy change reaches the kernel (Y, denied all along
+    // above, is opened).
+    let opened = MANIFESTS.replace(
+        "      port: 7001\n",
+        "      port: 7001\n    - protocol: UDP\n      port: 7002\n",
+    );
+    assert_ne!(opened, MANIFESTS);
+    std::fs::write(scratch.0.join("cluster.yaml"), opened).unwrap();
+    assert!(
+        udp_gets_through(&client, &server, Y),
+        "the restarted agent did not enforce a policy change\n{}",
+        agent.log_text()
+    );
     agent.kill();
     eprintln!("wall time {:?}", started.elapsed());
+}
+
+/// Sends a datagram from the client to `port` on the server every 50 ms
+/// for up to 3 s; true once one arrives.
+fn udp_gets_through(client: &NetNs, server: &NetNs, port: u16) -> bool {
+    let got = Received::default();
+    let (stop, bound) = (AtomicBool::new(false), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            server.enter();
+            serve_udp(SocketAddr::from((SERVER, port)), &got, &stop, &bound);
+        });
+        s.spawn(|| {
+            client.enter();
+            wait_bound(&bound, 1);
+            let mut snd = Sender::new(CLIENT, &[SocketAddr::from((SERVER, port))]);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while got.count() == 0 && Instant::now() < deadline {
+                snd.round();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            stop.store(true, Ordering::SeqCst);
+        });
+    });
+    got.count() > 0
 }
