@@ -113,8 +113,17 @@ struct SavedEndpoint {
     container_id: String,
     pod: String,
     ifname: String,
+    /// The interface's index when saved: a veth of the same name created
+    /// while the agent was down is another pod's, and is not adopted.
+    #[serde(default)]
+    ifindex: u32,
     ep_id: u32,
     ips: Vec<IpAddr>,
+}
+
+/// The index of `ifname` in the agent's network namespace (0 if none).
+fn ifindex_of(ifname: &str) -> u32 {
+    nix::net::if_::if_nametoindex(ifname).unwrap_or(0)
 }
 
 /// Failures reading or writing the state file.
@@ -155,6 +164,7 @@ pub fn save<'a>(
             container_id: e.container_id.clone(),
             pod: e.pod.to_string(),
             ifname: e.ifname.clone(),
+            ifindex: ifindex_of(&e.ifname),
             ep_id: e.ep_id,
             ips: e.ips.clone(),
         })
@@ -173,9 +183,28 @@ pub fn save<'a>(
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// An endpoint read back from the state file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Saved {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// Its interface's index when it was saved (0: unknown).
+    pub ifindex: u32,
+}
+
+impl Saved {
+    /// True when the interface still exists with the index it had: a veth
+    /// of the same name created while the agent was down belongs to
+    /// another pod and must not inherit this endpoint.
+    pub fn interface_unchanged(&self) -> bool {
+        let now = ifindex_of(&self.endpoint.ifname);
+        now != 0 && (self.ifindex == 0 || self.ifindex == now)
+    }
+}
+
 /// Reads what [`save`] wrote; a missing file is an empty list. Entries whose
 /// pod name does not parse are skipped with a warning.
-pub fn load(path: &Path) -> Result<Vec<Endpoint>, StateFileError> {
+pub fn load(path: &Path) -> Result<Vec<Saved>, StateFileError> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -194,12 +223,15 @@ pub fn load(path: &Path) -> Result<Vec<Endpoint>, StateFileError> {
     Ok(saved
         .into_iter()
         .filter_map(|s| match s.pod.parse::<PodRef>() {
-            Ok(pod) => Some(Endpoint {
-                container_id: s.container_id,
-                pod,
-                ifname: s.ifname,
-                ep_id: s.ep_id,
-                ips: s.ips,
+            Ok(pod) => Some(Saved {
+                endpoint: Endpoint {
+                    container_id: s.container_id,
+                    pod,
+                    ifname: s.ifname,
+                    ep_id: s.ep_id,
+                    ips: s.ips,
+                },
+                ifindex: s.ifindex,
             }),
             Err(e) => {
                 tracing::warn!(pod = %s.pod, error = %e, "state file entry skipped");
@@ -253,9 +285,28 @@ mod tests {
         a.ips = vec!["10.0.0.1".parse().unwrap()];
         reg.insert(a.clone());
         save(&path, reg.iter()).unwrap();
-        assert_eq!(load(&path).unwrap(), vec![a]);
+        let back = load(&path).unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].endpoint, a);
+        // No such interface here: not to be restored.
+        assert!(!back[0].interface_unchanged());
         std::fs::write(&path, b"not json").unwrap();
         assert!(matches!(load(&path), Err(StateFileError::Decode { .. })));
+    }
+
+    #[test]
+    fn a_replaced_interface_is_not_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("endpoints.json");
+        let mut reg = Registry::default();
+        let mut lo = ep(&mut reg, "a", "pa");
+        lo.ifname = "lo".into();
+        reg.insert(lo);
+        save(&path, reg.iter()).unwrap();
+        let mut back = load(&path).unwrap();
+        assert!(back[0].interface_unchanged());
+        back[0].ifindex += 1000;
+        assert!(!back[0].interface_unchanged());
     }
 
     #[test]

@@ -166,22 +166,27 @@ impl<D: Dataplane> Agent<D> {
             self.detach(&old);
             self.registry.remove(&old.container_id);
         }
+        // Recorded (and saved) before the attach: an agent killed in between
+        // restores the endpoint instead of handing its id to another pod
+        // while the old interface still carries it.
         let ep_id = self.registry.allocate_id();
-        if let Err(source) = self.dataplane.attach_endpoint(&new.ifname, ep_id) {
-            self.registry.release_id(ep_id);
-            return Err(AgentError::Dataplane {
-                pod: new.pod.to_string(),
-                source,
-            });
-        }
-        self.registry.insert(Endpoint {
+        let ep = Endpoint {
             container_id: new.container_id,
             pod: new.pod,
             ifname: new.ifname,
             ep_id,
             ips: new.ips,
-        });
+        };
+        self.registry.insert(ep.clone());
         self.persist();
+        if let Err(source) = self.dataplane.attach_endpoint(&ep.ifname, ep_id) {
+            self.registry.remove(&ep.container_id);
+            self.persist();
+            return Err(AgentError::Dataplane {
+                pod: ep.pod.to_string(),
+                source,
+            });
+        }
         self.sync()
     }
 

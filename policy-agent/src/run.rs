@@ -40,7 +40,19 @@ pub async fn run<D: Dataplane + 'static>(
     let mut core =
         Agent::new(dataplane, opts.node_addrs.clone()).with_state_file(state_file.clone());
     match crate::endpoints::load(&state_file) {
-        Ok(previous) => core.restore(previous),
+        Ok(previous) => core.restore(
+            previous
+                .into_iter()
+                .filter(|s| {
+                    let keep = s.interface_unchanged();
+                    if !keep {
+                        tracing::warn!(pod = %s.endpoint.pod, ifname = %s.endpoint.ifname, "interface gone or replaced; endpoint not restored");
+                    }
+                    keep
+                })
+                .map(|s| s.endpoint)
+                .collect(),
+        ),
         Err(e) => tracing::error!(error = %e, "previous endpoints not restored"),
     }
     let agent = Arc::new(Mutex::new(core));

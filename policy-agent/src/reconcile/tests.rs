@@ -129,7 +129,13 @@ fn a_restarted_agent_restores_its_endpoints_before_the_first_apply() {
     let ep = first.dataplane().endpoints["veth-a"];
 
     let mut second = Agent::new(FakeDataplane::default(), vec![]).with_state_file(file.clone());
-    second.restore(crate::endpoints::load(&file).unwrap());
+    second.restore(
+        crate::endpoints::load(&file)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.endpoint)
+            .collect(),
+    );
     assert_eq!(second.dataplane().endpoints.get("veth-a"), Some(&ep));
     second.set_snapshot(cluster(&[DENY_ALL])).unwrap();
     assert_eq!(second.dataplane().state, first.dataplane().state);
