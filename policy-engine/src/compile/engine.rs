@@ -15,8 +15,8 @@ use policy_common::identity::HOST;
 use policy_common::{Addr, PolicyValue};
 
 use super::{
-    build, contribution, local_endpoints, pod_group, policy_errors, Allocator, Compiled,
-    Contribution, IdentityDesc, Index, Local, PodGroup,
+    build, contribution, pod_group, policy_errors, Allocator, Compiled, Contribution, IdentityDesc,
+    Index, Local, PodGroup,
 };
 use crate::model::addr::to_addr;
 use crate::model::{Direction, Peer, PodRef, Policy, PolicyRef, Snapshot};
@@ -149,7 +149,31 @@ fn count(
     }
 }
 
+/// The entries of `map` whose key is in namespace `ns` (keys sort by
+/// namespace first).
+fn in_namespace<'m, V>(
+    map: &'m BTreeMap<PodRef, V>,
+    ns: &'m str,
+) -> impl Iterator<Item = (&'m PodRef, &'m V)> + 'm {
+    map.range(PodRef::new(ns, "")..)
+        .take_while(move |(r, _)| r.namespace == ns)
+}
+
 impl Engine {
+    /// Rebuilds the local endpoints of namespace `ns` only (what
+    /// `local_endpoints` gives for it).
+    fn refresh_local(&mut self, snapshot: &Snapshot, ns: &str) {
+        let eps: Vec<(u32, PodRef)> = in_namespace(&self.endpoints, ns)
+            .filter(|(r, _)| snapshot.pods.get(*r).is_some_and(|p| !p.host_network))
+            .map(|(r, ep)| (*ep, r.clone()))
+            .collect();
+        if eps.is_empty() {
+            self.local.remove(ns);
+        } else {
+            self.local.insert(ns.to_string(), eps);
+        }
+    }
+
     /// A fresh engine (empty state).
     pub fn new() -> Self {
         Self::default()
@@ -426,21 +450,16 @@ impl Engine {
         }
         let mut policies = BTreeSet::new();
         if let Some(ep) = self.endpoints.get(pod).copied() {
-            self.local = local_endpoints(snapshot, &self.endpoints);
+            self.refresh_local(snapshot, &pod.namespace);
             if new_info.is_some() {
                 let f = self.flags_of(ep);
                 self.set_endpoint(&mut j, ep, Some(f));
             } else {
                 self.set_endpoint(&mut j, ep, None);
             }
-            policies.extend(
-                snapshot
-                    .policies
-                    .keys()
-                    .chain(self.contrib.keys())
-                    .filter(|r| r.namespace == pod.namespace)
-                    .cloned(),
-            );
+            policies
+                .extend(in_namespace(&snapshot.policies, &pod.namespace).map(|(r, _)| r.clone()));
+            policies.extend(in_namespace(&self.contrib, &pod.namespace).map(|(r, _)| r.clone()));
         }
         for g in &changed_groups {
             for (r, p) in &snapshot.policies {
