@@ -41,6 +41,16 @@ pub trait Dataplane: Send {
     /// endpoint's packets are dropped (fail closed).
     fn attach_endpoint(&mut self, ifname: &str, ep_id: u32) -> Result<(), DataplaneError>;
 
+    /// Takes back an endpoint a previous agent enforced, before the first
+    /// state is applied. By default the same as
+    /// [`attach_endpoint`](Self::attach_endpoint); a dataplane taking over
+    /// from an agent of another map layout only registers the endpoint
+    /// here and attaches once a state has been applied (so the pod is
+    /// never checked against empty maps).
+    fn restore_endpoint(&mut self, ifname: &str, ep_id: u32) -> Result<(), DataplaneError> {
+        self.attach_endpoint(ifname, ep_id)
+    }
+
     /// Detaches from `ifname` if it still exists and forgets the endpoint.
     fn detach_endpoint(&mut self, ifname: &str, ep_id: u32) -> Result<(), DataplaneError>;
 

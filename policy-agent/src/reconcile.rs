@@ -90,11 +90,13 @@ impl<D: Dataplane> Agent<D> {
 
     /// Takes back endpoints a previous agent enforced (from the state file),
     /// before the first state is applied: their pinned programs and map
-    /// entries are adopted as they are, so their pods never see a gap.
+    /// entries are adopted as they are, so their pods never see a gap
+    /// (after a map layout change the new programs are attached only once
+    /// the first state is applied, see [`Dataplane::restore_endpoint`]).
     /// Endpoints whose interface is gone are forgotten.
     pub fn restore(&mut self, endpoints: Vec<Endpoint>) {
         for ep in endpoints {
-            match self.dataplane.attach_endpoint(&ep.ifname, ep.ep_id) {
+            match self.dataplane.restore_endpoint(&ep.ifname, ep.ep_id) {
                 Ok(()) => {
                     tracing::info!(pod = %ep.pod, ifname = %ep.ifname, "endpoint adopted");
                     self.registry.insert(ep);

@@ -93,8 +93,13 @@ pub(crate) fn kernel_error(
 /// How programs are attached to interfaces.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttachMode {
-    /// TCX links (kernel ≥ 6.6), pinned so they outlive the agent.
+    /// TCX where the kernel has it, netlink otherwise: each attach tries
+    /// [`Tcx`](Self::Tcx) until the kernel once refuses TCX links (see
+    /// [`tcx_refused`]), then uses [`Netlink`](Self::Netlink) (logged
+    /// once).
     #[default]
+    Auto,
+    /// TCX links (kernel ≥ 6.6), pinned so they outlive the agent.
     Tcx,
     /// Classic cls_bpf filters on a clsact qdisc (netlink), with a fixed
     /// priority/handle ([`NETLINK_PRIORITY`], [`NETLINK_HANDLE`]); they
@@ -149,6 +154,9 @@ pub struct KernelOptions {
     pub attach_mode: AttachMode,
     /// Also report allowed new flows as events (drops are always reported).
     pub events_for_allowed: bool,
+    /// Layout version naming the version folder (tests fake an older
+    /// agent's folder with it).
+    version_folder: u32,
 }
 
 impl KernelOptions {
@@ -159,7 +167,16 @@ impl KernelOptions {
             sizes: MapSizes::default(),
             attach_mode: AttachMode::default(),
             events_for_allowed: false,
+            version_folder: LAYOUT_VERSION,
         }
+    }
+
+    /// Pins under `v<version>` instead of `v<LAYOUT_VERSION>`: only for
+    /// tests that fake the folder an agent of another layout left behind.
+    #[doc(hidden)]
+    pub fn with_version_folder(mut self, version: u32) -> Self {
+        self.version_folder = version;
+        self
     }
 }
 
@@ -193,6 +210,36 @@ pub struct AttachedEndpoint {
     pub ep_id: u32,
 }
 
+/// Whether a TCX link create failed because the kernel has no TCX (a
+/// kernel before 6.6 rejects the unknown attach type with `EINVAL`; some
+/// builds answer `EOPNOTSUPP`/`ENOTSUPP`, or `E2BIG` for the larger
+/// attribute), as opposed to a failure netlink would share (no interface,
+/// no permission, out of memory).
+pub fn tcx_refused(e: &aya::programs::ProgramError) -> bool {
+    /// The kernel-internal `ENOTSUPP` some BPF paths leak to user space.
+    const ENOTSUPP: i32 = 524;
+    match e {
+        aya::programs::ProgramError::SyscallError(aya::sys::SyscallError { io_error, .. }) => {
+            matches!(
+                io_error.raw_os_error(),
+                Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP | libc::E2BIG)
+            )
+        }
+        _ => false,
+    }
+}
+
+/// A switch from an agent of another map layout in progress: its version
+/// folders still hold its maps and links (still attached), and restored
+/// endpoints wait to be attached until a state has been applied.
+#[derive(Debug)]
+struct Upgrade {
+    /// The other layouts' folders.
+    old: Vec<PinPaths>,
+    /// Restored endpoints, registered in the new maps, not attached yet.
+    pending: BTreeMap<String, AttachedEndpoint>,
+}
+
 /// The aya-backed [`Dataplane`].
 pub struct KernelDataplane {
     ebpf: Ebpf,
@@ -205,6 +252,9 @@ pub struct KernelDataplane {
     mirrors: [Option<MapState>; 2],
     attached: BTreeMap<String, AttachedEndpoint>,
     adopted: bool,
+    upgrade: Option<Upgrade>,
+    /// [`AttachMode::Auto`] found the kernel refusing TCX.
+    tcx_refused: bool,
 }
 
 impl KernelDataplane {
@@ -212,8 +262,14 @@ impl KernelDataplane {
     /// `opts.pin_dir`. Maps already pinned there with the same layout are
     /// adopted: reused as they are, their active generation and contents
     /// read back, and pinned links re-pointed at the new programs.
+    ///
+    /// Version folders of another layout under the same base start an
+    /// upgrade: [`restore_endpoint`](Dataplane::restore_endpoint) then only
+    /// registers endpoints, and the first successful
+    /// [`apply`](Dataplane::apply) attaches them, detaches the old links
+    /// and removes the old folders ([`finish_upgrade`](Self::finish_upgrade)).
     pub fn open(opts: KernelOptions) -> Result<Self, DataplaneError> {
-        let paths = PinPaths::new(&opts.pin_dir);
+        let paths = PinPaths::with_version(&opts.pin_dir, opts.version_folder);
         for dir in [paths.maps_dir(), paths.links_dir()] {
             fs::create_dir_all(&dir)
                 .map_err(|e| kernel_error(format!("creating {}", dir.display()), e))?;
@@ -260,6 +316,8 @@ impl KernelDataplane {
             mirrors: [None, None],
             attached: BTreeMap::new(),
             adopted: false,
+            upgrade: None,
+            tcx_refused: false,
         };
         let flags = if opts.events_for_allowed {
             CONFIG_FLAG_EVENTS_ALLOWED
@@ -282,7 +340,84 @@ impl KernelDataplane {
             dp.maps.set_config(dp.cfg)?;
         }
         dp.set_events_for_allowed(opts.events_for_allowed)?;
+        let old = dp
+            .paths
+            .other_versions()
+            .map_err(|e| kernel_error(format!("listing {}", dp.paths.base().display()), e))?;
+        if !old.is_empty() {
+            let versions: Vec<u32> = old.iter().map(PinPaths::version).collect();
+            tracing::info!(
+                ?versions,
+                current = dp.paths.version(),
+                "pins of another map layout found: restored endpoints switch over after the first apply"
+            );
+            dp.upgrade = Some(Upgrade {
+                old,
+                pending: BTreeMap::new(),
+            });
+        }
         Ok(dp)
+    }
+
+    /// Whether a switch from another layout's pins is still to finish
+    /// (see [`open`](Self::open)).
+    pub fn upgrade_pending(&self) -> bool {
+        self.upgrade.is_some()
+    }
+
+    /// Restored endpoints waiting for the first apply to be attached.
+    pub fn pending_endpoints(&self) -> BTreeMap<String, AttachedEndpoint> {
+        self.upgrade
+            .as_ref()
+            .map(|u| u.pending.clone())
+            .unwrap_or_default()
+    }
+
+    /// Finishes a layout upgrade (called by [`apply`](Dataplane::apply)
+    /// once a state is in the new maps): attaches the new programs to every
+    /// restored endpoint, then detaches that interface's old links, then
+    /// detaches whatever the old folders still hold and removes them. An
+    /// endpoint whose interface is gone is forgotten; one that fails to
+    /// attach stays pending (its old links stay too) and the old folders
+    /// stay until a later call succeeds. No-op without an upgrade.
+    pub fn finish_upgrade(&mut self) -> Result<(), DataplaneError> {
+        let Some(mut up) = self.upgrade.take() else {
+            return Ok(());
+        };
+        let mut failure = None;
+        for (ifname, ep) in std::mem::take(&mut up.pending) {
+            match self.attach_endpoint(&ifname, ep.ep_id) {
+                Ok(()) => {
+                    let now = self.attached.get(&ifname).map(|a| a.ifindex);
+                    if now != Some(ep.ifindex) {
+                        // The interface was replaced since restore.
+                        let _ = self.maps.endpoints.remove(&ep.ifindex);
+                    }
+                    for old in &up.old {
+                        for (_, _, hook) in HOOKS {
+                            detach_pinned_link(&old.link(ep.ifindex, hook))?;
+                        }
+                    }
+                }
+                Err(DataplaneError::NoSuchInterface { .. }) => {
+                    let _ = self.maps.endpoints.remove(&ep.ifindex);
+                    tracing::info!(%ifname, "restored interface gone before the upgrade finished");
+                }
+                Err(e) => {
+                    up.pending.insert(ifname, ep);
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failure {
+            self.upgrade = Some(up);
+            return Err(e);
+        }
+        for old in &up.old {
+            remove_version_folder(old)?;
+        }
+        tracing::info!("map layout upgrade finished: old links detached, old pins removed");
+        Ok(())
     }
 
     /// Whether [`open`](Self::open) found and adopted pinned maps.
@@ -407,14 +542,18 @@ impl KernelDataplane {
         Ok((TestVerdict::from_retval(r.return_value), r.duration))
     }
 
-    /// Detaches every program and removes every pin under `base` (the
-    /// uninstall path, and test cleanup). Missing pins are not an error.
+    /// Detaches every program and removes every pin under `base`, of every
+    /// layout version (the uninstall path, and test cleanup). Missing pins are not an error.
     pub fn remove_pins(base: impl AsRef<Path>) -> Result<(), DataplaneError> {
         let base = base.as_ref();
-        let links = PinPaths::new(base).links_dir();
-        if let Ok(entries) = fs::read_dir(&links) {
-            for entry in entries.flatten() {
-                detach_pinned_link(&entry.path())?;
+        let current = PinPaths::new(base);
+        let mut folders = current.other_versions().unwrap_or_default();
+        folders.push(current);
+        for folder in &folders {
+            if let Ok(entries) = fs::read_dir(folder.links_dir()) {
+                for entry in entries.flatten() {
+                    detach_pinned_link(&entry.path())?;
+                }
             }
         }
         match fs::remove_dir_all(base) {
@@ -487,8 +626,27 @@ impl KernelDataplane {
         Ok(())
     }
 
-    fn attach_tcx(&mut self, ifname: &str, ifindex: u32) -> Result<(), DataplaneError> {
-        for (prog, attach_type, hook) in HOOKS {
+    /// Detaches this layout's links of `ifindex`; true if any pin was there.
+    fn detach_tcx(&self, ifindex: u32) -> Result<bool, DataplaneError> {
+        let mut found = false;
+        for (_, _, hook) in HOOKS {
+            let pin = self.paths.link(ifindex, hook);
+            found |= pin.exists();
+            detach_pinned_link(&pin)?;
+        }
+        Ok(found)
+    }
+
+    /// Attaches (or re-points) both TCX links of `ifname`. With `probe`,
+    /// returns `Ok(false)` instead of an error when the kernel refuses the
+    /// first TCX link ([`tcx_refused`]), nothing being attached then.
+    fn attach_tcx(
+        &mut self,
+        ifname: &str,
+        ifindex: u32,
+        probe: bool,
+    ) -> Result<bool, DataplaneError> {
+        for (n, (prog, attach_type, hook)) in HOOKS.into_iter().enumerate() {
             let pin = self.paths.link(ifindex, hook);
             let p = program(&mut self.ebpf, prog)?;
             if pin.exists() {
@@ -503,19 +661,24 @@ impl KernelDataplane {
                 remove_file(&pin)?;
             }
             let what = || format!("attaching {prog} to {ifname}");
-            let id = p
-                .attach_with_options(
-                    ifname,
-                    attach_type,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .map_err(|e| kernel_error(what(), e))?;
+            let id = match p.attach_with_options(
+                ifname,
+                attach_type,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            ) {
+                Ok(id) => id,
+                Err(e) if probe && n == 0 && tcx_refused(&e) => {
+                    tracing::debug!(%ifname, error = %e, "TCX link refused");
+                    return Ok(false);
+                }
+                Err(e) => return Err(kernel_error(what(), e)),
+            };
             let link = p.take_link(id).map_err(|e| kernel_error(what(), e))?;
             let fd = FdLink::try_from(link).map_err(|e| kernel_error(what(), e))?;
             fd.pin(&pin)
                 .map_err(|e| kernel_error(format!("pinning {}", pin.display()), e))?;
         }
-        Ok(())
+        Ok(true)
     }
 
     fn attach_netlink(&mut self, ifname: &str) -> Result<(), DataplaneError> {
@@ -570,42 +733,77 @@ impl Dataplane for KernelDataplane {
             .insert(ifindex, EndpointInfo { ep_id, flags: 0 }, 0)
             .map_err(|e| kernel_error(format!("registering {ifname} as endpoint {ep_id}"), e))?;
         match self.mode {
-            AttachMode::Tcx => self.attach_tcx(ifname, ifindex)?,
+            AttachMode::Tcx => {
+                self.attach_tcx(ifname, ifindex, false)?;
+            }
             AttachMode::Netlink => self.attach_netlink(ifname)?,
+            AttachMode::Auto if self.tcx_refused => self.attach_netlink(ifname)?,
+            AttachMode::Auto => {
+                if !self.attach_tcx(ifname, ifindex, true)? {
+                    tracing::warn!(
+                        %ifname,
+                        "the kernel refuses TCX links: attaching with netlink (cls_bpf) from now on"
+                    );
+                    self.tcx_refused = true;
+                    self.attach_netlink(ifname)?;
+                }
+            }
         }
         self.attached
             .insert(ifname.to_string(), AttachedEndpoint { ifindex, ep_id });
         Ok(())
     }
 
+    fn restore_endpoint(&mut self, ifname: &str, ep_id: u32) -> Result<(), DataplaneError> {
+        if self.upgrade.is_none() || self.attached.contains_key(ifname) {
+            // Same layout (or links of this layout already there): adopt.
+            return self.attach_endpoint(ifname, ep_id);
+        }
+        let ifindex = ifindex_of(ifname).ok_or_else(|| DataplaneError::NoSuchInterface {
+            ifname: ifname.to_string(),
+        })?;
+        // Known to the new maps (so the first apply covers it), but the
+        // old programs keep checking its packets until then.
+        self.register_endpoint(ifindex, ep_id)?;
+        if let Some(up) = self.upgrade.as_mut() {
+            up.pending
+                .insert(ifname.to_string(), AttachedEndpoint { ifindex, ep_id });
+        }
+        Ok(())
+    }
+
     fn detach_endpoint(&mut self, ifname: &str, _ep_id: u32) -> Result<(), DataplaneError> {
+        let pending = self.upgrade.as_mut().and_then(|u| u.pending.remove(ifname));
         let ifindex = self
             .attached
             .get(ifname)
             .map(|a| a.ifindex)
+            .or(pending.map(|p| p.ifindex))
             .or_else(|| ifindex_of(ifname));
+        if let (Some(up), Some(ifindex)) = (&self.upgrade, ifindex) {
+            for old in &up.old {
+                for (_, _, hook) in HOOKS {
+                    detach_pinned_link(&old.link(ifindex, hook))?;
+                }
+            }
+        }
         match self.mode {
             AttachMode::Tcx => {
                 if let Some(ifindex) = ifindex {
-                    for (_, _, hook) in HOOKS {
-                        detach_pinned_link(&self.paths.link(ifindex, hook))?;
-                    }
+                    self.detach_tcx(ifindex)?;
                 }
             }
-            AttachMode::Netlink => {
-                if ifindex_of(ifname).is_some() {
-                    for (prog, attach_type, _) in HOOKS {
-                        match tc::qdisc_detach_program(ifname, attach_type, prog) {
-                            Ok(()) => {}
-                            Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {
-                            }
-                            Err(e) => {
-                                return Err(kernel_error(
-                                    format!("detaching {prog} from {ifname}"),
-                                    e,
-                                ))
-                            }
-                        }
+            AttachMode::Netlink => detach_netlink(ifname)?,
+            AttachMode::Auto => {
+                let had_links = match ifindex {
+                    Some(ifindex) => self.detach_tcx(ifindex)?,
+                    None => false,
+                };
+                if !had_links {
+                    // Attached by netlink (a kernel without TCX), or not at
+                    // all: a failure here is not worth failing the detach.
+                    if let Err(e) = detach_netlink(ifname) {
+                        tracing::debug!(%ifname, error = %e, "no netlink filter removed");
                     }
                 }
             }
@@ -634,7 +832,47 @@ impl Dataplane for KernelDataplane {
         };
         self.maps.set_config(cfg)?;
         self.cfg = cfg;
+        if self.upgrade.is_some() {
+            // The state is applied either way; what did not switch over
+            // yet stays enforced by the old programs and is retried on the
+            // next apply.
+            if let Err(e) = self.finish_upgrade() {
+                tracing::error!(error = %e, "map layout upgrade not finished; retrying on the next apply");
+            }
+        }
         Ok(())
+    }
+}
+
+/// Removes Palisade's netlink filters from `ifname` if it still exists (a
+/// missing filter is fine).
+fn detach_netlink(ifname: &str) -> Result<(), DataplaneError> {
+    if ifindex_of(ifname).is_none() {
+        return Ok(());
+    }
+    for (prog, attach_type, _) in HOOKS {
+        match tc::qdisc_detach_program(ifname, attach_type, prog) {
+            Ok(()) => {}
+            Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(kernel_error(format!("detaching {prog} from {ifname}"), e)),
+        }
+    }
+    Ok(())
+}
+
+/// Detaches every link pinned in the version folder `old` and removes the
+/// folder (its maps go once nothing uses them).
+fn remove_version_folder(old: &PinPaths) -> Result<(), DataplaneError> {
+    if let Ok(entries) = fs::read_dir(old.links_dir()) {
+        for entry in entries.flatten() {
+            detach_pinned_link(&entry.path())?;
+        }
+    }
+    let dir = old.version_dir();
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(kernel_error(format!("removing {}", dir.display()), e)),
     }
 }
 
@@ -769,6 +1007,35 @@ mod tests {
         fn send<T: Send>() {}
         send::<KernelDataplane>();
         send::<EventReader>();
+    }
+
+    #[test]
+    fn tcx_refusals_are_told_apart() {
+        use aya::{programs::ProgramError, sys::SyscallError};
+        let sys = |errno: i32| {
+            ProgramError::SyscallError(SyscallError {
+                call: "bpf_mprog_attach",
+                io_error: io::Error::from_raw_os_error(errno),
+            })
+        };
+        // No TCX in the kernel: fall back to netlink.
+        for errno in [libc::EINVAL, libc::EOPNOTSUPP, 524, libc::E2BIG] {
+            assert!(tcx_refused(&sys(errno)), "errno {errno}");
+        }
+        // Failures netlink would share: report them.
+        for errno in [libc::EPERM, libc::ENODEV, libc::ENOMEM, libc::EEXIST] {
+            assert!(!tcx_refused(&sys(errno)), "errno {errno}");
+        }
+        assert!(!tcx_refused(&ProgramError::NotLoaded));
+        assert!(!tcx_refused(&ProgramError::TcError(
+            tc::TcError::InvalidLinkOperation
+        )));
+    }
+
+    #[test]
+    fn auto_is_the_default_attach_mode() {
+        assert_eq!(AttachMode::default(), AttachMode::Auto);
+        assert_eq!(KernelOptions::new("/x").attach_mode, AttachMode::Auto);
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! ```
 //!
 //! The layout version in the path means an agent never adopts maps of a
-//! layout it does not understand: a new layout starts a new folder.
+//! layout it does not understand: a new layout starts a new folder. The
+//! old folder's links keep enforcing until the new agent's first apply has
+//! filled the new maps; then the new programs are attached, the old links
+//! detached and the old folder removed (`KernelDataplane::finish_upgrade`).
 
 use std::path::{Path, PathBuf};
 
@@ -31,12 +34,64 @@ pub const HOOK_TC_EGRESS: &str = "tc_egress";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PinPaths {
     base: PathBuf,
+    version: u32,
 }
 
 impl PinPaths {
     /// Paths under `base` (e.g. `/sys/fs/bpf/palisade/<instance>`).
     pub fn new(base: impl Into<PathBuf>) -> Self {
-        Self { base: base.into() }
+        Self::with_version(base, LAYOUT_VERSION)
+    }
+
+    /// Paths of the version folder `v<version>` under `base`: those of
+    /// another layout (an older agent's folder during an upgrade, or a
+    /// test faking one).
+    #[doc(hidden)]
+    pub fn with_version(base: impl Into<PathBuf>, version: u32) -> Self {
+        Self {
+            base: base.into(),
+            version,
+        }
+    }
+
+    /// The layout version of the version folder.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Parses a version folder name (`v<N>`) back into `N`.
+    pub fn parse_version_dir(name: &str) -> Option<u32> {
+        let digits = name.strip_prefix('v')?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
+    /// Version folders under the base other than this one (left by an
+    /// agent of another layout), sorted by version.
+    pub fn other_versions(&self) -> std::io::Result<Vec<PinPaths>> {
+        let entries = match std::fs::read_dir(&self.base) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            let name = entry.file_name();
+            let Some(v) = name.to_str().and_then(Self::parse_version_dir) else {
+                continue;
+            };
+            if v != self.version {
+                out.push(Self::with_version(self.base.clone(), v));
+            }
+        }
+        out.sort_by_key(|p| p.version);
+        Ok(out)
     }
 
     /// The base folder.
@@ -44,9 +99,10 @@ impl PinPaths {
         &self.base
     }
 
-    /// `<base>/v<LAYOUT_VERSION>`.
+    /// `<base>/v<LAYOUT_VERSION>` (or the version given to
+    /// [`with_version`](Self::with_version)).
     pub fn version_dir(&self) -> PathBuf {
-        self.base.join(format!("v{LAYOUT_VERSION}"))
+        self.base.join(format!("v{}", self.version))
     }
 
     /// Folder of the pinned maps.
@@ -114,5 +170,42 @@ mod tests {
         );
         assert_eq!(PinPaths::parse_link_name("12_tc_sideways"), None);
         assert_eq!(PinPaths::parse_link_name("x_tc_egress"), None);
+    }
+
+    #[test]
+    fn version_dirs_parse() {
+        assert_eq!(PinPaths::parse_version_dir("v0"), Some(0));
+        assert_eq!(PinPaths::parse_version_dir("v12"), Some(12));
+        assert_eq!(PinPaths::parse_version_dir("v"), None);
+        assert_eq!(PinPaths::parse_version_dir("v1x"), None);
+        assert_eq!(PinPaths::parse_version_dir("v+1"), None);
+        assert_eq!(PinPaths::parse_version_dir("maps"), None);
+        let old = PinPaths::with_version("/b", 0);
+        assert_eq!(old.map("M"), PathBuf::from("/b/v0/maps/M"));
+        assert_eq!(old.version(), 0);
+    }
+
+    #[test]
+    fn other_versions_lists_sibling_version_folders() {
+        let tmp = std::env::temp_dir().join(format!("palisade-pins-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        for d in ["v0", "v7", "vx", &format!("v{LAYOUT_VERSION}")] {
+            std::fs::create_dir_all(tmp.join(d)).unwrap();
+        }
+        std::fs::write(tmp.join("v9"), b"").unwrap();
+        let found: Vec<u32> = PinPaths::new(&tmp)
+            .other_versions()
+            .unwrap()
+            .iter()
+            .map(PinPaths::version)
+            .collect();
+        std::fs::remove_dir_all(&tmp).unwrap();
+        let mut want = vec![0, 7];
+        want.retain(|v| *v != LAYOUT_VERSION);
+        assert_eq!(found, want);
+        assert!(PinPaths::new(tmp.join("none"))
+            .other_versions()
+            .unwrap()
+            .is_empty());
     }
 }
