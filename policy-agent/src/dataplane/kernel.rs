@@ -395,7 +395,10 @@ impl KernelDataplane {
                     }
                     for old in &up.old {
                         for (_, _, hook) in HOOKS {
-                            detach_pinned_link(&old.link(ep.ifindex, hook))?;
+                            if let Err(e) = detach_pinned_link(&old.link(ep.ifindex, hook)) {
+                                // Removing the old folder below retries it.
+                                failure.get_or_insert(e);
+                            }
                         }
                     }
                 }
@@ -409,12 +412,18 @@ impl KernelDataplane {
                 }
             }
         }
+        if failure.is_none() {
+            for old in &up.old {
+                if let Err(e) = remove_version_folder(old) {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
         if let Some(e) = failure {
+            // Kept for the next try; what already switched over is not
+            // pending any more.
             self.upgrade = Some(up);
             return Err(e);
-        }
-        for old in &up.old {
-            remove_version_folder(old)?;
         }
         tracing::info!("map layout upgrade finished: old links detached, old pins removed");
         Ok(())
@@ -543,7 +552,8 @@ impl KernelDataplane {
     }
 
     /// Detaches every program and removes every pin under `base`, of every
-    /// layout version (the uninstall path, and test cleanup). Missing pins are not an error.
+    /// layout version (the uninstall path, and test cleanup). Missing pins
+    /// are not an error.
     pub fn remove_pins(base: impl AsRef<Path>) -> Result<(), DataplaneError> {
         let base = base.as_ref();
         let current = PinPaths::new(base);
