@@ -15,6 +15,7 @@
 pub mod events;
 pub mod maps;
 pub mod pins;
+pub mod rcu;
 
 use std::{
     collections::BTreeMap,
@@ -35,8 +36,8 @@ use aya::{
 use policy_common::{maps as names, Config, EndpointInfo, LAYOUT_VERSION};
 use policy_engine::state::{diff, MapState};
 
-use self::maps::Maps;
 pub use self::{events::EventReader, maps::MapCounts, pins::PinPaths};
+use self::{maps::Maps, rcu::GraceWaiter};
 use super::{Dataplane, DataplaneError};
 
 /// The eBPF object built by `build.rs` (bin `palisade-tc` of `policy-ebpf`).
@@ -255,6 +256,25 @@ pub struct KernelDataplane {
     upgrade: Option<Upgrade>,
     /// [`AttachMode::Auto`] found the kernel refusing TCX.
     tcx_refused: bool,
+    /// Waits for the RCU grace period that makes a generation reusable.
+    grace: GraceWaiter,
+    /// The active generation may have changed since the last grace period
+    /// waited for: programs may still read the inactive one.
+    flipped_since_grace: bool,
+    /// Grace periods waited for and their cost.
+    grace_stats: GraceStats,
+}
+
+/// Grace periods [`KernelDataplane::apply`] waited for before writing the
+/// inactive generation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GraceStats {
+    /// How many.
+    pub waits: u64,
+    /// Their total time.
+    pub total: std::time::Duration,
+    /// The longest.
+    pub max: std::time::Duration,
 }
 
 impl KernelDataplane {
@@ -318,6 +338,9 @@ impl KernelDataplane {
             adopted: false,
             upgrade: None,
             tcx_refused: false,
+            grace: GraceWaiter::new(),
+            flipped_since_grace: false,
+            grace_stats: GraceStats::default(),
         };
         let flags = if opts.events_for_allowed {
             CONFIG_FLAG_EVENTS_ALLOWED
@@ -327,6 +350,8 @@ impl KernelDataplane {
         let cfg = dp.maps.config()?;
         if cfg.layout_version == LAYOUT_VERSION {
             dp.adopted = true;
+            // The previous agent may have flipped just before it stopped.
+            dp.flipped_since_grace = true;
             dp.cfg = cfg;
             dp.adopt_links()?;
         } else {
@@ -454,6 +479,43 @@ impl KernelDataplane {
     /// Interfaces attached by this agent or adopted from pins.
     pub fn attached(&self) -> &BTreeMap<String, AttachedEndpoint> {
         &self.attached
+    }
+
+    /// Grace periods waited for so far (see [`apply`](Dataplane::apply)).
+    pub fn grace_stats(&self) -> GraceStats {
+        self.grace_stats
+    }
+
+    /// Whether grace periods are waited for with the kernel's help (a
+    /// map-in-map update) rather than by sleeping
+    /// [`rcu::FALLBACK_SLEEP`].
+    pub fn grace_uses_kernel(&self) -> bool {
+        self.grace.uses_kernel()
+    }
+
+    /// Waits for an RCU grace period if the active generation may have
+    /// changed since the last one: then no program still reads the
+    /// inactive generation (tc programs run in an RCU read-side section,
+    /// and read `Config` once per packet).
+    fn wait_until_inactive_unused(&mut self) {
+        if !self.flipped_since_grace {
+            return;
+        }
+        match self.grace.wait() {
+            Ok(took) => {
+                tracing::debug!(
+                    ?took,
+                    "RCU grace period before writing the inactive generation"
+                );
+                let s = &mut self.grace_stats;
+                s.waits += 1;
+                s.total += took;
+                s.max = s.max.max(took);
+            }
+            // `wait` slept instead: good enough to go on.
+            Err(e) => tracing::warn!(error = %e, "waiting for an RCU grace period"),
+        }
+        self.flipped_since_grace = false;
     }
 
     /// Entries per map.
@@ -825,7 +887,12 @@ impl Dataplane for KernelDataplane {
         Ok(())
     }
 
+    /// Writes the inactive generation, then flips to it with one write of
+    /// `Config`. If a flip happened since the last grace period, first
+    /// waits for one (see [`rcu`]): a packet judged against the generation
+    /// active before the last flip must not see it change under it.
     fn apply(&mut self, state: &MapState) -> Result<(), DataplaneError> {
+        self.wait_until_inactive_unused();
         let target = ((self.cfg.active_gen ^ 1) & 1) as u8;
         let ops = diff(self.generation(target)?, state);
         let slot = usize::from(target);
@@ -840,6 +907,8 @@ impl Dataplane for KernelDataplane {
             revision: self.cfg.revision.wrapping_add(1),
             flags: self.cfg.flags,
         };
+        // Even a failed write may have flipped.
+        self.flipped_since_grace = true;
         self.maps.set_config(cfg)?;
         self.cfg = cfg;
         if self.upgrade.is_some() {
