@@ -19,7 +19,7 @@ use super::{
     Index, Local, PodGroup,
 };
 use crate::model::addr::to_addr;
-use crate::model::{Direction, Peer, PodRef, Policy, PolicyRef, Snapshot};
+use crate::model::{Direction, Labels, Peer, PodRef, Policy, PolicyRef, Snapshot};
 use crate::state::{diff, MapOp, PolicyEntry};
 
 /// Incremental compiler state (see the module docs).
@@ -35,6 +35,10 @@ pub struct Engine {
     /// Some egress rule has named ports and ipBlock peers: pod changes can
     /// add or remove host prefixes, so they recompile fully.
     named_ipblocks: bool,
+    /// Policies whose rules can admit pods outside their own namespace
+    /// (see [`sees_other_namespaces`]): with the policies of a pod group's
+    /// own namespace, the only ones its birth or death can concern.
+    wide_peers: BTreeSet<PolicyRef>,
     /// Entry → rule id → how many contributions carry it.
     entry_rules: BTreeMap<PolicyEntry, BTreeMap<u32, u32>>,
     /// Endpoint → [ingress, egress] isolation counts.
@@ -60,9 +64,36 @@ fn has_ipblock(p: &Policy) -> bool {
     })
 }
 
+/// Whether some rule of `policy` can admit pods outside its own namespace:
+/// a peer with a namespaceSelector, or an egress rule to anyone on a named
+/// port (resolved against every pod identity). A superset of the policies
+/// [`may_see`] can accept for a group of another namespace.
+fn sees_other_namespaces(policy: &Policy) -> bool {
+    Direction::BOTH.iter().any(|d| {
+        policy.rules(*d).unwrap_or_default().iter().any(|rule| {
+            (*d == Direction::Egress
+                && rule.peers.is_empty()
+                && rule
+                    .ports
+                    .iter()
+                    .any(|p| matches!(p.port, Some(crate::model::PortRef::Name(_)))))
+                || rule.peers.iter().any(|peer| {
+                    matches!(
+                        peer,
+                        Peer::Pods {
+                            namespaces: Some(_),
+                            ..
+                        }
+                    )
+                })
+        })
+    })
+}
+
 /// Whether `policy`'s rules could admit pods of `group` (so its birth or
-/// death changes the policy's entries).
-fn may_see(snapshot: &Snapshot, pref: &PolicyRef, policy: &Policy, group: &PodGroup) -> bool {
+/// death changes the policy's entries); `ns_labels` are the labels of the
+/// group's namespace.
+fn may_see(pref: &PolicyRef, policy: &Policy, group: &PodGroup, ns_labels: &Labels) -> bool {
     if !policy.is_valid() {
         return false;
     }
@@ -75,11 +106,11 @@ fn may_see(snapshot: &Snapshot, pref: &PolicyRef, policy: &Policy, group: &PodGr
             (*d == Direction::Egress && rule.peers.is_empty() && named)
                 || rule.peers.iter().any(|peer| match peer {
                     Peer::Pods { namespaces, pods } => {
-                        let ns_ok = match namespaces {
-                            None => group.namespace == pref.namespace,
-                            Some(sel) => sel.matches(&snapshot.namespace_labels(&group.namespace)),
-                        };
-                        ns_ok && pods.as_ref().is_none_or(|s| s.matches(&group.labels))
+                        pods.as_ref().is_none_or(|s| s.matches(&group.labels))
+                            && match namespaces {
+                                None => group.namespace == pref.namespace,
+                                Some(sel) => sel.matches(ns_labels),
+                            }
                     }
                     Peer::IpBlock(_) => false,
                 })
@@ -205,6 +236,12 @@ impl Engine {
             .policies
             .iter()
             .filter(|(_, p)| has_ipblock(p))
+            .map(|(r, _)| r.clone())
+            .collect();
+        self.wide_peers = snapshot
+            .policies
+            .iter()
+            .filter(|(_, p)| sees_other_namespaces(p))
             .map(|(r, _)| r.clone())
             .collect();
         self.named_ipblocks = snapshot.policies.values().any(|p| {
@@ -462,9 +499,13 @@ impl Engine {
             policies.extend(in_namespace(&self.contrib, &pod.namespace).map(|(r, _)| r.clone()));
         }
         for g in &changed_groups {
-            for (r, p) in &snapshot.policies {
-                if may_see(snapshot, r, p, g) {
-                    policies.insert(r.clone());
+            let ns_labels = snapshot.namespace_labels(&g.namespace);
+            let own = in_namespace(&snapshot.policies, &g.namespace).map(|(r, _)| r);
+            for r in own.chain(&self.wide_peers) {
+                if let Some(p) = snapshot.policies.get(r) {
+                    if may_see(r, p, g, &ns_labels) {
+                        policies.insert(r.clone());
+                    }
                 }
             }
         }
@@ -478,6 +519,10 @@ impl Engine {
         if !self.compiled_once || now_ipblock || self.with_ipblocks.contains(policy) {
             return self.fallback(snapshot);
         }
+        match snapshot.policies.get(policy) {
+            Some(p) if sees_other_namespaces(p) => self.wide_peers.insert(policy.clone()),
+            _ => self.wide_peers.remove(policy),
+        };
         let mut j = Journal::default();
         self.current.errors = policy_errors(snapshot);
         self.recompute(snapshot, &[policy.clone()].into(), &mut j);
