@@ -253,6 +253,12 @@ fn no_transient_verdict_under_1000_updates() {
                     }
                 }
                 let burst_time = bursting.elapsed();
+                // Every apply but the first waited for a grace period since
+                // the flip before it, with the kernel's help.
+                let grace = dp.grace_stats();
+                eprintln!("grace periods: {grace:?}");
+                assert!(dp.grace_uses_kernel());
+                assert!(grace.waits >= (UPDATES + BURST - 1) as u64, "{grace:?}");
                 std::thread::sleep(Duration::from_millis(100));
                 stop_tx.store(true, Ordering::SeqCst);
                 let sent = sender.join().unwrap();
