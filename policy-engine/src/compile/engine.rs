@@ -39,8 +39,8 @@ pub struct Engine {
     /// (see [`sees_other_namespaces`]): with the policies of a pod group's
     /// own namespace, the only ones its birth or death can concern.
     wide_peers: BTreeSet<PolicyRef>,
-    /// Entry → rule id → how many contributions carry it.
-    entry_rules: BTreeMap<PolicyEntry, BTreeMap<u32, u32>>,
+    /// (Entry, rule id) → how many contributions carry it.
+    entry_rules: EntryRules,
     /// Endpoint → [ingress, egress] isolation counts.
     flag_counts: BTreeMap<u32, [u32; 2]>,
     current: Compiled,
@@ -118,50 +118,41 @@ fn may_see(pref: &PolicyRef, policy: &Policy, group: &PodGroup, ns_labels: &Labe
     })
 }
 
+/// (Entry, rule id) → how many contributions carry that entry with that
+/// rule. Flat keys: one map node holds many entries, where a map per entry
+/// cost one small allocation each (half a million in a large view).
+type EntryRules = BTreeMap<(PolicyEntry, u32), u32>;
+
 /// One more (`add`) or one less contribution of `rule` to entry `e`.
-fn bump(
-    entry_rules: &mut BTreeMap<PolicyEntry, BTreeMap<u32, u32>>,
-    e: &PolicyEntry,
-    rule: u32,
-    add: bool,
-) {
+fn bump(entry_rules: &mut EntryRules, e: &PolicyEntry, rule: u32, add: bool) {
     if add {
-        *entry_rules.entry(*e).or_default().entry(rule).or_default() += 1;
+        *entry_rules.entry((*e, rule)).or_default() += 1;
         return;
     }
-    if let Some(rules) = entry_rules.get_mut(e) {
-        if let Some(n) = rules.get_mut(&rule) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                rules.remove(&rule);
-            }
-        }
-        if rules.is_empty() {
-            entry_rules.remove(e);
+    if let Some(n) = entry_rules.get_mut(&(*e, rule)) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            entry_rules.remove(&(*e, rule));
         }
     }
 }
 
+/// The lowest rule id some contribution carries entry `e` with.
+fn lowest_rule(entry_rules: &EntryRules, e: &PolicyEntry) -> Option<u32> {
+    entry_rules
+        .range((*e, 0)..=(*e, u32::MAX))
+        .next()
+        .map(|((_, rule), _)| *rule)
+}
+
 fn count(
-    entry_rules: &mut BTreeMap<PolicyEntry, BTreeMap<u32, u32>>,
+    entry_rules: &mut EntryRules,
     flag_counts: &mut BTreeMap<u32, [u32; 2]>,
     c: &Contribution,
     add: bool,
 ) {
     for (e, v) in &c.entries {
-        let rules = entry_rules.entry(*e).or_default();
-        let n = rules.entry(v.rule).or_default();
-        if add {
-            *n += 1;
-        } else {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                rules.remove(&v.rule);
-            }
-            if rules.is_empty() {
-                entry_rules.remove(e);
-            }
-        }
+        bump(entry_rules, e, v.rule, add);
     }
     for (ep, f) in &c.flags {
         let counts = flag_counts.entry(*ep).or_default();
@@ -224,11 +215,22 @@ impl Engine {
     /// the endpoint set or host addresses); returns the operations that turn
     /// the previous state into the new one.
     pub fn update(&mut self, snapshot: &Snapshot, endpoints: &BTreeMap<PodRef, u32>) -> Vec<MapOp> {
+        // Free what the new compile replaces before compiling (only the old
+        // map state is needed, for the diff): lower peak memory, and the
+        // allocator reuses those many small blocks while compiling instead
+        // of sorting them out during the next incremental change.
+        self.index = Index::default();
+        self.local = Local::new();
+        self.contrib = BTreeMap::new();
+        self.entry_rules = EntryRules::new();
+        self.flag_counts = BTreeMap::new();
+        self.current.identities = BTreeMap::new();
+        self.current.rules = BTreeMap::new();
+        self.current.errors = Vec::new();
+        self.endpoints = endpoints.clone();
         let full = build(snapshot, endpoints, &mut self.alloc);
         self.alloc.sweep();
         let ops = diff(&self.current.state, &full.compiled.state);
-        self.entry_rules.clear();
-        self.flag_counts.clear();
         for c in full.contrib.values() {
             count(&mut self.entry_rules, &mut self.flag_counts, c, true);
         }
@@ -256,7 +258,6 @@ impl Engine {
         self.index = full.index;
         self.local = full.local;
         self.contrib = full.contrib;
-        self.endpoints = endpoints.clone();
         self.current = full.compiled;
         self.compiled_once = true;
         ops
@@ -384,14 +385,7 @@ impl Engine {
             }
         }
         for e in touched_entries {
-            let v = self
-                .entry_rules
-                .get(&e)
-                .and_then(|rules| rules.keys().next())
-                .map(|rule| PolicyValue {
-                    rule: *rule,
-                    flags: 0,
-                });
+            let v = lowest_rule(&self.entry_rules, &e).map(|rule| PolicyValue { rule, flags: 0 });
             let st = &mut self.current.state.policy;
             j.policy.entry(e).or_insert_with(|| st.get(&e).copied());
             match v {
