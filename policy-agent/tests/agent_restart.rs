@@ -25,8 +25,7 @@ use agent_api::{Attachment, Request, Response};
 use aya::programs::{SchedClassifier, TcAttachType};
 use kernel::PinDir;
 use netns::{serve_udp, udp_rcvbuf_errors, veth, wait_bound, NetNs, Received, Sender, VethSpec};
-use policy_agent::dataplane::kernel::PinPaths;
-use policy_common::maps as names;
+use policy_agent::dataplane::kernel::{PinPaths, ALL_MAPS};
 
 const CLIENT: [u8; 4] = [10, 98, 1, 2];
 const SERVER: [u8; 4] = [10, 98, 2, 2];
@@ -35,16 +34,6 @@ const X: u16 = 7001;
 /// Denied from the client to the server.
 const Y: u16 = 7002;
 const GAP: Duration = Duration::from_micros(200);
-const MAPS: [&str; 8] = [
-    names::CONFIG,
-    names::ENDPOINTS,
-    names::EP_POLICY,
-    names::IPCACHE,
-    names::CIDRS,
-    names::POLICY,
-    names::CONNTRACK,
-    names::EVENTS,
-];
 
 const MANIFESTS: &str = "\
 apiVersion: v1
@@ -215,7 +204,8 @@ fn call(scratch: &Path, req: &Request) -> Response {
 
 fn map_ids(pins: &Path) -> Vec<(&'static str, u32)> {
     let paths = PinPaths::new(pins);
-    MAPS.iter()
+    ALL_MAPS
+        .iter()
         .map(|name| {
             let info = aya::maps::MapInfo::from_pin(paths.map(name))
                 .unwrap_or_else(|e| panic!("map {name}: {e}"));

@@ -58,8 +58,8 @@ pub const NETLINK_PRIORITY: u16 = 0x5a1;
 /// Handle of Palisade's cls_bpf filters in [`AttachMode::Netlink`].
 pub const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 0x5a1);
 
-/// Every map of the object, all pinned.
-const ALL_MAPS: [&str; 8] = [
+/// Every map of the object, all pinned (under [`PinPaths::map`]).
+pub const ALL_MAPS: [&str; 8] = [
     names::CONFIG,
     names::ENDPOINTS,
     names::EP_POLICY,
