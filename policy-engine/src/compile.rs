@@ -469,14 +469,7 @@ impl Index {
         }
         // Ports that do not depend on the destination pod.
         let fixed: Vec<PortMatch> = rule.ports.iter().flat_map(fixed_matches).collect();
-        let named: Vec<(&str, Protocol)> = rule
-            .ports
-            .iter()
-            .filter_map(|p| match &p.port {
-                Some(PortRef::Name(n)) => Some((n.as_str(), p.protocol)),
-                _ => None,
-            })
-            .collect();
+        let named = named_ports(rule);
         for (ep, pod) in selected {
             for id in &peer_ids {
                 for m in &fixed {
@@ -537,14 +530,7 @@ fn named_port_hosts<'p>(
     rule: &'p Rule,
     pod_by_ip: &'p BTreeMap<std::net::IpAddr, (&PodRef, &PodInfo)>,
 ) -> impl Iterator<Item = IpNet> + 'p {
-    let named: Vec<(&str, Protocol)> = rule
-        .ports
-        .iter()
-        .filter_map(|p| match &p.port {
-            Some(PortRef::Name(n)) => Some((n.as_str(), p.protocol)),
-            _ => None,
-        })
-        .collect();
+    let named = named_ports(rule);
     let blocks: Vec<&crate::model::IpBlock> = rule
         .peers
         .iter()
@@ -567,6 +553,17 @@ fn named_port_hosts<'p>(
                 })
         })
         .map(|(ip, _)| IpNet::from(*ip))
+}
+
+/// The named ports of a rule's port specs, with their protocols.
+fn named_ports(rule: &Rule) -> Vec<(&str, Protocol)> {
+    rule.ports
+        .iter()
+        .filter_map(|p| match &p.port {
+            Some(PortRef::Name(n)) => Some((n.as_str(), p.protocol)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn exact(proto: Protocol, port: u16) -> PortMatch {
