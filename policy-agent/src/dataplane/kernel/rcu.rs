@@ -140,29 +140,7 @@ impl GraceWaiter {
         match &self.how {
             How::Sleep(d) => std::thread::sleep(*d),
             How::MapInMap { outer, inner } => {
-                let key: u32 = 0;
-                let value: u32 = fd_u32(inner);
-                let attr = MapElemAttr {
-                    map_fd: fd_u32(outer),
-                    _pad: 0,
-                    key: &key as *const u32 as u64,
-                    value: &value as *const u32 as u64,
-                    flags: BPF_ANY,
-                };
-                // SAFETY: `attr` is a valid `bpf_attr` prefix for
-                // BPF_MAP_UPDATE_ELEM, its pointers point at `key` and
-                // `value`, which outlive the call, and the size passed is
-                // the size of `attr`. The kernel only reads them.
-                let r = unsafe {
-                    libc::syscall(
-                        libc::SYS_bpf,
-                        BPF_MAP_UPDATE_ELEM,
-                        &attr as *const MapElemAttr,
-                        std::mem::size_of::<MapElemAttr>(),
-                    )
-                };
-                if r < 0 {
-                    let e = io::Error::last_os_error();
+                if let Err(e) = update_u32(outer, 0, fd_u32(inner)) {
                     std::thread::sleep(FALLBACK_SLEEP);
                     return Err(kernel_error(
                         "updating the grace-period map-in-map (slept instead)",
@@ -192,6 +170,33 @@ fn map_name(name: &[u8]) -> [u8; 16] {
     let n = name.len().min(15);
     out[..n].copy_from_slice(&name[..n]);
     out
+}
+
+/// Runs `BPF_MAP_UPDATE_ELEM` (`BPF_ANY`) storing `value` at `key` in
+/// `map`, whose keys and values are `u32`s.
+fn update_u32(map: &OwnedFd, key: u32, value: u32) -> io::Result<()> {
+    let attr = MapElemAttr {
+        map_fd: fd_u32(map),
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: &value as *const u32 as u64,
+        flags: BPF_ANY,
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` prefix for BPF_MAP_UPDATE_ELEM,
+    // its pointers point at `key` and `value`, which outlive the call, and
+    // the size passed is the size of `attr`. The kernel only reads them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            &attr as *const MapElemAttr,
+            std::mem::size_of::<MapElemAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Runs `BPF_MAP_CREATE` with `attr`.
@@ -264,25 +269,7 @@ mod tests {
         let mut plain: Vec<Duration> = (0..20)
             .map(|i| {
                 let start = Instant::now();
-                let key: u32 = 0;
-                let value: u32 = i;
-                let attr = MapElemAttr {
-                    map_fd: fd_u32(inner),
-                    _pad: 0,
-                    key: &key as *const u32 as u64,
-                    value: &value as *const u32 as u64,
-                    flags: BPF_ANY,
-                };
-                // SAFETY: as in `wait`, on the inner array map.
-                let r = unsafe {
-                    libc::syscall(
-                        libc::SYS_bpf,
-                        BPF_MAP_UPDATE_ELEM,
-                        &attr as *const MapElemAttr,
-                        std::mem::size_of::<MapElemAttr>(),
-                    )
-                };
-                assert_eq!(r, 0, "{}", io::Error::last_os_error());
+                update_u32(inner, 0, i).unwrap_or_else(|e| panic!("{e}"));
                 start.elapsed()
             })
             .collect();
