@@ -5,13 +5,12 @@
 
 #[path = "support/kernel.rs"]
 mod kernel;
+#[path = "support/netns.rs"]
+mod netns;
 
 use std::{
-    fs::File,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
-    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc,
@@ -19,7 +18,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kernel::{open, run, StateBuilder};
+use kernel::{open, StateBuilder};
+use netns::{enter, veth, NetNs, VethSpec};
 use policy_agent::dataplane::Dataplane;
 use policy_common::{dir, ep_flags, v4_mapped};
 
@@ -27,36 +27,6 @@ const EP: u32 = 7;
 const NODE_ADDR: [u8; 4] = [10, 99, 0, 1];
 const POD_ADDR: [u8; 4] = [10, 99, 0, 2];
 const PORT: u16 = 8080;
-
-/// A named network namespace, deleted on drop.
-struct NetNs(String);
-
-impl NetNs {
-    fn new(tag: &str) -> Self {
-        let name = format!("palisade-t{}-{tag}", std::process::id());
-        run(&["ip", "netns", "add", &name]);
-        Self(name)
-    }
-    fn exec(&self, args: &[&str]) {
-        let mut full = vec!["ip", "netns", "exec", &self.0];
-        full.extend_from_slice(args);
-        run(&full);
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn enter(path: &str) {
-    let f = File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    // SAFETY: a valid namespace fd; affects only this thread.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        panic!("setns {path}: {}", std::io::Error::last_os_error());
-    }
-}
 
 fn connect() -> Option<TcpStream> {
     let addr = SocketAddr::from((POD_ADDR, PORT));
@@ -88,7 +58,7 @@ fn tcp_allowed_denied_and_cut() {
         .ip(v4_mapped(NODE_ADDR), 300)
         .ip(v4_mapped(POD_ADDR), 301)
         .build();
-    let pod_path = format!("/run/netns/{}", pod.0);
+    let pod_path = pod.path();
     let stop = AtomicBool::new(false);
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let (link_tx, link_rx) = mpsc::channel::<()>();
@@ -142,15 +112,17 @@ fn tcp_allowed_denied_and_cut() {
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
                 panic!("unshare: {}", std::io::Error::last_os_error());
             }
-            run(&[
-                "ip", "link", "add", "pv0", "type", "veth", "peer", "name", "pv0p",
-            ]);
-            run(&["ip", "link", "set", "pv0p", "netns", &pod.0]);
-            run(&["ip", "addr", "add", "10.99.0.1/24", "dev", "pv0"]);
-            run(&["ip", "link", "set", "pv0", "up"]);
-            pod.exec(&["ip", "addr", "add", "10.99.0.2/24", "dev", "pv0p"]);
-            pod.exec(&["ip", "link", "set", "pv0p", "up"]);
-            pod.exec(&["ip", "link", "set", "lo", "up"]);
+            veth(
+                None,
+                pod,
+                &VethSpec {
+                    host: "pv0",
+                    host_cidr: "10.99.0.1/24",
+                    pod_if: "pv0p",
+                    pod_cidr: "10.99.0.2/24",
+                    gateway: None,
+                },
+            );
             let _ = link_tx.send(());
             if ready_rx.recv_timeout(Duration::from_secs(20)).is_err() {
                 panic!("echo server did not start");
