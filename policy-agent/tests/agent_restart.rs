@@ -24,7 +24,10 @@ use std::{
 use agent_api::{Attachment, Request, Response};
 use aya::programs::{SchedClassifier, TcAttachType};
 use kernel::PinDir;
-use netns::{serve_udp, udp_rcvbuf_errors, veth, wait_bound, NetNs, Received, Sender, VethSpec};
+use netns::{
+    rcvbuf_errors_at_stop, serve_udp, udp_gets_through, veth, wait_bound, NetNs, Received, Sender,
+    StopOnDrop, VethSpec,
+};
 use policy_agent::dataplane::kernel::{PinPaths, ALL_MAPS};
 
 const CLIENT: [u8; 4] = [10, 98, 1, 2];
@@ -299,13 +302,7 @@ fn sigkill_and_restart_under_traffic() {
                 serve_udp(SocketAddr::from((SERVER, port)), into, stop_rx, bound);
             });
         }
-        let errors = s.spawn(move || {
-            server_ns.enter();
-            while !stop_rx.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            udp_rcvbuf_errors()
-        });
+        let errors = s.spawn(move || rcvbuf_errors_at_stop(server_ns, stop_rx));
         let sender = s.spawn(move || {
             client_ns.enter();
             // A datagram reaching an unbound port would be lost to the test.
@@ -321,14 +318,7 @@ fn sigkill_and_restart_under_traffic() {
             }
             snd.sent
         });
-        struct Stop<'a>(&'a AtomicBool, &'a AtomicBool);
-        impl Drop for Stop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::SeqCst);
-                self.1.store(true, Ordering::SeqCst);
-            }
-        }
-        let stop = Stop(stop_tx, stop_rx);
+        let stop = StopOnDrop([stop_tx, stop_rx]);
         let t0 = Instant::now();
         while xr.count() == 0 && t0.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(5));
@@ -411,36 +401,10 @@ fn sigkill_and_restart_under_traffic() {
     assert_ne!(opened, MANIFESTS);
     std::fs::write(scratch.0.join("cluster.yaml"), opened).unwrap();
     assert!(
-        udp_gets_through(&client, &server, Y),
+        udp_gets_through(&client, CLIENT, &server, SocketAddr::from((SERVER, Y))),
         "the restarted agent did not enforce a policy change\n{}",
         agent.log_text()
     );
     agent.kill();
     eprintln!("wall time {:?}", started.elapsed());
-}
-
-/// Sends a datagram from the client to `port` on the server every 50 ms
-/// for up to 3 s; true once one arrives.
-fn udp_gets_through(client: &NetNs, server: &NetNs, port: u16) -> bool {
-    let got = Received::default();
-    let (stop, bound) = (AtomicBool::new(false), AtomicUsize::new(0));
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            server.enter();
-            serve_udp(SocketAddr::from((SERVER, port)), &got, &stop, &bound);
-        });
-        s.spawn(|| {
-            client.enter();
-            wait_bound(&bound, 1);
-            let mut snd = Sender::new(CLIENT, &[SocketAddr::from((SERVER, port))]);
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while got.count() == 0 && Instant::now() < deadline {
-                snd.round();
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            stop.store(true, Ordering::SeqCst);
-        });
-    });
-    got.count() > 0
 }

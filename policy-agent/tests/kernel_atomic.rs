@@ -19,7 +19,10 @@ use std::{
 };
 
 use kernel::{open, StateBuilder};
-use netns::{serve_udp, udp_rcvbuf_errors, veth, wait_bound, NetNs, Received, Sender, VethSpec};
+use netns::{
+    rcvbuf_errors_at_stop, serve_udp, veth, wait_bound, NetNs, Received, Sender, StopOnDrop,
+    VethSpec,
+};
 use policy_agent::dataplane::{kernel::EventReader, Dataplane};
 use policy_common::{dir, ep_flags, proto::UDP, v4_mapped, verdict, VerdictEvent};
 use policy_engine::state::MapState;
@@ -164,25 +167,12 @@ fn no_transient_verdict_under_1000_updates() {
                 serve_udp(dst(port), into, stop_rx, bound);
             });
         }
-        let rcvbuf_errors = s.spawn(move || {
-            pod.enter();
-            while !stop_rx.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            udp_rcvbuf_errors()
-        });
+        let rcvbuf_errors = s.spawn(move || rcvbuf_errors_at_stop(pod, stop_rx));
         let dp = &mut dp;
         let result = s
             .spawn(move || {
                 // Stops the receivers and the sender even if this panics.
-                struct Stop<'a>(&'a AtomicBool, &'a AtomicBool);
-                impl Drop for Stop<'_> {
-                    fn drop(&mut self) {
-                        self.0.store(true, Ordering::SeqCst);
-                        self.1.store(true, Ordering::SeqCst);
-                    }
-                }
-                let _stop = Stop(stop_tx, stop_rx);
+                let _stop = StopOnDrop([stop_tx, stop_rx]);
                 node.enter();
                 dp.attach_endpoint("pa0", EP).unwrap();
                 // A datagram reaching an unbound port would be lost to the test.

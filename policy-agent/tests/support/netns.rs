@@ -274,3 +274,51 @@ impl Sender {
         }
     }
 }
+
+/// Sets every flag it holds when dropped, so receivers and senders stop
+/// even when the thread holding it panics.
+pub struct StopOnDrop<'a>(pub [&'a AtomicBool; 2]);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        for flag in self.0 {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Moves the calling thread into `ns`, waits until `stop` is set and then
+/// returns the UDP receive buffer errors counted in `ns`.
+pub fn rcvbuf_errors_at_stop(ns: &NetNs, stop: &AtomicBool) -> u64 {
+    ns.enter();
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    udp_rcvbuf_errors()
+}
+
+/// Sends a datagram from `src` in `client` to `dst` in `server` every 50 ms
+/// for up to 3 s; true once one arrives.
+pub fn udp_gets_through(client: &NetNs, src: [u8; 4], server: &NetNs, dst: SocketAddr) -> bool {
+    let got = Received::default();
+    let (stop, bound) = (AtomicBool::new(false), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            server.enter();
+            serve_udp(dst, &got, &stop, &bound);
+        });
+        s.spawn(|| {
+            client.enter();
+            wait_bound(&bound, 1);
+            let mut snd = Sender::new(src, &[dst]);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while got.count() == 0 && Instant::now() < deadline {
+                snd.round();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            stop.store(true, Ordering::SeqCst);
+        });
+    });
+    got.count() > 0
+}
