@@ -556,44 +556,29 @@ fn wire_outside(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout;
-    use crate::probe::{parse_probes, Protocol};
-    use policy_engine::model::{ContainerPort, PodInfo};
+    use crate::layout::{self, tests::snapshot};
+    use crate::probe::parse_probes;
 
-    fn pod(ns: &str, name: &str, ip: Option<&str>, ports: &[u16]) -> (PodRef, PodInfo) {
-        (
-            PodRef {
-                namespace: ns.into(),
-                name: name.into(),
-            },
-            PodInfo {
-                ips: ip.iter().map(|i| i.parse().unwrap()).collect(),
-                ports: ports
-                    .iter()
-                    .map(|p| ContainerPort {
-                        name: None,
-                        port: *p,
-                        protocol: Protocol::Tcp,
-                    })
-                    .collect(),
+    /// A bed for `snapshot` serving what `probes` need.
+    fn start(probes: &[Probe], snapshot: &Snapshot) -> Testbed {
+        Testbed::start_with_snapshot(
+            TestbedOptions {
+                probes: probes.to_vec(),
                 ..Default::default()
             },
+            snapshot,
         )
+        .unwrap()
     }
 
     #[test]
     fn plain_bridge_end_to_end() {
-        let snapshot = Snapshot {
-            pods: [
-                pod("prod", "db", Some("10.244.1.10"), &[3306]),
-                pod("prod", "api", Some("10.244.1.11"), &[8080]),
-                pod("dev", "api", Some("10.244.2.11"), &[8080]),
-                pod("dev", "dyn", None, &[80]),
-            ]
-            .into_iter()
-            .collect(),
-            ..Default::default()
-        };
+        let snapshot = snapshot(&[
+            ("prod/db", Some("10.244.1.10"), &[3306]),
+            ("prod/api", Some("10.244.1.11"), &[8080]),
+            ("dev/api", Some("10.244.2.11"), &[8080]),
+            ("dev/dyn", None, &[80]),
+        ]);
         let probes = parse_probes(
             r#"{"from": "prod/api", "to": "prod/db", "port": 3306, "allowed": true}
 {"from": "dev/api", "to": "prod/db", "port": 3306, "protocol": "UDP", "allowed": true}
@@ -606,14 +591,7 @@ mod tests {
             Path::new("t"),
         )
         .unwrap();
-        let bed = Testbed::start_with_snapshot(
-            TestbedOptions {
-                probes: probes.clone(),
-                ..Default::default()
-            },
-            &snapshot,
-        )
-        .unwrap();
+        let bed = start(&probes, &snapshot);
         let t0 = std::time::Instant::now();
         let seen = bed.probe(&probes);
         eprintln!("{}", crate::report::table(&seen));
@@ -650,16 +628,11 @@ mod tests {
 
     #[test]
     fn plain_bridge_dual_stack_end_to_end() {
-        let mut snapshot = Snapshot {
-            pods: [
-                pod("prod", "db", Some("10.244.1.10"), &[3306]),
-                pod("dev", "api", Some("10.244.1.11"), &[8080]),
-                pod("dev", "dyn", None, &[80]),
-            ]
-            .into_iter()
-            .collect(),
-            ..Default::default()
-        };
+        let mut snapshot = snapshot(&[
+            ("prod/db", Some("10.244.1.10"), &[3306]),
+            ("dev/api", Some("10.244.1.11"), &[8080]),
+            ("dev/dyn", None, &[80]),
+        ]);
         for (p, ip) in [
             ("prod/db", "fd00:10:244::10"),
             ("dev/api", "fd00:10:244::11"),
@@ -686,14 +659,7 @@ mod tests {
             Path::new("t"),
         )
         .unwrap();
-        let bed = Testbed::start_with_snapshot(
-            TestbedOptions {
-                probes: probes.clone(),
-                ..Default::default()
-            },
-            &snapshot,
-        )
-        .unwrap();
+        let bed = start(&probes, &snapshot);
         assert!(bed.dual_stack());
         let db = &bed.pods()[&"prod/db".parse().unwrap()];
         assert_eq!(db.ip6, Some("fd00:10:244::10".parse().unwrap()));

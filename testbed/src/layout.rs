@@ -318,12 +318,14 @@ fn covering_subnet(ips: &BTreeSet<Ipv4Addr>) -> (Ipv4Addr, u8) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::probe::Protocol;
     use policy_engine::model::{ContainerPort, PodInfo};
 
-    fn snapshot(pods: &[(&str, Option<&str>, &[u16])]) -> Snapshot {
+    /// A snapshot of `namespace/name` pods with an optional address and
+    /// TCP container ports.
+    pub(crate) fn snapshot(pods: &[(&str, Option<&str>, &[u16])]) -> Snapshot {
         let mut s = Snapshot::default();
         for (name, ip, ports) in pods {
             let (ns, n) = name.split_once('/').unwrap();
