@@ -25,7 +25,7 @@ use agent_api::{Attachment, Request, Response};
 use aya::programs::{SchedClassifier, TcAttachType};
 use kernel::PinDir;
 use netns::{
-    rcvbuf_errors_at_stop, serve_udp, udp_gets_through, veth, wait_bound, NetNs, Received, Sender,
+    rcvbuf_errors_at_stop, send_paced, serve_udp_in, udp_gets_through, veth, NetNs, Received,
     StopOnDrop, VethSpec,
 };
 use policy_agent::dataplane::kernel::{PinPaths, ALL_MAPS};
@@ -297,26 +297,13 @@ fn sigkill_and_restart_under_traffic() {
     let mut timeline = Vec::new();
     let (sent, rcvbuf_errors) = std::thread::scope(|s| {
         for (port, into) in [(X, xr), (Y, yr)] {
-            s.spawn(move || {
-                server_ns.enter();
-                serve_udp(SocketAddr::from((SERVER, port)), into, stop_rx, bound);
-            });
+            let addr = SocketAddr::from((SERVER, port));
+            s.spawn(move || serve_udp_in(server_ns, addr, into, stop_rx, bound));
         }
         let errors = s.spawn(move || rcvbuf_errors_at_stop(server_ns, stop_rx));
         let sender = s.spawn(move || {
-            client_ns.enter();
-            // A datagram reaching an unbound port would be lost to the test.
-            wait_bound(bound, 2);
-            let mut snd = Sender::new(
-                CLIENT,
-                &[SocketAddr::from((SERVER, X)), SocketAddr::from((SERVER, Y))],
-            );
-            while !stop_tx.load(Ordering::SeqCst) {
-                snd.round();
-                rounds.fetch_add(1, Ordering::SeqCst);
-                Sender::pace(GAP);
-            }
-            snd.sent
+            let dsts = [SocketAddr::from((SERVER, X)), SocketAddr::from((SERVER, Y))];
+            send_paced(client_ns, CLIENT, &dsts, GAP, stop_tx, (bound, 2), rounds)
         });
         let stop = StopOnDrop([stop_tx, stop_rx]);
         let t0 = Instant::now();

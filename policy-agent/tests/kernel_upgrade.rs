@@ -15,14 +15,14 @@ mod packets;
 
 use std::{
     net::SocketAddr,
-    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use kernel::{PinDir, StateBuilder};
 use netns::{
-    rcvbuf_errors_at_stop, serve_udp, udp_gets_through, veth, wait_bound, NetNs, Received, Sender,
+    rcvbuf_errors_at_stop, send_paced, serve_udp_in, udp_gets_through, veth, NetNs, Received,
     StopOnDrop, VethSpec,
 };
 use packets::{v4, UDP};
@@ -138,30 +138,19 @@ fn layout_upgrade_under_traffic() {
 
     let (x, y) = (Received::default(), Received::default());
     let (stop_rx, stop_tx) = (AtomicBool::new(false), AtomicBool::new(false));
-    let bound = AtomicUsize::new(0);
-    let (xr, yr, stop_rx, stop_tx, bound) = (&x, &y, &stop_rx, &stop_tx, &bound);
+    let (bound, rounds) = (AtomicUsize::new(0), AtomicU64::new(0));
+    let (xr, yr, stop_rx, stop_tx, bound, rounds) = (&x, &y, &stop_rx, &stop_tx, &bound, &rounds);
     let (server_ns, client_ns, node_ns) = (&server, &client, &node);
     let mut timeline = Vec::new();
     let (sent, rcvbuf_errors, mut dp) = std::thread::scope(|s| {
         for (port, into) in [(X, xr), (Y, yr)] {
-            s.spawn(move || {
-                server_ns.enter();
-                serve_udp(SocketAddr::from((SERVER, port)), into, stop_rx, bound);
-            });
+            let addr = SocketAddr::from((SERVER, port));
+            s.spawn(move || serve_udp_in(server_ns, addr, into, stop_rx, bound));
         }
         let errors = s.spawn(move || rcvbuf_errors_at_stop(server_ns, stop_rx));
         let sender = s.spawn(move || {
-            client_ns.enter();
-            wait_bound(bound, 2);
-            let mut snd = Sender::new(
-                CLIENT,
-                &[SocketAddr::from((SERVER, X)), SocketAddr::from((SERVER, Y))],
-            );
-            while !stop_tx.load(Ordering::SeqCst) {
-                snd.round();
-                Sender::pace(GAP);
-            }
-            snd.sent
+            let dsts = [SocketAddr::from((SERVER, X)), SocketAddr::from((SERVER, Y))];
+            send_paced(client_ns, CLIENT, &dsts, GAP, stop_tx, (bound, 2), rounds)
         });
         let stop = StopOnDrop([stop_tx, stop_rx]);
         let t0 = Instant::now();

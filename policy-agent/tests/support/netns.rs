@@ -10,7 +10,7 @@ use std::{
     os::fd::AsRawFd,
     process::Command,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Mutex,
     },
     time::{Duration, Instant},
@@ -321,4 +321,41 @@ pub fn udp_gets_through(client: &NetNs, src: [u8; 4], server: &NetNs, dst: Socke
         });
     });
     got.count() > 0
+}
+
+/// Moves the calling thread into `ns` and runs [`serve_udp`] there.
+pub fn serve_udp_in(
+    ns: &NetNs,
+    addr: SocketAddr,
+    into: &Received,
+    stop: &AtomicBool,
+    bound: &AtomicUsize,
+) {
+    ns.enter();
+    serve_udp(addr, into, stop, bound);
+}
+
+/// Moves the calling thread into `ns`, waits until `receivers` receivers
+/// are bound, then sends rounds to `dsts` from `src` about `gap` apart,
+/// counting them in `rounds`, until `stop` is set; returns the datagrams
+/// sent per destination.
+pub fn send_paced(
+    ns: &NetNs,
+    src: [u8; 4],
+    dsts: &[SocketAddr],
+    gap: Duration,
+    stop: &AtomicBool,
+    (bound, receivers): (&AtomicUsize, usize),
+    rounds: &AtomicU64,
+) -> Vec<u64> {
+    ns.enter();
+    // A datagram reaching an unbound port would be lost to the test.
+    wait_bound(bound, receivers);
+    let mut snd = Sender::new(src, dsts);
+    while !stop.load(Ordering::SeqCst) {
+        snd.round();
+        rounds.fetch_add(1, Ordering::SeqCst);
+        Sender::pace(gap);
+    }
+    snd.sent
 }
