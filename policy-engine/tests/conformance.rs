@@ -83,25 +83,8 @@ impl Cluster {
         self
     }
 
-    fn label_pod(&mut self, pod: &str, k: &str, v: &str) -> &mut Self {
-        let r: PodRef = pod.parse().unwrap();
-        self.snapshot
-            .pods
-            .get_mut(&r)
-            .unwrap()
-            .labels
-            .insert(k.into(), v.into());
-        self.sync();
-        self
-    }
-
-    fn label_ns(&mut self, ns: &str, k: &str, v: &str) -> &mut Self {
-        self.snapshot
-            .namespaces
-            .get_mut(ns)
-            .unwrap()
-            .labels
-            .insert(k.into(), v.into());
+    fn relabel(&mut self, step: &Step) -> &mut Self {
+        assert!(step.relabel(&mut self.snapshot), "not a relabel: {step:?}");
         self.sync();
         self
     }
@@ -150,12 +133,7 @@ fn run(group: &str) {
                     spec,
                 } => c.apply(namespace, name, spec),
                 Step::DeletePolicies => c.delete_policies(),
-                Step::LabelPod { pod, key, value } => c.label_pod(pod, key, value),
-                Step::LabelNs {
-                    namespace,
-                    key,
-                    value,
-                } => c.label_ns(namespace, key, value),
+                Step::LabelPod { .. } | Step::LabelNs { .. } => c.relabel(step),
                 Step::Expect {
                     port,
                     protocol,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use palisade_tests::{
     bin_dir, cluster_manifest, reload_mark, wait_for_agent_reload, write_atomically,
 };
-use policy_engine::model::{PodRef, Protocol, Snapshot};
+use policy_engine::model::{Protocol, Snapshot};
 use policy_engine::testutil::conformance::{all_pods, cases, Case, Step, Truth, NOT_TABULATED};
 use policy_engine::testutil::{xyz_model, Sim};
 use testbed::{load_snapshot, End, Probe, Testbed, TestbedOptions};
@@ -82,26 +82,8 @@ impl CaseState {
                 );
             }
             Step::DeletePolicies => self.policies.clear(),
-            Step::LabelPod { pod, key, value } => {
-                let r: PodRef = pod.parse().unwrap();
-                self.snapshot
-                    .pods
-                    .get_mut(&r)
-                    .unwrap()
-                    .labels
-                    .insert(key.clone(), value.clone());
-            }
-            Step::LabelNs {
-                namespace,
-                key,
-                value,
-            } => {
-                self.snapshot
-                    .namespaces
-                    .get_mut(namespace)
-                    .unwrap()
-                    .labels
-                    .insert(key.clone(), value.clone());
+            Step::LabelPod { .. } | Step::LabelNs { .. } => {
+                step.relabel(&mut self.snapshot);
             }
             Step::Expect { .. } => {}
         }

@@ -150,6 +150,34 @@ pub enum Step {
 }
 
 impl Step {
+    /// Applies a [`Step::LabelPod`] or [`Step::LabelNs`] to `snapshot`
+    /// (returns false for other steps). Panics if the pod or namespace is
+    /// not in the model: the cases only relabel what the model has.
+    pub fn relabel(&self, snapshot: &mut crate::model::Snapshot) -> bool {
+        let labels = match self {
+            Step::LabelPod { pod, .. } => {
+                let r: crate::model::PodRef = pod.parse().expect("case names a pod as ns/name");
+                &mut snapshot
+                    .pods
+                    .get_mut(&r)
+                    .expect("case relabels a model pod")
+                    .labels
+            }
+            Step::LabelNs { namespace, .. } => {
+                &mut snapshot
+                    .namespaces
+                    .get_mut(namespace)
+                    .expect("case relabels a model namespace")
+                    .labels
+            }
+            _ => return false,
+        };
+        if let Step::LabelPod { key, value, .. } | Step::LabelNs { key, value, .. } = self {
+            labels.insert(key.clone(), value.clone());
+        }
+        true
+    }
+
     /// The policy as a YAML document (`metadata` and `spec`, no `kind`), for
     /// [`Step::Apply`].
     pub fn policy_yaml(namespace: &str, name: &str, spec: &str) -> String {
