@@ -165,6 +165,14 @@ impl Received {
             last = now;
         }
     }
+    /// Waits up to `timeout` for the first datagram; true if one came.
+    pub fn wait_first(&self, timeout: Duration) -> bool {
+        let t0 = Instant::now();
+        while self.count() == 0 && t0.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.count() > 0
+    }
     /// Sequence numbers below `sent` that never arrived.
     pub fn missing(&self, sent: u64) -> Vec<u64> {
         let seqs = self.seqs.lock().unwrap();
