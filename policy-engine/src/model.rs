@@ -176,6 +176,41 @@ pub struct PodInfo {
     pub ports: Vec<ContainerPort>,
     /// `spec.hostNetwork`: never selected, never enforced (rule 12).
     pub host_network: bool,
+    /// `spec.nodeName`: the node the pod is bound to (`None` while it is
+    /// unscheduled, and for pods read from files without one).
+    pub node: Option<String>,
+    /// `status.phase`. Terminated pods never reach the snapshot (see
+    /// [`PodInfo::from_pod`]); the compiler ignores the phase (a pending pod
+    /// without an address simply has nothing in the ipcache yet).
+    pub phase: PodPhase,
+}
+
+/// The phases of a pod the snapshot can hold (`Succeeded` and `Failed`
+/// pods are dropped: they are no peer any more and their address may
+/// already be another pod's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PodPhase {
+    /// Running, or no phase given (manifest files describe running pods).
+    #[default]
+    Running,
+    /// Accepted, not all containers started yet (often without an address).
+    Pending,
+    /// The node stopped reporting the pod's state.
+    Unknown,
+}
+
+impl PodPhase {
+    /// From `status.phase`; `None` for the terminal phases. An absent phase
+    /// is [`PodPhase::Running`], a phase this version does not know is
+    /// [`PodPhase::Unknown`].
+    pub fn from_status(phase: Option<&str>) -> Option<Self> {
+        match phase {
+            None | Some("Running") => Some(PodPhase::Running),
+            Some("Pending") => Some(PodPhase::Pending),
+            Some("Succeeded" | "Failed") => None,
+            Some(_) => Some(PodPhase::Unknown),
+        }
+    }
 }
 
 impl PodInfo {
@@ -198,10 +233,11 @@ impl PodInfo {
             field,
             message,
         };
-        let status = pod.status.clone().unwrap_or_default();
-        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        let empty = Default::default();
+        let status = pod.status.as_ref().unwrap_or(&empty);
+        let Some(phase) = PodPhase::from_status(status.phase.as_deref()) else {
             return Ok(None);
-        }
+        };
         let mut ips = Vec::new();
         let listed: Vec<(String, String)> = match &status.pod_ips {
             Some(list) if !list.is_empty() => list
@@ -225,7 +261,8 @@ impl PodInfo {
                 ips.push(ip);
             }
         }
-        let spec = pod.spec.clone().unwrap_or_default();
+        let empty = Default::default();
+        let spec = pod.spec.as_ref().unwrap_or(&empty);
         let mut ports = Vec::new();
         for (ci, c) in spec.containers.iter().enumerate() {
             for (pi, p) in c.ports.iter().flatten().enumerate() {
@@ -257,6 +294,8 @@ impl PodInfo {
             ips,
             ports,
             host_network: spec.host_network.unwrap_or(false),
+            node: spec.node_name.clone().filter(|n| !n.is_empty()),
+            phase,
         };
         Ok(Some((r, info)))
     }
@@ -279,6 +318,18 @@ pub struct NamespaceInfo {
 }
 
 impl NamespaceInfo {
+    /// The snapshot entry of a namespace object: its labels plus
+    /// `kubernetes.io/metadata.name` (API servers before 1.21 do not add it).
+    pub fn from_namespace(ns: &Namespace) -> Result<(String, NamespaceInfo), ModelError> {
+        let name = ns.metadata.name.clone().ok_or(ModelError::MissingName {
+            kind: "Namespace",
+            field: "metadata.name",
+        })?;
+        let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+        labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.clone());
+        Ok((name, NamespaceInfo { labels }))
+    }
+
     /// The labels a namespace the snapshot has not seen is assumed to carry.
     pub fn implicit(name: &str) -> Self {
         let mut labels = BTreeMap::new();
@@ -303,14 +354,8 @@ pub struct Snapshot {
 impl Snapshot {
     /// Inserts or replaces a namespace; returns its name.
     pub fn upsert_namespace(&mut self, ns: &Namespace) -> Result<String, ModelError> {
-        let name = ns.metadata.name.clone().ok_or(ModelError::MissingName {
-            kind: "Namespace",
-            field: "metadata.name",
-        })?;
-        let mut labels = ns.metadata.labels.clone().unwrap_or_default();
-        labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.clone());
-        self.namespaces
-            .insert(name.clone(), NamespaceInfo { labels });
+        let (name, info) = NamespaceInfo::from_namespace(ns)?;
+        self.namespaces.insert(name.clone(), info);
         Ok(name)
     }
 
@@ -370,19 +415,8 @@ impl Snapshot {
     /// Inserts or replaces a NetworkPolicy (invalid ones are kept, with
     /// their issues, and fail closed). Returns its reference.
     pub fn upsert_policy(&mut self, np: &NetworkPolicy) -> Result<PolicyRef, ModelError> {
-        let name = np.metadata.name.clone().ok_or(ModelError::MissingName {
-            kind: "NetworkPolicy",
-            field: "metadata.name",
-        })?;
-        let namespace = np
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let r = PolicyRef::new(namespace, name);
-        let mut np = np.clone();
-        np.metadata.namespace = Some(r.namespace.clone());
-        self.policies.insert(r.clone(), Policy::from_object(&np));
+        let (r, policy) = Policy::from_network_policy(np)?;
+        self.policies.insert(r.clone(), policy);
         Ok(r)
     }
 
@@ -421,6 +455,59 @@ mod tests {
             assert_eq!(Protocol::from_number(p.number()), Some(p));
         }
         assert!("tcp".parse::<Protocol>().is_err());
+    }
+
+    fn pod_json(extra: serde_json::Value) -> Pod {
+        let mut doc = serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "labels": {"app": "a"}},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c"}]},
+        });
+        if let (Some(d), Some(e)) = (doc.as_object_mut(), extra.as_object()) {
+            d.extend(e.clone());
+        }
+        serde_json::from_value(doc).unwrap()
+    }
+
+    #[test]
+    fn pod_keeps_node_and_phase() {
+        let pod = pod_json(serde_json::json!({"status": {"phase": "Pending"}}));
+        let (r, info) = PodInfo::from_pod(&pod).unwrap().unwrap();
+        assert_eq!(r, PodRef::new("ns", "p"));
+        assert_eq!(info.node.as_deref(), Some("node-1"));
+        assert_eq!(info.phase, PodPhase::Pending);
+        // Pending without an address: known, with nothing to put in the
+        // ipcache.
+        assert!(info.ips.is_empty());
+        let running = pod_json(serde_json::json!({
+            "status": {"phase": "Running", "podIP": "10.0.0.1"}
+        }));
+        let (_, info) = PodInfo::from_pod(&running).unwrap().unwrap();
+        assert_eq!(info.phase, PodPhase::Running);
+        assert_eq!(info.ips, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
+        let odd = pod_json(serde_json::json!({"status": {"phase": "Rebooting"}}));
+        assert_eq!(
+            PodInfo::from_pod(&odd).unwrap().unwrap().1.phase,
+            PodPhase::Unknown
+        );
+    }
+
+    #[test]
+    fn terminated_pods_leave_the_snapshot() {
+        let mut s = Snapshot::default();
+        s.upsert_pod(&pod_json(serde_json::json!({
+            "status": {"phase": "Running", "podIP": "10.0.0.1"}
+        })))
+        .unwrap();
+        assert_eq!(s.pods.len(), 1);
+        for phase in ["Succeeded", "Failed"] {
+            let done = pod_json(serde_json::json!({
+                "status": {"phase": phase, "podIP": "10.0.0.1"}
+            }));
+            assert_eq!(PodInfo::from_pod(&done).unwrap(), None);
+            let mut s = s.clone();
+            s.upsert_pod(&done).unwrap();
+            assert!(s.pods.is_empty(), "{phase} pod still in the snapshot");
+        }
     }
 
     #[test]

@@ -76,6 +76,7 @@ impl ClusterBuilder {
                 })
                 .collect(),
             host_network: false,
+            ..PodInfo::default()
         };
         self.snapshot.insert_pod(r, info);
         self
@@ -202,6 +203,7 @@ pub fn xyz_model() -> ClusterBuilder {
                 ips: vec![xyz_ip(ns, pod).parse().unwrap()],
                 ports,
                 host_network: false,
+                ..PodInfo::default()
             };
             b.snapshot.insert_pod(PodRef::new(ns, pod), info);
         }
@@ -236,6 +238,7 @@ pub fn synthetic_cluster(namespaces: usize, pods: usize, policies: usize) -> Sna
                 protocol: Protocol::Tcp,
             }],
             host_network: false,
+            ..PodInfo::default()
         };
         b.snapshot
             .insert_pod(PodRef::new(ns, format!("pod{i}")), info);

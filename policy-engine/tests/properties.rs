@@ -176,6 +176,7 @@ fn build(
                 ips,
                 ports,
                 host_network: false,
+                ..PodInfo::default()
             },
         );
     }

@@ -207,6 +207,40 @@ impl Policy {
         self.issues.is_empty()
     }
 
+    /// The snapshot entry of a NetworkPolicy object (namespace defaulted to
+    /// `default`). Of the metadata only the name and namespace are kept, so
+    /// two versions that differ only in bookkeeping (resourceVersion,
+    /// managedFields, annotations) compare equal.
+    pub fn from_network_policy(
+        np: &NetworkPolicy,
+    ) -> Result<(super::PolicyRef, Policy), super::ModelError> {
+        let name = np
+            .metadata
+            .name
+            .clone()
+            .ok_or(super::ModelError::MissingName {
+                kind: "NetworkPolicy",
+                field: "metadata.name",
+            })?;
+        let namespace = np
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let slim = NetworkPolicy {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
+            spec: np.spec.clone(),
+        };
+        Ok((
+            super::PolicyRef::new(namespace, name),
+            Policy::from_object(&slim),
+        ))
+    }
+
     /// Parses and validates `np` (defaulting applied first).
     pub fn from_object(np: &NetworkPolicy) -> Self {
         let object = default_policy(np);
