@@ -102,6 +102,15 @@ pub struct FlowRecord {
     /// The policy rule that allowed it, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// Drops of the same pod held back since its previous record (drop
+    /// reports are rate-limited per pod): this record stands for
+    /// `1 + suppressed` drops.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub suppressed: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One verdict counter.

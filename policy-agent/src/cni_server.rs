@@ -17,6 +17,10 @@ use crate::reconcile::{parse_ips, Agent, AgentError, NewEndpoint};
 /// watch may lag the kubelet) before failing so the runtime retries.
 pub const ADD_WAIT: Duration = Duration::from_secs(10);
 
+/// Largest request line accepted (an ADD with many addresses and
+/// interfaces is a few KiB); a longer one is refused unread.
+pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
 /// Shared handle on the agent.
 pub type SharedAgent<D> = Arc<Mutex<Agent<D>>>;
 
@@ -36,9 +40,20 @@ pub async fn serve<D: Dataplane + 'static>(
         Err(e) => return Err(e),
     }
     let listener = UnixListener::bind(socket)?;
+    // Root only: the plugin runs as root; connections from other users
+    // are refused by the peer check below as well (no window between bind
+    // and chmod).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    }
     tracing::info!(socket = %socket.display(), "serving CNI requests");
     loop {
         let (stream, _) = listener.accept().await?;
+        if let Err(e) = check_peer(&stream) {
+            tracing::warn!(error = %e, "CNI connection refused");
+            continue;
+        }
         let agent = agent.clone();
         let hub = hub.clone();
         tokio::spawn(async move {
@@ -54,10 +69,19 @@ async fn handle_connection<D: Dataplane>(
     agent: SharedAgent<D>,
     hub: Arc<FlowHub>,
 ) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
-    let response = match serde_json::from_str::<Request>(&line) {
+    BufReader::new(read.take(MAX_REQUEST_BYTES))
+        .read_line(&mut line)
+        .await?;
+    let too_long = !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST_BYTES;
+    let parsed = if too_long {
+        Err(format!("request larger than {MAX_REQUEST_BYTES} bytes"))
+    } else {
+        serde_json::from_str::<Request>(&line).map_err(|e| format!("unreadable request: {e}"))
+    };
+    let response = match parsed {
         Ok(Request::Flows { pod, verdict }) => {
             return stream_flows(&mut write, &hub, pod.as_deref(), verdict.as_deref()).await;
         }
@@ -65,13 +89,31 @@ async fn handle_connection<D: Dataplane>(
             counters: hub.counters(),
         },
         Ok(request) => handle(request, &agent).await,
-        Err(e) => Response::Error {
-            message: format!("unreadable request: {e}"),
-        },
+        Err(message) => Response::Error { message },
     };
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
     out.push(b'\n');
     write.write_all(&out).await
+}
+
+/// Accepts connections from root and from the agent's own user only
+/// (`SO_PEERCRED`).
+fn check_peer(stream: &UnixStream) -> std::io::Result<()> {
+    let cred = stream.peer_cred()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let own = unsafe { libc::geteuid() };
+    if cred.uid() == 0 || cred.uid() == own {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "peer uid {} (pid {:?}) is neither root nor the agent's user",
+                cred.uid(),
+                cred.pid()
+            ),
+        ))
+    }
 }
 
 /// Writes matching records, one JSON line each, until the client leaves.

@@ -2,6 +2,9 @@
 //! kernel implementation (`kernel`, aya) and an in-memory one ([`fake`])
 //! used to test everything above the dataplane without a kernel.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use policy_common::Addr;
 use policy_engine::state::MapState;
 
 pub mod kernel;
@@ -56,13 +59,28 @@ pub trait Dataplane: Send {
 
     /// Makes the kernel enforce `state`, atomically for every packet.
     fn apply(&mut self, state: &MapState) -> Result<(), DataplaneError>;
+
+    /// Source validation: makes endpoint id → the addresses its pod may
+    /// send from exactly `sources` (a packet leaving a pod from any other
+    /// address is dropped). Called before [`apply`](Self::apply), so an
+    /// endpoint's addresses are in place before it becomes ready.
+    fn set_sources(
+        &mut self,
+        sources: &BTreeMap<u32, BTreeSet<Addr>>,
+    ) -> Result<(), DataplaneError>;
+
+    /// Packets dropped so far, by `policy_common::reason` code (exact
+    /// counters, unlike the events). Empty when the dataplane keeps none.
+    fn drop_counts(&self) -> BTreeMap<u8, u64> {
+        BTreeMap::new()
+    }
 }
 
 /// In-memory dataplane: remembers what it was told.
 pub mod fake {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
-    use super::{Dataplane, DataplaneError, MapState};
+    use super::{Addr, Dataplane, DataplaneError, MapState};
 
     /// Records attachments and the last applied state.
     #[derive(Debug, Default)]
@@ -73,6 +91,10 @@ pub mod fake {
         pub state: MapState,
         /// Number of `apply` calls.
         pub applies: usize,
+        /// Last source addresses set, by endpoint id.
+        pub sources: BTreeMap<u32, BTreeSet<Addr>>,
+        /// What [`Dataplane::drop_counts`] reports.
+        pub drops: BTreeMap<u8, u64>,
     }
 
     impl Dataplane for FakeDataplane {
@@ -90,6 +112,18 @@ pub mod fake {
             self.state = state.clone();
             self.applies += 1;
             Ok(())
+        }
+
+        fn set_sources(
+            &mut self,
+            sources: &BTreeMap<u32, BTreeSet<Addr>>,
+        ) -> Result<(), DataplaneError> {
+            self.sources = sources.clone();
+            Ok(())
+        }
+
+        fn drop_counts(&self) -> BTreeMap<u8, u64> {
+            self.drops.clone()
         }
     }
 }

@@ -60,7 +60,7 @@ impl FlowHub {
                 record.direction.clone(),
                 record.verdict.clone(),
             ))
-            .or_default() += 1;
+            .or_default() += 1 + u64::from(record.suppressed);
         }
         let _ = self.tx.send(record);
     }
@@ -149,6 +149,7 @@ pub fn resolve<D: Dataplane>(agent: &Agent<D>, ev: &VerdictEvent) -> FlowRecord 
         rule: (ev.rule != 0)
             .then(|| agent.describe_rule(ev.rule))
             .flatten(),
+        suppressed: ev.suppressed,
     }
 }
 
@@ -170,6 +171,7 @@ pub fn reason_text(code: u8) -> &'static str {
         reason::MALFORMED => "malformed",
         reason::FRAGMENT => "fragment",
         reason::ESTABLISHED => "established",
+        reason::SPOOFED => "spoofed source",
         _ => "unknown",
     }
 }

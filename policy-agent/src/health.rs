@@ -72,7 +72,18 @@ async fn respond<D: Dataplane>(
 ) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n".into()),
+        "/readyz" if state.ready.load(Ordering::Relaxed) => {
+            let overdue = state.agent.lock().await.overdue_unenforced();
+            if overdue.is_empty() {
+                text(StatusCode::OK, "ready\n".into())
+            } else {
+                let names: Vec<String> = overdue.iter().map(ToString::to_string).collect();
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("local pods without enforcement: {}\n", names.join(", ")),
+                )
+            }
+        }
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
         "/metrics" => match metrics(state).await {
             Ok(body) => text(StatusCode::OK, body),
@@ -98,12 +109,14 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 /// Renders the metrics from the agent's current state.
 pub async fn metrics<D: Dataplane>(state: &HealthState<D>) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("palisade");
-    let (endpoints, applies, invalid) = {
+    let (endpoints, applies, invalid, drops, unenforced) = {
         let agent = state.agent.lock().await;
         (
             agent.endpoints().len(),
             agent.applies(),
             agent.invalid_policies(),
+            agent.dataplane().drop_counts(),
+            agent.unenforced().len(),
         )
     };
     let gauge = |v: usize| {
@@ -112,6 +125,11 @@ pub async fn metrics<D: Dataplane>(state: &HealthState<D>) -> Result<String, std
         g
     };
     registry.register("endpoints", "Local pods enforced", gauge(endpoints));
+    registry.register(
+        "unenforced_pods",
+        "Running pods of this node without enforcement (no endpoint)",
+        gauge(unenforced),
+    );
     registry.register(
         "invalid_policies",
         "Policies that failed to compile (they fail closed)",
@@ -144,6 +162,20 @@ pub async fn metrics<D: Dataplane>(state: &HealthState<D>) -> Result<String, std
         "Verdict events by local pod, direction and verdict",
         verdicts,
     );
+    let dropped = Family::<Vec<(String, String)>, Counter>::default();
+    for (code, n) in drops {
+        dropped
+            .get_or_create(&vec![(
+                "reason".into(),
+                crate::flows::reason_text(code).into(),
+            )])
+            .inc_by(n);
+    }
+    registry.register(
+        "drops",
+        "Packets the datapath dropped, by reason (exact, counted in the kernel)",
+        dropped,
+    );
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
@@ -157,10 +189,9 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_report_endpoints_applies_and_verdicts() {
-        let agent = Arc::new(tokio::sync::Mutex::new(Agent::new(
-            FakeDataplane::default(),
-            vec![],
-        )));
+        let mut dataplane = FakeDataplane::default();
+        dataplane.drops.insert(policy_common::reason::SPOOFED, 7);
+        let agent = Arc::new(tokio::sync::Mutex::new(Agent::new(dataplane, vec![])));
         agent
             .lock()
             .await
@@ -184,6 +215,7 @@ mod tests {
             dport: 80,
             peer: None,
             rule: None,
+            suppressed: 0,
         });
         let state = HealthState {
             agent,
@@ -194,6 +226,10 @@ mod tests {
         assert!(text.contains("palisade_endpoints 0"), "{text}");
         assert!(text.contains("palisade_applies_total 1"), "{text}");
         assert!(text.contains("palisade_ready 1"), "{text}");
+        assert!(
+            text.contains(r#"palisade_drops_total{reason="spoofed source"} 7"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"palisade_verdicts_total{pod="default/a",direction="ingress",verdict="dropped"} 1"#),
             "{text}"

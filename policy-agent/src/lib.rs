@@ -7,11 +7,13 @@
 #![deny(missing_docs)]
 
 pub mod cni_server;
+pub mod coverage;
 pub mod dataplane;
 pub mod endpoints;
 pub mod flows;
 pub mod health;
 pub mod links;
+pub mod lock;
 pub mod reconcile;
 pub mod run;
 pub mod source;

@@ -145,6 +145,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Before anything touches the socket or the pins.
+    let _lock = policy_agent::lock::acquire(&policy_agent::lock::lock_file_for(&args.cni_socket))?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let snapshots = if args.kube {
@@ -173,6 +175,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             cni_socket: args.cni_socket.clone(),
             node_addrs,
             health_addr: args.health_addr,
+            node_name: args.node_name.clone(),
         };
         policy_agent::run::run(opts, dataplane, events, snapshots).await?;
         Ok(ExitCode::SUCCESS)

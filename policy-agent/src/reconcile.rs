@@ -3,10 +3,11 @@
 //! Everything here is synchronous and kernel-free (the dataplane is behind
 //! the [`Dataplane`] trait), so it is tested with the in-memory dataplane.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use policy_engine::model::addr::to_addr;
 use policy_engine::model::{PodRef, Snapshot};
 
 use crate::dataplane::{Dataplane, DataplaneError};
@@ -63,6 +64,9 @@ pub struct Agent<D: Dataplane> {
     reported: BTreeSet<String>,
     applies: u64,
     state_file: Option<PathBuf>,
+    /// This node's name: its running pods must all be enforced.
+    node: Option<String>,
+    coverage: crate::coverage::Coverage,
 }
 
 impl<D: Dataplane> Agent<D> {
@@ -78,6 +82,39 @@ impl<D: Dataplane> Agent<D> {
             reported: BTreeSet::new(),
             applies: 0,
             state_file: None,
+            node: None,
+            coverage: crate::coverage::Coverage::default(),
+        }
+    }
+
+    /// Names the node the agent runs on: its running pods without an
+    /// endpoint are reported as unenforced (see [`crate::coverage`]).
+    pub fn with_node(mut self, node: Option<String>) -> Self {
+        self.node = node;
+        self
+    }
+
+    /// Local pods that should be enforced and are not, with since when.
+    pub fn unenforced(&self) -> &BTreeMap<PodRef, std::time::Instant> {
+        self.coverage.pods()
+    }
+
+    /// Local pods unenforced for longer than [`crate::coverage::GRACE`]:
+    /// while there is one, the agent is not ready.
+    pub fn overdue_unenforced(&self) -> Vec<PodRef> {
+        self.coverage
+            .overdue(std::time::Instant::now(), crate::coverage::GRACE)
+    }
+
+    fn update_coverage(&mut self) {
+        if let Some(node) = &self.node {
+            let pods = crate::coverage::unenforced(&self.snapshot, node, &self.registry);
+            for p in &pods {
+                if !self.coverage.pods().contains_key(p) {
+                    tracing::warn!(pod = %p, "local pod without enforcement (no endpoint)");
+                }
+            }
+            self.coverage.update(std::time::Instant::now(), pods);
         }
     }
 
@@ -230,9 +267,37 @@ impl<D: Dataplane> Agent<D> {
         snap
     }
 
-    /// Compiles for the local endpoints and applies the result.
+    /// The addresses each endpoint's pod may send from: what CNI reported
+    /// for the sandbox, else the pod's addresses in the cluster state.
+    fn sources(&self, snap: &Snapshot) -> BTreeMap<u32, BTreeSet<policy_common::Addr>> {
+        self.registry
+            .iter()
+            .map(|ep| {
+                let ips = if ep.ips.is_empty() {
+                    snap.pods
+                        .get(&ep.pod)
+                        .map(|p| p.ips.clone())
+                        .unwrap_or_default()
+                } else {
+                    ep.ips.clone()
+                };
+                (ep.ep_id, ips.into_iter().map(to_addr).collect())
+            })
+            .collect()
+    }
+
+    /// Compiles for the local endpoints and applies the result (the
+    /// endpoints' source addresses first, so an endpoint that becomes
+    /// ready already has them).
     fn sync(&mut self) -> Result<(), AgentError> {
         let snap = self.effective_snapshot();
+        let sources = self.sources(&snap);
+        self.dataplane
+            .set_sources(&sources)
+            .map_err(|source| AgentError::Dataplane {
+                pod: "-".into(),
+                source,
+            })?;
         self.engine.update(&snap, &self.registry.assignment());
         let compiled = self.engine.current();
         let mut now = BTreeSet::new();
@@ -251,6 +316,7 @@ impl<D: Dataplane> Agent<D> {
                 source,
             })?;
         self.applies += 1;
+        self.update_coverage();
         Ok(())
     }
 }

@@ -26,6 +26,9 @@ pub struct RunOptions {
     pub node_addrs: Vec<IpAddr>,
     /// Where to serve `/healthz`, `/readyz` and `/metrics`, if anywhere.
     pub health_addr: Option<std::net::SocketAddr>,
+    /// This node's name: its running pods without an endpoint are reported
+    /// as unenforced (none when unknown).
+    pub node_name: Option<String>,
 }
 
 /// Runs until SIGINT/SIGTERM. Pinned programs and maps stay in place after
@@ -37,8 +40,9 @@ pub async fn run<D: Dataplane + 'static>(
     mut snapshots: SnapshotRx,
 ) -> anyhow::Result<()> {
     let state_file = state_file_for(&opts.cni_socket);
-    let mut core =
-        Agent::new(dataplane, opts.node_addrs.clone()).with_state_file(state_file.clone());
+    let mut core = Agent::new(dataplane, opts.node_addrs.clone())
+        .with_state_file(state_file.clone())
+        .with_node(opts.node_name.clone());
     match crate::endpoints::load(&state_file) {
         Ok(previous) => core.restore(
             previous

@@ -187,6 +187,17 @@ fn kernel_agrees_with_the_lookup_model() {
         for (ep, ifindex) in EPS.iter().zip(idx) {
             dp.register_endpoint(*ifindex, *ep).unwrap();
         }
+        let addrs: Vec<(u32, [[u8; 16]; 2])> = EPS
+            .iter()
+            .map(|ep| {
+                (
+                    *ep,
+                    [pod_addr(*ep, false).mapped(), pod_addr(*ep, true).mapped()],
+                )
+            })
+            .collect();
+        let eps: Vec<(u32, &[[u8; 16]])> = addrs.iter().map(|(ep, a)| (*ep, &a[..])).collect();
+        kernel::sources(&mut dp, &eps);
         for round in 0..40 {
             let state = random_state(&mut r, &peers, &ports);
             dp.apply(&state).unwrap();

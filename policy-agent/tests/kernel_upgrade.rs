@@ -51,6 +51,17 @@ fn old_version() -> u32 {
     LAYOUT_VERSION.wrapping_sub(1)
 }
 
+/// Source validation: each pod sends from its own address.
+fn pod_sources(dp: &mut KernelDataplane) {
+    kernel::sources(
+        dp,
+        &[
+            (EP_CLIENT, &[v4(10, 97, 1, 2).mapped()]),
+            (EP_SERVER, &[v4(10, 97, 2, 2).mapped()]),
+        ],
+    );
+}
+
 fn state(open_y: bool) -> MapState {
     let mut b = StateBuilder::default()
         .endpoint(EP_CLIENT, 0)
@@ -130,6 +141,7 @@ fn layout_upgrade_under_traffic() {
         for (ifname, ep) in HOSTS {
             old.attach_endpoint(ifname, ep).unwrap();
         }
+        pod_sources(&mut old);
         old.apply(&state(false)).unwrap();
         program_ids()
     });
@@ -185,7 +197,10 @@ fn layout_upgrade_under_traffic() {
         mark("restored", &mut timeline);
         std::thread::sleep(Duration::from_millis(400));
         mark("apply", &mut timeline);
-        in_ns(node_ns, || dp.apply(&state(false)).unwrap());
+        in_ns(node_ns, || {
+            pod_sources(&mut dp);
+            dp.apply(&state(false)).unwrap()
+        });
         mark("applied", &mut timeline);
         assert!(!dp.upgrade_pending(), "the upgrade did not finish");
         std::thread::sleep(Duration::from_millis(600));

@@ -51,6 +51,28 @@ fn base() -> StateBuilder {
         .port(EP, dir::INGRESS, PEER_ID, SCTP, 3868)
 }
 
+/// Maps `ifindex` to the endpoint, which sends from `pod()` and `v6(10)`.
+fn register(dp: &mut KernelDataplane, ifindex: u32) {
+    dp.register_endpoint(ifindex, EP).unwrap();
+    kernel::sources(dp, &[(EP, &[pod().mapped(), v6(10).mapped()])]);
+}
+
+/// A non-first fragment of another datagram than the first fragments the
+/// tests send (those carry identification 0 for IPv4, 1 for IPv6).
+fn other_datagram(mut p: Vec<u8>) -> Vec<u8> {
+    if p[0] >> 4 == 4 {
+        p[4..6].copy_from_slice(&0x7777u16.to_be_bytes());
+    } else {
+        p[44..48].copy_from_slice(&0x7777u32.to_be_bytes());
+    }
+    p
+}
+
+/// Who has 10.0.0.10? Tell 10.0.0.20 (Ethernet, IPv4).
+const ARP_REQUEST: [u8; 28] = [
+    0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 2, 10, 0, 0, 20, 0, 0, 0, 0, 0, 0, 10, 0, 0, 10,
+];
+
 fn ingress(dp: &mut KernelDataplane, ifindex: u32, f: &[u8]) -> TestVerdict {
     dp.test_run(PROG_POD_INGRESS, f, ifindex)
         .unwrap_or_else(|e| panic!("test run of a {}-byte frame: {e}", f.len()))
@@ -76,7 +98,7 @@ fn fail_closed_until_policy_is_applied() {
         let f = frame(peer(), pod(), &tcp(40000, 80, SYN));
         // Unknown interface.
         expect("unknown ifindex", ingress(&mut dp, idx[0], &f), Drop);
-        dp.register_endpoint(idx[0], EP).unwrap();
+        register(&mut dp, idx[0]);
         // Known interface, no state for the endpoint.
         expect("no state", ingress(&mut dp, idx[0], &f), Drop);
         dp.apply(&base().build()).unwrap();
@@ -98,7 +120,7 @@ fn tcp_udp_sctp_by_port_and_peer() {
     dp.apply(&base().build()).unwrap();
     in_netns(1, |idx| {
         let i = idx[0];
-        dp.register_endpoint(i, EP).unwrap();
+        register(&mut dp, i);
         expect(
             "tcp/80 from peer",
             ingress(&mut dp, i, &frame(peer(), pod(), &tcp(40000, 80, SYN))),
@@ -175,7 +197,7 @@ fn port_ranges_cidrs_any_peer_and_host() {
     dp.apply(&state).unwrap();
     in_netns(1, |idx| {
         let i = idx[0];
-        dp.register_endpoint(i, EP).unwrap();
+        register(&mut dp, i);
         let net = v4(198, 51, 100, 7);
         expect(
             "8000 in block",
@@ -234,7 +256,7 @@ fn port_ranges_cidrs_any_peer_and_host() {
     dp.apply(&with_any).unwrap();
     in_netns(1, |idx| {
         let i = idx[0];
-        dp.register_endpoint(i, EP).unwrap();
+        register(&mut dp, i);
         expect(
             "ping peer (any-proto)",
             egress(&mut dp, i, &frame(pod(), peer(), &echo(false, true, 8))),
@@ -260,7 +282,7 @@ fn ipv6_with_extension_headers() {
     dp.apply(&state).unwrap();
     in_netns(1, |idx| {
         let i = idx[0];
-        dp.register_endpoint(i, EP).unwrap();
+        register(&mut dp, i);
         let (s, d) = match (peer6, pod6) {
             (Ip::V6(s), Ip::V6(d)) => (s, d),
             _ => unreachable!(),
@@ -337,7 +359,7 @@ fn ipv6_with_extension_headers() {
             ingress(
                 &mut dp,
                 i,
-                &eth(&ipv6_fragment(s, d, TCP, 0x0100, &[0; 16])),
+                &eth(&other_datagram(ipv6_fragment(s, d, TCP, 0x0100, &[0; 16]))),
             ),
             Drop,
         );
@@ -346,7 +368,7 @@ fn ipv6_with_extension_headers() {
             ingress(
                 &mut dp,
                 i,
-                &eth(&ipv6_fragment(s, d, UDP, 0x0100, &[0; 16])),
+                &eth(&other_datagram(ipv6_fragment(s, d, UDP, 0x0100, &[0; 16]))),
             ),
             Allow,
         );
@@ -359,7 +381,7 @@ fn fragments_and_malformed_headers_never_pass_a_denied_flow() {
     dp.apply(&base().build()).unwrap();
     in_netns(1, |idx| {
         let i = idx[0];
-        dp.register_endpoint(i, EP).unwrap();
+        register(&mut dp, i);
         let (Ip::V4(s), Ip::V4(d)) = (peer(), pod()) else {
             unreachable!()
         };
@@ -379,15 +401,24 @@ fn fragments_and_malformed_headers_never_pass_a_denied_flow() {
             ),
             Drop,
         );
-        // Non-first fragments: only any-port entries can allow them.
+        // Non-first fragments of a datagram whose first fragment was not
+        // seen: only any-port entries can allow them.
         expect(
             "tcp non-first fragment",
-            ingress(&mut dp, i, &eth(&ipv4(s, d, TCP, &[0; 16], 0x0010))),
+            ingress(
+                &mut dp,
+                i,
+                &eth(&other_datagram(ipv4(s, d, TCP, &[0; 16], 0x0010))),
+            ),
             Drop,
         );
         expect(
             "udp non-first fragment",
-            ingress(&mut dp, i, &eth(&ipv4(s, d, UDP, &[0; 16], 0x0010))),
+            ingress(
+                &mut dp,
+                i,
+                &eth(&other_datagram(ipv4(s, d, UDP, &[0; 16], 0x0010))),
+            ),
             Allow,
         );
         expect(
@@ -395,7 +426,13 @@ fn fragments_and_malformed_headers_never_pass_a_denied_flow() {
             ingress(
                 &mut dp,
                 i,
-                &eth(&ipv4([10, 0, 0, 30], d, UDP, &[0; 16], 0x0010)),
+                &eth(&other_datagram(ipv4(
+                    [10, 0, 0, 30],
+                    d,
+                    UDP,
+                    &[0; 16],
+                    0x0010,
+                ))),
             ),
             Drop,
         );
@@ -431,7 +468,7 @@ fn fragments_and_malformed_headers_never_pass_a_denied_flow() {
         );
         expect(
             "arp",
-            ingress(&mut dp, i, &eth_raw(0x0806, &[0; 28])),
+            ingress(&mut dp, i, &eth_raw(0x0806, &ARP_REQUEST)),
             Allow,
         );
     });
@@ -444,7 +481,7 @@ fn drops_are_reported_as_events() {
     dp.apply(&base().build()).unwrap();
     in_netns(1, |idx| {
         let i = idx[0];
-        dp.register_endpoint(i, EP).unwrap();
+        register(&mut dp, i);
         expect(
             "denied",
             ingress(&mut dp, i, &frame(peer(), pod(), &tcp(40000, 81, SYN))),
@@ -473,7 +510,7 @@ fn allowed_new_flows_are_reported_when_asked() {
     dp.set_events_for_allowed(true).unwrap();
     in_netns(1, |idx| {
         let i = idx[0];
-        dp.register_endpoint(i, EP).unwrap();
+        register(&mut dp, i);
         let syn = frame(peer(), pod(), &tcp(40100, 80, SYN));
         expect("allowed", ingress(&mut dp, i, &syn), Allow);
         // Established packets are not reported.
@@ -489,7 +526,7 @@ fn allowed_new_flows_are_reported_when_asked() {
     assert_eq!(allowed[0].rule, 80);
     dp.set_events_for_allowed(false).unwrap();
     in_netns(1, |idx| {
-        dp.register_endpoint(idx[0], EP).unwrap();
+        register(&mut dp, idx[0]);
         let syn = frame(peer(), pod(), &tcp(40101, 80, SYN));
         expect("allowed, quiet", ingress(&mut dp, idx[0], &syn), Allow);
     });
@@ -514,7 +551,7 @@ fn verdict_cost_with_large_maps() {
     dp.apply(&b.build()).unwrap();
     in_netns(1, |idx| {
         let i = idx[0];
-        dp.register_endpoint(i, EP).unwrap();
+        register(&mut dp, i);
         // A denied packet is judged in full on every run (no conntrack
         // entry is created for it).
         let denied = frame(v4(100, 0, 7, 9), pod(), &tcp(40000, 1500, SYN));
@@ -526,5 +563,59 @@ fn verdict_cost_with_large_maps() {
         if per_run > Duration::from_micros(20) {
             panic!("a verdict took {per_run:?}");
         }
+    });
+}
+
+/// The generation a packet reads is derived from the revision it reads
+/// (one 32-bit load), never taken from a separate field that a concurrent
+/// write of the config entry could leave mixed: a config whose
+/// `active_gen` disagrees with its revision is read by the revision.
+#[test]
+fn generation_follows_the_revision() {
+    use aya::maps::{Array, Map, MapData};
+    use policy_agent::dataplane::kernel::PinPaths;
+    use policy_common::{maps as names, Config};
+
+    let (mut dp, pins) = open("gen-from-revision");
+    let allows = base().build();
+    let denies = StateBuilder::default()
+        .endpoint(EP, ep_flags::ISOLATED_INGRESS)
+        .ip(peer().mapped(), PEER_ID)
+        .build();
+    dp.apply(&allows).unwrap();
+    dp.apply(&denies).unwrap();
+    let cfg = dp.config();
+    assert_eq!(cfg.active_gen, cfg.revision & 1);
+    in_netns(1, |idx| {
+        let i = idx[0];
+        register(&mut dp, i);
+        let syn = |sport| frame(peer(), pod(), &tcp(sport, 80, SYN));
+        expect(
+            "under the denying state",
+            ingress(&mut dp, i, &syn(41000)),
+            Drop,
+        );
+        // What a torn write would leave: the new revision with the old
+        // generation bit.
+        let path = PinPaths::new(&pins.0).map(names::CONFIG);
+        let mut config: Array<MapData, Config> =
+            Array::try_from(Map::Array(MapData::from_pin(&path).unwrap())).unwrap();
+        let torn = Config {
+            active_gen: cfg.active_gen ^ 1,
+            ..cfg
+        };
+        config.set(0, torn, 0).unwrap();
+        expect(
+            "stale generation bit, current revision",
+            ingress(&mut dp, i, &syn(41001)),
+            Drop,
+        );
+        // The revision alone moves the generation.
+        let back = Config {
+            revision: cfg.revision.wrapping_sub(1),
+            ..cfg
+        };
+        config.set(0, back, 0).unwrap();
+        expect("previous revision", ingress(&mut dp, i, &syn(41002)), Allow);
     });
 }

@@ -129,6 +129,7 @@ fn tcp_allowed_denied_and_cut() {
             }
 
             dp.attach_endpoint("pv0", EP).unwrap();
+            kernel::sources(dp, &[(EP, &[policy_common::v4_mapped(POD_ADDR)])]);
             // Attached, no state yet: fail closed.
             if connect().is_some() {
                 panic!("connected before any state was applied");

@@ -24,7 +24,7 @@
 #![deny(missing_docs)]
 
 /// Version of every map layout in this crate; bump on any change.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Traffic direction as seen from the endpoint (the pod).
 pub mod dir {
@@ -70,6 +70,12 @@ pub mod ep_flags {
     pub const ISOLATED_EGRESS: u32 = 1 << 1;
 }
 
+/// Bits of [`Config::flags`].
+pub mod config_flags {
+    /// Also report allowed new flows as events (drops are always reported).
+    pub const EVENTS_ALLOWED: u32 = 1 << 0;
+}
+
 /// Maps by name, as declared in the eBPF object and pinned under the agent's
 /// bpffs folder.
 pub mod maps {
@@ -89,7 +95,22 @@ pub mod maps {
     pub const CONNTRACK: &str = "PALISADE_CT";
     /// `RingBuf` of [`crate::VerdictEvent`].
     pub const EVENTS: &str = "PALISADE_EVENTS";
+    /// `HashMap<SourceKey, u32>`: the addresses each endpoint may send from
+    /// (source validation; not generation-keyed, see [`crate::SourceKey`]).
+    pub const SOURCES: &str = "PALISADE_SOURCES";
+    /// `LruPerCpuHashMap<u32, EventBudget>`: each endpoint's drop event
+    /// budget.
+    pub const EVENT_BUDGET: &str = "PALISADE_EVENT_BUDGET";
+    /// `LruHashMap<FragKey, u32>`: datagrams whose first fragment passed,
+    /// so that their later fragments (which carry no ports) follow it.
+    pub const FRAGMENTS: &str = "PALISADE_FRAGMENTS";
+    /// `PerCpuArray<u64>` indexed by [`crate::reason`]: packets dropped for
+    /// each reason, counted even when the event is not sent.
+    pub const DROPS: &str = "PALISADE_DROPS";
 }
+
+/// Entries of [`maps::DROPS`] (one per possible [`reason`] code).
+pub const DROP_REASONS: u32 = 16;
 
 /// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`) so one map
 /// serves both families. Bytes are in network order.
@@ -130,6 +151,20 @@ pub struct EndpointInfo {
     pub ep_id: u32,
     /// Reserved.
     pub flags: u32,
+}
+
+/// Key of [`maps::SOURCES`]: one address an endpoint may send from. A
+/// packet leaving a pod whose source is not one of its endpoint's entries
+/// is dropped ([`reason::SPOOFED`]). Not keyed by generation: user space
+/// writes an endpoint's addresses before the flip that makes it ready and
+/// removes them after the flip that retires it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceKey {
+    /// Endpoint id.
+    pub ep_id: u32,
+    /// Address, IPv4-mapped for IPv4.
+    pub addr: Addr,
 }
 
 /// Key of [`maps::EP_POLICY`].
@@ -285,8 +320,32 @@ pub struct CtValue {
     pub revision: u32,
     /// Protocol state bits (datapath-defined).
     pub state: u32,
-    /// Packets seen.
-    pub packets: u64,
+    /// How often `last_seen_ns` was refreshed. Established packets write
+    /// the entry only when its state changes or `last_seen_ns` is older
+    /// than the refresh interval, not on every packet (the entry is shared
+    /// by every CPU the flow's packets run on).
+    pub refreshes: u64,
+}
+
+/// Key of [`maps::FRAGMENTS`]: one fragmented datagram as first seen at one
+/// endpoint in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FragKey {
+    /// Endpoint id.
+    pub ep_id: u32,
+    /// IP identification (IPv4: 16 bits; IPv6 fragment header: 32 bits).
+    pub id: u32,
+    /// [`dir`] of the packet.
+    pub dir: u8,
+    /// IP protocol.
+    pub proto: u8,
+    /// Always zero.
+    pub pad: [u8; 2],
+    /// Source address.
+    pub saddr: Addr,
+    /// Destination address.
+    pub daddr: Addr,
 }
 
 /// Verdicts in [`VerdictEvent::verdict`].
@@ -315,6 +374,9 @@ pub mod reason {
     pub const FRAGMENT: u8 = 6;
     /// Allowed as part of a tracked flow.
     pub const ESTABLISHED: u8 = 7;
+    /// A packet leaving a pod with a source address that is not the pod's
+    /// (IP source, or ARP sender address).
+    pub const SPOOFED: u8 = 8;
 }
 
 /// One verdict, sent to user space through [`maps::EVENTS`].
@@ -347,6 +409,35 @@ pub struct VerdictEvent {
     pub saddr: Addr,
     /// Destination address.
     pub daddr: Addr,
+    /// Drops of this endpoint not reported since its previous event (the
+    /// event budget, see [`EventBudget`]): "this one and N more".
+    pub suppressed: u32,
+    /// Always zero.
+    pub pad: u32,
+}
+
+/// Drop events an endpoint may send per CPU and [`EVENT_WINDOW_NS`]; the
+/// rest are counted into the next event's [`VerdictEvent::suppressed`], so
+/// a flood costs a bounded number of ring buffer writes.
+pub const EVENT_BUDGET: u32 = 64;
+/// The event budget's window.
+pub const EVENT_WINDOW_NS: u64 = 1_000_000_000;
+
+/// Value of [`maps::EVENT_BUDGET`] (per CPU, keyed by endpoint id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    /// Start of the current window.
+    pub window_ns: u64,
+    /// Events sent in the window.
+    pub sent: u32,
+    /// Drops not reported since the last event.
+    pub suppressed: u32,
+    /// Digest of the last reported drop: a repeat of it within the window
+    /// is counted, not sent again.
+    pub last: u32,
+    /// Always zero.
+    pub pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -366,6 +457,9 @@ mod pod_impls {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for VerdictEvent {}
+    unsafe impl aya::Pod for SourceKey {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for EventBudget {}
 }
 
 #[cfg(test)]
@@ -383,7 +477,10 @@ mod tests {
         assert_eq!(size_of::<PolicyKey>() * 8, POLICY_PREFIX_FULL as usize);
         assert_eq!(size_of::<CtKey>(), 44);
         assert_eq!(size_of::<CtValue>(), 24);
-        assert_eq!(size_of::<VerdictEvent>(), 64);
+        assert_eq!(size_of::<VerdictEvent>(), 72);
+        assert_eq!(size_of::<EventBudget>(), 24);
+        assert_eq!(size_of::<SourceKey>(), 20);
+        assert_eq!(size_of::<FragKey>(), 44);
     }
 
     #[test]

@@ -10,19 +10,30 @@
 //! it is deleted and the packet dropped.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use policy_common::{dir, proto, CtKey, CtValue};
+use policy_common::{dir, proto, CtKey, CtValue, FragKey};
 
 use crate::{
-    maps::CONNTRACK,
-    packet::Flow,
+    maps::{CONNTRACK, FRAGMENTS},
+    packet::{frag, Flow},
     pipeline::PacketCtx,
     policy::{judge, Query, Verdict},
 };
 
 /// A reply has been seen.
 const ST_REPLIED: u32 = 1 << 0;
-/// FIN/RST (TCP) or ABORT/SHUTDOWN (SCTP) seen.
+/// The flow is over: RST (TCP), ABORT/SHUTDOWN COMPLETE (SCTP), or both
+/// sides closed. Entries then expire after `TIMEOUT_CONN_CLOSING`.
 const ST_CLOSING: u32 = 1 << 1;
+/// The initiator closed its side (FIN / SHUTDOWN): a half-close, the
+/// responder may go on sending and its packets keep the reply path.
+const ST_FIN_FWD: u32 = 1 << 2;
+/// The responder closed its side.
+const ST_FIN_REV: u32 = 1 << 3;
+
+/// An established packet refreshes `last_seen_ns` (a write to an entry
+/// every CPU of the flow shares) only when it is older than this; timeouts
+/// are at least 10 s, so expiry is at most this much early.
+const REFRESH_NS: u64 = SEC;
 
 const SEC: u64 = 1_000_000_000;
 const TIMEOUT_CONN_ESTABLISHED: u64 = 6 * 3600 * SEC;
@@ -171,18 +182,32 @@ fn touch(pkt: &PacketCtx, key: &CtKey, reply: bool, flow: &Flow, out: &mut Verdi
         }
         v.revision = pkt.cfg.revision;
     }
-    if !reply && flow.opening && v.state & ST_CLOSING != 0 {
+    let mut state = v.state;
+    if !reply && flow.opening && state & (ST_CLOSING | ST_FIN_FWD | ST_FIN_REV) != 0 {
         // A new connection reusing the tuple of a closing one.
-        v.state = 0;
+        state = 0;
     }
     if reply {
-        v.state |= ST_REPLIED;
+        state |= ST_REPLIED;
     }
-    if flow.closing {
-        v.state |= ST_CLOSING;
+    if flow.reset {
+        state |= ST_CLOSING;
+    } else if flow.closing {
+        state |= if reply { ST_FIN_REV } else { ST_FIN_FWD };
+        if state & (ST_FIN_FWD | ST_FIN_REV) == ST_FIN_FWD | ST_FIN_REV {
+            state |= ST_CLOSING;
+        }
     }
-    v.last_seen_ns = t;
-    v.packets += 1;
+    // Write the shared entry only when something changed or the
+    // timestamp is getting old, not on every packet.
+    if state != v.state {
+        v.state = state;
+        v.last_seen_ns = t;
+        v.refreshes += 1;
+    } else if t.saturating_sub(v.last_seen_ns) > REFRESH_NS {
+        v.last_seen_ns = t;
+        v.refreshes += 1;
+    }
     PASS
 }
 
@@ -193,8 +218,43 @@ pub fn create(pkt: &PacketCtx, flow: &Flow) {
     let value = CtValue {
         last_seen_ns: now(),
         revision: pkt.cfg.revision,
-        state: if flow.closing { ST_CLOSING } else { 0 },
-        packets: 1,
+        state: if flow.reset {
+            ST_CLOSING
+        } else if flow.closing {
+            ST_FIN_FWD
+        } else {
+            0
+        },
+        refreshes: 0,
     };
     let _ = CONNTRACK.insert(&key, &value, 0);
+}
+
+#[inline(always)]
+fn frag_key(pkt: &PacketCtx, flow: &Flow) -> FragKey {
+    FragKey {
+        ep_id: pkt.ep_id,
+        id: flow.frag_id,
+        dir: pkt.dir,
+        proto: flow.proto,
+        pad: [0; 2],
+        saddr: flow.saddr,
+        daddr: flow.daddr,
+    }
+}
+
+/// Remembers that the first fragment of a datagram passed, so its later
+/// fragments follow it.
+#[inline(never)]
+pub fn fragment_passed(pkt: &PacketCtx, flow: &Flow) {
+    if flow.frag == frag::FIRST {
+        let _ = FRAGMENTS.insert(&frag_key(pkt, flow), &1, 0);
+    }
+}
+
+/// Whether `flow` is a later fragment of a datagram whose first fragment
+/// passed here.
+#[inline(never)]
+pub fn fragment_follows(pkt: &PacketCtx, flow: &Flow) -> bool {
+    flow.frag == frag::LATER && FRAGMENTS.get_ptr(&frag_key(pkt, flow)).is_some()
 }

@@ -4,11 +4,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use policy_common::{
-    CidrKey, Config, CtKey, CtValue, EndpointInfo, EndpointPolicy, EndpointPolicyKey,
-    IdentityValue, IpcacheKey, PolicyKey, PolicyValue,
+    CidrKey, Config, CtKey, CtValue, EndpointInfo, EndpointPolicy, EndpointPolicyKey, EventBudget,
+    FragKey, IdentityValue, IpcacheKey, PolicyKey, PolicyValue, SourceKey, DROP_REASONS,
 };
 
 /// Global configuration, one entry.
@@ -43,3 +43,26 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(
 /// Verdict events for user space.
 #[map(name = "PALISADE_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// (endpoint, address) → 1: the addresses each endpoint may send from.
+#[map(name = "PALISADE_SOURCES")]
+pub static SOURCES: HashMap<SourceKey, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Drops by reason, per CPU (exact, unlike the events).
+#[map(name = "PALISADE_DROPS")]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
+
+/// Datagrams whose first fragment passed (their later fragments follow).
+#[map(name = "PALISADE_FRAGMENTS")]
+pub static FRAGMENTS: LruHashMap<FragKey, u32> = LruHashMap::with_max_entries(8192, 0);
+
+/// Each endpoint's drop event budget, per CPU.
+#[map(name = "PALISADE_EVENT_BUDGET")]
+pub static EVENT_BUDGET: LruPerCpuHashMap<u32, EventBudget> =
+    LruPerCpuHashMap::with_max_entries(1024, 0);
+
+/// Per-CPU scratch space for a packet's second flow (the packet an ICMP
+/// error quotes), to keep it off the 512-byte stack. Not pinned: nothing
+/// outside one program run reads it.
+#[map(name = "PALISADE_SCRATCH")]
+pub static SCRATCH: PerCpuArray<crate::packet::Flow> = PerCpuArray::with_max_entries(1, 0);

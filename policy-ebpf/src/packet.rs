@@ -72,14 +72,33 @@ pub struct Flow {
     pub create: bool,
     /// TCP SYN without ACK / SCTP INIT: a connection (re)starts.
     pub opening: bool,
-    /// TCP FIN/RST, SCTP ABORT/SHUTDOWN*: the flow is closing.
+    /// TCP FIN, SCTP SHUTDOWN/SHUTDOWN ACK: this side is done sending.
     pub closing: bool,
+    /// TCP RST, SCTP ABORT/SHUTDOWN COMPLETE: the flow is over.
+    pub reset: bool,
+    /// [`frag`] position of the packet in its datagram.
+    pub frag: u8,
+    /// IP identification of a fragment (0 otherwise).
+    pub frag_id: u32,
+}
+
+/// Where a packet sits in a fragmented datagram ([`Flow::frag`]).
+pub mod frag {
+    /// Not fragmented.
+    pub const NONE: u8 = 0;
+    /// The first fragment (it carries the L4 header).
+    pub const FIRST: u8 = 1;
+    /// A later fragment (no L4 header).
+    pub const LATER: u8 = 2;
 }
 
 /// What the parser made of a packet (return value of [`parse`]).
 pub mod kind {
-    /// Always allowed (ARP, IPv6 neighbour discovery).
-    pub const PASS: u8 = 0;
+    /// Link control (ARP, IPv6 neighbour discovery and multicast listener
+    /// discovery): never subject to policy. The outer flow's `saddr` is the
+    /// sender's address (ARP: the sender protocol address), which source
+    /// validation still checks.
+    pub const LINK: u8 = 0;
     /// Unparseable, truncated or not IP/ARP: dropped.
     pub const MALFORMED: u8 = 1;
     /// An IP packet, described by the outer flow.
@@ -104,6 +123,9 @@ impl Flow {
             create: true,
             opening: false,
             closing: false,
+            reset: false,
+            frag: frag::NONE,
+            frag_id: 0,
         }
     }
 }
@@ -127,11 +149,24 @@ fn load<T>(ctx: &TcContext, off: usize) -> Result<T, ()> {
 fn try_parse(ctx: &TcContext, outer: &mut Flow, inner: &mut Flow) -> Result<u8, ()> {
     let ethertype: [u8; 2] = load(ctx, 12)?;
     match u16::from_be_bytes(ethertype) {
-        ETH_P_ARP => Ok(kind::PASS),
+        ETH_P_ARP => parse_arp(ctx, outer),
         ETH_P_IP => parse_v4(ctx, ETH_HLEN, outer, inner),
         ETH_P_IPV6 => parse_v6(ctx, ETH_HLEN, outer, inner),
         _ => Ok(kind::MALFORMED),
     }
+}
+
+/// ARP over Ethernet for IPv4: the sender protocol address goes to
+/// `flow.saddr` (IPv4-mapped). Any other ARP is malformed for us.
+#[inline(always)]
+fn parse_arp(ctx: &TcContext, flow: &mut Flow) -> Result<u8, ()> {
+    // htype, ptype, hlen, plen, oper, sha[6], spa[4].
+    let a: [u8; 18] = load(ctx, ETH_HLEN)?;
+    if u16::from_be_bytes([a[2], a[3]]) != ETH_P_IP || a[4] != 6 || a[5] != 4 {
+        return Err(());
+    }
+    flow.saddr = v4_mapped([a[14], a[15], a[16], a[17]]);
+    Ok(kind::LINK)
 }
 
 /// Reads an IPv4 header at `off` into `flow`; returns the L4 offset, or
@@ -149,8 +184,17 @@ fn ipv4_header(ctx: &TcContext, off: usize, flow: &mut Flow) -> Result<Option<us
     flow.saddr = v4_mapped([h[12], h[13], h[14], h[15]]);
     flow.daddr = v4_mapped([h[16], h[17], h[18], h[19]]);
     flow.proto = h[9];
-    let frag_off = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
-    if frag_off != 0 {
+    let frag_word = u16::from_be_bytes([h[6], h[7]]);
+    let more_fragments = frag_word & 0x2000 != 0;
+    if frag_word & 0x1fff != 0 {
+        flow.frag = frag::LATER;
+    } else if more_fragments {
+        flow.frag = frag::FIRST;
+    }
+    if flow.frag != frag::NONE {
+        flow.frag_id = u32::from(u16::from_be_bytes([h[4], h[5]]));
+    }
+    if flow.frag == frag::LATER {
         return Ok(None);
     }
     Ok(Some(off + ihl))
@@ -213,14 +257,20 @@ fn parse_v6(ctx: &TcContext, off: usize, flow: &mut Flow, inner: &mut Flow) -> R
                 cur += (usize::from(e[1]) + 2) * 4;
             }
             IPV6_FRAGMENT => {
-                let e: [u8; 4] = load(ctx, cur)?;
+                let e: [u8; 8] = load(ctx, cur)?;
                 nh = e[0];
                 cur += 8;
-                if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
+                let word = u16::from_be_bytes([e[2], e[3]]);
+                flow.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
+                if word >> 3 != 0 {
+                    flow.frag = frag::LATER;
                     flow.proto = nh;
                     flow.ports_known = false;
                     flow.create = false;
                     return Ok(kind::FLOW);
+                }
+                if word & 1 != 0 {
+                    flow.frag = frag::FIRST;
                 }
             }
             _ => {
@@ -242,7 +292,7 @@ fn parse_v6(ctx: &TcContext, off: usize, flow: &mut Flow, inner: &mut Flow) -> R
     match icmp[0] {
         ICMPV6_ND_FIRST..=ICMPV6_ND_LAST
         | ICMPV6_MLD_FIRST..=ICMPV6_MLD_LAST
-        | ICMPV6_MLD2_REPORT => return Ok(kind::PASS),
+        | ICMPV6_MLD2_REPORT => return Ok(kind::LINK),
         ICMPV6_ECHO_REQUEST => flow.sport = id,
         ICMPV6_ECHO_REPLY => {
             flow.dport = id;
@@ -273,8 +323,14 @@ fn l4_ports(ctx: &TcContext, l4: usize, flow: &mut Flow) -> Result<(), ()> {
             flow.dport = u16::from_be_bytes([t[2], t[3]]);
             let flags = t[13];
             flow.opening = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
-            flow.closing = flags & (TCP_FIN | TCP_RST) != 0;
-            flow.create = flags & TCP_RST == 0;
+            flow.closing = flags & TCP_FIN != 0;
+            flow.reset = flags & TCP_RST != 0;
+            // A tracked pickup: an allowed mid-stream packet (no SYN) also
+            // creates an entry, so flows established before an agent
+            // restart, a layout upgrade or the adoption of a running pod
+            // keep their reply path. It admits nothing a SYN would not:
+            // the packet was judged by policy in its own direction.
+            flow.create = !flow.reset;
         }
         proto::UDP => {
             let u: [u8; 4] = load(ctx, l4)?;
@@ -288,11 +344,9 @@ fn l4_ports(ctx: &TcContext, l4: usize, flow: &mut Flow) -> Result<(), ()> {
             flow.dport = u16::from_be_bytes([s[2], s[3]]);
             let chunk = s[12];
             flow.opening = chunk == 1;
-            flow.closing = matches!(
-                chunk,
-                SCTP_ABORT | SCTP_SHUTDOWN | SCTP_SHUTDOWN_ACK | SCTP_SHUTDOWN_COMPLETE
-            );
-            flow.create = !matches!(chunk, SCTP_ABORT | SCTP_SHUTDOWN_COMPLETE);
+            flow.closing = matches!(chunk, SCTP_SHUTDOWN | SCTP_SHUTDOWN_ACK);
+            flow.reset = matches!(chunk, SCTP_ABORT | SCTP_SHUTDOWN_COMPLETE);
+            flow.create = !flow.reset;
         }
         _ => return Ok(()),
     }

@@ -5,12 +5,14 @@ use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     programs::TcContext,
 };
-use policy_common::{dir, reason, verdict, Config, LAYOUT_VERSION};
+use policy_common::{
+    config_flags, dir, reason, v4_mapped, verdict, Addr, Config, SourceKey, LAYOUT_VERSION,
+};
 
 use crate::{
     conntrack,
     events::{emit, EventInfo},
-    maps::{CONFIG, ENDPOINTS},
+    maps::{CONFIG, DROPS, ENDPOINTS, SCRATCH, SOURCES},
     packet::{kind, parse, Flow},
     policy::{judge, Query, Verdict},
 };
@@ -20,12 +22,11 @@ const ALLOW: i32 = TC_ACT_UNSPEC;
 /// Drop the packet.
 const DROP: i32 = TC_ACT_SHOT as i32;
 
-/// Event flag in `Config::flags`: also report allowed new flows.
-const CFG_EVENTS_ALLOWED: u32 = 1 << 0;
-
 /// What every stage needs to know about the packet's endpoint.
 pub struct PacketCtx {
-    /// Configuration read once for this packet.
+    /// Configuration read once for this packet (only `revision` and
+    /// `flags` are meaningful; the generation is derived from the
+    /// revision, see [`read_config`]).
     pub cfg: Config,
     /// Host-side veth ifindex.
     pub ifindex: u32,
@@ -60,20 +61,30 @@ pub fn run(ctx: &TcContext, d: u8) -> i32 {
             return drop(&pkt, &outer, &v);
         }
     }
-    match CONFIG.get(0) {
-        Some(c) if c.layout_version == LAYOUT_VERSION => pkt.cfg = *c,
-        _ => {
-            v.reason = reason::NOT_READY;
-            return drop(&pkt, &outer, &v);
-        }
+    if !read_config(&mut pkt) {
+        v.reason = reason::NOT_READY;
+        return drop(&pkt, &outer, &v);
     }
-    pkt.gen = (pkt.cfg.active_gen & 1) as u8;
-    let mut inner = Flow::empty();
-    match parse(ctx, &mut outer, &mut inner) {
-        kind::PASS => ALLOW,
+    // The quoted packet of an ICMP error lives in per-CPU scratch space,
+    // not on the stack: the verifier's 512-byte limit covers the deepest
+    // call chain (this frame, `on_flow`, conntrack, `judge`).
+    let Some(inner) = SCRATCH.get_ptr_mut(0) else {
+        v.reason = reason::MALFORMED;
+        return drop(&pkt, &outer, &v);
+    };
+    // SAFETY: this CPU's scratch entry; tc programs do not nest on a CPU.
+    let inner = unsafe { &mut *inner };
+    *inner = Flow::empty();
+    let k = parse(ctx, &mut outer, inner);
+    if d == dir::EGRESS && k != kind::MALFORMED && !source_ok(pkt.ep_id, &outer.saddr, k) {
+        v.reason = reason::SPOOFED;
+        return drop(&pkt, &outer, &v);
+    }
+    match k {
+        kind::LINK => ALLOW,
         kind::FLOW => on_flow(&pkt, &outer, &mut v),
         kind::ICMP_ERROR => {
-            if related(&pkt, &inner) {
+            if related(&pkt, inner) {
                 ALLOW
             } else {
                 on_flow(&pkt, &outer, &mut v)
@@ -84,6 +95,56 @@ pub fn run(ctx: &TcContext, d: u8) -> i32 {
             drop(&pkt, &outer, &v)
         }
     }
+}
+
+/// Reads the configuration into `pkt`; false when the maps are not
+/// configured for this layout. The generation is derived from the revision
+/// (`revision & 1`, which user space keeps equal to `active_gen`), so the
+/// pair a packet uses comes from one aligned 32-bit load and can never mix
+/// an old generation with a new revision, even if user space's write of
+/// the entry is not atomic as a whole.
+#[inline(always)]
+fn read_config(pkt: &mut PacketCtx) -> bool {
+    let Some(c) = CONFIG.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: a pointer to the array's single, always present entry; each
+    // field is read once with its own aligned load.
+    let (layout, revision, flags) = unsafe {
+        (
+            core::ptr::read_volatile(&(*c).layout_version),
+            core::ptr::read_volatile(&(*c).revision),
+            core::ptr::read_volatile(&(*c).flags),
+        )
+    };
+    if layout != LAYOUT_VERSION {
+        return false;
+    }
+    pkt.cfg.revision = revision;
+    pkt.cfg.flags = flags;
+    pkt.gen = (revision & 1) as u8;
+    true
+}
+
+/// Source validation of a packet leaving the pod: its source must be one
+/// of the endpoint's addresses. Link control ([`kind::LINK`]) may also use
+/// the unspecified address (ARP probes, IPv6 duplicate address detection)
+/// or an IPv6 link-local one (neighbour and router solicitations, MLD).
+#[inline(never)]
+fn source_ok(ep_id: u32, saddr: &Addr, k: u8) -> bool {
+    if k == kind::LINK
+        && (*saddr == [0; 16]
+            || *saddr == v4_mapped([0; 4])
+            || (saddr[0] == 0xfe && saddr[1] & 0xc0 == 0x80))
+    {
+        return true;
+    }
+    let key = SourceKey {
+        ep_id,
+        addr: *saddr,
+    };
+    // SAFETY: only presence is used.
+    unsafe { SOURCES.get(&key) }.is_some()
 }
 
 /// Whether the packet quoted by an ICMP error belongs to a tracked flow.
@@ -98,9 +159,16 @@ fn related(pkt: &PacketCtx, inner: &Flow) -> bool {
 
 #[inline(never)]
 fn on_flow(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) -> i32 {
+    if !flow.ports_known && conntrack::fragment_follows(pkt, flow) {
+        // A later fragment of a datagram whose first fragment passed.
+        return ALLOW;
+    }
     if flow.ports_known {
         match conntrack::lookup(pkt, flow, v) {
-            conntrack::PASS => return ALLOW,
+            conntrack::PASS => {
+                conntrack::fragment_passed(pkt, flow);
+                return ALLOW;
+            }
             conntrack::DENIED => {
                 v.reason = reason::REVISION_DENIED;
                 return drop(pkt, flow, v);
@@ -128,9 +196,10 @@ fn on_flow(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) -> i32 {
         }
         return drop(pkt, flow, v);
     }
+    conntrack::fragment_passed(pkt, flow);
     if flow.create {
         conntrack::create(pkt, flow);
-        if pkt.cfg.flags & CFG_EVENTS_ALLOWED != 0 {
+        if pkt.cfg.flags & config_flags::EVENTS_ALLOWED != 0 {
             report(pkt, flow, v, verdict::ALLOWED);
         }
     }
@@ -139,8 +208,18 @@ fn on_flow(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) -> i32 {
 
 #[inline(always)]
 fn drop(pkt: &PacketCtx, flow: &Flow, v: &Verdict) -> i32 {
+    count_drop(v.reason);
     report(pkt, flow, v, verdict::DROPPED);
     DROP
+}
+
+/// Counts a drop by reason (per CPU, so no atomic is needed).
+#[inline(never)]
+fn count_drop(reason: u8) {
+    if let Some(n) = DROPS.get_ptr_mut(u32::from(reason)) {
+        // SAFETY: a pointer to this CPU's slot of an array entry.
+        unsafe { *n += 1 };
+    }
 }
 
 #[inline(always)]

@@ -18,7 +18,7 @@ pub mod pins;
 pub mod rcu;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     ffi::CString,
     fs, io,
     path::{Path, PathBuf},
@@ -33,7 +33,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use policy_common::{maps as names, Config, EndpointInfo, LAYOUT_VERSION};
+use policy_common::{maps as names, Addr, Config, EndpointInfo, LAYOUT_VERSION};
 use policy_engine::state::{diff, MapState};
 
 pub use self::{events::EventReader, maps::MapCounts, pins::PinPaths};
@@ -51,7 +51,7 @@ pub const PROG_POD_EGRESS: &str = "pod_egress";
 pub const PROG_POD_INGRESS: &str = "pod_ingress";
 
 /// Bit of `Config::flags`: the programs also report allowed new flows.
-pub const CONFIG_FLAG_EVENTS_ALLOWED: u32 = 1 << 0;
+pub const CONFIG_FLAG_EVENTS_ALLOWED: u32 = policy_common::config_flags::EVENTS_ALLOWED;
 
 /// Priority of Palisade's cls_bpf filters in [`AttachMode::Netlink`].
 pub const NETLINK_PRIORITY: u16 = 0x5a1;
@@ -59,7 +59,7 @@ pub const NETLINK_PRIORITY: u16 = 0x5a1;
 pub const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 0x5a1);
 
 /// Every map of the object, all pinned (under [`PinPaths::map`]).
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 12] = [
     names::CONFIG,
     names::ENDPOINTS,
     names::EP_POLICY,
@@ -68,7 +68,15 @@ pub const ALL_MAPS: [&str; 8] = [
     names::POLICY,
     names::CONNTRACK,
     names::EVENTS,
+    names::SOURCES,
+    names::DROPS,
+    names::FRAGMENTS,
+    names::EVENT_BUDGET,
 ];
+
+/// Source addresses the sources map holds room for, per endpoint (a
+/// dual-stack pod has two).
+pub const SOURCES_PER_ENDPOINT: u32 = 4;
 
 /// (program, tc hook of the host-side veth, link pin suffix).
 const HOOKS: [(&str, TcAttachType, &str); 2] = [
@@ -308,6 +316,11 @@ impl KernelDataplane {
             .map_max_entries(names::CIDRS, s.cidrs.saturating_mul(2))
             .map_max_entries(names::POLICY, s.policy.saturating_mul(2))
             .map_max_entries(names::CONNTRACK, s.conntrack)
+            .map_max_entries(
+                names::SOURCES,
+                s.endpoints.saturating_mul(SOURCES_PER_ENDPOINT),
+            )
+            .map_max_entries(names::EVENT_BUDGET, s.endpoints)
             .map_max_entries(names::EVENTS, s.events_bytes);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
@@ -472,7 +485,7 @@ impl KernelDataplane {
     /// The state the active generation holds (read back from the maps if
     /// not known).
     pub fn active_state(&mut self) -> Result<MapState, DataplaneError> {
-        let gen = (self.cfg.active_gen & 1) as u8;
+        let gen = (self.cfg.revision & 1) as u8;
         self.generation(gen).cloned()
     }
 
@@ -887,13 +900,27 @@ impl Dataplane for KernelDataplane {
         Ok(())
     }
 
+    fn set_sources(
+        &mut self,
+        sources: &BTreeMap<u32, BTreeSet<Addr>>,
+    ) -> Result<(), DataplaneError> {
+        self.maps.set_sources(sources)
+    }
+
+    fn drop_counts(&self) -> BTreeMap<u8, u64> {
+        self.maps.drop_counts()
+    }
+
     /// Writes the inactive generation, then flips to it with one write of
     /// `Config`. If a flip happened since the last grace period, first
     /// waits for one (see [`rcu`]): a packet judged against the generation
     /// active before the last flip must not see it change under it.
     fn apply(&mut self, state: &MapState) -> Result<(), DataplaneError> {
         self.wait_until_inactive_unused();
-        let target = ((self.cfg.active_gen ^ 1) & 1) as u8;
+        // The datapath derives the generation from the revision (one
+        // 32-bit read): the next revision names the target generation.
+        let revision = self.cfg.revision.wrapping_add(1);
+        let target = (revision & 1) as u8;
         let ops = diff(self.generation(target)?, state);
         let slot = usize::from(target);
         if let Err(e) = self.maps.write(target, &ops) {
@@ -904,7 +931,7 @@ impl Dataplane for KernelDataplane {
         let cfg = Config {
             layout_version: LAYOUT_VERSION,
             active_gen: u32::from(target),
-            revision: self.cfg.revision.wrapping_add(1),
+            revision,
             flags: self.cfg.flags,
         };
         // Even a failed write may have flipped.

@@ -141,3 +141,30 @@ fn a_restarted_agent_restores_its_endpoints_before_the_first_apply() {
     assert_eq!(second.dataplane().state, first.dataplane().state);
     assert!(second.check("c1"));
 }
+
+#[test]
+fn each_endpoint_may_send_only_from_its_own_addresses() {
+    use policy_engine::model::addr::to_addr;
+    let mut agent = Agent::new(FakeDataplane::default(), vec![]);
+    agent.set_snapshot(cluster(&[])).unwrap();
+    // CNI reported an address: that one, not the manifest's.
+    agent.add(new_ep("c1", "a", "10.244.0.50")).unwrap();
+    // CNI reported none: the pod's addresses from the cluster state.
+    let mut b = new_ep("c2", "b", "10.244.0.11");
+    b.ips.clear();
+    agent.add(b).unwrap();
+    let ep = |ifname: &str| agent.dataplane().endpoints[ifname];
+    let (ea, eb) = (ep("veth-a"), ep("veth-b"));
+    let sources = &agent.dataplane().sources;
+    assert_eq!(
+        sources.get(&ea),
+        Some(&[to_addr("10.244.0.50".parse().unwrap())].into())
+    );
+    assert_eq!(
+        sources.get(&eb),
+        Some(&[to_addr("10.244.0.11".parse().unwrap())].into())
+    );
+    // Gone with the endpoint.
+    agent.del("c1").unwrap();
+    assert!(!agent.dataplane().sources.contains_key(&ea));
+}

@@ -8,7 +8,10 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use policy_agent::dataplane::kernel::{KernelDataplane, KernelOptions};
+use policy_agent::dataplane::{
+    kernel::{KernelDataplane, KernelOptions},
+    Dataplane,
+};
 use policy_common::PolicyValue;
 use policy_engine::state::{CidrPrefix, MapState, PolicyEntry, PortMatch};
 
@@ -50,6 +53,17 @@ pub fn open(name: &str) -> (KernelDataplane, PinDir) {
     let dp = KernelDataplane::open(KernelOptions::new(&dir.0))
         .unwrap_or_else(|e| panic!("opening the kernel dataplane: {e}"));
     (dp, dir)
+}
+
+/// Source validation: endpoint → the addresses (IPv4-mapped for IPv4) its
+/// pod may send from; every other endpoint may send from none.
+pub fn sources(dp: &mut KernelDataplane, eps: &[(u32, &[[u8; 16]])]) {
+    let map = eps
+        .iter()
+        .map(|(ep, addrs)| (*ep, addrs.iter().copied().collect()))
+        .collect();
+    dp.set_sources(&map)
+        .unwrap_or_else(|e| panic!("setting source addresses: {e}"));
 }
 
 /// Runs `f` on a thread that lives in a fresh, anonymous network namespace

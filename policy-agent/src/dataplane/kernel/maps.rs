@@ -1,14 +1,17 @@
 //! Typed handles on the pinned maps, writing and reading one generation of
 //! a [`MapState`].
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
     Ebpf,
 };
 use policy_common::{
-    maps as names, CidrKey, Config, CtKey, CtValue, EndpointInfo, EndpointPolicy,
-    EndpointPolicyKey, IdentityValue, IpcacheKey, PolicyKey, PolicyValue, CIDR_KEY_HEAD_BITS,
-    POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_FULL,
+    maps as names, Addr, CidrKey, Config, CtKey, CtValue, EndpointInfo, EndpointPolicy,
+    EndpointPolicyKey, IdentityValue, IpcacheKey, PolicyKey, PolicyValue, SourceKey,
+    CIDR_KEY_HEAD_BITS, DROP_REASONS, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO,
+    POLICY_PREFIX_FULL,
 };
 use policy_engine::state::{CidrPrefix, MapOp, MapState, PolicyEntry, PortMatch};
 
@@ -30,6 +33,12 @@ pub struct Maps {
     pub policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     /// Conntrack (LRU hash).
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
+    /// (endpoint, address) an endpoint may send from.
+    pub sources: HashMap<MapData, SourceKey, u32>,
+    /// Drops by reason, per CPU.
+    pub drops: PerCpuArray<MapData, u64>,
+    /// What `sources` holds; `None` until read back (adopted maps).
+    sources_mirror: Option<BTreeSet<SourceKey>>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map, DataplaneError> {
@@ -66,7 +75,77 @@ impl Maps {
                 names::CONNTRACK,
                 HashMap::try_from(take(ebpf, names::CONNTRACK)?),
             )?,
+            sources: typed(
+                names::SOURCES,
+                HashMap::try_from(take(ebpf, names::SOURCES)?),
+            )?,
+            drops: typed(
+                names::DROPS,
+                PerCpuArray::try_from(take(ebpf, names::DROPS)?),
+            )?,
+            sources_mirror: None,
         })
+    }
+
+    /// Makes the sources map hold exactly `sources` (endpoint id → the
+    /// addresses it may send from): additions first, then removals.
+    pub fn set_sources(
+        &mut self,
+        sources: &BTreeMap<u32, BTreeSet<Addr>>,
+    ) -> Result<(), DataplaneError> {
+        let want: BTreeSet<SourceKey> = sources
+            .iter()
+            .flat_map(|(ep_id, addrs)| {
+                addrs.iter().map(|addr| SourceKey {
+                    ep_id: *ep_id,
+                    addr: *addr,
+                })
+            })
+            .collect();
+        let have = match self.sources_mirror.take() {
+            Some(m) => m,
+            None => {
+                let mut keys = BTreeSet::new();
+                for k in self.sources.keys() {
+                    keys.insert(k.map_err(|e| kernel_error("reading the sources map", e))?);
+                }
+                keys
+            }
+        };
+        let what = |k: &SourceKey, doing: &str| {
+            format!(
+                "{doing} source {} of endpoint {}",
+                policy_engine::model::addr::from_addr(k.addr),
+                k.ep_id
+            )
+        };
+        for k in want.difference(&have) {
+            self.sources
+                .insert(k, 1, 0)
+                .map_err(|e| kernel_error(what(k, "adding"), e))?;
+        }
+        for k in have.difference(&want) {
+            match self.sources.remove(k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(kernel_error(what(k, "removing"), e)),
+            }
+        }
+        self.sources_mirror = Some(want);
+        Ok(())
+    }
+
+    /// Packets dropped so far, by `policy_common::reason` (all CPUs).
+    pub fn drop_counts(&self) -> BTreeMap<u8, u64> {
+        let mut out = BTreeMap::new();
+        for reason in 0..DROP_REASONS {
+            if let Ok(per_cpu) = self.drops.get(&reason, 0) {
+                let n: u64 = per_cpu.iter().sum();
+                if n > 0 {
+                    out.insert(u8::try_from(reason).unwrap_or(u8::MAX), n);
+                }
+            }
+        }
+        out
     }
 
     /// Reads the config entry.
