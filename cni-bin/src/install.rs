@@ -1,14 +1,17 @@
 //! `palisade-cni install`: puts the plugin on a node. Copies the binary into
-//! the CNI bin dir and appends `{"type": "palisade-cni"}` as the last plugin
+//! the CNI bin dir and appends `{"type":"palisade-cni"}` as the last plugin
 //! of the node's active .conflist (the one the runtime loads: the first
 //! `.conf`/`.conflist`/`.json` file by name). Both steps are idempotent and
 //! write through a temporary file and a rename, so the runtime never reads a
-//! half-written file.
+//! half-written file. The conflist is edited as text ([`conflist`]), so
+//! [`ensure_unchained`] gives back the original bytes.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+pub mod conflist;
 
 /// The plugin's `type`, i.e. its binary name.
 pub const PLUGIN_TYPE: &str = "palisade-cni";
@@ -53,14 +56,15 @@ pub enum InstallError {
         #[source]
         source: std::io::Error,
     },
-    /// A configuration file is not JSON.
-    #[error("{path} is not valid JSON: {source}")]
-    Json {
+    /// A configuration file cannot be edited (malformed JSON, no plugin
+    /// list...). The file is left as it was.
+    #[error("{path}: {source} (file left unchanged)")]
+    Malformed {
         /// The file.
         path: PathBuf,
-        /// Cause.
+        /// What is wrong with it.
         #[source]
-        source: serde_json::Error,
+        source: conflist::EditError,
     },
     /// No network configuration in the directory.
     #[error("no CNI network configuration in {dir} (waited {waited_seconds}s): install the main CNI plugin (e.g. Flannel) first")]
@@ -69,12 +73,6 @@ pub enum InstallError {
         dir: PathBuf,
         /// How long we waited.
         waited_seconds: u64,
-    },
-    /// The active configuration is a single-plugin `.conf`, which cannot chain.
-    #[error("{path} is not a plugin list (no \"plugins\" array): palisade-cni can only be chained into a .conflist")]
-    NotAConflist {
-        /// The file.
-        path: PathBuf,
     },
 }
 
@@ -201,51 +199,47 @@ fn wait_for_config(dir: &Path, patience: Duration) -> Result<PathBuf, InstallErr
     }
 }
 
-/// Makes `entry` the last plugin of the conflist document, removing any other
-/// `palisade-cni` entry. Returns whether the document changed.
-pub fn chain(doc: &mut Value, entry: &Value) -> Option<bool> {
-    let plugins = doc.get_mut("plugins")?.as_array_mut()?;
-    if plugins.last() == Some(entry) && plugins.iter().filter(|p| is_ours(p)).count() == 1 {
-        return Some(false);
-    }
-    plugins.retain(|p| !is_ours(p));
-    plugins.push(entry.clone());
-    Some(true)
-}
-
-fn is_ours(plugin: &Value) -> bool {
-    plugin.get("type").and_then(Value::as_str) == Some(PLUGIN_TYPE)
-}
-
-/// Chains `entry` into the conflist file at `path` (see [`chain`]), rewriting
-/// the file only if it changes. Returns whether it did.
+/// Chains `entry` last into the conflist file at `path` (see
+/// [`conflist::chain`]), rewriting the file only if it changes. Returns
+/// whether it did.
 pub fn ensure_chained(path: &Path, entry: &Value) -> Result<bool, InstallError> {
+    edit(path, |text| conflist::chain(text, entry))
+}
+
+/// Removes every `palisade-cni` entry from the conflist file at `path` (see
+/// [`conflist::unchain`]), keeping every other byte. Returns whether it
+/// changed the file.
+pub fn ensure_unchained(path: &Path) -> Result<bool, InstallError> {
+    edit(path, conflist::unchain)
+}
+
+/// Reads `path`, applies `change` to its text and, if that gives a new text,
+/// writes it back atomically with the file's own permissions.
+fn edit(
+    path: &Path,
+    change: impl FnOnce(&str) -> Result<Option<String>, conflist::EditError>,
+) -> Result<bool, InstallError> {
+    use std::os::unix::fs::PermissionsExt;
     let raw = std::fs::read(path).map_err(io_err("read", path))?;
-    let mut doc: Value = serde_json::from_slice(&raw).map_err(|source| InstallError::Json {
+    let malformed = |source| InstallError::Malformed {
         path: path.to_path_buf(),
         source,
-    })?;
-    match chain(&mut doc, entry) {
-        None => Err(InstallError::NotAConflist {
-            path: path.to_path_buf(),
-        }),
-        Some(false) => Ok(false),
-        Some(true) => {
-            let mut text =
-                serde_json::to_vec_pretty(&doc).map_err(|source| InstallError::Json {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-            text.push(b'\n');
-            write_atomically(path, &text, 0o644)?;
-            Ok(true)
-        }
-    }
+    };
+    let text = std::str::from_utf8(&raw).map_err(|e| malformed(conflist::EditError::NotUtf8(e)))?;
+    let Some(new) = change(text).map_err(malformed)? else {
+        return Ok(false);
+    };
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .map_err(io_err("stat", path))?;
+    write_atomically(path, new.as_bytes(), mode)?;
+    Ok(true)
 }
 
 /// Writes through a hidden temporary file in the same directory (with an
 /// extension the runtime ignores) and renames it over `target`.
 fn write_atomically(target: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
+    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let dir = target.parent().unwrap_or(Path::new("."));
     let name = target
@@ -253,10 +247,20 @@ fn write_atomically(target: &Path, bytes: &[u8], mode: u32) -> Result<(), Instal
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.palisade-tmp"));
-    std::fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-        .map_err(io_err("chmod", &tmp))?;
-    std::fs::rename(&tmp, target).map_err(io_err("rename into place", target))
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err("write", &tmp)(e));
+    }
+    std::fs::rename(&tmp, target).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io_err("rename into place", target)(e)
+    })
 }
 
 #[cfg(test)]

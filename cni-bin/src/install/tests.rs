@@ -58,42 +58,189 @@ fn options(t: &TempDir, source: &Path) -> InstallOptions {
     }
 }
 
+/// The conflists of the main plugins Palisade chains after, as each writes
+/// them on a node (layout included: tabs, compact keys, odd commas).
+const REAL_CONFLISTS: &[(&str, &str)] = &[
+    ("flannel", include_str!("testdata/flannel.conflist")),
+    ("kindnet", include_str!("testdata/kindnet.conflist")),
+    ("k3s-flannel", include_str!("testdata/k3s-flannel.conflist")),
+    ("calico", include_str!("testdata/calico.conflist")),
+];
+
+fn plugin_values(text: &str) -> Vec<Value> {
+    let doc: Value = serde_json::from_str(text).unwrap();
+    doc["plugins"].as_array().unwrap().clone()
+}
+
 #[test]
-fn chains_last_and_is_idempotent() {
-    let mut doc = flannel_conflist();
+fn real_conflists_are_chained_once_last_and_restored_byte_for_byte() {
     let entry = chained_entry(None);
-    assert_eq!(chain(&mut doc, &entry), Some(true));
-    let types: Vec<&str> = doc["plugins"]
-        .as_array()
+    for (name, original) in REAL_CONFLISTS {
+        let chained = conflist::chain(original, &entry)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name}: nothing chained"));
+        let before = plugin_values(original);
+        let after = plugin_values(&chained);
+        assert_eq!(after.len(), before.len() + 1, "{name}");
+        assert_eq!(
+            &after[..before.len()],
+            &before[..],
+            "{name}: others changed"
+        );
+        assert_eq!(after.last(), Some(&entry), "{name}");
+        // Everything outside the plugins array is untouched too.
+        let (mut a, mut b): (Value, Value) = (
+            serde_json::from_str(original).unwrap(),
+            serde_json::from_str(&chained).unwrap(),
+        );
+        a["plugins"] = Value::Null;
+        b["plugins"] = Value::Null;
+        assert_eq!(a, b, "{name}");
+        // Only bytes were added: the original is the chained text minus the
+        // inserted span.
+        assert!(chained.len() > original.len());
+        assert_eq!(
+            conflist::chain(&chained, &entry).unwrap(),
+            None,
+            "{name}: second chain changed the text"
+        );
+        assert_eq!(
+            conflist::unchain(&chained).unwrap().as_deref(),
+            Some(*original),
+            "{name}: unchain is not byte-exact"
+        );
+        assert_eq!(conflist::unchain(original).unwrap(), None, "{name}");
+    }
+}
+
+#[test]
+fn the_entry_follows_the_arrays_own_separator() {
+    let entry = chained_entry(None);
+    let kind = conflist::chain(REAL_CONFLISTS[1].1, &entry)
         .unwrap()
+        .unwrap();
+    assert!(
+        kind.contains("\t},\n\t{\"type\":\"palisade-cni\"}\n\t]"),
+        "{kind}"
+    );
+    let compact = r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"}]}"#;
+    assert_eq!(
+        conflist::chain(compact, &entry).unwrap().unwrap(),
+        r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"palisade-cni"}]}"#
+    );
+    for text in [
+        r#"{"plugins": []}"#,
+        "{\"plugins\": [\n  {\"type\": \"bridge\"}\n]}\n",
+    ] {
+        let chained = conflist::chain(text, &entry).unwrap().unwrap();
+        assert_eq!(plugin_values(&chained).last(), Some(&entry));
+        assert_eq!(conflist::unchain(&chained).unwrap().as_deref(), Some(text));
+    }
+}
+
+#[test]
+fn a_misplaced_or_stale_entry_is_replaced_by_one_last_entry() {
+    let text = r#"{"plugins": [{"type": "palisade-cni"}, {"type": "flannel"}, {"type": "palisade-cni", "agentSocket": "/old.sock"}, {"type": "portmap"}]}"#;
+    let entry = chained_entry(Some(Path::new("/run/palisade/other.sock")));
+    let chained = conflist::chain(text, &entry).unwrap().unwrap();
+    let types: Vec<String> = plugin_values(&chained)
         .iter()
-        .map(|p| p["type"].as_str().unwrap())
+        .map(|p| p["type"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(types, ["flannel", "portmap", "palisade-cni"]);
-    let before = doc.clone();
-    assert_eq!(chain(&mut doc, &entry), Some(false));
-    assert_eq!(doc, before);
-}
-
-#[test]
-fn moves_a_misplaced_entry_to_the_end_and_updates_it() {
-    let mut doc = flannel_conflist();
-    doc["plugins"]
-        .as_array_mut()
+    assert_eq!(plugin_values(&chained)[2], entry);
+    assert_eq!(
+        conflist::unchain(&chained).unwrap().unwrap(),
+        r#"{"plugins": [{"type": "flannel"}, {"type": "portmap"}]}"#
+    );
+    // A changed agent socket rewrites the entry in place (still one, last).
+    let moved = conflist::chain(&chained, &chained_entry(None))
         .unwrap()
-        .insert(0, json!({"type": "palisade-cni"}));
-    let entry = chained_entry(Some(Path::new("/run/palisade/other.sock")));
-    assert_eq!(chain(&mut doc, &entry), Some(true));
-    let plugins = doc["plugins"].as_array().unwrap();
-    assert_eq!(plugins.len(), 3);
-    assert_eq!(plugins[2], entry);
-    assert_eq!(plugins[0]["type"], "flannel");
+        .unwrap();
+    assert_eq!(plugin_values(&moved).len(), 3);
+    assert_eq!(plugin_values(&moved)[2], chained_entry(None));
 }
 
 #[test]
-fn a_single_plugin_conf_is_refused() {
-    let mut doc = json!({"cniVersion": "1.0.0", "name": "x", "type": "bridge"});
-    assert_eq!(chain(&mut doc, &chained_entry(None)), None);
+fn malformed_documents_are_refused_with_the_reason() {
+    let entry = chained_entry(None);
+    let cases: &[(&str, &str)] = &[
+        (r#"{"plugins": [{"type": "flannel"}"#, "not valid JSON"),
+        ("", "not valid JSON"),
+        ("[1, 2]", "not a JSON object"),
+        (
+            r#"{"cniVersion": "1.0.0", "name": "x", "type": "bridge"}"#,
+            "not a plugin list",
+        ),
+        (
+            r#"{"plugins": {"type": "bridge"}}"#,
+            "\"plugins\" is not an array",
+        ),
+        (
+            r#"{"plugins": [{"type": "bridge"}, 7]}"#,
+            "plugins[1] is not a JSON object",
+        ),
+    ];
+    for (text, why) in cases {
+        let chain_err = conflist::chain(text, &entry).unwrap_err().to_string();
+        assert!(chain_err.contains(why), "{text:?}: {chain_err}");
+        let unchain_err = conflist::unchain(text).unwrap_err().to_string();
+        assert!(unchain_err.contains(why), "{text:?}: {unchain_err}");
+    }
+}
+
+#[test]
+fn a_malformed_file_is_left_untouched_and_named() {
+    let t = TempDir::new();
+    let path = t.netd().join("10-flannel.conflist");
+    let truncated = &REAL_CONFLISTS[0].1[..120];
+    std::fs::write(&path, truncated).unwrap();
+    let err = ensure_chained(&path, &chained_entry(None)).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, InstallError::Malformed { .. }), "{msg}");
+    assert!(
+        msg.contains("10-flannel.conflist") && msg.contains("line"),
+        "{msg}"
+    );
+    assert!(msg.contains("left unchanged"), "{msg}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), truncated);
+    assert!(ensure_unchained(&path).is_err());
+    std::fs::write(&path, b"\xff\xfe{}").unwrap();
+    assert!(ensure_chained(&path, &chained_entry(None))
+        .unwrap_err()
+        .to_string()
+        .contains("UTF-8"));
+    assert_eq!(std::fs::read(&path).unwrap(), b"\xff\xfe{}");
+    assert_eq!(std::fs::read_dir(t.netd()).unwrap().count(), 1);
+}
+
+#[test]
+fn files_are_chained_and_unchained_atomically_keeping_their_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TempDir::new();
+    for (name, original) in REAL_CONFLISTS {
+        let path = t.netd().join(format!("10-{name}.conflist"));
+        std::fs::write(&path, original).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let first = inode(&path);
+        assert!(ensure_chained(&path, &chained_entry(None)).unwrap());
+        // Replaced by a rename (a new inode), never rewritten in place.
+        assert_ne!(inode(&path), first, "{name}");
+        let chained = inode(&path);
+        assert!(!ensure_chained(&path, &chained_entry(None)).unwrap());
+        assert_eq!(inode(&path), chained, "{name}: rewritten though unchanged");
+        assert!(ensure_unchained(&path).unwrap());
+        assert!(!ensure_unchained(&path).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), *original, "{name}");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+    }
+    // No temporary files left behind for the runtime to trip over.
+    assert_eq!(
+        std::fs::read_dir(t.netd()).unwrap().count(),
+        REAL_CONFLISTS.len()
+    );
 }
 
 #[test]
@@ -124,7 +271,7 @@ fn install_copies_the_binary_and_chains_once() {
         b"#!/bin/sh\nexit 0\n"
     );
     let doc = read(&conflist);
-    assert_eq!(doc["plugins"][2]["type"], "palisade-cni");
+    assert_eq!(doc["plugins"][2], json!({"type": "palisade-cni"}));
     assert_eq!(doc["plugins"][0], flannel_conflist()["plugins"][0]);
     assert_eq!(doc["cniVersion"], "0.3.1");
 
