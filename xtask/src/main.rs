@@ -4,6 +4,9 @@
 //! machine needs nothing but `cargo xtask test`.
 
 mod cmd;
+mod image;
+mod kind_e2e;
+mod prereq;
 mod setup;
 mod tasks;
 
@@ -63,6 +66,16 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
+    /// Build the container image (Dockerfile at the root) with Docker; says
+    /// what is missing where there is no Docker engine.
+    Image {
+        /// Image tag.
+        #[arg(long, default_value = image::DEFAULT_TAG)]
+        tag: String,
+    },
+    /// The connectivity matrix on a kind cluster with Flannel and Palisade
+    /// (needs Docker, kind and kubectl; says which are missing).
+    KindE2e(kind_e2e::Options),
     /// Run the policy engine's benchmarks (`cargo bench -p policy-engine`).
     Bench {
         /// Arguments passed to the benchmark harness (after `--`).
@@ -102,6 +115,8 @@ fn main() -> ExitCode {
         }),
         Command::Demo { example, release } => tasks::demo(example.as_deref(), release),
         Command::Bench { args } => tasks::bench(&args),
+        Command::Image { tag } => image::run(&tag),
+        Command::KindE2e(opts) => kind_e2e::run(&opts),
     };
     match outcome {
         Ok(code) => code,

@@ -1,58 +1,121 @@
-//! The install manifests parse and stay least-privilege.
+//! The install (`kubectl apply -k manifests/`) stays least-privilege, and
+//! says so truthfully: a policy over the rendered objects, held to the
+//! tables of docs/install.md. No API server needed (the test bed's real one
+//! checks the same install in `tests/tests/install_apiserver.rs`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::Value;
 
-fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            yaml_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            out.push(path);
-        }
-    }
+use crate::cmd::workspace_root;
+
+fn yaml_documents(text: &str, what: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{what}: invalid YAML: {e}")))
+        .filter(|v| !v.is_null())
+        .collect()
 }
 
-/// Every document of every YAML file under manifests/, with its file.
-fn documents() -> Vec<(PathBuf, Value)> {
-    let mut files = Vec::new();
-    yaml_files(&crate::cmd::workspace_root().join("manifests"), &mut files);
-    files.sort();
-    assert!(!files.is_empty(), "no manifests found");
+/// What `kubectl apply -k dir` applies, rendered as kustomize v2.0.3 (the
+/// one in kubectl 1.20) does for the features we use: each resource file's
+/// documents in order, then `images` overrides.
+pub fn render(dir: &Path) -> Vec<Value> {
+    let k = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    let k = &yaml_documents(&k, "kustomization.yaml")[0];
+    let allowed = ["apiVersion", "kind", "resources", "images"];
+    for key in k.as_object().unwrap().keys() {
+        assert!(
+            allowed.contains(&key.as_str()),
+            "kustomization field {key}: keep to what kubectl 1.20's kustomize knows and this renderer renders"
+        );
+    }
     let mut docs = Vec::new();
-    for file in files {
+    for r in k["resources"].as_array().unwrap() {
+        let file = dir.join(r.as_str().unwrap());
         let text = std::fs::read_to_string(&file).unwrap();
-        for doc in serde_norway::Deserializer::from_str(&text) {
-            let v = Value::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{}: invalid YAML: {e}", file.display()));
-            if !v.is_null() {
-                docs.push((file.clone(), v));
-            }
+        docs.extend(yaml_documents(&text, &file.display().to_string()));
+    }
+    for image in k["images"].as_array().into_iter().flatten() {
+        for doc in &mut docs {
+            retag(doc, image);
         }
     }
     docs
 }
 
-fn of_kind<'a>(docs: &'a [(PathBuf, Value)], kind: &str) -> Vec<&'a Value> {
-    docs.iter()
-        .filter(|(_, d)| d["kind"] == kind)
-        .map(|(_, d)| d)
+fn retag(doc: &mut Value, image: &Value) {
+    let Some(spec) = doc.pointer_mut("/spec/template/spec") else {
+        return;
+    };
+    for list in ["initContainers", "containers"] {
+        let list = spec.get_mut(list).and_then(Value::as_array_mut);
+        for c in list.into_iter().flatten() {
+            let current = c["image"].as_str().unwrap_or("").to_string();
+            let (name, tag) = current
+                .split_once(':')
+                .unwrap_or((current.as_str(), "latest"));
+            if name != image["name"].as_str().unwrap_or("") {
+                continue;
+            }
+            let name = image["newName"].as_str().unwrap_or(name);
+            let tag = image["newTag"].as_str().unwrap_or(tag);
+            c["image"] = Value::String(format!("{name}:{tag}"));
+        }
+    }
+}
+
+fn rendered() -> Vec<Value> {
+    render(&workspace_root().join("manifests"))
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn pod_spec(docs: &[Value]) -> &Value {
+    let ds = of_kind(docs, "DaemonSet");
+    assert_eq!(ds.len(), 1);
+    &ds[0]["spec"]["template"]["spec"]
+}
+
+fn containers(spec: &Value) -> Vec<&Value> {
+    ["initContainers", "containers"]
+        .iter()
+        .flat_map(|l| spec[*l].as_array().into_iter().flatten())
         .collect()
 }
 
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The first column (in backticks) of the rows of the table under the
+/// heading `title` of docs/install.md.
+fn documented(title: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(workspace_root().join("docs/install.md")).unwrap();
+    let section = text
+        .split("\n#")
+        .find(|s| s.trim_start_matches('#').trim_start().starts_with(title))
+        .unwrap_or_else(|| panic!("docs/install.md has no section {title:?}"));
+    let mut out: Vec<String> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`').map(|(v, _)| v.to_string()))
+        .collect();
+    out.sort();
+    out
+}
+
 #[test]
-fn every_manifest_parses_and_names_its_kind() {
-    let docs = documents();
-    for (file, d) in &docs {
-        assert!(
-            d["apiVersion"].is_string(),
-            "{}: no apiVersion",
-            file.display()
-        );
-        assert!(d["kind"].is_string(), "{}: no kind", file.display());
+fn the_kustomization_renders_every_object_once() {
+    let docs = rendered();
+    for d in &docs {
+        assert!(d["apiVersion"].is_string() && d["kind"].is_string(), "{d}");
     }
     for kind in [
         "Namespace",
@@ -60,75 +123,128 @@ fn every_manifest_parses_and_names_its_kind() {
         "ClusterRole",
         "ClusterRoleBinding",
         "DaemonSet",
-        "Cluster",
     ] {
         assert_eq!(of_kind(&docs, kind).len(), 1, "expected one {kind}");
+    }
+    let ns = of_kind(&docs, "Namespace")[0]["metadata"]["name"].clone();
+    for d in &docs {
+        if !["Namespace", "ClusterRole", "ClusterRoleBinding"]
+            .contains(&d["kind"].as_str().unwrap())
+        {
+            assert_eq!(d["metadata"]["namespace"], ns, "{}", d["kind"]);
+        }
+    }
+    for c in containers(pod_spec(&docs)) {
+        assert_eq!(c["image"], "palisade:dev", "{}", c["name"]);
     }
 }
 
 #[test]
-fn the_cluster_role_only_reads_what_policies_depend_on() {
-    let docs = documents();
+fn the_cluster_role_reads_exactly_what_the_docs_list() {
+    let docs = rendered();
     let role = of_kind(&docs, "ClusterRole")[0];
     let mut granted = Vec::new();
     for rule in role["rules"].as_array().unwrap() {
-        for verb in rule["verbs"].as_array().unwrap() {
-            assert!(
-                ["get", "list", "watch"].contains(&verb.as_str().unwrap()),
-                "write verb {verb} granted"
-            );
-        }
-        for group in rule["apiGroups"].as_array().unwrap() {
-            for res in rule["resources"].as_array().unwrap() {
-                granted.push(format!(
-                    "{}/{}",
-                    group.as_str().unwrap(),
-                    res.as_str().unwrap()
-                ));
+        assert_eq!(strings(&rule["verbs"]), ["get", "list", "watch"], "{rule}");
+        assert!(rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none());
+        for group in strings(&rule["apiGroups"]) {
+            for res in strings(&rule["resources"]) {
+                assert_ne!(res, "*");
+                granted.push(if group.is_empty() {
+                    res
+                } else {
+                    format!("{group}/{res}")
+                });
             }
         }
     }
     granted.sort();
+    assert_eq!(granted, documented("What the agent may read"));
+    let binding = of_kind(&docs, "ClusterRoleBinding")[0];
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    let sa = of_kind(&docs, "ServiceAccount")[0];
+    assert_eq!(binding["subjects"][0]["name"], sa["metadata"]["name"]);
     assert_eq!(
-        granted,
-        ["/namespaces", "/pods", "networking.k8s.io/networkpolicies"]
+        pod_spec(&docs)["serviceAccountName"],
+        sa["metadata"]["name"]
     );
 }
 
 #[test]
-fn only_the_bpffs_mount_is_privileged_and_capabilities_are_minimal() {
-    let docs = documents();
-    let ds = of_kind(&docs, "DaemonSet")[0];
-    let spec = &ds["spec"]["template"]["spec"];
+fn no_privileged_agent_and_capabilities_exactly_as_documented() {
+    let docs = rendered();
+    let spec = pod_spec(&docs);
     assert_eq!(spec["hostNetwork"], true);
-    assert_eq!(spec["serviceAccountName"], "palisade-agent");
-    let containers = spec["initContainers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .chain(spec["containers"].as_array().unwrap());
-    for c in containers {
+    assert_eq!(spec["priorityClassName"], "system-node-critical");
+    assert_eq!(spec["tolerations"][0]["operator"], "Exists");
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    for c in containers(spec) {
         let name = c["name"].as_str().unwrap();
         let sc = &c["securityContext"];
+        assert!(
+            sc["seccompProfile"].is_null(),
+            "{name} overrides the pod's seccomp profile"
+        );
+        assert!(
+            c["resources"]["requests"].is_object(),
+            "{name} has no requests"
+        );
+        assert!(
+            c["resources"]["limits"]["memory"].is_string(),
+            "{name} has no memory limit"
+        );
         if name == "mount-bpffs" {
+            // The one exception: an init container with a fixed command
+            // that only mounts bpffs on the host.
+            assert!(spec["initContainers"].as_array().unwrap().contains(c));
+            assert!(c["command"]
+                .to_string()
+                .contains("mount -t bpf bpf /sys/fs/bpf"));
             continue;
         }
         assert_ne!(sc["privileged"], true, "{name} is privileged");
-        let added: Vec<&str> = sc["capabilities"]["add"]
-            .as_array()
-            .map(|a| a.iter().map(|v| v.as_str().unwrap()).collect())
-            .unwrap_or_default();
-        for cap in &added {
-            assert!(
-                ["NET_ADMIN", "BPF", "PERFMON", "SYS_ADMIN"].contains(cap),
-                "{name} adds {cap}"
-            );
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"], "{name}");
+        let mut added = strings(&sc["capabilities"]["add"]);
+        added.sort();
+        if name == "agent" {
+            assert_eq!(added, documented("What the agent may do"));
+        } else {
+            assert!(added.is_empty(), "{name} needs no capabilities: {added:?}");
         }
-        if name != "agent" {
-            assert!(added.is_empty(), "{name} needs no capabilities");
-        }
-        assert_eq!(sc["capabilities"]["drop"][0], "ALL", "{name}");
     }
+}
+
+#[test]
+fn host_paths_are_only_the_documented_folders() {
+    let docs = rendered();
+    let spec = pod_spec(&docs);
+    let mut paths: Vec<String> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str().map(str::to_string))
+        .collect();
+    paths.sort();
+    assert_eq!(paths, documented("Host folders"));
+    assert!(
+        spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["hostPath"].is_object()),
+        "a volume that is not a documented hostPath"
+    );
+}
+
+#[test]
+fn the_agent_is_probed_and_told_its_node() {
+    let docs = rendered();
+    let spec = pod_spec(&docs);
     let agent = spec["containers"]
         .as_array()
         .unwrap()
@@ -137,21 +253,34 @@ fn only_the_bpffs_mount_is_privileged_and_capabilities_are_minimal() {
         .unwrap();
     assert_eq!(agent["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(agent["readinessProbe"]["httpGet"]["path"], "/readyz");
-    assert_eq!(agent["livenessProbe"]["httpGet"]["port"], 9090);
-    let cmd: Vec<&str> = agent["command"]
+    let cmd = strings(&agent["command"]);
+    assert!(cmd.windows(2).any(|w| w == ["--node-name", "$(NODE_NAME)"]));
+    assert!(cmd.contains(&"--kube".to_string()));
+    assert_eq!(
+        agent["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    let ds = of_kind(&docs, "DaemonSet")[0];
+    assert_eq!(ds["spec"]["updateStrategy"]["type"], "RollingUpdate");
+    // The chain installer runs first, and keeps re-chaining beside the agent.
+    let installs = |c: &&Value| strings(&c["command"]).contains(&"install".to_string());
+    assert!(spec["initContainers"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    assert!(cmd.windows(2).any(|w| w == ["--node-name", "$(NODE_NAME)"]));
-    assert!(cmd.contains(&"--kube"));
+        .any(|c| installs(&c)));
+    assert!(spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| installs(&c) && strings(&c["command"]).contains(&"--watch-seconds".to_string())));
 }
 
 #[test]
 fn the_kind_cluster_has_no_default_cni() {
-    let docs = documents();
-    let kind = of_kind(&docs, "Cluster")[0];
-    assert_eq!(kind["networking"]["disableDefaultCNI"], true);
-    assert_eq!(kind["networking"]["podSubnet"], "10.244.0.0/16");
+    let path = workspace_root().join("manifests/kind/kind-config.yaml");
+    let docs = yaml_documents(&std::fs::read_to_string(&path).unwrap(), "kind-config");
+    assert_eq!(docs[0]["kind"], "Cluster");
+    assert_eq!(docs[0]["networking"]["disableDefaultCNI"], true);
+    assert_eq!(docs[0]["networking"]["podSubnet"], "10.244.0.0/16");
 }
