@@ -1,23 +1,18 @@
 //! The node agent (`policy-agent run`) as a child process inside the node
 //! namespace, started before any CNI ADD and stopped with SIGTERM.
 
-use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent_api::{Request, Response};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
+use crate::daemon::{Daemon, DaemonSpec};
 use crate::error::TestbedError;
-use crate::netns::netns_path;
+
+pub use crate::daemon::log_tail;
 
 /// How long the agent may take to answer `Status`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the agent gets to exit after SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// Where the agent is told to keep its state.
 #[derive(Clone, Debug)]
@@ -32,18 +27,25 @@ pub struct AgentPaths {
     pub log: PathBuf,
 }
 
+/// Where the agent reads the cluster from.
+#[derive(Clone, Debug)]
+pub enum AgentSource {
+    /// `--manifests` files (re-read on change).
+    Manifests(Vec<PathBuf>),
+    /// `--kube` with this kubeconfig (`KUBECONFIG`), as node `node_name`.
+    Kube {
+        /// The kubeconfig (the agent's ServiceAccount token).
+        kubeconfig: PathBuf,
+        /// The node it runs on (`NODE_NAME`).
+        node_name: String,
+    },
+}
+
 /// A running agent.
 #[derive(Debug)]
 pub struct Agent {
-    child: Child,
+    daemon: Daemon,
     paths: AgentPaths,
-}
-
-/// The last `lines` lines of a log file.
-pub fn log_tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 impl Agent {
@@ -53,7 +55,7 @@ impl Agent {
     pub fn start(
         paths: AgentPaths,
         node_netns: &str,
-        manifests: &[PathBuf],
+        source: &AgentSource,
         node_addrs: &[String],
     ) -> Result<Agent, TestbedError> {
         if !paths.binary.is_file() {
@@ -62,101 +64,74 @@ impl Agent {
                 path: paths.binary.clone(),
             });
         }
-        let io_err = |source| TestbedError::Io {
-            path: paths.log.clone(),
-            source,
-        };
-        let log = File::create(&paths.log).map_err(io_err)?;
-        let log2 = log.try_clone().map_err(io_err)?;
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", netns_path(node_netns).display()))
-            .arg(&paths.binary)
-            .arg("run");
-        for m in manifests {
-            // Absolute, so the agent does not depend on our working folder.
-            let m = std::fs::canonicalize(m).unwrap_or_else(|_| m.clone());
-            cmd.arg("--manifests").arg(m);
+        let mut spec =
+            DaemonSpec::new("policy-agent", &paths.binary, node_netns, &paths.log).args(["run"]);
+        match source {
+            AgentSource::Manifests(manifests) => {
+                for m in manifests {
+                    // Absolute, so the agent does not depend on our working folder.
+                    let m = std::fs::canonicalize(m).unwrap_or_else(|_| m.clone());
+                    spec = spec.args([PathBuf::from("--manifests"), m]);
+                }
+            }
+            AgentSource::Kube {
+                kubeconfig,
+                node_name,
+            } => {
+                spec = spec
+                    .args(["--kube"])
+                    .env("KUBECONFIG", kubeconfig)
+                    .env("NODE_NAME", node_name);
+            }
         }
-        cmd.arg("--cni-socket")
-            .arg(&paths.socket)
-            .arg("--bpffs-dir")
-            .arg(&paths.bpffs_dir);
+        spec = spec
+            .args([Path::new("--cni-socket"), &paths.socket])
+            .args([Path::new("--bpffs-dir"), &paths.bpffs_dir]);
         for addr in node_addrs {
-            cmd.arg("--node-addr").arg(addr);
+            spec = spec.args(["--node-addr", addr]);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            // Own process group: a terminal's Ctrl-C reaches us, and we stop
-            // the agent after the CNI DELs, not before.
-            .process_group(0);
-        let child = cmd.spawn().map_err(|source| TestbedError::Spawn {
-            command: format!("{cmd:?}"),
-            source,
-        })?;
-        let mut agent = Agent { child, paths };
-        agent.wait_ready()?;
+        let daemon = Daemon::start(spec)?;
+        let mut agent = Agent { daemon, paths };
+        if let Err(e) = agent.wait_ready() {
+            agent.stop();
+            return Err(e);
+        }
         Ok(agent)
     }
 
-    fn failure(&self, reason: String) -> TestbedError {
-        TestbedError::Agent {
-            reason,
-            log: self.paths.log.clone(),
-            log_tail: log_tail(&self.paths.log, 30),
-        }
-    }
-
     fn wait_ready(&mut self) -> Result<(), TestbedError> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut last = String::from("socket not created yet");
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(self.failure(format!("exited before becoming ready ({status})")));
+        let socket = self.paths.socket.clone();
+        let ready = || {
+            if !socket.exists() {
+                return Err("socket not created yet".to_string());
             }
-            if self.paths.socket.exists() {
-                match agent_api::call(&self.paths.socket, &Request::Status, Duration::from_secs(1))
-                {
-                    Ok(Response::Ok) => return Ok(()),
-                    Ok(Response::Error { message }) => last = format!("Status answered: {message}"),
-                    #[allow(unreachable_patterns)]
-                    Ok(other) => last = format!("Status answered {other:?}"),
-                    Err(e) => last = e.to_string(),
-                }
+            match agent_api::call(&socket, &Request::Status, Duration::from_secs(1)) {
+                Ok(Response::Ok) => Ok(true),
+                Ok(Response::Error { message }) => Err(format!("Status answered: {message}")),
+                #[allow(unreachable_patterns)]
+                Ok(other) => Err(format!("Status answered {other:?}")),
+                Err(e) => Err(e.to_string()),
             }
-            if Instant::now() >= deadline {
-                let err =
-                    self.failure(format!("not ready within {READY_TIMEOUT:?} (last: {last})"));
-                self.stop();
-                return Err(err);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        };
+        self.daemon
+            .wait_until(READY_TIMEOUT, ready)
+            .map_err(|e| match e {
+                TestbedError::Daemon {
+                    reason,
+                    log,
+                    log_tail,
+                    ..
+                } => TestbedError::Agent {
+                    reason,
+                    log,
+                    log_tail,
+                },
+                other => other,
+            })
     }
 
     /// SIGTERM, then SIGKILL after a grace period; idempotent.
     pub fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        if let Ok(raw) = i32::try_from(self.child.id()) {
-            let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        tracing::warn!("policy-agent ignored SIGTERM for {STOP_GRACE:?}; killing it");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.stop();
+        self.daemon.stop();
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use crate::agent::Agent;
 use crate::cni::{Attachment, Network};
+use crate::daemon::Daemon;
 use crate::netns;
 
 /// What one test bed holds on the machine.
@@ -20,6 +21,9 @@ pub(crate) struct Resources {
     pub attachments: Vec<Attachment>,
     /// The agent (stopped after the DELs).
     pub agent: Option<Agent>,
+    /// Other processes (control plane, kube-proxy), stopped after the
+    /// agent, last started first.
+    pub daemons: Vec<Daemon>,
     /// Folders to remove (bpffs folder, state folder).
     pub dirs: Vec<PathBuf>,
     /// Set once cleaned: later additions are undone at once.
@@ -39,6 +43,9 @@ impl Resources {
         }
         if let Some(mut agent) = self.agent.take() {
             agent.stop();
+        }
+        for mut daemon in self.daemons.drain(..).rev() {
+            daemon.stop();
         }
         for name in self.netns.drain(..).rev() {
             netns::delete(&name);

@@ -100,6 +100,28 @@ pub enum TestbedError {
         /// Its last lines.
         log_tail: String,
     },
+    /// A control-plane process (etcd, kube-apiserver,
+    /// kube-controller-manager, kube-proxy) did not come up, or died.
+    #[error("{name}: {reason}\n--- {name} log tail ({log}) ---\n{log_tail}")]
+    Daemon {
+        /// Which process.
+        name: String,
+        /// What went wrong.
+        reason: String,
+        /// Its log file.
+        log: PathBuf,
+        /// Its last lines.
+        log_tail: String,
+    },
+    /// The Kubernetes API refused or failed a request of the test bed.
+    #[error("Kubernetes API: {what}: {source}")]
+    Kube {
+        /// What the test bed was doing (names the object).
+        what: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A file or folder the test bed owns could not be written.
     #[error("{path}: {source}")]
     Io {
