@@ -19,6 +19,10 @@ use policy_engine::model::Snapshot;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
+/// Logged with every state built from the API server, with the count and
+/// newest `resourceVersion` of each kind (`pods=3 pods_rv=1234 ...`).
+pub const STATE_LOG: &str = "cluster state from the API server";
+
 /// Quiet time between a change and the snapshot it produces.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
@@ -98,10 +102,34 @@ async fn build_loop(
     loop {
         tokio::time::sleep(DEBOUNCE).await;
         let snapshot = build(&pods, &namespaces, &policies);
+        // What the test bed waits for before it probes: per kind, how many
+        // objects and the newest resourceVersion this state was built from.
+        let (p, n, np) = (summary(&pods), summary(&namespaces), summary(&policies));
+        tracing::info!(
+            pods = p.0,
+            pods_rv = p.1,
+            namespaces = n.0,
+            namespaces_rv = n.1,
+            policies = np.0,
+            policies_rv = np.1,
+            "{STATE_LOG}"
+        );
         if tx.send(Some(snapshot)).is_err() || dirty.recv().await.is_none() {
             return;
         }
     }
+}
+
+/// How many objects `store` holds and the newest `resourceVersion` among
+/// them (etcd revisions, compared as numbers; 0 when none parses).
+fn summary<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> (usize, u64) {
+    let state = store.state();
+    let newest = state
+        .iter()
+        .filter_map(|o| o.meta().resource_version.as_deref()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    (state.len(), newest)
 }
 
 /// Builds a snapshot from the stores, reporting and skipping what the model
