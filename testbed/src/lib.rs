@@ -43,6 +43,8 @@ mod agent;
 mod bed;
 mod cleanup;
 pub mod cni;
+pub mod controlplane;
+mod daemon;
 mod echo;
 mod error;
 pub mod layout;

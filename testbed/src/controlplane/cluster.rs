@@ -1,0 +1,214 @@
+//! A cluster manifest brought to life through the control plane, for the
+//! test bed's kube mode: Palisade's install manifests applied with kubectl,
+//! the agent's ServiceAccount token, the manifest's Namespaces,
+//! NetworkPolicies and Services created through the API, a Node object and
+//! kube-proxy per node, and each Pod created bound to its node before the
+//! runtime wires it and reported running after.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+
+use super::objects::ClusterObjects;
+use super::{kubelet, sync, ControlPlane, ControlPlaneOptions, NodeLink};
+use crate::agent::AgentSource;
+use crate::error::TestbedError;
+use crate::probe::PodRef;
+
+/// The agent's ServiceAccount, as Palisade's install manifests declare it.
+pub const AGENT_SERVICE_ACCOUNT: (&str, &str) = ("palisade-system", "palisade-agent");
+
+/// How the kube mode runs.
+#[derive(Clone, Debug, Default)]
+pub struct KubeOptions {
+    /// Palisade's install manifests (the repository's `manifests/` folder
+    /// or its files), applied with kubectl: at least the Namespace,
+    /// ServiceAccount, ClusterRole and ClusterRoleBinding of the agent.
+    pub install: Vec<PathBuf>,
+    /// The control plane to start.
+    pub control_plane: ControlPlaneOptions,
+    /// Leave the manifests' NetworkPolicies out at start; apply them later
+    /// with [`KubeCluster::apply_policies_with_kubectl`] (the demo's
+    /// "before" and "after").
+    pub policies_later: bool,
+}
+
+/// The control plane with one bed's cluster in it.
+#[derive(Debug)]
+pub struct KubeCluster {
+    cp: ControlPlane,
+    objects: ClusterObjects,
+    node: NodeLink,
+    agent_kubeconfig: PathBuf,
+}
+
+fn pod_ref(pod: &Pod) -> PodRef {
+    PodRef {
+        namespace: pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+impl KubeCluster {
+    /// Starts the control plane, joins `node_netns` to it as node
+    /// `node_name` (Node object with `pod_cidr`, kube-proxy), installs
+    /// Palisade's RBAC, and creates the Namespaces, NetworkPolicies and
+    /// Services of `manifests` (Pods come later, one by one, from
+    /// [`Self::create_pod`]).
+    pub fn start(
+        opts: &KubeOptions,
+        node_netns: &str,
+        node_name: &str,
+        pod_cidr: &str,
+        manifests: &[PathBuf],
+    ) -> Result<KubeCluster, TestbedError> {
+        let objects = ClusterObjects::load(manifests)?;
+        let cp = ControlPlane::start(opts.control_plane.clone())?;
+        let node = cp.attach_node(node_netns, node_name)?;
+        kubelet::register_node(&cp, &node, pod_cidr)?;
+        cp.apply(&opts.install)?;
+        let (ns, sa) = AGENT_SERVICE_ACCOUNT;
+        let agent_kubeconfig = cp.service_account_kubeconfig(ns, sa)?;
+
+        let mut namespaces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for ns in &objects.namespaces {
+            if let Some(name) = &ns.metadata.name {
+                namespaces.insert(name.clone(), ns.metadata.labels.clone().unwrap_or_default());
+            }
+        }
+        let used = objects
+            .pods
+            .iter()
+            .map(|p| p.metadata.namespace.clone())
+            .chain(
+                objects
+                    .policies
+                    .iter()
+                    .map(|p| p.metadata.namespace.clone()),
+            )
+            .chain(
+                objects
+                    .services
+                    .iter()
+                    .map(|s| s.metadata.namespace.clone()),
+            );
+        for ns in used {
+            namespaces
+                .entry(ns.unwrap_or_else(|| "default".into()))
+                .or_default();
+        }
+        for (name, labels) in &namespaces {
+            kubelet::ensure_namespace(&cp, name, labels)?;
+        }
+        if !opts.policies_later {
+            for policy in &objects.policies {
+                kubelet::apply_policy(&cp, policy)?;
+            }
+        }
+        for service in &objects.services {
+            kubelet::apply_service(&cp, service)?;
+        }
+        cp.start_kube_proxy(&node)?;
+        Ok(KubeCluster {
+            cp,
+            objects,
+            node,
+            agent_kubeconfig,
+        })
+    }
+
+    /// How the node's agent reads the cluster: `--kube` as the Palisade
+    /// ServiceAccount.
+    pub fn agent_source(&self) -> AgentSource {
+        AgentSource::Kube {
+            kubeconfig: self.agent_kubeconfig.clone(),
+            node_name: self.node.name.clone(),
+        }
+    }
+
+    /// The agent's kubeconfig (its ServiceAccount's token).
+    pub fn agent_kubeconfig(&self) -> &Path {
+        &self.agent_kubeconfig
+    }
+
+    /// The control plane.
+    pub fn control_plane(&self) -> &ControlPlane {
+        &self.cp
+    }
+
+    /// The node's place on the underlay.
+    pub fn node(&self) -> &NodeLink {
+        &self.node
+    }
+
+    /// Creates `pod`'s object, from the manifests, bound to the node.
+    pub fn create_pod(&self, pod: &PodRef) -> Result<(), TestbedError> {
+        let object = self
+            .objects
+            .pods
+            .iter()
+            .find(|p| &pod_ref(p) == pod)
+            .ok_or_else(|| TestbedError::Layout {
+                reason: format!("pod {}/{} is not in the manifests", pod.namespace, pod.name),
+            })?;
+        kubelet::create_pod(&self.cp, object, &self.node.name).map(drop)
+    }
+
+    /// Reports `pod` running with `ips` on the node.
+    pub fn pod_running(&self, pod: &PodRef, ips: &[IpAddr]) -> Result<(), TestbedError> {
+        kubelet::set_pod_running(
+            &self.cp,
+            &pod.namespace,
+            &pod.name,
+            IpAddr::V4(self.node.addr),
+            ips,
+        )
+    }
+
+    /// `kubectl apply -f` of the manifests' NetworkPolicies (written to one
+    /// file in the data folder), as a user applies them; returns what
+    /// kubectl printed.
+    pub fn apply_policies_with_kubectl(&self) -> Result<String, TestbedError> {
+        let items: Vec<serde_json::Value> = self
+            .objects
+            .policies
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "apiVersion": "networking.k8s.io/v1",
+                    "kind": "NetworkPolicy",
+                    "metadata": {
+                        "name": p.metadata.name,
+                        "namespace": p.metadata.namespace.as_deref().unwrap_or("default"),
+                        "labels": p.metadata.labels,
+                    },
+                    "spec": p.spec,
+                })
+            })
+            .collect();
+        let path = self.cp.dir().join("policies.json");
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        std::fs::write(&path, list.to_string()).map_err(|source| TestbedError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        self.cp.apply(&[path])
+    }
+
+    /// Waits until the agent has applied what the API server holds now.
+    pub fn wait_for_agent(
+        &self,
+        agent_log: &Path,
+        agent_socket: &Path,
+        timeout: Duration,
+    ) -> Result<(), TestbedError> {
+        sync::wait_for_agent(&self.cp, agent_log, agent_socket, timeout)
+    }
+}
