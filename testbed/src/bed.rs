@@ -7,9 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::agent::{log_tail, Agent, AgentPaths};
+use crate::agent::{log_tail, Agent, AgentPaths, AgentSource};
 use crate::cleanup::Tracked;
 use crate::cni::{self, Network};
+use crate::controlplane::cluster::{KubeCluster, KubeOptions};
 use crate::echo;
 use crate::error::TestbedError;
 use crate::layout::Layout;
@@ -23,6 +24,11 @@ pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 pub const PLUGIN_BINARY: &str = "palisade-cni";
 /// Name of the agent binary in `bin_dir`.
 pub const AGENT_BINARY: &str = "policy-agent";
+
+/// The node's name in kube mode (its Node object, `spec.nodeName`).
+pub const KUBE_NODE_NAME: &str = "node-0";
+/// How long the agent may take to catch up with the API server.
+const KUBE_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -68,6 +74,12 @@ pub struct Testbed {
     layout: Layout,
     pods: BTreeMap<PodRef, WiredPod>,
     agent: Option<(PathBuf, PathBuf)>,
+    /// Kube mode: the control plane (dropped after `resources`).
+    cluster: Option<KubeCluster>,
+    /// Names and ids of this bed's namespaces and containers.
+    id: String,
+    /// Pods added after start (numbers their namespaces).
+    added: usize,
 }
 
 fn bpffs_mounted() -> bool {
@@ -107,6 +119,34 @@ impl Testbed {
         opts: TestbedOptions,
         snapshot: &Snapshot,
     ) -> Result<Testbed, TestbedError> {
+        Self::start_inner(opts, snapshot, None)
+    }
+
+    /// Builds the test bed for `snapshot` (loaded from `opts.manifests`)
+    /// against a real control plane (see [`crate::controlplane`]): the
+    /// manifests' Namespaces, NetworkPolicies, Services and Pods are
+    /// created through the API, the agent runs `--kube` as Palisade's
+    /// ServiceAccount, kube-proxy runs in the node, and each pod's address
+    /// comes from host-local IPAM (probes naming a pod's manifest address
+    /// reach the pod at its real one). Needs `opts.palisade`.
+    pub fn start_with_kube(
+        opts: TestbedOptions,
+        snapshot: &Snapshot,
+        kube: &KubeOptions,
+    ) -> Result<Testbed, TestbedError> {
+        if !opts.palisade {
+            return Err(TestbedError::Environment {
+                reason: "kube mode runs the Palisade agent: it needs palisade on".into(),
+            });
+        }
+        Self::start_inner(opts, snapshot, Some(kube))
+    }
+
+    fn start_inner(
+        opts: TestbedOptions,
+        snapshot: &Snapshot,
+        kube: Option<&KubeOptions>,
+    ) -> Result<Testbed, TestbedError> {
         validate_probes(snapshot, &opts.probes)?;
         let layout = Layout::new(snapshot, &opts.probes)?;
         // SAFETY: geteuid has no preconditions and cannot fail.
@@ -140,6 +180,20 @@ impl Testbed {
             no_dad(&node)?;
         }
 
+        let cluster = match kube {
+            Some(k) => {
+                let cidr = format!("{}/{}", layout.subnet.0, layout.subnet.1);
+                Some(KubeCluster::start(
+                    k,
+                    &node,
+                    KUBE_NODE_NAME,
+                    &cidr,
+                    &opts.manifests,
+                )?)
+            }
+            None => None,
+        };
+
         let mut agent_paths = None;
         if opts.palisade {
             let plugin = opts.bin_dir.join(PLUGIN_BINARY);
@@ -168,10 +222,15 @@ impl Testbed {
             let node_addrs: Vec<String> = [Some(IpAddr::V4(layout.gateway))]
                 .into_iter()
                 .chain([layout.gateway6.map(IpAddr::V6)])
+                .chain([cluster.as_ref().map(|c| IpAddr::V4(c.node().addr))])
                 .flatten()
                 .map(|a| a.to_string())
                 .collect();
-            let agent = Agent::start(paths.clone(), &node, &opts.manifests, &node_addrs)?;
+            let source = match &cluster {
+                Some(c) => c.agent_source(),
+                None => AgentSource::Manifests(opts.manifests.clone()),
+            };
+            let agent = Agent::start(paths.clone(), &node, &source, &node_addrs)?;
             resources.with(|r| r.agent = Some(agent));
             agent_paths = Some(paths);
         }
@@ -193,7 +252,13 @@ impl Testbed {
         let mut pods = BTreeMap::new();
         for (i, plan) in layout.pods.iter().enumerate() {
             let name = format!("{}/{}", plan.pod.namespace, plan.pod.name);
+            if let Some(c) = &cluster {
+                c.create_pod(&plan.pod)?;
+            }
             if plan.host_network {
+                if let Some(c) = &cluster {
+                    c.pod_running(&plan.pod, &[IpAddr::V4(layout.gateway)])?;
+                }
                 pods.insert(
                     plan.pod.clone(),
                     WiredPod {
@@ -212,6 +277,11 @@ impl Testbed {
             if layout.dual_stack() {
                 no_dad(&ns)?;
                 requested.extend(plan.requested6.map(IpAddr::V6));
+            }
+            if cluster.is_some() {
+                // As on a real node: the API holds no address yet, IPAM
+                // picks one.
+                requested.clear();
             }
             let container_id = format!("{id}-c{i}");
             let att = network.add_ips(
@@ -241,6 +311,13 @@ impl Testbed {
                 message: "the result holds no IPv4 address".into(),
                 stderr: String::new(),
             })?;
+            if let Some(c) = &cluster {
+                let ips: Vec<IpAddr> = [Some(IpAddr::V4(ip)), ip6.map(IpAddr::V6)]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                c.pod_running(&plan.pod, &ips)?;
+            }
             pods.insert(
                 plan.pod.clone(),
                 WiredPod {
@@ -279,8 +356,14 @@ impl Testbed {
             layout,
             pods,
             agent: agent_paths.map(|p| (p.log, p.socket)),
+            cluster,
+            id,
+            added: 0,
         };
         bed.start_servers()?;
+        if let (Some(c), Some((log, socket))) = (&bed.cluster, &bed.agent) {
+            c.wait_for_agent(log, socket, KUBE_SYNC_TIMEOUT)?;
+        }
         Ok(bed)
     }
 
@@ -338,7 +421,15 @@ impl Testbed {
                 Ok((w.netns.clone(), IpAddr::V6(ip6), false))
             }
             End::Ip(IpAddr::V6(ip)) => {
-                if let Some(w) = self
+                if let Some((w, ip6)) = self
+                    .layout
+                    .pod_by_ip6(*ip)
+                    .and_then(|i| self.pods.get(&self.layout.pods[i].pod))
+                    .filter(|w| !w.host_network)
+                    .and_then(|w| Some((w, w.ip6?)))
+                {
+                    Ok((w.netns.clone(), IpAddr::V6(ip6), false))
+                } else if let Some(w) = self
                     .pods
                     .values()
                     .find(|w| w.ip6 == Some(*ip) && !w.host_network)
@@ -357,7 +448,17 @@ impl Testbed {
                 }
             }
             End::Ip(IpAddr::V4(ip)) => {
-                if let Some(w) = self.pods.values().find(|w| w.ip == *ip && !w.host_network) {
+                if let Some(w) = self
+                    .layout
+                    .pod_by_ip(*ip)
+                    .and_then(|i| self.pods.get(&self.layout.pods[i].pod))
+                    .filter(|w| !w.host_network)
+                {
+                    // The pod the manifest gave this address (in kube mode
+                    // IPAM may have given it another).
+                    Ok((w.netns.clone(), IpAddr::V4(w.ip), false))
+                } else if let Some(w) = self.pods.values().find(|w| w.ip == *ip && !w.host_network)
+                {
                     Ok((w.netns.clone(), IpAddr::V4(*ip), false))
                 } else if *ip == self.layout.gateway {
                     Ok((self.node.clone(), IpAddr::V4(*ip), false))
@@ -454,6 +555,117 @@ impl Testbed {
         self.agent_log()
             .map(|l| log_tail(l, lines))
             .unwrap_or_default()
+    }
+
+    /// Kube mode: the cluster in the control plane (the API server, the
+    /// node, the agent's credentials).
+    pub fn kube(&self) -> Option<&KubeCluster> {
+        self.cluster.as_ref()
+    }
+
+    /// Kube mode: a pod created through the API after start, as on a real
+    /// node: the Pod object (bound to the node), a namespace wired by CNI
+    /// ADD, its status (IPs, Running, Ready), echo servers on its declared
+    /// container ports; returns once the agent has applied it. Probes may
+    /// name it from then on.
+    pub fn add_pod(
+        &mut self,
+        pod: &k8s_openapi::api::core::v1::Pod,
+    ) -> Result<WiredPod, TestbedError> {
+        let Some(cluster) = &self.cluster else {
+            return Err(TestbedError::Environment {
+                reason: "pods can be added only in kube mode".into(),
+            });
+        };
+        let pod_ref = PodRef {
+            namespace: pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+        };
+        let name = format!("{}/{}", pod_ref.namespace, pod_ref.name);
+        if self.pods.contains_key(&pod_ref) {
+            return Err(TestbedError::Layout {
+                reason: format!("pod {name} is already in the test bed"),
+            });
+        }
+        let network = self.resources.with(|r| r.network.clone()).ok_or_else(|| {
+            TestbedError::Environment {
+                reason: "the test bed has no CNI network".into(),
+            }
+        })?;
+        crate::controlplane::kubelet::create_pod(
+            cluster.control_plane(),
+            pod,
+            &cluster.node().name,
+        )?;
+        let i = self.added;
+        self.added += 1;
+        let ns = format!("{}-a{i}", self.id);
+        self.resources.with(|r| r.netns.push(ns.clone()));
+        netns::create(&ns)?;
+        if self.layout.dual_stack() {
+            no_dad(&ns)?;
+        }
+        let container_id = format!("{}-ca{i}", self.id);
+        let att = network.add_ips(
+            &name,
+            &pod_ref.namespace,
+            &pod_ref.name,
+            &container_id,
+            &ns,
+            &[],
+        )?;
+        let (ip, ip6) = (att.ipv4(), att.ipv6());
+        self.resources.with(|r| r.attachments.push(att));
+        let ip = ip.ok_or_else(|| TestbedError::Cni {
+            command: "ADD",
+            pod: name.clone(),
+            plugin: "bridge".into(),
+            message: "the result holds no IPv4 address".into(),
+            stderr: String::new(),
+        })?;
+        let ips: Vec<IpAddr> = [Some(IpAddr::V4(ip)), ip6.map(IpAddr::V6)]
+            .into_iter()
+            .flatten()
+            .collect();
+        cluster.pod_running(&pod_ref, &ips)?;
+        let ports: std::collections::BTreeSet<u16> = pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| u16::try_from(p.container_port).ok())
+            .collect();
+        if let Some(rt) = &self.runtime {
+            let any = if self.layout.dual_stack() {
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            };
+            let addrs: Vec<_> = ports.iter().map(|p| (any, *p)).collect();
+            echo::serve(rt.handle(), &ns, &addrs)?;
+        }
+        let wired = WiredPod {
+            netns: ns,
+            ip,
+            ip6,
+            host_network: false,
+        };
+        self.pods.insert(pod_ref, wired.clone());
+        self.wait_for_agent_sync()?;
+        Ok(wired)
+    }
+
+    /// Kube mode: waits until the agent has applied what the API server
+    /// holds now (after changes made through [`Self::kube`]).
+    pub fn wait_for_agent_sync(&self) -> Result<(), TestbedError> {
+        match (&self.cluster, &self.agent) {
+            (Some(c), Some((log, socket))) => c.wait_for_agent(log, socket, KUBE_SYNC_TIMEOUT),
+            _ => Ok(()),
+        }
     }
 
     /// The agent's CNI socket (palisade on).
