@@ -6,6 +6,7 @@
 mod cmd;
 mod image;
 mod kind_e2e;
+mod kube_build;
 mod prereq;
 mod setup;
 mod tasks;
@@ -55,9 +56,15 @@ enum Command {
         /// Build and run the release binaries.
         #[arg(long)]
         release: bool,
+        /// Against a real control plane (etcd, kube-apiserver,
+        /// kube-controller-manager, kube-proxy): objects created through
+        /// the API, the agent running `--kube` as Palisade's ServiceAccount.
+        #[arg(long, conflicts_with = "no_palisade")]
+        kube: bool,
     },
-    /// For each example under examples/, probe without and with Palisade
-    /// and show what the policies change.
+    /// For each example under examples/, probe without Palisade (the plain
+    /// bridge), then on a real control plane with Palisade once the
+    /// policies are applied with kubectl, and show what they change.
     Demo {
         /// Only this example (a directory name under examples/).
         #[arg(long)]
@@ -106,12 +113,14 @@ fn main() -> ExitCode {
             format,
             no_palisade,
             release,
+            kube,
         } => tasks::testbed(tasks::TestbedArgs {
             manifests,
             probes,
             format,
             palisade: !no_palisade,
             release,
+            kube,
         }),
         Command::Demo { example, release } => tasks::demo(example.as_deref(), release),
         Command::Bench { args } => tasks::bench(&args),

@@ -10,7 +10,9 @@ use anyhow::{bail, Result};
 use crate::cmd::{self, probe};
 
 /// Debian packages: LLVM 22 for bpf-linker, bpftool for inspecting maps, the
-/// reference CNI plugins and iptables for the test bed.
+/// reference CNI plugins and iptables for the test bed; etcd, openssl (the
+/// control plane's credentials), and Go 1.19, rsync and reflect2 1.0.2 to
+/// build the Kubernetes binaries (see `kube_build`).
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -20,6 +22,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "containernetworking-plugins",
     "iptables",
+    "etcd-server",
+    "openssl",
+    "golang-1.19-go",
+    "rsync",
+    "golang-github-modern-go-reflect2-dev",
 ];
 
 /// The nightly that builds the eBPF object (LLVM 22; a newer nightly's LLVM 23
@@ -69,6 +76,11 @@ const STEPS: &[Step] = &[
         name: "cargo-nextest",
         check: nextest_missing,
         fix: install_nextest,
+    },
+    Step {
+        name: "kubernetes",
+        check: crate::kube_build::missing,
+        fix: crate::kube_build::build,
     },
 ];
 

@@ -10,6 +10,7 @@ use agent_api::{FlowRecord, Request};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use testbed::controlplane::cluster::KubeOptions;
 use testbed::{report, Observation, Testbed, TestbedError, TestbedOptions};
 
 use crate::cmd::{self, cargo};
@@ -120,6 +121,8 @@ pub struct TestbedArgs {
     pub palisade: bool,
     /// Release binaries.
     pub release: bool,
+    /// Against a real control plane.
+    pub kube: bool,
 }
 
 /// `cargo xtask testbed`: exit 1 if an observation contradicts an
@@ -128,11 +131,13 @@ pub fn testbed(args: TestbedArgs) -> Result<ExitCode> {
     setup::run()?;
     let bin_dir = build_binaries(args.release)?;
     testbed::install_signal_cleanup().context("cannot install the Ctrl-C cleanup")?;
+    let kube = args.kube.then(kube_options);
     let seen = match run_probes(
         &args.manifests,
         args.probes.as_deref(),
         args.palisade,
         &bin_dir,
+        kube.as_ref(),
     ) {
         Ok((seen, _)) => seen,
         Err(e) => {
@@ -151,17 +156,27 @@ fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-/// Starts a test bed for `manifests` (with or without Palisade), runs the
-/// probes of `probes` (default: every pod to every declared port) and tears
-/// the bed down.
-/// Runs the probes on a fresh test bed; with Palisade, also returns the
-/// drops the agent reported meanwhile (what `policy-agent flows --verdict
-/// dropped` shows).
+/// Kube mode with the repository's install manifests.
+fn kube_options() -> KubeOptions {
+    KubeOptions {
+        install: vec![cmd::workspace_root().join("manifests")],
+        ..Default::default()
+    }
+}
+
+/// Starts a test bed for `manifests` (with or without Palisade; against a
+/// real control plane with `kube`), runs the probes of `probes` (default:
+/// every pod to every declared port) and tears the bed down; with
+/// Palisade, also returns the drops the agent reported meanwhile (what
+/// `policy-agent flows --verdict dropped` shows). With `kube` and
+/// `policies_later`, the policies are applied with kubectl (its output
+/// printed) once the pods are up, before the probes run.
 fn run_probes(
     manifests: &Path,
     probes: Option<&Path>,
     palisade: bool,
     bin_dir: &Path,
+    kube: Option<&KubeOptions>,
 ) -> Result<(Vec<Observation>, Vec<FlowRecord>), TestbedError> {
     let manifests = vec![manifests.to_path_buf()];
     let snapshot = testbed::load_snapshot(&manifests)?;
@@ -169,15 +184,23 @@ fn run_probes(
         Some(file) => testbed::read_probes(file)?,
         None => testbed::default_probes(&snapshot),
     };
-    let bed = Testbed::start_with_snapshot(
-        TestbedOptions {
-            manifests,
-            palisade,
-            bin_dir: bin_dir.to_path_buf(),
-            probes: probes.clone(),
-        },
-        &snapshot,
-    )?;
+    let opts = TestbedOptions {
+        manifests,
+        palisade,
+        bin_dir: bin_dir.to_path_buf(),
+        probes: probes.clone(),
+    };
+    let bed = match kube {
+        Some(k) => Testbed::start_with_kube(opts, &snapshot, k)?,
+        None => Testbed::start_with_snapshot(opts, &snapshot)?,
+    };
+    if let (Some(cluster), Some(true)) = (bed.kube(), kube.map(|k| k.policies_later)) {
+        println!("   $ kubectl apply -f policies.json");
+        for line in cluster.apply_policies_with_kubectl()?.lines() {
+            println!("   {line}");
+        }
+        bed.wait_for_agent_sync()?;
+    }
     let drops = Arc::new(Mutex::new(Vec::new()));
     if let Some(socket) = bed.agent_socket() {
         let (socket, sink) = (socket.to_path_buf(), drops.clone());
@@ -265,17 +288,27 @@ fn examples(only: Option<&str>) -> Result<Vec<Example>> {
 }
 
 /// `cargo xtask demo`: each example without Palisade (the plain bridge, what
-/// Flannel gives) and with it, side by side. Exit 1 if, with Palisade, a
-/// verdict differs from the example's expectation.
+/// Flannel gives), then against a real API server with Palisade once the
+/// example's policies are applied with kubectl, side by side. Exit 1 if,
+/// with Palisade, a verdict differs from the example's expectation.
 pub fn demo(only: Option<&str>, release: bool) -> Result<ExitCode> {
     setup::run()?;
     let bin_dir = build_binaries(release)?;
     testbed::install_signal_cleanup().context("cannot install the Ctrl-C cleanup")?;
     let (mut probes, mut changed, mut wrong) = (0, 0, 0);
     let list = examples(only)?;
+    let kube = KubeOptions {
+        policies_later: true,
+        ..kube_options()
+    };
     for ex in &list {
-        let run = |palisade| run_probes(&ex.cluster, Some(&ex.probes), palisade, &bin_dir);
-        let (before, (after, drops)) = match run(false).and_then(|b| Ok((b.0, run(true)?))) {
+        println!(
+            "\n== {}: BEFORE (plain bridge, as Flannel gives), then a real API server with Palisade",
+            ex.name
+        );
+        let before = run_probes(&ex.cluster, Some(&ex.probes), false, &bin_dir, None);
+        let after = || run_probes(&ex.cluster, Some(&ex.probes), true, &bin_dir, Some(&kube));
+        let (before, (after, drops)) = match before.and_then(|b| Ok((b.0, after()?))) {
             Ok(pair) => pair,
             Err(e) => {
                 eprintln!("xtask demo: {}: {e}", ex.name);
@@ -283,8 +316,7 @@ pub fn demo(only: Option<&str>, release: bool) -> Result<ExitCode> {
             }
         };
         println!(
-            "\n== {} (BEFORE: plain bridge, AFTER: with Palisade)",
-            ex.name
+            "   (BEFORE: plain bridge, AFTER: Palisade enforcing the policies kubectl applied)"
         );
         print!("{}", report::comparison_table(&before, &after));
         let mismatched: Vec<_> = after
