@@ -619,15 +619,21 @@ impl ControlPlane {
         self.kubectl_with(&self.admin_kubeconfig, args)
     }
 
-    /// `kubectl apply -f` each path (files or folders), as the admin.
+    /// `kubectl apply` each path as the admin: `-k` for a folder holding a
+    /// `kustomization.yaml` (kubectl's built-in kustomize), `-f` for other
+    /// files and folders.
     pub fn apply(&self, paths: &[PathBuf]) -> Result<String, TestbedError> {
-        let mut args = vec!["apply".to_string()];
+        let mut out = String::new();
         for p in paths {
-            args.push("-f".into());
-            args.push(p.display().to_string());
+            let flag = if p.join("kustomization.yaml").is_file() {
+                "-k"
+            } else {
+                "-f"
+            };
+            let path = p.display().to_string();
+            out.push_str(&self.kubectl(&["apply", flag, &path])?);
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.kubectl(&args)
+        Ok(out)
     }
 
     /// Joins node namespace `node_netns` to the underlay as node `name`
