@@ -52,6 +52,11 @@ enum Command {
         /// Run without Palisade: the plain bridge network, as Flannel gives.
         #[arg(long)]
         no_palisade: bool,
+        /// Nodes: several are joined by a VXLAN overlay as Flannel joins
+        /// them, with an agent each; pods go where `spec.nodeName` says,
+        /// else where their address lies, else to the emptiest node.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
         /// Build and run the release binaries.
         #[arg(long)]
         release: bool,
@@ -105,12 +110,14 @@ fn main() -> ExitCode {
             probes,
             format,
             no_palisade,
+            nodes,
             release,
         } => tasks::testbed(tasks::TestbedArgs {
             manifests,
             probes,
             format,
             palisade: !no_palisade,
+            nodes,
             release,
         }),
         Command::Demo { example, release } => tasks::demo(example.as_deref(), release),

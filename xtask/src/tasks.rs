@@ -118,6 +118,8 @@ pub struct TestbedArgs {
     pub format: Format,
     /// With Palisade (false: plain bridge).
     pub palisade: bool,
+    /// How many nodes.
+    pub nodes: usize,
     /// Release binaries.
     pub release: bool,
 }
@@ -132,6 +134,7 @@ pub fn testbed(args: TestbedArgs) -> Result<ExitCode> {
         &args.manifests,
         args.probes.as_deref(),
         args.palisade,
+        args.nodes,
         &bin_dir,
     ) {
         Ok((seen, _)) => seen,
@@ -161,6 +164,7 @@ fn run_probes(
     manifests: &Path,
     probes: Option<&Path>,
     palisade: bool,
+    nodes: usize,
     bin_dir: &Path,
 ) -> Result<(Vec<Observation>, Vec<FlowRecord>), TestbedError> {
     let manifests = vec![manifests.to_path_buf()];
@@ -175,6 +179,7 @@ fn run_probes(
             palisade,
             bin_dir: bin_dir.to_path_buf(),
             probes: probes.clone(),
+            nodes,
         },
         &snapshot,
     )?;
@@ -274,7 +279,7 @@ pub fn demo(only: Option<&str>, release: bool) -> Result<ExitCode> {
     let (mut probes, mut changed, mut wrong) = (0, 0, 0);
     let list = examples(only)?;
     for ex in &list {
-        let run = |palisade| run_probes(&ex.cluster, Some(&ex.probes), palisade, &bin_dir);
+        let run = |palisade| run_probes(&ex.cluster, Some(&ex.probes), palisade, 1, &bin_dir);
         let (before, (after, drops)) = match run(false).and_then(|b| Ok((b.0, run(true)?))) {
             Ok(pair) => pair,
             Err(e) => {
