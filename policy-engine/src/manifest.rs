@@ -13,7 +13,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::model::{ModelError, PodRef, PolicyRef, Snapshot};
+use crate::model::{ModelError, PolicyRef, Snapshot};
 
 /// Problems loading manifests. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -93,10 +93,6 @@ pub struct Loaded {
     /// File each object came from, keyed `Kind namespace/name` (`Namespace
     /// name` for namespaces).
     pub sources: BTreeMap<String, PathBuf>,
-    /// The node each pod is bound to (`spec.nodeName`), for the pods whose
-    /// manifest names one (the compiler does not need it; the test bed
-    /// places pods by it).
-    pub nodes: BTreeMap<PodRef, String>,
 }
 
 impl Loaded {
@@ -235,14 +231,6 @@ fn add_object(v: Value, path: &Path, loaded: &mut Loaded) -> Result<(), Manifest
         "Pod" => {
             let pod: Pod = serde_json::from_value(v).map_err(|e| shape("Pod", e))?;
             let r = loaded.snapshot.upsert_pod(&pod).map_err(model)?;
-            match pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
-                Some(node) if !node.is_empty() => {
-                    loaded.nodes.insert(r.clone(), node);
-                }
-                _ => {
-                    loaded.nodes.remove(&r);
-                }
-            }
             loaded
                 .sources
                 .insert(format!("Pod {r}"), path.to_path_buf());
@@ -279,7 +267,7 @@ fn add_object(v: Value, path: &Path, loaded: &mut Loaded) -> Result<(), Manifest
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Protocol;
+    use crate::model::{PodRef, Protocol};
 
     fn load(text: &str, name: &str) -> Result<Loaded, ManifestError> {
         let mut l = Loaded::default();
@@ -338,14 +326,6 @@ spec:
             "status":{"podIP":"10.0.0.2"}}]}"#;
         let l = load(json, "l.json").unwrap();
         assert_eq!(l.snapshot.pods.len(), 1);
-        assert!(l.nodes.is_empty());
-    }
-
-    #[test]
-    fn records_the_node_a_pod_is_bound_to() {
-        let yaml = "kind: Pod\nmetadata: {name: a, namespace: x}\nspec: {nodeName: node1, containers: []}\n";
-        let l = load(yaml, "n.yaml").unwrap();
-        assert_eq!(l.nodes[&PodRef::new("x", "a")], "node1");
     }
 
     #[test]

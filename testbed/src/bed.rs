@@ -113,16 +113,6 @@ impl Testbed {
         Self::start_with_snapshot(opts, &snapshot)
     }
 
-    /// The nodes the manifests bind pods to (`spec.nodeName`).
-    fn bound_nodes(opts: &TestbedOptions) -> Result<BTreeMap<PodRef, String>, TestbedError> {
-        if opts.manifests.is_empty() || opts.nodes <= 1 {
-            return Ok(BTreeMap::new());
-        }
-        policy_engine::manifest::load_paths(&opts.manifests)
-            .map(|l| l.nodes)
-            .map_err(|source| TestbedError::Manifest { source })
-    }
-
     /// Builds the test bed for an already loaded `snapshot` (the agent, when
     /// enabled, still reads `opts.manifests`).
     pub fn start_with_snapshot(
@@ -131,7 +121,7 @@ impl Testbed {
     ) -> Result<Testbed, TestbedError> {
         validate_probes(snapshot, &opts.probes)?;
         let count = opts.nodes.max(1);
-        let layout = Layout::on_nodes(snapshot, &opts.probes, count, &Self::bound_nodes(&opts)?)?;
+        let layout = Layout::on_nodes(snapshot, &opts.probes, count)?;
         if count > 1 {
             require_addresses(snapshot, &layout)?;
         }

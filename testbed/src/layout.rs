@@ -91,17 +91,16 @@ pub(crate) fn in_subnet6(ip: Ipv6Addr, (net, prefix): (Ipv6Addr, u8)) -> bool {
 impl Layout {
     /// Lays out `snapshot` on one node so that every probe can run.
     pub fn new(snapshot: &Snapshot, probes: &[Probe]) -> Result<Self, TestbedError> {
-        Self::on_nodes(snapshot, probes, 1, &BTreeMap::new())
+        Self::on_nodes(snapshot, probes, 1)
     }
 
     /// Lays out `snapshot` on `count` nodes so that every probe can run;
-    /// `bound` holds the node the manifests name for a pod (ignored on one
+    /// a pod's `spec.nodeName` says which node it is on (ignored on one
     /// node, where every pod is on the only node).
     pub fn on_nodes(
         snapshot: &Snapshot,
         probes: &[Probe],
         count: usize,
-        bound: &BTreeMap<PodRef, String>,
     ) -> Result<Self, TestbedError> {
         if !(1..=MAX_NODES).contains(&count) {
             return Err(TestbedError::Layout {
@@ -178,7 +177,12 @@ impl Layout {
             vec![one_node(&pods, &requested, &requested6, dual)?]
         } else {
             let nodes = placement::node_nets(count, dual);
-            placement::place(&mut pods, &nodes, bound)?;
+            let bound: BTreeMap<PodRef, String> = snapshot
+                .pods
+                .iter()
+                .filter_map(|(r, p)| Some((r.clone(), p.node.clone()?)))
+                .collect();
+            placement::place(&mut pods, &nodes, &bound)?;
             nodes
         };
         let in_pod_subnet = |ip: Ipv4Addr| {
@@ -540,7 +544,7 @@ pub(crate) mod tests {
             std::path::Path::new("t"),
         )
         .unwrap();
-        let l = Layout::on_nodes(&s, &probes, 2, &BTreeMap::new()).unwrap();
+        let l = Layout::on_nodes(&s, &probes, 2).unwrap();
         assert_eq!(l.nodes.len(), 2);
         assert_eq!(l.nodes[1].subnet, (Ipv4Addr::new(10, 244, 1, 0), 24));
         let node: BTreeMap<String, usize> = l
@@ -563,9 +567,9 @@ pub(crate) mod tests {
             std::path::Path::new("t"),
         )
         .unwrap();
-        let err = Layout::on_nodes(&s, &bad, 2, &BTreeMap::new()).unwrap_err();
+        let err = Layout::on_nodes(&s, &bad, 2).unwrap_err();
         assert!(err.is_bad_input(), "{err}");
-        assert!(Layout::on_nodes(&s, &[], 0, &BTreeMap::new()).is_err());
+        assert!(Layout::on_nodes(&s, &[], 0).is_err());
     }
 
     #[test]
