@@ -118,7 +118,11 @@ impl std::fmt::Display for Backend {
     }
 }
 
-fn object_ref(kind: &'static str, ns: Option<&String>, name: Option<&String>) -> Result<PodRef, ModelError> {
+fn object_ref(
+    kind: &'static str,
+    ns: Option<&String>,
+    name: Option<&String>,
+) -> Result<PodRef, ModelError> {
     let name = name.cloned().ok_or(ModelError::MissingName {
         kind,
         field: "metadata.name",
@@ -163,7 +167,12 @@ fn protocol(
     }
 }
 
-fn parse_ip(kind: &'static str, object: &PodRef, field: String, text: &str) -> Result<IpAddr, ModelError> {
+fn parse_ip(
+    kind: &'static str,
+    object: &PodRef,
+    field: String,
+    text: &str,
+) -> Result<IpAddr, ModelError> {
     text.trim()
         .parse::<IpAddr>()
         .map(normalize_ip)
@@ -220,12 +229,9 @@ impl ServiceInfo {
                     TargetPort::Number(port_number(KIND, &r, format!("{field}.targetPort"), *n)?)
                 }
                 Some(IntOrString::String(s)) => match s.parse::<i32>() {
-                    Ok(n) => TargetPort::Number(port_number(
-                        KIND,
-                        &r,
-                        format!("{field}.targetPort"),
-                        n,
-                    )?),
+                    Ok(n) => {
+                        TargetPort::Number(port_number(KIND, &r, format!("{field}.targetPort"), n)?)
+                    }
                     Err(_) if !s.is_empty() => TargetPort::Name(s.clone()),
                     Err(_) => TargetPort::Number(port),
                 },
@@ -405,7 +411,12 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    fn pod(name: &str, labels: &[(&str, &str)], ip: &str, ports: &[(&str, u16)]) -> k8s_openapi::api::core::v1::Pod {
+    fn pod(
+        name: &str,
+        labels: &[(&str, &str)],
+        ip: &str,
+        ports: &[(&str, u16)],
+    ) -> k8s_openapi::api::core::v1::Pod {
         let labels: serde_json::Map<String, serde_json::Value> = labels
             .iter()
             .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
@@ -439,7 +450,10 @@ mod tests {
             ))
             .unwrap();
         let info = s.services[&r].clone();
-        assert_eq!(info.cluster_ips, vec!["10.96.0.7".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            info.cluster_ips,
+            vec!["10.96.0.7".parse::<IpAddr>().unwrap()]
+        );
         let sp = info.port(80, Protocol::Tcp).unwrap();
         let b: Vec<String> = s.backends(&r, sp).iter().map(ToString::to_string).collect();
         assert_eq!(b, ["x/a:8080", "x/b:9090"]);
@@ -488,7 +502,10 @@ mod tests {
         ))
         .unwrap_err()
         .to_string();
-        assert!(e.contains("x/h") && e.contains("spec.ports[0].targetPort"), "{e}");
+        assert!(
+            e.contains("x/h") && e.contains("spec.ports[0].targetPort"),
+            "{e}"
+        );
         let e = ServiceInfo::from_service(&svc(
             "metadata: {name: h, namespace: x}\nspec: {clusterIP: 10.96.0.300}",
         ))

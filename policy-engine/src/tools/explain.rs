@@ -209,7 +209,11 @@ fn explain_service(
     let names: Vec<String> = r.backends.iter().map(|b| b.backend.to_string()).collect();
     let mut lines = vec![format!(
         "{from} -> Service {svc} (ClusterIP {}) on {port}/{proto}: {}",
-        if ips.is_empty() { "none".to_string() } else { ips.join(", ") },
+        if ips.is_empty() {
+            "none".to_string()
+        } else {
+            ips.join(", ")
+        },
         if allowed { "ALLOWED" } else { "DENIED" }
     )];
     lines.push(
@@ -229,13 +233,11 @@ fn explain_service(
         let e = explain(sim, from, &End::Ip(b.backend.ip), proto, b.backend.port)?;
         lines.push(String::new());
         lines.push(format!("Backend {}:", b.backend));
-        lines.extend(e.lines.into_iter().map(|l| {
-            if l.is_empty() {
-                l
-            } else {
-                format!("  {l}")
-            }
-        }));
+        lines.extend(
+            e.lines
+                .into_iter()
+                .map(|l| if l.is_empty() { l } else { format!("  {l}") }),
+        );
     }
     lines.push(String::new());
     if r.backends_agree() {
@@ -249,7 +251,11 @@ fn explain_service(
             lines.push(format!(
                 "Verdict for {}: {}",
                 b.backend,
-                if b.connection.allowed() { "ALLOWED" } else { "DENIED" }
+                if b.connection.allowed() {
+                    "ALLOWED"
+                } else {
+                    "DENIED"
+                }
             ));
         }
     }

@@ -262,12 +262,10 @@ pub fn service_connections(
         })?;
     let (_, src_ips) = resolve(snapshot, from)?;
     let backends = snapshot.backends(service, sp);
-    let family = [true, false]
-        .into_iter()
-        .find(|v4| {
-            src_ips.iter().any(|ip| ip.is_ipv4() == *v4)
-                && backends.iter().any(|b| b.ip.is_ipv4() == *v4)
-        });
+    let family = [true, false].into_iter().find(|v4| {
+        src_ips.iter().any(|ip| ip.is_ipv4() == *v4)
+            && backends.iter().any(|b| b.ip.is_ipv4() == *v4)
+    });
     let mut out = Vec::new();
     for b in backends {
         if family != Some(b.ip.is_ipv4()) {

@@ -255,11 +255,7 @@ impl Simulation {
         })
     }
 
-    fn judge_service(
-        &self,
-        probe: &Probe,
-        svc: &PodRef,
-    ) -> Result<ProbeResult, probe::ProbeError> {
+    fn judge_service(&self, probe: &Probe, svc: &PodRef) -> Result<ProbeResult, probe::ProbeError> {
         let backends = probe::service_connections(
             &self.snapshot,
             &self.compiled.state,
@@ -400,12 +396,7 @@ fn write_rows(results: &[ProbeResult], out: &mut impl Write) -> std::io::Result<
                 r.probe.from.to_string(),
                 r.probe.to.to_string(),
                 format!("{}/{}", r.probe.port, r.probe.protocol),
-                if r.allowed() {
-                    "allowed"
-                } else {
-                    "DENIED"
-                }
-                .to_string(),
+                if r.allowed() { "allowed" } else { "DENIED" }.to_string(),
                 r.reason(),
             ]
         })
