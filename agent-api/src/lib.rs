@@ -55,8 +55,16 @@ pub enum Request {
         /// `CNI_CONTAINERID`.
         container_id: String,
     },
-    /// Is the agent ready to serve ADDs (CNI STATUS)?
+    /// Is the agent ready to serve ADDs (CNI STATUS)? [`Response::Ok`]
+    /// only while its cluster state is in sync and its last apply
+    /// succeeded; otherwise [`Response::Error`] says why.
     Status,
+    /// CNI GC: forget every endpoint whose sandbox is not in `valid` (the
+    /// runtime's `cni.dev/valid-attachments`).
+    Gc {
+        /// The attachments the runtime still has.
+        valid: Vec<Sandbox>,
+    },
     /// Stream verdicts: the agent answers with one [`FlowRecord`] a line
     /// until the client hangs up.
     Flows {
@@ -69,6 +77,16 @@ pub enum Request {
     },
     /// Verdict counters per endpoint, direction and verdict.
     Counters,
+}
+
+/// One attachment the runtime still has, as CNI GC names it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// `CNI_CONTAINERID` of the attachment.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// `CNI_IFNAME` of the attachment (the interface inside the pod).
+    pub ifname: String,
 }
 
 /// One verdict, resolved to pod names by the agent.
@@ -263,6 +281,18 @@ mod tests {
         assert_eq!(s, r#"{"op":"del","containerId":"abc"}"#);
         let back: Request = serde_json::from_str(&s).unwrap();
         assert_eq!(back, r);
+        let gc = Request::Gc {
+            valid: vec![Sandbox {
+                container_id: "abc".into(),
+                ifname: "eth0".into(),
+            }],
+        };
+        let s = serde_json::to_string(&gc).unwrap();
+        assert_eq!(
+            s,
+            r#"{"op":"gc","valid":[{"containerID":"abc","ifname":"eth0"}]}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), gc);
         let e: Response = serde_json::from_str(r#"{"result":"error","message":"x"}"#).unwrap();
         assert_eq!(
             e,

@@ -39,6 +39,9 @@ pub struct NetConf {
     /// CHECK), kept as raw JSON so it is passed on untouched.
     #[serde(default)]
     pub prev_result: Option<Value>,
+    /// GC: the attachments the runtime still has (required for GC).
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<agent_api::Sandbox>>,
 }
 
 impl NetConf {

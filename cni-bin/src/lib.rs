@@ -7,8 +7,10 @@
 //! back to the runtime unchanged. If the agent cannot be reached or refuses,
 //! `ADD` fails, so a pod never starts unprotected (fail closed).
 //!
-//! Status: ADD, DEL, CHECK, STATUS, GC and VERSION are implemented; GC is
-//! accepted and does nothing yet.
+//! Status: ADD, DEL, CHECK, STATUS, GC and VERSION are implemented. STATUS
+//! succeeds only while the agent is ready (its cluster state in sync, its
+//! last apply done); GC hands the runtime's `cni.dev/valid-attachments` to
+//! the agent, which forgets every other endpoint.
 //!
 //! The process environment and the standard streams are passed in
 //! ([`Environment`], [`Streams`]), so every command is tested without a

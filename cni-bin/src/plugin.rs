@@ -112,9 +112,7 @@ fn dispatch(
         Command::Del => del(env, &conf, stderr).map(|()| None),
         Command::Check => check(env, &conf).map(|()| None),
         Command::Status => status(&conf).map(|()| None),
-        // Nothing to collect yet: the agent reconciles endpoints against the
-        // API server's pod list on its own.
-        Command::Gc => Ok(None),
+        Command::Gc => gc(&conf, stderr).map(|()| None),
         Command::Version => Ok(None),
     }
 }
@@ -188,6 +186,28 @@ fn check(env: &dyn Environment, conf: &NetConf) -> Result<(), PluginError> {
     let container_id = required(env, "CNI_CONTAINERID")?;
     prev_result(conf)?;
     ask_agent(conf, &Request::Check { container_id })
+}
+
+/// GC: the agent forgets every endpoint whose sandbox the runtime no
+/// longer lists. An unreachable agent is only logged, as for DEL: a
+/// starting agent drops endpoints whose interface is gone on its own.
+fn gc(conf: &NetConf, stderr: &mut dyn Write) -> Result<(), PluginError> {
+    let valid = conf
+        .valid_attachments
+        .clone()
+        .ok_or_else(|| PluginError::InvalidConfig {
+            reason: "GC without cni.dev/valid-attachments".into(),
+        })?;
+    match ask_agent(conf, &Request::Gc { valid }) {
+        Err(PluginError::AgentUnavailable { source }) => {
+            let _ = writeln!(
+                stderr,
+                "palisade-cni: GC: {source} (ignored: the agent cleans up on its own)"
+            );
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// STATUS: ready iff the agent says so.

@@ -158,7 +158,13 @@ pub async fn handle<D: Dataplane>(request: Request, agent: &SharedAgent<D>) -> R
                 Err(format!("container {container_id} has no enforced endpoint"))
             }
         }
-        Request::Status => Ok(()),
+        Request::Status => agent.lock().await.readiness(),
+        Request::Gc { valid } => agent
+            .lock()
+            .await
+            .gc(&valid)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         Request::Flows { .. } | Request::Counters => Err("not a CNI request".into()),
     };
     match result {
@@ -180,6 +186,7 @@ async fn add<D: Dataplane>(att: Attachment, agent: &SharedAgent<D>) -> Result<()
         container_id: att.container_id.clone(),
         pod: pod.clone(),
         ifname,
+        pod_ifname: att.ifname.clone(),
         ips,
     };
     let started = Instant::now();
@@ -190,7 +197,9 @@ async fn add<D: Dataplane>(att: Attachment, agent: &SharedAgent<D>) -> Result<()
                 tracing::info!(pod = %pod, ifname = %new.ifname, "endpoint enforced");
                 return Ok(());
             }
-            Err(AgentError::UnknownPod { .. }) if started.elapsed() < ADD_WAIT => {
+            Err(AgentError::UnknownPod { .. } | AgentError::NotSynced { .. })
+                if started.elapsed() < ADD_WAIT =>
+            {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => return Err(e.to_string()),

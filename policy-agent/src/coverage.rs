@@ -106,6 +106,7 @@ mod tests {
             container_id: "c".into(),
             pod: PodRef::new("default", "enforced"),
             ifname: "veth0".into(),
+            pod_ifname: "eth0".into(),
             ep_id,
             ips: vec![],
         });

@@ -89,12 +89,15 @@ pub mod fake {
         pub endpoints: BTreeMap<String, u32>,
         /// Last applied state.
         pub state: MapState,
-        /// Number of `apply` calls.
+        /// Number of successful `apply` calls.
         pub applies: usize,
         /// Last source addresses set, by endpoint id.
         pub sources: BTreeMap<u32, BTreeSet<Addr>>,
         /// What [`Dataplane::drop_counts`] reports.
         pub drops: BTreeMap<u8, u64>,
+        /// When set, `apply` fails with this message (and keeps the old
+        /// state), as a kernel refusing a map write would.
+        pub fail_applies: Option<String>,
     }
 
     impl Dataplane for FakeDataplane {
@@ -109,6 +112,12 @@ pub mod fake {
         }
 
         fn apply(&mut self, state: &MapState) -> Result<(), DataplaneError> {
+            if let Some(message) = &self.fail_applies {
+                return Err(DataplaneError::Kernel {
+                    what: "writing the maps".into(),
+                    source: message.clone().into(),
+                });
+            }
             self.state = state.clone();
             self.applies += 1;
             Ok(())

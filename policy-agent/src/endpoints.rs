@@ -18,6 +18,10 @@ pub struct Endpoint {
     pub pod: PodRef,
     /// Host-side veth name.
     pub ifname: String,
+    /// `CNI_IFNAME`, the interface inside the pod (with the container id,
+    /// what CNI GC names a sandbox by); empty when unknown (an endpoint
+    /// saved by an older agent).
+    pub pod_ifname: String,
     /// Endpoint id in the maps.
     pub ep_id: u32,
     /// Addresses CNI gave the pod.
@@ -117,6 +121,8 @@ struct SavedEndpoint {
     /// while the agent was down is another pod's, and is not adopted.
     #[serde(default)]
     ifindex: u32,
+    #[serde(default)]
+    pod_ifname: String,
     ep_id: u32,
     ips: Vec<IpAddr>,
 }
@@ -165,6 +171,7 @@ pub fn save<'a>(
             pod: e.pod.to_string(),
             ifname: e.ifname.clone(),
             ifindex: ifindex_of(&e.ifname),
+            pod_ifname: e.pod_ifname.clone(),
             ep_id: e.ep_id,
             ips: e.ips.clone(),
         })
@@ -228,6 +235,7 @@ pub fn load(path: &Path) -> Result<Vec<Saved>, StateFileError> {
                     container_id: s.container_id,
                     pod,
                     ifname: s.ifname,
+                    pod_ifname: s.pod_ifname,
                     ep_id: s.ep_id,
                     ips: s.ips,
                 },
@@ -254,6 +262,7 @@ mod tests {
                 name: pod.into(),
             },
             ifname: format!("veth{cid}"),
+            pod_ifname: "eth0".into(),
             ep_id,
             ips: vec![],
         }

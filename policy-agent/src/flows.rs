@@ -215,6 +215,7 @@ mod tests {
                 container_id: "c1".into(),
                 pod: PodRef::new("default", "a"),
                 ifname: "veth-a".into(),
+                pod_ifname: "eth0".into(),
                 ips: vec!["10.244.0.10".parse().unwrap()],
             })
             .unwrap();

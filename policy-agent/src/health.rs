@@ -1,6 +1,8 @@
 //! The agent's HTTP endpoint for kubelet probes and Prometheus:
-//! `/healthz` (the process serves), `/readyz` (cluster state applied, CNI
-//! socket up) and `/metrics`.
+//! `/healthz` (the process serves), `/readyz` (CNI socket up, and
+//! [`Agent::readiness`](crate::reconcile::Agent::readiness): every watch
+//! listed and in sync, the last apply succeeded; the body says why not)
+//! and `/metrics`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,7 +30,7 @@ pub struct HealthState<D: Dataplane> {
     pub agent: SharedAgent<D>,
     /// Verdict counters.
     pub hub: Arc<FlowHub>,
-    /// Set once the first cluster state is enforced and the CNI socket is up.
+    /// Set once the CNI socket is up.
     pub ready: Arc<AtomicBool>,
 }
 
@@ -72,19 +74,13 @@ async fn respond<D: Dataplane>(
 ) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" if state.ready.load(Ordering::Relaxed) => {
-            let overdue = state.agent.lock().await.overdue_unenforced();
-            if overdue.is_empty() {
-                text(StatusCode::OK, "ready\n".into())
-            } else {
-                let names: Vec<String> = overdue.iter().map(ToString::to_string).collect();
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("local pods without enforcement: {}\n", names.join(", ")),
-                )
-            }
-        }
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+        "/readyz" => match readiness(state).await {
+            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
         "/metrics" => match metrics(state).await {
             Ok(body) => text(StatusCode::OK, body),
             Err(_) => text(
@@ -106,6 +102,14 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     resp
 }
 
+/// `Ok` when the agent may say it is ready, else why not.
+pub async fn readiness<D: Dataplane>(state: &HealthState<D>) -> Result<(), String> {
+    if !state.ready.load(Ordering::Relaxed) {
+        return Err("the CNI socket is not bound yet".into());
+    }
+    state.agent.lock().await.readiness()
+}
+
 /// Renders the metrics from the agent's current state.
 pub async fn metrics<D: Dataplane>(state: &HealthState<D>) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("palisade");
@@ -119,6 +123,7 @@ pub async fn metrics<D: Dataplane>(state: &HealthState<D>) -> Result<String, std
             agent.unenforced().len(),
         )
     };
+    let ready = readiness(state).await.is_ok();
     let gauge = |v: usize| {
         let g: Gauge = Gauge::default();
         g.set(i64::try_from(v).unwrap_or(i64::MAX));
@@ -137,8 +142,8 @@ pub async fn metrics<D: Dataplane>(state: &HealthState<D>) -> Result<String, std
     );
     registry.register(
         "ready",
-        "1 once the first cluster state is enforced",
-        gauge(usize::from(state.ready.load(Ordering::Relaxed))),
+        "1 while every watch is in sync and the last apply succeeded",
+        gauge(usize::from(ready)),
     );
     let applied: Counter = Counter::default();
     applied.inc_by(applies);

@@ -1,7 +1,19 @@
-//! The agent's core: cluster snapshot + local endpoints → compile → apply.
+//! The agent's core: cluster state + local endpoints → compile → apply.
+//!
+//! The agent holds one [`Snapshot`] (the model's slim entries, with the
+//! addresses CNI reported for local pods and the node's own addresses) and
+//! an incremental [`Engine`](policy_engine::compile::Engine). Changes from
+//! the source ([`changes`]) that change nothing are dropped; the others go
+//! through the engine's incremental paths, and the dataplane is written
+//! only when the resulting diff is not empty, so a no-op never bumps the
+//! policy revision. [`readiness`] says whether the agent may call itself
+//! ready.
 //!
 //! Everything here is synchronous and kernel-free (the dataplane is behind
 //! the [`Dataplane`] trait), so it is tested with the in-memory dataplane.
+
+mod changes;
+pub mod readiness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -9,9 +21,12 @@ use std::path::PathBuf;
 
 use policy_engine::model::addr::to_addr;
 use policy_engine::model::{PodRef, Snapshot};
+use policy_engine::state::MapOp;
 
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::endpoints::{Endpoint, Registry};
+pub use changes::Applied;
+use readiness::SyncState;
 
 /// Failures of an agent operation; each names the pod or object involved.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +36,15 @@ pub enum AgentError {
     UnknownPod {
         /// The pod.
         pod: PodRef,
+    },
+    /// The cluster state has not been listed completely yet: nothing can be
+    /// enforced correctly before it is.
+    #[error("pod {pod}: the cluster state is not synced yet ({why})")]
+    NotSynced {
+        /// The pod.
+        pod: PodRef,
+        /// What is missing.
+        why: String,
     },
     /// An address CNI reported does not parse.
     #[error("pod {pod}: CNI reported an invalid IP address {value:?}")]
@@ -50,12 +74,16 @@ pub struct NewEndpoint {
     pub pod: PodRef,
     /// Host-side veth (already checked to be a veth).
     pub ifname: String,
+    /// `CNI_IFNAME` (the interface inside the pod).
+    pub pod_ifname: String,
     /// Addresses CNI gave the pod.
     pub ips: Vec<IpAddr>,
 }
 
 /// The node agent's state.
 pub struct Agent<D: Dataplane> {
+    /// The cluster state as the compiler sees it: the source's, with the
+    /// addresses CNI reported for local pods and the node's own addresses.
     snapshot: Snapshot,
     node_addrs: Vec<IpAddr>,
     registry: Registry,
@@ -67,6 +95,15 @@ pub struct Agent<D: Dataplane> {
     /// This node's name: its running pods must all be enforced.
     node: Option<String>,
     coverage: crate::coverage::Coverage,
+    sync: SyncState,
+    /// The engine has compiled the complete cluster state once.
+    compiled: bool,
+    /// Why the last apply failed (the dataplane lags the engine until an
+    /// apply succeeds).
+    apply_failed: Option<String>,
+    /// Per kind, the source's last [`Change::Seen`](crate::source::Change::Seen):
+    /// objects in the API server and newest resourceVersion.
+    progress: std::collections::BTreeMap<crate::source::Kind, (usize, u64)>,
 }
 
 impl<D: Dataplane> Agent<D> {
@@ -74,7 +111,10 @@ impl<D: Dataplane> Agent<D> {
     /// from them to local pods is always allowed).
     pub fn new(dataplane: D, node_addrs: Vec<IpAddr>) -> Self {
         Self {
-            snapshot: Snapshot::default(),
+            snapshot: Snapshot {
+                host_addrs: node_addrs.clone(),
+                ..Snapshot::default()
+            },
             node_addrs,
             registry: Registry::default(),
             engine: policy_engine::compile::Engine::new(),
@@ -82,6 +122,10 @@ impl<D: Dataplane> Agent<D> {
             reported: BTreeSet::new(),
             applies: 0,
             state_file: None,
+            sync: SyncState::default(),
+            compiled: false,
+            apply_failed: None,
+            progress: Default::default(),
             node: None,
             coverage: crate::coverage::Coverage::default(),
         }
@@ -164,7 +208,8 @@ impl<D: Dataplane> Agent<D> {
         &self.registry
     }
 
-    /// The cluster state as the source last gave it.
+    /// The cluster state the compiler sees: the source's, with the
+    /// addresses CNI reported for local pods and the node's own addresses.
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }
@@ -183,20 +228,53 @@ impl<D: Dataplane> Agent<D> {
         self.reported.len()
     }
 
-    /// Number of successful applies so far.
+    /// Number of successful applies so far (one per change that changed
+    /// the compiled state, not one per event).
     pub fn applies(&self) -> u64 {
         self.applies
     }
 
+    /// `Ok` while the agent may say it is ready (`/readyz`, CNI STATUS):
+    /// every kind listed and in sync, and the last apply succeeded;
+    /// otherwise why not, in words.
+    pub fn readiness(&self) -> Result<(), String> {
+        let mut why = self.sync.problems();
+        if let Some(e) = &self.apply_failed {
+            why.push(format!("the last apply failed: {e}"));
+        }
+        let overdue = self.overdue_unenforced();
+        if !overdue.is_empty() {
+            let names: Vec<String> = overdue.iter().map(ToString::to_string).collect();
+            why.push(format!(
+                "local pods without enforcement: {}",
+                names.join(", ")
+            ));
+        }
+        if why.is_empty() && !self.compiled {
+            why.push("nothing compiled yet".into());
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why.join("; "))
+        }
+    }
+
     /// Replaces the cluster state and enforces it.
     pub fn set_snapshot(&mut self, snapshot: Snapshot) -> Result<(), AgentError> {
-        self.snapshot = snapshot;
-        self.sync()
+        self.apply_changes(vec![crate::source::Change::Replace(snapshot)])
+            .map(|_| ())
     }
 
     /// Enforces policy on a newly wired pod; returns once its policy is in
     /// the maps. Until then its packets are dropped.
     pub fn add(&mut self, new: NewEndpoint) -> Result<(), AgentError> {
+        if !self.compiled {
+            return Err(AgentError::NotSynced {
+                pod: new.pod,
+                why: self.readiness().err().unwrap_or_default(),
+            });
+        }
         if !self.snapshot.pods.contains_key(&new.pod) {
             return Err(AgentError::UnknownPod { pod: new.pod });
         }
@@ -213,6 +291,7 @@ impl<D: Dataplane> Agent<D> {
             container_id: new.container_id,
             pod: new.pod,
             ifname: new.ifname,
+            pod_ifname: new.pod_ifname,
             ep_id,
             ips: new.ips,
         };
@@ -226,7 +305,10 @@ impl<D: Dataplane> Agent<D> {
                 source,
             });
         }
-        self.sync()
+        if !ep.ips.is_empty() {
+            self.snapshot.set_pod_ips(&ep.pod, ep.ips.clone());
+        }
+        self.recompile()
     }
 
     /// Forgets a sandbox's endpoint (idempotent).
@@ -236,7 +318,35 @@ impl<D: Dataplane> Agent<D> {
         };
         self.detach(&ep);
         self.persist();
-        self.sync()
+        self.recompile()
+    }
+
+    /// CNI GC: forgets every endpoint whose sandbox (container id and
+    /// `CNI_IFNAME`) is not in `valid`, then enforces the rest. Returns how
+    /// many were forgotten.
+    pub fn gc(&mut self, valid: &[agent_api::Sandbox]) -> Result<usize, AgentError> {
+        let stale: Vec<Endpoint> = self
+            .registry
+            .iter()
+            .filter(|ep| {
+                !valid.iter().any(|v| {
+                    v.container_id == ep.container_id
+                        && (ep.pod_ifname.is_empty() || v.ifname == ep.pod_ifname)
+                })
+            })
+            .cloned()
+            .collect();
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        for ep in &stale {
+            tracing::info!(pod = %ep.pod, container = %ep.container_id, ifname = %ep.ifname, "GC: sandbox no longer valid, endpoint forgotten");
+            self.detach(ep);
+            self.registry.remove(&ep.container_id);
+        }
+        self.persist();
+        self.recompile()?;
+        Ok(stale.len())
     }
 
     /// True when the sandbox has an enforced endpoint.
@@ -250,21 +360,14 @@ impl<D: Dataplane> Agent<D> {
         }
     }
 
-    /// The snapshot the compiler sees: the source's, with the addresses CNI
-    /// reported for local pods and the node's own addresses.
-    fn effective_snapshot(&self) -> Snapshot {
-        let mut snap = self.snapshot.clone();
-        for ep in self.registry.iter() {
-            if !ep.ips.is_empty() {
-                snap.set_pod_ips(&ep.pod, ep.ips.clone());
-            }
-        }
-        for addr in &self.node_addrs {
-            if !snap.host_addrs.contains(addr) {
-                snap.host_addrs.push(*addr);
-            }
-        }
-        snap
+    /// The addresses CNI reported for `pod`, if it is a local endpoint
+    /// (the newest sandbox's, as in [`Registry::assignment`]).
+    fn cni_ips(&self, pod: &PodRef) -> Option<&Vec<IpAddr>> {
+        self.registry
+            .iter()
+            .filter(|ep| &ep.pod == pod && !ep.ips.is_empty())
+            .max_by_key(|ep| ep.ep_id)
+            .map(|ep| &ep.ips)
     }
 
     /// The addresses each endpoint's pod may send from: what CNI reported
@@ -286,19 +389,35 @@ impl<D: Dataplane> Agent<D> {
             .collect()
     }
 
-    /// Compiles for the local endpoints and applies the result (the
-    /// endpoints' source addresses first, so an endpoint that becomes
-    /// ready already has them).
-    fn sync(&mut self) -> Result<(), AgentError> {
-        let snap = self.effective_snapshot();
-        let sources = self.sources(&snap);
-        self.dataplane
-            .set_sources(&sources)
-            .map_err(|source| AgentError::Dataplane {
+    /// Full compile for the current endpoint set (the engine has no
+    /// incremental path for endpoints), then apply.
+    fn recompile(&mut self) -> Result<(), AgentError> {
+        if !self.compiled {
+            return Ok(());
+        }
+        let ops = self
+            .engine
+            .update(&self.snapshot, &self.registry.assignment());
+        self.apply(&ops)
+    }
+
+    /// Writes the engine's state to the dataplane, unless `ops` is empty
+    /// and the dataplane already holds it (then nothing is written and the
+    /// policy revision stays).
+    fn apply(&mut self, ops: &[MapOp]) -> Result<(), AgentError> {
+        if ops.is_empty() && self.apply_failed.is_none() && self.applies > 0 {
+            return Ok(());
+        }
+        // The endpoints' source addresses first, so an endpoint that
+        // becomes ready already has them.
+        let sources = self.sources(&self.snapshot);
+        if let Err(source) = self.dataplane.set_sources(&sources) {
+            self.apply_failed = Some(source.to_string());
+            return Err(AgentError::Dataplane {
                 pod: "-".into(),
                 source,
-            })?;
-        self.engine.update(&snap, &self.registry.assignment());
+            });
+        }
         let compiled = self.engine.current();
         let mut now = BTreeSet::new();
         for err in &compiled.errors {
@@ -309,15 +428,23 @@ impl<D: Dataplane> Agent<D> {
             now.insert(text);
         }
         self.reported = now;
-        self.dataplane
-            .apply(&compiled.state)
-            .map_err(|source| AgentError::Dataplane {
-                pod: "-".into(),
-                source,
-            })?;
-        self.applies += 1;
-        self.update_coverage();
-        Ok(())
+        match self.dataplane.apply(&compiled.state) {
+            Ok(()) => {
+                if self.apply_failed.take().is_some() {
+                    tracing::info!("apply succeeded again");
+                }
+                self.applies += 1;
+                self.update_coverage();
+                Ok(())
+            }
+            Err(source) => {
+                self.apply_failed = Some(source.to_string());
+                Err(AgentError::Dataplane {
+                    pod: "-".into(),
+                    source,
+                })
+            }
+        }
     }
 }
 

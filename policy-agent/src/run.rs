@@ -1,7 +1,8 @@
 //! `policy-agent run`: the long-running node agent.
 //!
-//! Wiring only: a source publishes snapshots, the [`Agent`] compiles and
-//! applies them, the CNI server feeds it endpoints.
+//! Wiring only: a source sends changes, the [`Agent`] takes them in
+//! batches (whatever has queued up while it worked on the last one) and
+//! applies what they change, the CNI server feeds it endpoints.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -15,7 +16,10 @@ use crate::dataplane::Dataplane;
 use crate::flows::{self, EventSource, FlowHub};
 use crate::health;
 use crate::reconcile::Agent;
-use crate::source::SnapshotRx;
+use crate::source::ChangeRx;
+
+/// Most changes taken in one batch.
+pub const MAX_BATCH: usize = 16 * 1024;
 
 /// What `run` needs besides the dataplane.
 #[derive(Clone, Debug)]
@@ -37,7 +41,7 @@ pub async fn run<D: Dataplane + 'static>(
     opts: RunOptions,
     dataplane: D,
     events: Option<Box<dyn EventSource>>,
-    mut snapshots: SnapshotRx,
+    mut changes: ChangeRx,
 ) -> anyhow::Result<()> {
     let state_file = state_file_for(&opts.cni_socket);
     let mut core = Agent::new(dataplane, opts.node_addrs.clone())
@@ -64,20 +68,28 @@ pub async fn run<D: Dataplane + 'static>(
     if let Some(events) = events {
         flows::spawn_reader(events, agent.clone(), hub.clone());
     }
-    // The first state must be in place before any ADD is served.
-    let first = snapshots.borrow_and_update().clone();
-    if let Some(snapshot) = first {
-        agent.lock().await.set_snapshot(snapshot)?;
+    // What the source has ready now (the whole state, for files) is in
+    // place before any ADD is served.
+    let mut first = Vec::new();
+    while let Ok(change) = changes.try_recv() {
+        first.push(change);
+    }
+    if !first.is_empty() {
+        agent.lock().await.apply_changes(first)?;
     }
     let feeder = {
         let agent = agent.clone();
         tokio::spawn(async move {
-            while snapshots.changed().await.is_ok() {
-                let next = snapshots.borrow_and_update().clone();
-                if let Some(snapshot) = next {
-                    if let Err(e) = agent.lock().await.set_snapshot(snapshot) {
-                        tracing::error!(error = %e, "applying the new cluster state failed");
+            while let Some(change) = changes.recv().await {
+                let mut batch = vec![change];
+                while batch.len() < MAX_BATCH {
+                    match changes.try_recv() {
+                        Ok(change) => batch.push(change),
+                        Err(_) => break,
                     }
+                }
+                if let Err(e) = agent.lock().await.apply_changes(batch) {
+                    tracing::error!(error = %e, "applying the new cluster state failed; the last good state stays enforced");
                 }
             }
         })
@@ -100,19 +112,15 @@ pub async fn run<D: Dataplane + 'static>(
         let socket = opts.cni_socket.clone();
         tokio::spawn(async move { cni_server::serve(&socket, agent, hub).await })
     };
-    // Ready once a state is enforced and the socket is bound.
+    // Serving once the socket is bound; ready while also the agent says so.
     {
-        let agent = agent.clone();
         let socket = opts.cni_socket.clone();
         let ready = ready.clone();
         tokio::spawn(async move {
-            loop {
-                if agent.lock().await.applies() > 0 && socket.exists() {
-                    ready.store(true, Ordering::Relaxed);
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            while !socket.exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
+            ready.store(true, Ordering::Relaxed);
         });
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -314,6 +314,7 @@ fn agent_restore_defers_attach_until_first_apply() {
                         name: format!("pod-{n}"),
                     },
                     ifname: ifname.clone(),
+                    pod_ifname: "eth0".into(),
                     ep_id: n as u32 + 1,
                     ips: Vec::new(),
                 })

@@ -2,13 +2,13 @@
 //! JSON, single files or directories of them, plain objects or `List`s.
 //!
 //! Only Namespaces, Pods (with `status.podIP`/`status.podIPs`, as the API
-//! server reports them) and NetworkPolicies matter; other kinds are skipped
-//! with a warning.
+//! server reports them), Services, Endpoints and NetworkPolicies matter;
+//! other kinds are skipped with a warning.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 use serde_json::Value;
@@ -243,6 +243,20 @@ fn add_object(v: Value, path: &Path, loaded: &mut Loaded) -> Result<(), Manifest
                 .sources
                 .insert(format!("NetworkPolicy {r}"), path.to_path_buf());
         }
+        "Service" => {
+            let svc: Service = serde_json::from_value(v).map_err(|e| shape("Service", e))?;
+            let r = loaded.snapshot.upsert_service(&svc).map_err(model)?;
+            loaded
+                .sources
+                .insert(format!("Service {r}"), path.to_path_buf());
+        }
+        "Endpoints" => {
+            let ep: Endpoints = serde_json::from_value(v).map_err(|e| shape("Endpoints", e))?;
+            let r = loaded.snapshot.upsert_endpoints(&ep).map_err(model)?;
+            loaded
+                .sources
+                .insert(format!("Endpoints {r}"), path.to_path_buf());
+        }
         k if k == "List" || k.ends_with("List") => {
             let items = match v.get("items") {
                 Some(Value::Array(items)) => items.clone(),
@@ -257,7 +271,7 @@ fn add_object(v: Value, path: &Path, loaded: &mut Loaded) -> Result<(), Manifest
             path.display()
         )),
         other => loaded.warnings.push(format!(
-            "{}: skipped {other} {object}: Palisade reads only Namespace, Pod and NetworkPolicy",
+            "{}: skipped {other} {object}: Palisade reads only Namespace, Pod, Service, Endpoints and NetworkPolicy",
             path.display()
         )),
     }
@@ -292,8 +306,13 @@ status:
   podIPs: [{ip: 10.0.0.1}, {ip: "2001:db8::1"}]
 ---
 apiVersion: v1
-kind: Service
+kind: ConfigMap
 metadata: {name: s}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: prod}
+spec: {clusterIP: 10.96.0.8, selector: {app: web}, ports: [{port: 8000, targetPort: http}]}
 ---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -318,6 +337,10 @@ spec:
         let p = &s.policies[&PodRef::new("prod", "p")];
         assert!(p.ingress.is_some() && p.egress.is_some());
         assert_eq!(l.warnings.len(), 1);
+        let svc = PodRef::new("prod", "web");
+        let sp = s.services[&svc].port(8000, Protocol::Tcp).unwrap();
+        let b = s.backends(&svc, sp);
+        assert_eq!((b[0].port, b.len()), (80, 2), "{b:?}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod addr;
 pub mod policy;
 pub mod selector;
+pub mod service;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -19,6 +20,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 pub use policy::{Direction, IpBlock, Peer, Policy, PolicyIssue, PortRef, PortSpec, Rule};
 pub use selector::{Labels, Requirement, Selector};
+pub use service::{Backend, ServiceInfo, ServicePort, ServiceRef, TargetPort};
 
 /// The label the API server puts on every namespace (rule 11).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -349,6 +351,10 @@ pub struct Snapshot {
     pub policies: BTreeMap<PolicyRef, Policy>,
     /// Addresses of the node itself (identity HOST: kubelet probes).
     pub host_addrs: Vec<IpAddr>,
+    /// Services (what ClusterIPs translate to; never policy peers).
+    pub services: BTreeMap<ServiceRef, ServiceInfo>,
+    /// Each Service's Endpoints subsets, when known (see [`service`]).
+    pub service_endpoints: BTreeMap<ServiceRef, Vec<service::EndpointSubset>>,
 }
 
 impl Snapshot {

@@ -172,12 +172,17 @@ pub const XYZ_NAMESPACES: [&str; 3] = ["x", "y", "z"];
 /// Pods of each namespace in the upstream conformance model.
 pub const XYZ_PODS: [&str; 3] = ["a", "b", "c"];
 
-/// Address of model pod `ns/pod`: x → 10.1.0.0/24, y → 10.2, z → 10.3;
-/// a → .1, b → .2, c → .3.
+/// Address of model pod `ns/pod`, laid out as on a two-node Flannel
+/// cluster (10.244.0.0/24 on node 0, 10.244.1.0/24 on node 1): the pods,
+/// numbered k = 0..8 in x/a, x/b, ..., z/c order, alternate between the
+/// nodes (k even → node 0) and get host number 10 + k, so every namespace
+/// has pods on both nodes (x/a 10.244.0.10, x/b 10.244.1.11, ...,
+/// z/c 10.244.0.18). A one-node test bed serves them all from 10.244.0.0/23.
 pub fn xyz_ip(ns: &str, pod: &str) -> String {
-    let n = XYZ_NAMESPACES.iter().position(|x| *x == ns).unwrap_or(0) + 1;
-    let p = XYZ_PODS.iter().position(|x| *x == pod).unwrap_or(0) + 1;
-    format!("10.{n}.0.{p}")
+    let n = XYZ_NAMESPACES.iter().position(|x| *x == ns).unwrap_or(0);
+    let p = XYZ_PODS.iter().position(|x| *x == pod).unwrap_or(0);
+    let k = n * XYZ_PODS.len() + p;
+    format!("10.244.{}.{}", k % 2, 10 + k)
 }
 
 /// The upstream conformance model: namespaces x, y, z (label `ns=<name>`)

@@ -386,7 +386,7 @@ fn pod_deleted_and_added() {
     );
     // A new pod matching the peer selector is admitted at once.
     let mut info = c.snapshot.pods[&"x/b".parse::<PodRef>().unwrap()].clone();
-    info.ips = vec!["10.1.0.9".parse().unwrap()];
+    info.ips = vec!["10.244.1.19".parse().unwrap()];
     c.snapshot.insert_pod("x/b2".parse().unwrap(), info);
     c.endpoints = all_endpoints(&c.snapshot);
     c.sync();

@@ -287,6 +287,7 @@ fn reference(s: &Snapshot, from: &End, to: &End, proto: Protocol, port: u16) -> 
                 (Some((r, i)), i.ips.clone())
             }
             End::Ip(ip) => (s.pods.iter().find(|(_, i)| i.ips.contains(ip)), vec![*ip]),
+            End::Service(_) => panic!("the property probes name no Service"),
         }
     };
     let (src, src_ips) = resolve(from);
@@ -442,6 +443,7 @@ proptest! {
                 .and_then(|p| eps.get(p))
                 .and_then(|ep| st.endpoints.get(ep))
                 .map(|f| f & bit),
+            End::Service(_) => panic!("the property probes name no Service"),
         };
         for (a, b, proto, port) in probes(&s1) {
             let same_isolation = flags(&st1, &a, policy_common::ep_flags::ISOLATED_EGRESS)

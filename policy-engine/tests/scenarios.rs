@@ -19,11 +19,11 @@ fn check_scenario(cluster: &Path, expect: &Path) -> usize {
         let want: serde_json::Value = serde_json::from_str(line).unwrap();
         let got = sim.judge(&probe).unwrap();
         assert_eq!(
-            Some(got.connection.allowed()),
+            Some(got.allowed()),
             want["allowed"].as_bool(),
             "{}: {line} (reason {})",
             cluster.display(),
-            got.connection.reason()
+            got.reason()
         );
         n += 1;
     }
@@ -45,7 +45,7 @@ fn shared_scenarios() {
         return;
     }
     let mut total = 0;
-    for name in ["service-abc", "apod", "db-backup"] {
+    for name in ["service-abc", "apod", "db-backup", "dns-egress"] {
         total += check_scenario(
             &dir.join(format!("{name}.yaml")),
             &dir.join(format!("{name}.expect.jsonl")),
@@ -58,7 +58,7 @@ fn shared_scenarios() {
 fn examples_in_repo() {
     let dir = crate_dir().join("../examples");
     let mut total = 0;
-    for name in ["service-abc", "apod", "db-backup"] {
+    for name in ["service-abc", "apod", "db-backup", "dns-egress"] {
         let d = dir.join(name);
         total += check_scenario(&d.join("cluster.yaml"), &d.join("probes.jsonl"));
     }

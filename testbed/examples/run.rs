@@ -34,6 +34,7 @@ fn main() -> ExitCode {
                 palisade: !rest.is_empty(),
                 bin_dir: rest.first().map(PathBuf::from).unwrap_or_default(),
                 probes: probes.clone(),
+                nodes: 1,
             })?;
             Ok((bed, probes))
         });

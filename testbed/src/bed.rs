@@ -1,20 +1,23 @@
-//! The test bed: a node namespace with a bridge, one namespace per pod wired
-//! by the real CNI plugins, an "outside" namespace for off-cluster hosts,
-//! echo servers everywhere, and (optionally) the Palisade agent and plugin.
+//! The test bed: node namespaces with a bridge each (several joined by a
+//! VXLAN overlay, see [`crate::overlay`]), one namespace per pod wired by
+//! the real CNI plugins on its node, an "outside" namespace for off-cluster
+//! hosts, echo servers everywhere, and (optionally) the Palisade plugin and
+//! one agent per node.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::agent::{log_tail, Agent, AgentPaths, AgentSource};
+use crate::agent::log_tail;
 use crate::cleanup::Tracked;
-use crate::cni::{self, Network};
 use crate::controlplane::cluster::{KubeCluster, KubeOptions};
 use crate::echo;
 use crate::error::TestbedError;
 use crate::layout::Layout;
 use crate::netns::{self, ip_in, sysctl_in};
+use crate::node::{self, no_dad, BedNode, NodeSpec};
+use crate::overlay;
 use crate::probe::{validate_probes, End, Observation, PodRef, Probe, Snapshot};
 use crate::prober::{self, Route};
 
@@ -25,8 +28,6 @@ pub const PLUGIN_BINARY: &str = "palisade-cni";
 /// Name of the agent binary in `bin_dir`.
 pub const AGENT_BINARY: &str = "policy-agent";
 
-/// The node's name in kube mode (its Node object, `spec.nodeName`).
-pub const KUBE_NODE_NAME: &str = "node-0";
 /// How long the agent may take to catch up with the API server.
 const KUBE_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -48,6 +49,14 @@ pub struct TestbedOptions {
     /// their destination ports get echo servers (declared container ports
     /// are always served).
     pub probes: Vec<Probe>,
+    /// How many nodes (0 counts as 1). Several nodes are joined as
+    /// Flannel's vxlan backend joins them, each with a /24 of 10.244.0.0/16
+    /// and its own agent; pods go where `spec.nodeName` says, else where
+    /// their `status.podIP` lies, else to the node with the fewest pods.
+    /// Every agent reads the same manifests, so on several nodes every pod
+    /// needs its `status.podIP` there (the other nodes' agents learn pod
+    /// addresses from nothing else).
+    pub nodes: usize,
 }
 
 /// A wired pod.
@@ -55,6 +64,8 @@ pub struct TestbedOptions {
 pub struct WiredPod {
     /// Its namespace (the node's for hostNetwork pods).
     pub netns: String,
+    /// Index of its node in [`Testbed::nodes`].
+    pub node: usize,
     /// Its IPv4 address (the node's for hostNetwork pods).
     pub ip: Ipv4Addr,
     /// Its IPv6 address when the test bed is dual-stack (the node's IPv6
@@ -69,11 +80,10 @@ pub struct WiredPod {
 pub struct Testbed {
     runtime: Option<tokio::runtime::Runtime>,
     resources: Tracked,
-    node: String,
+    nodes: Vec<BedNode>,
     outside: Option<String>,
     layout: Layout,
     pods: BTreeMap<PodRef, WiredPod>,
-    agent: Option<(PathBuf, PathBuf)>,
     /// Kube mode: the control plane (dropped after `resources`).
     cluster: Option<KubeCluster>,
     /// Names and ids of this bed's namespaces and containers.
@@ -148,7 +158,16 @@ impl Testbed {
         kube: Option<&KubeOptions>,
     ) -> Result<Testbed, TestbedError> {
         validate_probes(snapshot, &opts.probes)?;
-        let layout = Layout::new(snapshot, &opts.probes)?;
+        let count = opts.nodes.max(1);
+        let layout = Layout::on_nodes(snapshot, &opts.probes, count)?;
+        if count > 1 {
+            require_addresses(snapshot, &layout)?;
+        }
+        if count > 1 && kube.is_some() {
+            return Err(TestbedError::Environment {
+                reason: "kube mode runs on one node for now (--nodes 1)".into(),
+            });
+        }
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             return Err(TestbedError::Environment {
@@ -171,30 +190,6 @@ impl Testbed {
         })?;
         resources.with(|r| r.dirs.push(state_dir.clone()));
 
-        let node = format!("{id}-node");
-        resources.with(|r| r.netns.push(node.clone()));
-        netns::create(&node)?;
-        sysctl_in(&node, "net.ipv4.ip_forward=1")?;
-        if layout.dual_stack() {
-            sysctl_in(&node, "net.ipv6.conf.all.forwarding=1")?;
-            no_dad(&node)?;
-        }
-
-        let cluster = match kube {
-            Some(k) => {
-                let cidr = format!("{}/{}", layout.subnet.0, layout.subnet.1);
-                Some(KubeCluster::start(
-                    k,
-                    &node,
-                    KUBE_NODE_NAME,
-                    &cidr,
-                    &opts.manifests,
-                )?)
-            }
-            None => None,
-        };
-
-        let mut agent_paths = None;
         if opts.palisade {
             let plugin = opts.bin_dir.join(PLUGIN_BINARY);
             if !plugin.is_file() {
@@ -210,61 +205,64 @@ impl Testbed {
                     ),
                 });
             }
-            let paths = AgentPaths {
-                binary: opts.bin_dir.join(AGENT_BINARY),
-                socket: state_dir.join("cni.sock"),
-                bpffs_dir: Path::new(BPFFS_ROOT).join(format!("palisade-tb-{id}")),
-                log: state_dir.join("agent.log"),
-            };
-            // A leftover of a dead process with our pid: not to be adopted.
-            let _ = std::fs::remove_dir_all(&paths.bpffs_dir);
-            resources.with(|r| r.dirs.push(paths.bpffs_dir.clone()));
-            let node_addrs: Vec<String> = [Some(IpAddr::V4(layout.gateway))]
-                .into_iter()
-                .chain([layout.gateway6.map(IpAddr::V6)])
-                .chain([cluster.as_ref().map(|c| IpAddr::V4(c.node().addr))])
-                .flatten()
-                .map(|a| a.to_string())
-                .collect();
-            let source = match &cluster {
-                Some(c) => c.agent_source(),
-                None => AgentSource::Manifests(opts.manifests.clone()),
-            };
-            let agent = Agent::start(paths.clone(), &node, &source, &node_addrs)?;
-            resources.with(|r| r.agent = Some(agent));
-            agent_paths = Some(paths);
         }
 
-        let network = Network {
-            conflist: cni::conflist_dual(
-                &id,
-                layout.subnet,
-                layout.gateway,
-                layout.subnet6.zip(layout.gateway6),
-                &state_dir,
-                agent_paths.as_ref().map(|p| p.socket.as_path()),
-            ),
-            cni_path: vec![PathBuf::from(cni::SYSTEM_CNI_DIR), opts.bin_dir.clone()],
-            node_netns: node.clone(),
-        };
-        resources.with(|r| r.network = Some(network.clone()));
+        let mut nodes = Vec::new();
+        let mut networks = Vec::new();
+        let mut cluster = None;
+        for (index, net) in layout.nodes.iter().enumerate() {
+            let spec = NodeSpec {
+                id: &id,
+                index,
+                net,
+                state_dir: &state_dir,
+                palisade: opts.palisade.then_some(opts.bin_dir.as_path()),
+                bin_dir: &opts.bin_dir,
+                manifests: &opts.manifests,
+                mtu: (count > 1).then_some(overlay::OVERLAY_MTU),
+                kube: if index == 0 { kube } else { None },
+            };
+            let (node, network, node_cluster) = node::start(&spec, &resources)?;
+            if node_cluster.is_some() {
+                cluster = node_cluster;
+            }
+            nodes.push(node);
+            networks.push(network);
+        }
+        let underlay = format!("{id}-ul");
+        if count > 1 {
+            resources.with(|r| r.netns.push(underlay.clone()));
+            overlay::create_underlay(&underlay)?;
+            let dual = layout.dual_stack();
+            for (i, node) in nodes.iter().enumerate() {
+                overlay::plug_node(&underlay, &node.netns, i, dual)?;
+                overlay::attach_node(&node.netns, i, overlay::underlay(i, dual))?;
+            }
+            for (i, node) in nodes.iter().enumerate() {
+                for (j, peer) in nodes.iter().enumerate().filter(|(j, _)| *j != i) {
+                    overlay::learn_peer(&node.netns, j, overlay::underlay(j, dual), &peer.net)?;
+                }
+            }
+        }
 
         let mut pods = BTreeMap::new();
         for (i, plan) in layout.pods.iter().enumerate() {
             let name = format!("{}/{}", plan.pod.namespace, plan.pod.name);
+            let node = &nodes[plan.node];
             if let Some(c) = &cluster {
                 c.create_pod(&plan.pod)?;
             }
             if plan.host_network {
                 if let Some(c) = &cluster {
-                    c.pod_running(&plan.pod, &[IpAddr::V4(layout.gateway)])?;
+                    c.pod_running(&plan.pod, &[IpAddr::V4(node.net.gateway)])?;
                 }
                 pods.insert(
                     plan.pod.clone(),
                     WiredPod {
-                        netns: node.clone(),
-                        ip: layout.gateway,
-                        ip6: layout.gateway6,
+                        netns: node.netns.clone(),
+                        node: plan.node,
+                        ip: node.net.gateway,
+                        ip6: node.net.gateway6,
                         host_network: true,
                     },
                 );
@@ -284,7 +282,7 @@ impl Testbed {
                 requested.clear();
             }
             let container_id = format!("{id}-c{i}");
-            let att = network.add_ips(
+            let att = networks[plan.node].add_ips(
                 &name,
                 &plan.pod.namespace,
                 &plan.pod.name,
@@ -294,7 +292,7 @@ impl Testbed {
             )?;
             let ip = att.ipv4();
             let ip6 = att.ipv6();
-            resources.with(|r| r.attachments.push(att));
+            resources.with(|r| r.attachments.push((plan.node, att)));
             if layout.dual_stack() && ip6.is_none() {
                 return Err(TestbedError::Cni {
                     command: "ADD",
@@ -322,6 +320,7 @@ impl Testbed {
                 plan.pod.clone(),
                 WiredPod {
                     netns: ns,
+                    node: plan.node,
                     ip,
                     ip6,
                     host_network: false,
@@ -334,12 +333,22 @@ impl Testbed {
         } else {
             let ns = format!("{id}-out");
             resources.with(|r| r.netns.push(ns.clone()));
-            wire_outside(
-                &node,
-                &ns,
-                layout.outside.keys().copied(),
-                layout.outside6.keys().copied(),
-            )?;
+            if count > 1 {
+                let on_nodes: Vec<_> = nodes
+                    .iter()
+                    .map(|n| (n.netns.clone(), n.net.clone()))
+                    .collect();
+                let v4: Vec<_> = layout.outside.keys().copied().collect();
+                let v6: Vec<_> = layout.outside6.keys().copied().collect();
+                overlay::wire_outside(&underlay, &ns, &on_nodes, &v4, &v6)?;
+            } else {
+                wire_outside(
+                    &nodes[0].netns,
+                    &ns,
+                    layout.outside.keys().copied(),
+                    layout.outside6.keys().copied(),
+                )?;
+            }
             Some(ns)
         };
 
@@ -351,19 +360,16 @@ impl Testbed {
         let mut bed = Testbed {
             runtime: Some(runtime),
             resources,
-            node,
+            nodes,
             outside,
             layout,
             pods,
-            agent: agent_paths.map(|p| (p.log, p.socket)),
             cluster,
             id,
             added: 0,
         };
         bed.start_servers()?;
-        if let (Some(c), Some((log, socket))) = (&bed.cluster, &bed.agent) {
-            c.wait_for_agent(log, socket, KUBE_SYNC_TIMEOUT)?;
-        }
+        bed.wait_for_agent_sync()?;
         Ok(bed)
     }
 
@@ -385,7 +391,9 @@ impl Testbed {
             }
         }
         let node: Vec<_> = self.layout.node_ports.iter().map(|p| (any, *p)).collect();
-        echo::serve(&handle, &self.node, &node)?;
+        for n in &self.nodes {
+            echo::serve(&handle, &n.netns, &node)?;
+        }
         if let Some(out) = &self.outside {
             let v4 = self
                 .layout
@@ -435,8 +443,8 @@ impl Testbed {
                     .find(|w| w.ip6 == Some(*ip) && !w.host_network)
                 {
                     Ok((w.netns.clone(), IpAddr::V6(*ip), false))
-                } else if Some(*ip) == self.layout.gateway6 {
-                    Ok((self.node.clone(), IpAddr::V6(*ip), false))
+                } else if let Some(n) = self.nodes.iter().find(|n| n.net.gateway6 == Some(*ip)) {
+                    Ok((n.netns.clone(), IpAddr::V6(*ip), false))
                 } else if let (Some(out), true) =
                     (&self.outside, self.layout.outside6.contains_key(ip))
                 {
@@ -460,8 +468,8 @@ impl Testbed {
                 } else if let Some(w) = self.pods.values().find(|w| w.ip == *ip && !w.host_network)
                 {
                     Ok((w.netns.clone(), IpAddr::V4(*ip), false))
-                } else if *ip == self.layout.gateway {
-                    Ok((self.node.clone(), IpAddr::V4(*ip), false))
+                } else if let Some(n) = self.nodes.iter().find(|n| n.net.gateway == *ip) {
+                    Ok((n.netns.clone(), IpAddr::V4(*ip), false))
                 } else if let (Some(out), true) =
                     (&self.outside, self.layout.outside.contains_key(ip))
                 {
@@ -508,9 +516,14 @@ impl Testbed {
         &self.pods
     }
 
-    /// The node namespace's name (the bridge `cni0` and the agent live there).
+    /// The nodes, in order (`node0` first).
+    pub fn nodes(&self) -> &[BedNode] {
+        &self.nodes
+    }
+
+    /// Node 0's namespace (the bridge `cni0` and the agent live there).
     pub fn node_netns(&self) -> &str {
-        &self.node
+        &self.nodes[0].netns
     }
 
     /// The outside hosts' namespace, if any probe needed one.
@@ -518,25 +531,25 @@ impl Testbed {
         self.outside.as_deref()
     }
 
-    /// The node's address on the bridge (the pods' gateway).
+    /// Node 0's address on its bridge (its pods' gateway).
     pub fn node_addr(&self) -> Ipv4Addr {
-        self.layout.gateway
+        self.nodes[0].net.gateway
     }
 
-    /// The pod subnet as `(network, prefix length)`.
+    /// Node 0's pod subnet as `(network, prefix length)`.
     pub fn pod_subnet(&self) -> (Ipv4Addr, u8) {
-        self.layout.subnet
+        self.nodes[0].net.subnet
     }
 
-    /// The node's IPv6 address on the bridge (the pods' IPv6 gateway), when
+    /// Node 0's IPv6 address on its bridge (its pods' IPv6 gateway), when
     /// the test bed is dual-stack.
     pub fn node_addr6(&self) -> Option<Ipv6Addr> {
-        self.layout.gateway6
+        self.nodes[0].net.gateway6
     }
 
-    /// The IPv6 pod subnet, when the test bed is dual-stack.
+    /// Node 0's IPv6 pod subnet, when the test bed is dual-stack.
     pub fn pod_subnet6(&self) -> Option<(Ipv6Addr, u8)> {
-        self.layout.subnet6
+        self.nodes[0].net.subnet6
     }
 
     /// Whether pods have an IPv6 address too (some pod has one in
@@ -545,16 +558,27 @@ impl Testbed {
         self.layout.dual_stack()
     }
 
-    /// The agent's log file (palisade on).
+    /// Node 0's agent's log file (palisade on).
     pub fn agent_log(&self) -> Option<&Path> {
-        self.agent.as_ref().map(|(log, _)| log.as_path())
+        self.nodes[0].agent_log.as_deref()
     }
 
-    /// The last `lines` lines of the agent's log ("" when palisade is off).
+    /// The last `lines` lines of each agent's log ("" when palisade is
+    /// off), headed by the node's name on a bed of several nodes.
     pub fn agent_log_tail(&self, lines: usize) -> String {
-        self.agent_log()
-            .map(|l| log_tail(l, lines))
-            .unwrap_or_default()
+        let tails: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n, n.agent_log.as_deref()?)))
+            .map(|(n, log)| {
+                if self.nodes.len() == 1 {
+                    log_tail(log, lines)
+                } else {
+                    format!("--- {} ---\n{}", n.name, log_tail(log, lines))
+                }
+            })
+            .collect();
+        tails.join("\n")
     }
 
     /// Kube mode: the cluster in the control plane (the API server, the
@@ -591,11 +615,12 @@ impl Testbed {
                 reason: format!("pod {name} is already in the test bed"),
             });
         }
-        let network = self.resources.with(|r| r.network.clone()).ok_or_else(|| {
-            TestbedError::Environment {
+        let network = self
+            .resources
+            .with(|r| r.networks.first().cloned())
+            .ok_or_else(|| TestbedError::Environment {
                 reason: "the test bed has no CNI network".into(),
-            }
-        })?;
+            })?;
         crate::controlplane::kubelet::create_pod(
             cluster.control_plane(),
             pod,
@@ -619,7 +644,7 @@ impl Testbed {
             &[],
         )?;
         let (ip, ip6) = (att.ipv4(), att.ipv6());
-        self.resources.with(|r| r.attachments.push(att));
+        self.resources.with(|r| r.attachments.push((0, att)));
         let ip = ip.ok_or_else(|| TestbedError::Cni {
             command: "ADD",
             pod: name.clone(),
@@ -650,6 +675,7 @@ impl Testbed {
         }
         let wired = WiredPod {
             netns: ns,
+            node: 0,
             ip,
             ip6,
             host_network: false,
@@ -662,16 +688,40 @@ impl Testbed {
     /// Kube mode: waits until the agent has applied what the API server
     /// holds now (after changes made through [`Self::kube`]).
     pub fn wait_for_agent_sync(&self) -> Result<(), TestbedError> {
-        match (&self.cluster, &self.agent) {
-            (Some(c), Some((log, socket))) => c.wait_for_agent(log, socket, KUBE_SYNC_TIMEOUT),
+        let node = &self.nodes[0];
+        match (&self.cluster, &node.agent_log, &node.agent_socket) {
+            (Some(c), Some(log), Some(socket)) => c.wait_for_agent(log, socket, KUBE_SYNC_TIMEOUT),
             _ => Ok(()),
         }
     }
 
-    /// The agent's CNI socket (palisade on).
+    /// Node 0's agent's CNI socket (palisade on).
     pub fn agent_socket(&self) -> Option<&Path> {
-        self.agent.as_ref().map(|(_, s)| s.as_path())
+        self.nodes[0].agent_socket.as_deref()
     }
+}
+
+/// On several nodes every agent reads the same manifests, so a pod's
+/// address is known on the other nodes only when the manifest gives it.
+fn require_addresses(snapshot: &Snapshot, layout: &Layout) -> Result<(), TestbedError> {
+    for plan in layout.pods.iter().filter(|p| !p.host_network) {
+        let ips = snapshot
+            .pods
+            .get(&plan.pod)
+            .map(|p| p.ips.len())
+            .unwrap_or(0);
+        if plan.requested.is_none() || (layout.dual_stack() && ips < 2) {
+            return Err(TestbedError::Layout {
+                reason: format!(
+                    "pod {}/{}: on several nodes in file mode every pod needs its addresses in \
+                     status.podIPs (one of each family on a dual-stack bed): the other nodes' \
+                     agents learn them from nothing else",
+                    plan.pod.namespace, plan.pod.name
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Testbed {
@@ -699,14 +749,6 @@ pub(crate) fn probe_family_v6(probe: &Probe) -> Result<bool, String> {
         (Some(v6), _) | (None, Some(v6)) => Ok(v6),
         (None, None) => Ok(false),
     }
-}
-
-/// Turns duplicate address detection off in namespace `ns` (for links made
-/// later), so that IPv6 addresses are usable at once instead of staying
-/// "tentative" (failing bind and connect) for a second or two.
-fn no_dad(ns: &str) -> Result<(), TestbedError> {
-    sysctl_in(ns, "net.ipv6.conf.all.accept_dad=0")?;
-    sysctl_in(ns, "net.ipv6.conf.default.accept_dad=0")
 }
 
 /// The link-local address of the node's end of the outside link: the

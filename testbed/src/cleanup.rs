@@ -13,16 +13,16 @@ use crate::netns;
 /// What one test bed holds on the machine.
 #[derive(Debug, Default)]
 pub(crate) struct Resources {
-    /// Namespaces, in creation order (node first).
+    /// Namespaces, in creation order (nodes first).
     pub netns: Vec<String>,
-    /// The CNI network and the pods wired through it (DEL before the
-    /// namespaces go).
-    pub network: Option<Network>,
-    pub attachments: Vec<Attachment>,
-    /// The agent (stopped after the DELs).
-    pub agent: Option<Agent>,
+    /// Each node's CNI network, in node order, and the pods wired through
+    /// them, each with its node's index (DEL before the namespaces go).
+    pub networks: Vec<Network>,
+    pub attachments: Vec<(usize, Attachment)>,
+    /// The nodes' agents (stopped after the DELs).
+    pub agents: Vec<Agent>,
     /// Other processes (control plane, kube-proxy), stopped after the
-    /// agent, last started first.
+    /// agents, last started first.
     pub daemons: Vec<Daemon>,
     /// Folders to remove (bpffs folder, state folder).
     pub dirs: Vec<PathBuf>,
@@ -34,14 +34,14 @@ impl Resources {
     /// Undoes everything; idempotent.
     pub fn cleanup(&mut self) {
         self.cleaned = true;
-        if let Some(network) = &self.network {
-            for att in self.attachments.drain(..).rev() {
+        for (node, att) in self.attachments.drain(..).rev() {
+            if let Some(network) = self.networks.get(node) {
                 if let Err(e) = network.del(&att) {
                     tracing::warn!("cleanup: {e}");
                 }
             }
         }
-        if let Some(mut agent) = self.agent.take() {
+        for mut agent in self.agents.drain(..).rev() {
             agent.stop();
         }
         for mut daemon in self.daemons.drain(..).rev() {

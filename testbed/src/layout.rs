@@ -2,6 +2,10 @@
 //! subnet and gateway, which pods are wired and with which address, which
 //! outside hosts exist, and which ports every namespace serves.
 //!
+//! On a bed of several nodes every node has a /24 of its own (see
+//! [`crate::placement`]) and each pod plan says which node it is on; a
+//! one-node bed's subnet is the smallest covering the pods' addresses.
+//!
 //! Dual-stack when the cluster or the probes use IPv6: any pod with an
 //! IPv6 address in `status.podIPs`, or any probe naming an IPv6 address,
 //! adds an IPv6 range (the smallest prefix of at most /64 covering the
@@ -13,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::error::TestbedError;
+use crate::placement::{self, NodeNet, CLUSTER_CIDR, MAX_NODES};
 use crate::probe::{End, PodRef, Probe, Snapshot};
 
 /// The widest subnet used when no pod asks for an address.
@@ -39,27 +44,23 @@ pub struct PodPlan {
     pub host_network: bool,
     /// Ports to serve (TCP and UDP echo on each).
     pub ports: BTreeSet<u16>,
+    /// Index of its node in [`Layout::nodes`].
+    pub node: usize,
 }
 
 /// The whole layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
-    /// Pod subnet (network address, prefix length).
-    pub subnet: (Ipv4Addr, u8),
-    /// Gateway: the bridge's address, the node's address.
-    pub gateway: Ipv4Addr,
+    /// The nodes and their pod networks (one on a one-node bed).
+    pub nodes: Vec<NodeNet>,
     /// Pods, those with a requested address first (so that IPAM hands out
     /// the free ones around them).
     pub pods: Vec<PodPlan>,
     /// Outside hosts: address → ports served there.
     pub outside: BTreeMap<Ipv4Addr, BTreeSet<u16>>,
-    /// The IPv6 pod subnet (network, prefix length); `None`: IPv4 only.
-    pub subnet6: Option<(Ipv6Addr, u8)>,
-    /// The bridge's IPv6 address (the pods' IPv6 gateway) when dual-stack.
-    pub gateway6: Option<Ipv6Addr>,
     /// Outside IPv6 hosts: address → ports served there.
     pub outside6: BTreeMap<Ipv6Addr, BTreeSet<u16>>,
-    /// Ports served in the node namespace (for hostNetwork pods).
+    /// Ports served in every node namespace (for hostNetwork pods).
     pub node_ports: BTreeSet<u16>,
 }
 
@@ -71,7 +72,7 @@ fn mask(prefix: u8) -> u32 {
     }
 }
 
-fn in_subnet(ip: Ipv4Addr, (net, prefix): (Ipv4Addr, u8)) -> bool {
+pub(crate) fn in_subnet(ip: Ipv4Addr, (net, prefix): (Ipv4Addr, u8)) -> bool {
     u32::from(ip) & mask(prefix) == u32::from(net)
 }
 
@@ -88,8 +89,24 @@ pub(crate) fn in_subnet6(ip: Ipv6Addr, (net, prefix): (Ipv6Addr, u8)) -> bool {
 }
 
 impl Layout {
-    /// Lays out `snapshot` so that every probe can run.
+    /// Lays out `snapshot` on one node so that every probe can run.
     pub fn new(snapshot: &Snapshot, probes: &[Probe]) -> Result<Self, TestbedError> {
+        Self::on_nodes(snapshot, probes, 1)
+    }
+
+    /// Lays out `snapshot` on `count` nodes so that every probe can run;
+    /// a pod's `spec.nodeName` says which node it is on (ignored on one
+    /// node, where every pod is on the only node).
+    pub fn on_nodes(
+        snapshot: &Snapshot,
+        probes: &[Probe],
+        count: usize,
+    ) -> Result<Self, TestbedError> {
+        if !(1..=MAX_NODES).contains(&count) {
+            return Err(TestbedError::Layout {
+                reason: format!("{count} nodes: the test bed runs 1 to {MAX_NODES}"),
+            });
+        }
         let mut pods: Vec<PodPlan> = Vec::new();
         for (pod, info) in &snapshot.pods {
             let v4 = info.ips.iter().find_map(|ip| match ip {
@@ -107,6 +124,7 @@ impl Layout {
                 requested6: v6.filter(|_| wired),
                 host_network: info.host_network,
                 ports: info.ports.iter().map(|p| p.port).collect(),
+                node: 0,
             });
         }
         // Pods asking for addresses first, so that IPAM hands out the free
@@ -155,60 +173,49 @@ impl Layout {
                     .iter()
                     .any(|e| matches!(e, End::Ip(IpAddr::V6(_))))
             });
-        let (subnet6, gateway6) = if dual {
-            let subnet6 = covering_subnet6(&requested6);
-            let first = u128::from(subnet6.0) + 1;
-            let last = u128::from(subnet6.0) | !mask6(subnet6.1);
-            let gateway6 = (first..last)
-                .take(requested6.len() + 1)
-                .map(Ipv6Addr::from)
-                .find(|ip| !requested6.contains(ip))
-                .ok_or_else(|| TestbedError::Layout {
-                    reason: format!(
-                        "no free address for the IPv6 gateway in {}/{}",
-                        subnet6.0, subnet6.1
-                    ),
-                })?;
-            (Some(subnet6), Some(gateway6))
+        let nodes = if count == 1 {
+            vec![one_node(&pods, &requested, &requested6, dual)?]
         } else {
-            (None, None)
+            let nodes = placement::node_nets(count, dual);
+            let bound: BTreeMap<PodRef, String> = snapshot
+                .pods
+                .iter()
+                .filter_map(|(r, p)| Some((r.clone(), p.node.clone()?)))
+                .collect();
+            placement::place(&mut pods, &nodes, &bound)?;
+            nodes
         };
-        let subnet = covering_subnet(&requested);
-        let gateway = ((u32::from(subnet.0) + 1)..(u32::from(subnet.0) | !mask(subnet.1)))
-            .map(Ipv4Addr::from)
-            .find(|ip| !requested.contains(ip))
-            .ok_or_else(|| TestbedError::Layout {
-                reason: format!(
-                    "no free address for the gateway in {}/{}",
-                    subnet.0, subnet.1
-                ),
-            })?;
-        let hosts = (1u64 << (32 - subnet.1)).saturating_sub(3);
-        if (pods.iter().filter(|p| !p.host_network).count() as u64) > hosts {
-            return Err(TestbedError::Layout {
-                reason: format!("too many pods for {}/{}", subnet.0, subnet.1),
-            });
-        }
-
+        let in_pod_subnet = |ip: Ipv4Addr| {
+            nodes.iter().any(|n| in_subnet(ip, n.subnet))
+                || (count > 1 && in_subnet(ip, CLUSTER_CIDR))
+        };
+        let in_pod_subnet6 = |ip: Ipv6Addr| {
+            nodes
+                .iter()
+                .find_map(|n| n.subnet6.filter(|s6| in_subnet6(ip, *s6)))
+                .or_else(|| {
+                    (count > 1 && dual && in_subnet6(ip, placement::CLUSTER_CIDR6))
+                        .then_some(placement::CLUSTER_CIDR6)
+                })
+        };
+        let node_of_v4 = |ip: Ipv4Addr| nodes.iter().any(|n| n.gateway == ip);
+        let node_of_v6 = |ip: Ipv6Addr| nodes.iter().any(|n| n.gateway6 == Some(ip));
         let mut layout = Layout {
-            subnet,
-            gateway,
+            nodes: nodes.clone(),
             pods,
             outside: BTreeMap::new(),
-            subnet6,
-            gateway6,
             outside6: BTreeMap::new(),
             node_ports: BTreeSet::new(),
         };
         for probe in probes {
             for end in [&probe.from, &probe.to] {
                 if let End::Ip(IpAddr::V4(ip)) = end {
-                    if layout.pod_by_ip(*ip).is_none() && *ip != gateway {
-                        if in_subnet(*ip, subnet) {
+                    if layout.pod_by_ip(*ip).is_none() && !node_of_v4(*ip) {
+                        if in_pod_subnet(*ip) {
                             return Err(TestbedError::Layout {
                                 reason: format!(
-                                    "probe {probe}: outside address {ip} lies in the pod subnet {}/{}",
-                                    subnet.0, subnet.1
+                                    "probe {probe}: outside address {ip} lies in the pod network ({})",
+                                    layout.pod_networks()
                                 ),
                             });
                         }
@@ -216,8 +223,8 @@ impl Layout {
                     }
                 }
                 if let End::Ip(IpAddr::V6(ip)) = end {
-                    if layout.pod_by_ip6(*ip).is_none() && Some(*ip) != gateway6 {
-                        if let Some(s6) = subnet6.filter(|s6| in_subnet6(*ip, *s6)) {
+                    if layout.pod_by_ip6(*ip).is_none() && !node_of_v6(*ip) {
+                        if let Some(s6) = in_pod_subnet6(*ip) {
                             return Err(TestbedError::Layout {
                                 reason: format!(
                                     "probe {probe}: outside address {ip} lies in the IPv6 pod subnet {}/{}",
@@ -236,7 +243,7 @@ impl Layout {
                     if let Some(i) = layout.pod_by_ip(ip) {
                         let pod = layout.pods[i].pod.clone();
                         layout.serve_on_pod(&pod, probe.port);
-                    } else if ip == gateway {
+                    } else if node_of_v4(ip) {
                         layout.node_ports.insert(probe.port);
                     } else {
                         layout.outside.entry(ip).or_default().insert(probe.port);
@@ -247,7 +254,7 @@ impl Layout {
                     if let Some(i) = layout.pod_by_ip6(ip) {
                         let pod = layout.pods[i].pod.clone();
                         layout.serve_on_pod(&pod, probe.port);
-                    } else if Some(ip) == gateway6 {
+                    } else if node_of_v6(ip) {
                         layout.node_ports.insert(probe.port);
                     } else {
                         layout.outside6.entry(ip).or_default().insert(probe.port);
@@ -287,8 +294,74 @@ impl Layout {
 
     /// Whether pods get an IPv6 address too.
     pub fn dual_stack(&self) -> bool {
-        self.subnet6.is_some()
+        self.nodes.iter().any(|n| n.subnet6.is_some())
     }
+
+    /// The node a one-node bed has, or node 0 of a bed of several.
+    pub fn first_node(&self) -> &NodeNet {
+        &self.nodes[0]
+    }
+
+    /// The pod subnets, for messages (`10.244.0.0/24, 10.244.1.0/24`).
+    fn pod_networks(&self) -> String {
+        let nets: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}/{}", n.subnet.0, n.subnet.1))
+            .collect();
+        nets.join(", ")
+    }
+}
+
+/// The only node of a one-node bed: the smallest subnet covering the
+/// requested addresses, its first free address as the gateway.
+fn one_node(
+    pods: &[PodPlan],
+    requested: &BTreeSet<Ipv4Addr>,
+    requested6: &BTreeSet<Ipv6Addr>,
+    dual: bool,
+) -> Result<NodeNet, TestbedError> {
+    let (subnet6, gateway6) = if dual {
+        let subnet6 = covering_subnet6(requested6);
+        let first = u128::from(subnet6.0) + 1;
+        let last = u128::from(subnet6.0) | !mask6(subnet6.1);
+        let gateway6 = (first..last)
+            .take(requested6.len() + 1)
+            .map(Ipv6Addr::from)
+            .find(|ip| !requested6.contains(ip))
+            .ok_or_else(|| TestbedError::Layout {
+                reason: format!(
+                    "no free address for the IPv6 gateway in {}/{}",
+                    subnet6.0, subnet6.1
+                ),
+            })?;
+        (Some(subnet6), Some(gateway6))
+    } else {
+        (None, None)
+    };
+    let subnet = covering_subnet(requested);
+    let gateway = ((u32::from(subnet.0) + 1)..(u32::from(subnet.0) | !mask(subnet.1)))
+        .map(Ipv4Addr::from)
+        .find(|ip| !requested.contains(ip))
+        .ok_or_else(|| TestbedError::Layout {
+            reason: format!(
+                "no free address for the gateway in {}/{}",
+                subnet.0, subnet.1
+            ),
+        })?;
+    let hosts = (1u64 << (32 - subnet.1)).saturating_sub(3);
+    if (pods.iter().filter(|p| !p.host_network).count() as u64) > hosts {
+        return Err(TestbedError::Layout {
+            reason: format!("too many pods for {}/{}", subnet.0, subnet.1),
+        });
+    }
+    Ok(NodeNet {
+        name: placement::node_name(0),
+        subnet,
+        gateway,
+        subnet6,
+        gateway6,
+    })
 }
 
 /// The smallest subnet (at most /64) holding every requested IPv6 address.
@@ -360,8 +433,8 @@ pub(crate) mod tests {
             ("dev/x", None, &[]),
         ]);
         let l = Layout::new(&s, &[]).unwrap();
-        assert_eq!(l.subnet, (Ipv4Addr::new(10, 244, 0, 0), 22));
-        assert_eq!(l.gateway, Ipv4Addr::new(10, 244, 0, 1));
+        assert_eq!(l.nodes[0].subnet, (Ipv4Addr::new(10, 244, 0, 0), 22));
+        assert_eq!(l.nodes[0].gateway, Ipv4Addr::new(10, 244, 0, 1));
         assert_eq!(l.pods.last().unwrap().pod.name, "x");
 
         let s = snapshot(&[
@@ -369,8 +442,8 @@ pub(crate) mod tests {
             ("a/b", Some("10.244.0.2"), &[]),
         ]);
         let l = Layout::new(&s, &[]).unwrap();
-        assert_eq!(l.subnet, (Ipv4Addr::new(10, 244, 0, 0), 24));
-        assert_eq!(l.gateway, Ipv4Addr::new(10, 244, 0, 3));
+        assert_eq!(l.nodes[0].subnet, (Ipv4Addr::new(10, 244, 0, 0), 24));
+        assert_eq!(l.nodes[0].gateway, Ipv4Addr::new(10, 244, 0, 3));
     }
 
     #[test]
@@ -396,7 +469,7 @@ pub(crate) mod tests {
         let s = snapshot(&[("default/a", Some("10.244.0.10"), &[80])]);
         let l = Layout::new(&s, &[]).unwrap();
         assert!(!l.dual_stack());
-        assert_eq!((l.subnet6, l.gateway6), (None, None));
+        assert_eq!((l.nodes[0].subnet6, l.nodes[0].gateway6), (None, None));
     }
 
     #[test]
@@ -422,9 +495,12 @@ pub(crate) mod tests {
         .unwrap();
         let l = Layout::new(&s, &probes).unwrap();
         assert!(l.dual_stack());
-        assert_eq!(l.subnet6, Some(("fd00:10:244::".parse().unwrap(), 64)));
+        assert_eq!(
+            l.nodes[0].subnet6,
+            Some(("fd00:10:244::".parse().unwrap(), 64))
+        );
         // ::1 is taken by pod a.
-        assert_eq!(l.gateway6, Some("fd00:10:244::2".parse().unwrap()));
+        assert_eq!(l.nodes[0].gateway6, Some("fd00:10:244::2".parse().unwrap()));
         assert_eq!(
             l.pods[0].requested6,
             Some("fd00:10:244::1".parse().unwrap())
@@ -443,8 +519,8 @@ pub(crate) mod tests {
         // A probe naming an IPv6 address alone makes an IPv4 cluster dual-stack.
         let s = snapshot(&[("default/a", Some("10.244.0.10"), &[80])]);
         let l = Layout::new(&s, &probes[..1]).unwrap();
-        assert_eq!(l.subnet6, Some(DEFAULT_SUBNET6));
-        assert_eq!(l.gateway6, Some("fd00:10:244::1".parse().unwrap()));
+        assert_eq!(l.nodes[0].subnet6, Some(DEFAULT_SUBNET6));
+        assert_eq!(l.nodes[0].gateway6, Some("fd00:10:244::1".parse().unwrap()));
 
         // An outside address inside the IPv6 pod range is bad input.
         let bad = crate::probe::parse_probes(
@@ -453,6 +529,47 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert!(Layout::new(&s, &bad).unwrap_err().is_bad_input());
+    }
+
+    #[test]
+    fn two_nodes_get_a_subnet_each_and_pods_spread() {
+        let s = snapshot(&[
+            ("a/x", Some("10.244.1.10"), &[80]),
+            ("a/y", None, &[80]),
+            ("a/z", None, &[80]),
+        ]);
+        let probes = crate::probe::parse_probes(
+            r#"{"from": "a/y", "to": "10.244.1.1", "port": 10250}
+{"from": "a/y", "to": "192.0.2.1", "port": 443}"#,
+            std::path::Path::new("t"),
+        )
+        .unwrap();
+        let l = Layout::on_nodes(&s, &probes, 2).unwrap();
+        assert_eq!(l.nodes.len(), 2);
+        assert_eq!(l.nodes[1].subnet, (Ipv4Addr::new(10, 244, 1, 0), 24));
+        let node: BTreeMap<String, usize> = l
+            .pods
+            .iter()
+            .map(|p| (p.pod.name.clone(), p.node))
+            .collect();
+        assert_eq!(node["x"], 1);
+        assert_eq!(node["y"], 0);
+        assert_eq!(
+            node["z"], 0,
+            "fewest pods: node 0 has one, node 1 one, ties go low"
+        );
+        // Node 1's bridge address is a node address, not an outside host.
+        assert!(l.node_ports.contains(&10250));
+        assert_eq!(l.outside.len(), 1);
+        // The rest of the cluster network is not "outside" either.
+        let bad = crate::probe::parse_probes(
+            r#"{"from": "10.244.7.9", "to": "a/x", "port": 80}"#,
+            std::path::Path::new("t"),
+        )
+        .unwrap();
+        let err = Layout::on_nodes(&s, &bad, 2).unwrap_err();
+        assert!(err.is_bad_input(), "{err}");
+        assert!(Layout::on_nodes(&s, &[], 0).is_err());
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! "outside" namespace routed through the node without NAT; TCP and UDP echo
 //! servers everywhere; and probes made with real sockets.
 //!
+//! Several nodes (`nodes: 2`): node namespaces joined as Flannel's vxlan
+//! backend joins nodes (see [`overlay`]), a /24 of 10.244.0.0/16 and an
+//! agent each, pods placed by `spec.nodeName`, their address, or load (see
+//! [`placement`]).
+//!
 //! Status: IPv4, and dual-stack IPv4 + IPv6 when some pod has an IPv6
 //! address in `status.podIPs` or some probe names an IPv6 address (then
 //! every wired pod gets one address of each family from a two-range
@@ -26,6 +31,7 @@
 //!     palisade: true,
 //!     bin_dir: "target/debug".into(),
 //!     probes: probes.clone(),
+//!     nodes: 1,
 //! })?;
 //! let seen = bed.probe(&probes);
 //! print!("{}", report::table(&seen));
@@ -49,6 +55,9 @@ mod echo;
 mod error;
 pub mod layout;
 mod netns;
+mod node;
+pub mod overlay;
+pub mod placement;
 pub mod probe;
 mod prober;
 pub mod report;
@@ -58,6 +67,7 @@ pub use bed::{
 };
 pub use cleanup::{cleanup_all, install_signal_cleanup};
 pub use error::TestbedError;
+pub use node::BedNode;
 pub use probe::{
     default_probes, default_probes_v6, parse_probes, read_probes, validate_probes, End,
     Observation, PodRef, Probe, ProbeError, Protocol,

@@ -109,6 +109,7 @@ pub fn run_scenario(scenario: &Scenario, palisade: bool) -> (Vec<Probe>, Vec<Obs
         palisade,
         bin_dir: if palisade { bin_dir() } else { PathBuf::new() },
         probes: probes.clone(),
+        nodes: 1,
     })
     .unwrap_or_else(|e| panic!("{} (palisade={palisade}): {e}", scenario.label));
     let seen = bed.probe(&probes);
@@ -163,6 +164,7 @@ pub fn run_scenario_kube(scenario: &Scenario) -> (Vec<Probe>, Vec<Observation>) 
             palisade: true,
             bin_dir: bin_dir(),
             probes: probes.clone(),
+            nodes: 1,
         },
         &snapshot,
         &kube_options(),
@@ -276,24 +278,27 @@ pub const AGENT_RELOAD_LINE: &str = "manifests changed, recompiling";
 /// What it logs when changed manifests cannot be loaded.
 pub const AGENT_RELOAD_FAILED_LINE: &str = "manifests changed but cannot be loaded";
 
-/// How often the agent's log says `line` so far (0 without an agent).
-pub fn agent_log_count(bed: &Testbed, line: &str) -> usize {
-    bed.agent_log()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .map_or(0, |t| t.matches(line).count())
+/// How often each agent's log says `line` so far, node by node (empty
+/// without agents).
+pub fn agent_log_count(bed: &Testbed, line: &str) -> Vec<usize> {
+    bed.nodes()
+        .iter()
+        .filter_map(|n| n.agent_log.as_deref())
+        .map(|p| std::fs::read_to_string(p).map_or(0, |t| t.matches(line).count()))
+        .collect()
 }
 
-/// How far the agent's log had got: take one before rewriting a manifest,
+/// How far the agents' logs had got: take one before rewriting a manifest,
 /// hand it to [`wait_for_agent_reload`] after.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReloadMark {
-    /// [`AGENT_RELOAD_LINE`]s so far.
-    pub reloads: usize,
-    /// [`AGENT_RELOAD_FAILED_LINE`]s so far.
-    pub failures: usize,
+    /// [`AGENT_RELOAD_LINE`]s so far, per node.
+    pub reloads: Vec<usize>,
+    /// [`AGENT_RELOAD_FAILED_LINE`]s so far, per node.
+    pub failures: Vec<usize>,
 }
 
-/// The agent log's [`ReloadMark`] now.
+/// The agents' logs' [`ReloadMark`] now.
 pub fn reload_mark(bed: &Testbed) -> ReloadMark {
     ReloadMark {
         reloads: agent_log_count(bed, AGENT_RELOAD_LINE),
@@ -301,11 +306,11 @@ pub fn reload_mark(bed: &Testbed) -> ReloadMark {
     }
 }
 
-/// After the manifest has been rewritten: waits until the agent has logged
-/// one more [`AGENT_RELOAD_LINE`] than at `mark` (it polls its files every
-/// 500 ms), then `settle` more, then makes a CNI CHECK call (for a
-/// container that does not exist; the answer is ignored) as a barrier: the
-/// agent answers CHECK under the same lock it compiles and updates its maps
+/// After the manifest has been rewritten: waits until every agent has
+/// logged one more [`AGENT_RELOAD_LINE`] than at `mark` (each polls its
+/// files every 500 ms), then `settle` more, then makes a CNI CHECK call to
+/// each (for a container that does not exist; the answer is ignored) as a
+/// barrier: an agent answers CHECK under the same lock it compiles and updates its maps
 /// under, and that lock is handed out in turn, so the answer comes after
 /// the new state is in the kernel. Errors (with the agent log's tail) when
 /// it logs that it could not load the files, when the call fails, or after
@@ -317,34 +322,34 @@ pub fn wait_for_agent_reload(
     timeout: Duration,
 ) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
+    let beyond = |now: &[usize], then: &[usize]| now.iter().zip(then).all(|(n, t)| n > t);
+    let any_beyond = |now: &[usize], then: &[usize]| now.iter().zip(then).any(|(n, t)| n > t);
     loop {
         let now = reload_mark(bed);
-        if now.reloads > mark.reloads {
+        if beyond(&now.reloads, &mark.reloads) {
             std::thread::sleep(settle);
-            let Some(socket) = bed.agent_socket() else {
-                return Ok(());
-            };
             let check = agent_api::Request::Check {
                 container_id: "palisade-tests-reload-barrier".into(),
             };
-            return agent_api::call(socket, &check, timeout)
-                .map(drop)
-                .map_err(|e| {
+            for socket in bed.nodes().iter().filter_map(|n| n.agent_socket.as_deref()) {
+                agent_api::call(socket, &check, timeout).map_err(|e| {
                     format!(
-                        "the agent did not answer after reloading: {e}\n{}",
+                        "an agent did not answer after reloading: {e}\n{}",
                         bed.agent_log_tail(20)
                     )
-                });
+                })?;
+            }
+            return Ok(());
         }
-        if now.failures > mark.failures {
+        if any_beyond(&now.failures, &mark.failures) {
             return Err(format!(
-                "the agent could not load the rewritten manifest:\n{}",
+                "an agent could not load the rewritten manifest:\n{}",
                 bed.agent_log_tail(20)
             ));
         }
         if Instant::now() >= deadline {
             return Err(format!(
-                "the agent did not reload the manifest within {timeout:?}:\n{}",
+                "the agents did not all reload the manifest within {timeout:?}:\n{}",
                 bed.agent_log_tail(20)
             ));
         }

@@ -166,6 +166,7 @@ fn run_confined(caps: &[String]) -> Result<Run, TestbedError> {
         palisade: true,
         bin_dir: confined.dir.path().to_path_buf(),
         probes: probes.clone(),
+        nodes: 1,
     })?;
     let pid = confined.pid();
     let drops = Arc::new(Mutex::new(Vec::<FlowRecord>::new()));

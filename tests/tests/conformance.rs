@@ -1,7 +1,10 @@
 //! The upstream NetworkPolicy conformance cases
 //! (`policy_engine::testutil::conformance`, the same ones policy-engine's
 //! own conformance test runs through the compiler and the lookup model) with
-//! real packets: one test bed with Palisade on the x/y/z × a/b/c model, and
+//! real packets: one test bed of two nodes joined by a VXLAN overlay, an
+//! agent each, with Palisade on the x/y/z × a/b/c model (whose pods' addresses
+//! put every namespace on both nodes, so every case judges traffic within a
+//! node and between nodes), and
 //! for each case the manifest the agent watches is rewritten with the case's
 //! policies and labels, then every judged pod pair is probed on each TCP or
 //! UDP port the case states a truth table for. The kernel's verdicts, the
@@ -361,8 +364,14 @@ fn conformance_cases_with_real_packets() {
         palisade: true,
         bin_dir: bin_dir(),
         probes: Vec::new(),
+        nodes: 2,
     })
     .unwrap_or_else(|e| panic!("test bed: {e}"));
+    let on_node1 = bed.pods().values().filter(|p| p.node == 1).count();
+    assert!(
+        on_node1 > 0 && on_node1 < all_pods().len(),
+        "pods on both nodes"
+    );
     assert_eq!(bed.pods().len(), all_pods().len());
     eprintln!("test bed up in {:?}", t0.elapsed());
     let mut bed = Bed {

@@ -229,6 +229,7 @@ fn start(cluster: &Path, probes: &[Probe], palisade: bool) -> Testbed {
         palisade,
         bin_dir: if palisade { bin_dir() } else { PathBuf::new() },
         probes: probes.to_vec(),
+        nodes: 1,
     })
     .unwrap_or_else(|e| panic!("dual-stack bed (palisade={palisade}): {e}"));
     assert!(bed.dual_stack());

@@ -20,6 +20,7 @@ fn drops_are_reported_with_pod_names_and_counted() {
         palisade: true,
         bin_dir: bin_dir(),
         probes: probes.clone(),
+        nodes: 1,
     })
     .unwrap_or_else(|e| panic!("{}: {e}", scenario.label));
     let socket = bed.agent_socket().expect("palisade is on").to_path_buf();

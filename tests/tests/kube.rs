@@ -122,6 +122,7 @@ fn start_kube(scenario: &palisade_tests::Scenario) -> testbed::Testbed {
             palisade: true,
             bin_dir: palisade_tests::bin_dir(),
             probes,
+            nodes: 1,
         },
         &snapshot,
         &palisade_tests::kube_options(),

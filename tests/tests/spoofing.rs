@@ -155,6 +155,7 @@ fn forged_sources_never_reach_an_isolated_pod() {
         palisade: true,
         bin_dir: bin_dir(),
         probes: vec![],
+        nodes: 1,
     })
     .unwrap_or_else(|e| panic!("test bed: {e}"));
     let pod = |name: &str| {

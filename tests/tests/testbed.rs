@@ -106,6 +106,7 @@ fn an_agent_that_dies_fails_start_with_its_log_and_leaves_nothing() {
         palisade: true,
         bin_dir: bin.clone(),
         probes: vec![],
+        nodes: 1,
     })
     .unwrap_err();
     std::fs::remove_dir_all(&bin).unwrap();

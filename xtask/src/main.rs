@@ -53,6 +53,11 @@ enum Command {
         /// Run without Palisade: the plain bridge network, as Flannel gives.
         #[arg(long)]
         no_palisade: bool,
+        /// Nodes: several are joined by a VXLAN overlay as Flannel joins
+        /// them, with an agent each; pods go where `spec.nodeName` says,
+        /// else where their address lies, else to the emptiest node.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
         /// Build and run the release binaries.
         #[arg(long)]
         release: bool,
@@ -112,6 +117,7 @@ fn main() -> ExitCode {
             probes,
             format,
             no_palisade,
+            nodes,
             release,
             kube,
         } => tasks::testbed(tasks::TestbedArgs {
@@ -119,6 +125,7 @@ fn main() -> ExitCode {
             probes,
             format,
             palisade: !no_palisade,
+            nodes,
             release,
             kube,
         }),

@@ -119,6 +119,8 @@ pub struct TestbedArgs {
     pub format: Format,
     /// With Palisade (false: plain bridge).
     pub palisade: bool,
+    /// How many nodes.
+    pub nodes: usize,
     /// Release binaries.
     pub release: bool,
     /// Against a real control plane.
@@ -136,6 +138,7 @@ pub fn testbed(args: TestbedArgs) -> Result<ExitCode> {
         &args.manifests,
         args.probes.as_deref(),
         args.palisade,
+        args.nodes,
         &bin_dir,
         kube.as_ref(),
     ) {
@@ -175,6 +178,7 @@ fn run_probes(
     manifests: &Path,
     probes: Option<&Path>,
     palisade: bool,
+    nodes: usize,
     bin_dir: &Path,
     kube: Option<&KubeOptions>,
 ) -> Result<(Vec<Observation>, Vec<FlowRecord>), TestbedError> {
@@ -189,6 +193,7 @@ fn run_probes(
         palisade,
         bin_dir: bin_dir.to_path_buf(),
         probes: probes.clone(),
+        nodes,
     };
     let bed = match kube {
         Some(k) => Testbed::start_with_kube(opts, &snapshot, k)?,
@@ -306,8 +311,17 @@ pub fn demo(only: Option<&str>, release: bool) -> Result<ExitCode> {
             "\n== {}: BEFORE (plain bridge, as Flannel gives), then a real API server with Palisade",
             ex.name
         );
-        let before = run_probes(&ex.cluster, Some(&ex.probes), false, &bin_dir, None);
-        let after = || run_probes(&ex.cluster, Some(&ex.probes), true, &bin_dir, Some(&kube));
+        let before = run_probes(&ex.cluster, Some(&ex.probes), false, 1, &bin_dir, None);
+        let after = || {
+            run_probes(
+                &ex.cluster,
+                Some(&ex.probes),
+                true,
+                1,
+                &bin_dir,
+                Some(&kube),
+            )
+        };
         let (before, (after, drops)) = match before.and_then(|b| Ok((b.0, after()?))) {
             Ok(pair) => pair,
             Err(e) => {

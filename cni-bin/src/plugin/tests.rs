@@ -361,3 +361,31 @@ fn gc_succeeds_without_the_agent() {
     assert_eq!(out.code, 0);
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn gc_hands_the_valid_attachments_to_the_agent() {
+    let agent = FakeAgent::answering(Response::Ok);
+    let mut conf: Value = serde_json::from_str(&config(&agent.dir.socket(), None)).unwrap();
+    conf["cni.dev/valid-attachments"] = json!([
+        {"containerID": "c0ffee", "ifname": "eth0"},
+        {"containerID": "beef", "ifname": "net1"}
+    ]);
+    let out = invoke("GC", &[], &conf.to_string());
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    let sandbox = |c: &str, i: &str| agent_api::Sandbox {
+        container_id: c.into(),
+        ifname: i.into(),
+    };
+    assert_eq!(
+        agent.request(),
+        Request::Gc {
+            valid: vec![sandbox("c0ffee", "eth0"), sandbox("beef", "net1")]
+        }
+    );
+}
+
+#[test]
+fn gc_without_the_valid_list_is_an_invalid_config() {
+    let (_dir, socket) = missing_socket();
+    assert_eq!(invoke("GC", &[], &config(&socket, None)).error_code(), 7);
+}

@@ -36,6 +36,7 @@ fn new_ep(cid: &str, name: &str, ip: &str) -> NewEndpoint {
         container_id: cid.into(),
         pod: pod(name),
         ifname: format!("veth-{name}"),
+        pod_ifname: "eth0".into(),
         ips: vec![ip.parse().unwrap()],
     }
 }
@@ -167,4 +168,36 @@ fn each_endpoint_may_send_only_from_its_own_addresses() {
     // Gone with the endpoint.
     agent.del("c1").unwrap();
     assert!(!agent.dataplane().sources.contains_key(&ea));
+}
+
+#[test]
+fn gc_forgets_only_the_sandboxes_the_runtime_no_longer_lists() {
+    let mut agent = Agent::new(FakeDataplane::default(), vec![]);
+    agent.set_snapshot(cluster(&[DENY_ALL])).unwrap();
+    agent.add(new_ep("c1", "a", "10.244.0.10")).unwrap();
+    agent.add(new_ep("c2", "b", "10.244.0.11")).unwrap();
+    let sandbox = |c: &str, i: &str| agent_api::Sandbox {
+        container_id: c.into(),
+        ifname: i.into(),
+    };
+    // c2's container is still there, but not with the interface Palisade
+    // enforces: stale too.
+    let gone = agent
+        .gc(&[sandbox("c1", "eth0"), sandbox("c2", "net1")])
+        .unwrap();
+    assert_eq!(gone, 1);
+    assert!(agent.check("c1"));
+    assert!(!agent.check("c2"));
+    assert_eq!(
+        agent.dataplane().endpoints.keys().collect::<Vec<_>>(),
+        ["veth-a"]
+    );
+    assert_eq!(agent.dataplane().state.endpoints.len(), 1);
+    let applies = agent.dataplane().applies;
+    assert_eq!(agent.gc(&[sandbox("c1", "eth0")]).unwrap(), 0);
+    assert_eq!(
+        agent.dataplane().applies,
+        applies,
+        "nothing to collect, nothing written"
+    );
 }

@@ -1,5 +1,7 @@
 //! Cluster state from manifest files (`policy-agent run --manifests`), as
-//! the test bed and the demo use: re-read whenever a file changes.
+//! the test bed and the demo use: re-read whenever a file changes and sent
+//! whole ([`Change::Replace`]; the agent compiles it in full, and applies
+//! nothing if nothing changed).
 //!
 //! A file that fails to load is reported and the last good state is kept:
 //! bad input never loses state.
@@ -8,18 +10,22 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use policy_engine::model::Snapshot;
-use tokio::sync::watch;
+
+use super::Change;
 
 /// How often the files are checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Loads `paths` once (failing if they cannot be read), then keeps watching
-/// them in a background task. Returns the channel the agent reads.
+/// them in a background task. Returns the channel the agent reads, with the
+/// first state already in it.
 pub fn spawn(
     paths: Vec<PathBuf>,
-) -> Result<super::SnapshotRx, policy_engine::manifest::ManifestError> {
+) -> Result<super::ChangeRx, policy_engine::manifest::ManifestError> {
     let first = load(&paths)?;
-    let (tx, rx) = watch::channel(Some(first));
+    let (tx, rx) = super::channel();
+    // The channel is empty and has room: this cannot fail.
+    let _ = tx.try_send(Change::Replace(first));
     tokio::spawn(async move {
         let mut seen = fingerprint(&paths);
         loop {
@@ -32,7 +38,7 @@ pub fn spawn(
             match load(&paths) {
                 Ok(snapshot) => {
                     tracing::info!("manifests changed, recompiling");
-                    if tx.send(Some(snapshot)).is_err() {
+                    if tx.send(Change::Replace(snapshot)).await.is_err() {
                         return;
                     }
                 }

@@ -1,30 +1,54 @@
 //! Cluster state from the Kubernetes API server (`policy-agent run --kube`):
-//! kube-rs watchers and reflectors on Pods, Namespaces and NetworkPolicies,
-//! all namespaces (peers on other nodes matter too).
+//! one kube-rs watcher each on Pods, Namespaces and NetworkPolicies, all
+//! namespaces (peers on other nodes matter too).
 //!
-//! Every change marks the state dirty; a builder turns the three stores into
-//! a [`Snapshot`] at most every [`DEBOUNCE`], so a burst of events costs one
-//! compile. An object the model rejects is reported, naming it, and skipped;
-//! everything else keeps working.
+//! Each watch event is turned into the model's entry at once (a pod
+//! becomes a [`PodInfo`]: labels, IPs, named ports, node, hostNetwork,
+//! phase) and sent on as a [`Change`]; the API object is dropped there, so
+//! the agent never holds a cache of whole objects. A list (the first one,
+//! or a relist after a `410 Gone` or a lost watch) ends with
+//! [`Change::Listed`] naming every object it returned, which is how the
+//! agent learns what disappeared meanwhile; the objects themselves reach
+//! it as ordinary changes, and those equal to what it holds cost nothing.
+//!
+//! A watch error (API server unreachable, `403` because RBAC no longer
+//! allows the agent's ServiceAccount, ...) is logged naming the resource
+//! and the reason and sent as [`Change::Lost`]; the watcher is then started
+//! again from a list, with exponential backoff, until a list succeeds. A
+//! `410 Gone` only relists (at once, and without making the agent not
+//! ready): the state it had is still the last one the API server gave.
+//!
+//! An object the model rejects is reported, naming it and the field, and
+//! skipped (its last good version stays); everything else keeps working.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
-use policy_engine::model::Snapshot;
+use policy_engine::model::{ModelError, NamespaceInfo, PodInfo, PodRef, Policy};
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, watch};
 
-/// Logged with every state built from the API server, with the count and
-/// newest `resourceVersion` of each kind (`pods=3 pods_rv=1234 ...`).
+use super::{Change, ChangeRx, ChangeTx, Kind, Listed};
+
+/// First wait before starting a failed watcher again.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// Longest wait between two attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(15);
+/// The message the agent logs with every state it has enforced from the API
+/// server, with how many objects of each kind the API server holds and the
+/// newest `resourceVersion` seen of each (`pods=3 pods_rv=1234
+/// namespaces=.. namespaces_rv=.. policies=.. policies_rv=..`): once every
+/// count matches and no `resourceVersion` is older than the API server's, the
+/// agent has caught up (the test bed waits for that line).
 pub const STATE_LOG: &str = "cluster state from the API server";
 
-/// Quiet time between a change and the snapshot it produces.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Objects per list page: fewer round trips than client-go's 500 at the
+/// sizes the agent meets, still a bounded response.
+pub const PAGE_SIZE: u32 = 2000;
 
 /// Failures starting the source.
 #[derive(Debug, thiserror::Error)]
@@ -34,126 +58,286 @@ pub enum KubeSourceError {
     Client(#[source] kube::Error),
 }
 
-/// Connects (in-cluster config or kubeconfig) and starts watching. The
-/// channel holds `None` until all three kinds have been listed once.
-pub async fn spawn() -> Result<super::SnapshotRx, KubeSourceError> {
+/// Connects (in-cluster config or kubeconfig) and starts the three
+/// watchers. The agent compiles nothing until each kind has been listed
+/// once.
+pub async fn spawn() -> Result<ChangeRx, KubeSourceError> {
     let client = Client::try_default()
         .await
         .map_err(KubeSourceError::Client)?;
-    let (tx, rx) = watch::channel(None);
-    let (dirty_tx, dirty_rx) = mpsc::channel::<()>(1);
-    let pods = reflect::<Pod>(Api::all(client.clone()), dirty_tx.clone());
-    let namespaces = reflect::<Namespace>(Api::all(client.clone()), dirty_tx.clone());
-    let policies = reflect::<NetworkPolicy>(Api::all(client), dirty_tx);
-    tokio::spawn(build_loop(pods, namespaces, policies, dirty_rx, tx));
-    Ok(rx)
+    Ok(spawn_with(client))
 }
 
-/// Starts one reflector; returns its store. Each event pings `dirty`.
-fn reflect<K>(api: Api<K>, dirty: mpsc::Sender<()>) -> Store<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
-        .reflect(writer);
-    tokio::spawn(drive(stream, dirty, std::any::type_name::<K>()));
-    store
+/// Starts the three watchers on `client`.
+pub fn spawn_with(client: Client) -> ChangeRx {
+    let (tx, rx) = super::channel();
+    tokio::spawn(watch::<Pod>(Api::all(client.clone()), tx.clone()));
+    tokio::spawn(watch::<Namespace>(Api::all(client.clone()), tx.clone()));
+    tokio::spawn(watch::<NetworkPolicy>(Api::all(client), tx));
+    rx
 }
 
-async fn drive<S, T, E>(stream: S, dirty: mpsc::Sender<()>, kind: &'static str)
-where
-    S: Stream<Item = Result<T, E>>,
-    E: std::fmt::Display,
-{
-    futures::pin_mut!(stream);
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(_) => {
-                let _ = dirty.try_send(());
+/// A kind the agent watches, and how its objects become changes.
+pub trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug {
+    /// Which kind.
+    const KIND: Kind;
+    /// How the model names one object.
+    type Key: Ord + Clone + std::fmt::Display;
+    /// The object's name, if it has one.
+    fn key(&self) -> Option<Self::Key>;
+    /// Its name and the change it makes, added or updated (a terminated
+    /// pod makes a removal).
+    fn upsert(&self) -> Result<(Self::Key, Change), ModelError>;
+    /// The change its deletion makes.
+    fn removal(key: Self::Key) -> Change;
+    /// The end of a list that returned `keys`.
+    fn listed(keys: BTreeSet<Self::Key>) -> Listed;
+}
+
+fn pod_ref<K: Resource>(obj: &K) -> Option<PodRef> {
+    let meta = obj.meta();
+    Some(PodRef::new(
+        meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        meta.name.clone()?,
+    ))
+}
+
+impl Watched for Pod {
+    const KIND: Kind = Kind::Pods;
+    type Key = PodRef;
+    fn key(&self) -> Option<PodRef> {
+        pod_ref(self)
+    }
+    fn upsert(&self) -> Result<(PodRef, Change), ModelError> {
+        match PodInfo::from_pod(self)? {
+            Some((r, info)) => Ok((r.clone(), Change::Pod(r, Some(info)))),
+            None => {
+                let r = pod_ref(self).ok_or(ModelError::MissingName {
+                    kind: "Pod",
+                    field: "metadata.name",
+                })?;
+                Ok((r.clone(), Change::Pod(r, None)))
             }
-            Err(e) => tracing::warn!(kind, error = %e, "watch error (retrying with backoff)"),
+        }
+    }
+    fn removal(key: PodRef) -> Change {
+        Change::Pod(key, None)
+    }
+    fn listed(keys: BTreeSet<PodRef>) -> Listed {
+        Listed::Pods(keys)
+    }
+}
+
+impl Watched for Namespace {
+    const KIND: Kind = Kind::Namespaces;
+    type Key = String;
+    fn key(&self) -> Option<String> {
+        self.metadata.name.clone()
+    }
+    fn upsert(&self) -> Result<(String, Change), ModelError> {
+        let (name, info) = NamespaceInfo::from_namespace(self)?;
+        Ok((name.clone(), Change::Namespace(name, Some(info))))
+    }
+    fn removal(key: String) -> Change {
+        Change::Namespace(key, None)
+    }
+    fn listed(keys: BTreeSet<String>) -> Listed {
+        Listed::Namespaces(keys)
+    }
+}
+
+impl Watched for NetworkPolicy {
+    const KIND: Kind = Kind::NetworkPolicies;
+    type Key = PodRef;
+    fn key(&self) -> Option<PodRef> {
+        pod_ref(self)
+    }
+    fn upsert(&self) -> Result<(PodRef, Change), ModelError> {
+        let (r, policy) = Policy::from_network_policy(self)?;
+        Ok((r.clone(), Change::Policy(r, Box::new(Some(policy)))))
+    }
+    fn removal(key: PodRef) -> Change {
+        Change::Policy(key, Box::new(None))
+    }
+    fn listed(keys: BTreeSet<PodRef>) -> Listed {
+        Listed::NetworkPolicies(keys)
+    }
+}
+
+/// Turns one kind's watch events into changes. Holds the names of the
+/// objects the API server has (to count them, and to tell a relist what
+/// is gone), never the objects.
+#[derive(Debug)]
+pub struct Translator<K: Watched> {
+    /// What the API server holds, as far as the watch has told.
+    known: BTreeSet<K::Key>,
+    /// The names a list in progress has returned so far.
+    listing: Option<BTreeSet<K::Key>>,
+    /// Newest `resourceVersion` seen.
+    newest: u64,
+}
+
+impl<K: Watched> Default for Translator<K> {
+    fn default() -> Self {
+        Self {
+            known: BTreeSet::new(),
+            listing: None,
+            newest: 0,
         }
     }
 }
 
-async fn build_loop(
-    pods: Store<Pod>,
-    namespaces: Store<Namespace>,
-    policies: Store<NetworkPolicy>,
-    mut dirty: mpsc::Receiver<()>,
-    tx: watch::Sender<Option<Snapshot>>,
-) {
-    if pods.wait_until_ready().await.is_err()
-        || namespaces.wait_until_ready().await.is_err()
-        || policies.wait_until_ready().await.is_err()
-    {
-        tracing::error!("a watcher stopped before its first list completed");
-        return;
+impl<K: Watched> Translator<K> {
+    /// The change `event` makes, if any.
+    pub fn event(&mut self, event: Event<K>) -> Option<Change> {
+        match event {
+            Event::Init => {
+                self.listing = Some(BTreeSet::new());
+                None
+            }
+            Event::InitApply(obj) => {
+                self.saw(&obj);
+                if let (Some(listing), Some(key)) = (self.listing.as_mut(), obj.key()) {
+                    listing.insert(key);
+                }
+                Self::upsert(&obj)
+            }
+            Event::Apply(obj) => {
+                self.saw(&obj);
+                if let Some(key) = obj.key() {
+                    self.known.insert(key);
+                }
+                Self::upsert(&obj)
+            }
+            Event::Delete(obj) => {
+                self.saw(&obj);
+                let key = obj.key()?;
+                self.known.remove(&key);
+                Some(K::removal(key))
+            }
+            Event::InitDone => {
+                let keys = self.listing.take().unwrap_or_default();
+                self.known.clone_from(&keys);
+                Some(Change::Listed(K::listed(keys)))
+            }
+        }
     }
+
+    /// How far this watch has got ([`Change::Seen`]).
+    pub fn progress(&self) -> Change {
+        Change::Seen {
+            kind: K::KIND,
+            count: self.known.len(),
+            newest: self.newest,
+        }
+    }
+
+    fn saw(&mut self, obj: &K) {
+        if let Some(rv) = obj
+            .meta()
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            self.newest = self.newest.max(rv);
+        }
+    }
+
+    fn upsert(obj: &K) -> Option<Change> {
+        match obj.upsert() {
+            Ok((_, change)) => Some(change),
+            Err(e) => {
+                tracing::error!(resource = %K::KIND, error = %e, "object skipped; its last good version stays");
+                None
+            }
+        }
+    }
+}
+
+/// What a watch error means for the agent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// `410 Gone`: the resourceVersion is too old; relist at once, still
+    /// ready.
+    Gone,
+    /// Anything else: not ready until listed again.
+    Lost(String),
+}
+
+/// Classifies a watcher error, with the API server's own message when it
+/// sent one (a 403 names the ServiceAccount and the verb RBAC refused).
+pub fn classify(error: &watcher::Error) -> Failure {
+    let status = match error {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => match e {
+            kube::Error::Api(status) => Some(status.as_ref()),
+            _ => None,
+        },
+        watcher::Error::WatchError(status) => Some(status.as_ref()),
+        watcher::Error::NoResourceVersion => None,
+    };
+    match status {
+        Some(s) if s.code == 410 => Failure::Gone,
+        Some(s) => Failure::Lost(format!("{} {}: {}", s.code, s.reason, s.message)),
+        None => Failure::Lost(error.to_string()),
+    }
+}
+
+/// Watches one kind forever, restarting from a list after every error.
+async fn watch<K: Watched + Send + Sync + 'static>(api: Api<K>, tx: ChangeTx) {
+    let config = watcher::Config::default().page_size(PAGE_SIZE);
+    let mut backoff = BACKOFF_MIN;
+    let mut translator = Translator::<K>::default();
     loop {
-        tokio::time::sleep(DEBOUNCE).await;
-        let snapshot = build(&pods, &namespaces, &policies);
-        // What the test bed waits for before it probes: per kind, how many
-        // objects and the newest resourceVersion this state was built from.
-        let (p, n, np) = (summary(&pods), summary(&namespaces), summary(&policies));
-        tracing::info!(
-            pods = p.0,
-            pods_rv = p.1,
-            namespaces = n.0,
-            namespaces_rv = n.1,
-            policies = np.0,
-            policies_rv = np.1,
-            "{STATE_LOG}"
-        );
-        if tx.send(Some(snapshot)).is_err() || dirty.recv().await.is_none() {
-            return;
+        let stream = watcher::watcher(api.clone(), config.clone());
+        futures::pin_mut!(stream);
+        let failure = loop {
+            match stream.next().await {
+                Some(Ok(event)) => {
+                    if matches!(event, Event::InitDone) {
+                        backoff = BACKOFF_MIN;
+                    }
+                    let during_list = !matches!(event, Event::Apply(_) | Event::Delete(_));
+                    let change = translator.event(event);
+                    // Progress is worth telling once the list is complete,
+                    // and with every later event.
+                    let progress = (!during_list || translator.listing.is_none())
+                        .then(|| translator.progress());
+                    for c in change.into_iter().chain(progress) {
+                        if tx.send(c).await.is_err() {
+                            return; // the agent is gone
+                        }
+                    }
+                }
+                Some(Err(e)) => break classify(&e),
+                None => break Failure::Lost("watch stream ended".into()),
+            }
+        };
+        match failure {
+            Failure::Gone => {
+                tracing::info!(resource = %K::KIND, "410 Gone: resourceVersion too old, relisting");
+            }
+            Failure::Lost(reason) => {
+                tracing::error!(
+                    resource = %K::KIND,
+                    %reason,
+                    retry_in = ?backoff,
+                    "watch lost: not ready until it is listed again; the last state stays enforced"
+                );
+                let lost = Change::Lost {
+                    kind: K::KIND,
+                    reason,
+                };
+                if tx.send(lost).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
         }
     }
 }
 
-/// How many objects `store` holds and the newest `resourceVersion` among
-/// them (etcd revisions, compared as numbers; 0 when none parses).
-fn summary<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> (usize, u64) {
-    let state = store.state();
-    let newest = state
-        .iter()
-        .filter_map(|o| o.meta().resource_version.as_deref()?.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0);
-    (state.len(), newest)
-}
-
-/// Builds a snapshot from the stores, reporting and skipping what the model
-/// rejects.
-fn build(
-    pods: &Store<Pod>,
-    namespaces: &Store<Namespace>,
-    policies: &Store<NetworkPolicy>,
-) -> Snapshot {
-    let mut snap = Snapshot::default();
-    for ns in namespaces.state() {
-        if let Err(e) = snap.upsert_namespace(&ns) {
-            tracing::error!(error = %e, "namespace skipped");
-        }
-    }
-    for pod in pods.state() {
-        if let Err(e) = snap.upsert_pod(&pod) {
-            tracing::error!(error = %e, "pod skipped");
-        }
-    }
-    for np in policies.state() {
-        if let Err(e) = snap.upsert_policy(&np) {
-            tracing::error!(error = %e, "network policy skipped");
-        }
-    }
-    snap
-}
+#[cfg(test)]
+mod tests;

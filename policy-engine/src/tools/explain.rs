@@ -25,7 +25,7 @@ pub struct Options {
     pub manifests: Vec<PathBuf>,
     /// Source: `ns/pod` or an IP.
     pub from: String,
-    /// Destination: `ns/pod` or an IP.
+    /// Destination: `ns/pod`, an IP or `svc:ns/name`.
     pub to: String,
     /// `80`, `80/TCP`, `53/UDP`, `9/SCTP`.
     pub port: String,
@@ -89,6 +89,9 @@ pub fn explain(
     proto: Protocol,
     port: u16,
 ) -> Result<Explanation, ProbeError> {
+    if let End::Service(svc) = to {
+        return explain_service(sim, from, svc, proto, port);
+    }
     let c = sim.judge(&super::simulate::Probe {
         from: from.clone(),
         to: to.clone(),
@@ -177,6 +180,84 @@ pub fn explain(
     } else {
         lines.push(String::new());
         lines.push("Verdict: ALLOWED (both ends allow it).".into());
+    }
+    Ok(Explanation { allowed, lines })
+}
+
+/// Explains `from → svc` on the Service port: the backends kube-proxy may
+/// pick, then each backend's explanation on its target port (the verdict
+/// the datapath gives, since it judges the translated connection).
+fn explain_service(
+    sim: &Simulation,
+    from: &End,
+    svc: &PodRef,
+    proto: Protocol,
+    port: u16,
+) -> Result<Explanation, ProbeError> {
+    let r = sim.judge(&super::simulate::Probe {
+        from: from.clone(),
+        to: End::Service(svc.clone()),
+        port,
+        protocol: proto,
+    })?;
+    let allowed = r.allowed();
+    let ips: Vec<String> = sim.snapshot.services[svc]
+        .cluster_ips
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let names: Vec<String> = r.backends.iter().map(|b| b.backend.to_string()).collect();
+    let mut lines = vec![format!(
+        "{from} -> Service {svc} (ClusterIP {}) on {port}/{proto}: {}",
+        if ips.is_empty() {
+            "none".to_string()
+        } else {
+            ips.join(", ")
+        },
+        if allowed { "ALLOWED" } else { "DENIED" }
+    )];
+    lines.push(
+        "A Service is judged on the backend kube-proxy picks: the source's egress on the \
+         backend's address and target port, the backend's ingress on the source's address. \
+         The ClusterIP itself is never a peer (no ipBlock matches it)."
+            .into(),
+    );
+    if r.backends.is_empty() {
+        lines.push(String::new());
+        lines.push(format!(
+            "Verdict: DENIED: {svc} has no ready backend for {port}/{proto} (kube-proxy rejects the connection)."
+        ));
+        return Ok(Explanation { allowed, lines });
+    }
+    for b in &r.backends {
+        let e = explain(sim, from, &End::Ip(b.backend.ip), proto, b.backend.port)?;
+        lines.push(String::new());
+        lines.push(format!("Backend {}:", b.backend));
+        lines.extend(
+            e.lines
+                .into_iter()
+                .map(|l| if l.is_empty() { l } else { format!("  {l}") }),
+        );
+    }
+    lines.push(String::new());
+    if r.backends_agree() {
+        lines.push(format!(
+            "Verdict: {} on every backend ({}).",
+            if allowed { "ALLOWED" } else { "DENIED" },
+            names.join(", ")
+        ));
+    } else {
+        for b in &r.backends {
+            lines.push(format!(
+                "Verdict for {}: {}",
+                b.backend,
+                if b.connection.allowed() {
+                    "ALLOWED"
+                } else {
+                    "DENIED"
+                }
+            ));
+        }
     }
     Ok(Explanation { allowed, lines })
 }

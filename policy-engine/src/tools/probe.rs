@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use crate::lookup::{self, Verdict};
 use crate::model::addr::normalize_ip;
-use crate::model::{ModelError, PodRef, Protocol, Snapshot};
+use crate::model::{Backend, ModelError, PodRef, Protocol, Snapshot};
 use crate::state::MapState;
 
 /// One end of a connection.
@@ -18,11 +18,20 @@ pub enum End {
     Pod(PodRef),
     /// An address (outside the cluster unless it is a pod's).
     Ip(IpAddr),
+    /// A Service, `svc:namespace/name` (destination only): probed on the
+    /// Service port through its ClusterIP, judged on each backend.
+    Service(PodRef),
 }
+
+/// The prefix that names a Service end.
+pub const SERVICE_PREFIX: &str = "svc:";
 
 impl FromStr for End {
     type Err = ModelError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(svc) = s.trim().strip_prefix(SERVICE_PREFIX) {
+            return svc.parse().map(End::Service);
+        }
         match s.trim().parse::<IpAddr>() {
             Ok(ip) => Ok(End::Ip(normalize_ip(ip))),
             Err(_) => s.trim().parse().map(End::Pod),
@@ -35,6 +44,7 @@ impl std::fmt::Display for End {
         match self {
             End::Pod(p) => p.fmt(f),
             End::Ip(ip) => ip.fmt(f),
+            End::Service(s) => write!(f, "{SERVICE_PREFIX}{s}"),
         }
     }
 }
@@ -47,6 +57,28 @@ pub enum ProbeError {
     UnknownPod {
         /// The pod named.
         pod: PodRef,
+    },
+    /// The Service is not in the snapshot.
+    #[error("unknown Service {service}")]
+    UnknownService {
+        /// The Service named.
+        service: PodRef,
+    },
+    /// The Service has no such port.
+    #[error("Service {service} has no port {port}/{protocol}")]
+    NoServicePort {
+        /// The Service.
+        service: PodRef,
+        /// The port asked for.
+        port: u16,
+        /// Its protocol.
+        protocol: Protocol,
+    },
+    /// A Service was given where only a pod or an address can be.
+    #[error("a Service ({service}) can only be a destination")]
+    ServiceSource {
+        /// The Service named.
+        service: PodRef,
     },
     /// The pod has no IP (of the family needed).
     #[error("pod {pod} has no {family} address")]
@@ -114,6 +146,9 @@ fn resolve(snapshot: &Snapshot, end: &End) -> Result<(Option<PodRef>, Vec<IpAddr
                 .map(|(r, _)| r.clone());
             Ok((pod, vec![ip]))
         }
+        End::Service(service) => Err(ProbeError::ServiceSource {
+            service: service.clone(),
+        }),
     }
 }
 
@@ -188,4 +223,67 @@ pub fn connection(
         egress,
         ingress,
     })
+}
+
+/// One backend of a Service probe and the decision for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConnection {
+    /// Where kube-proxy may send the connection.
+    pub backend: Backend,
+    /// The decision for `from → backend` on the backend's port.
+    pub connection: Connection,
+}
+
+/// Judges `from → service` on the Service port `protocol`/`port`: one
+/// [`Connection`] per backend of the source's address family, each judged
+/// on the backend's address and target port (the ClusterIP is never a
+/// peer, so never an ipBlock match).
+pub fn service_connections(
+    snapshot: &Snapshot,
+    state: &MapState,
+    endpoints: &BTreeMap<PodRef, u32>,
+    from: &End,
+    service: &PodRef,
+    protocol: Protocol,
+    port: u16,
+) -> Result<Vec<BackendConnection>, ProbeError> {
+    let info = snapshot
+        .services
+        .get(service)
+        .ok_or_else(|| ProbeError::UnknownService {
+            service: service.clone(),
+        })?;
+    let sp = info
+        .port(port, protocol)
+        .ok_or_else(|| ProbeError::NoServicePort {
+            service: service.clone(),
+            port,
+            protocol,
+        })?;
+    let (_, src_ips) = resolve(snapshot, from)?;
+    let backends = snapshot.backends(service, sp);
+    let family = [true, false].into_iter().find(|v4| {
+        src_ips.iter().any(|ip| ip.is_ipv4() == *v4)
+            && backends.iter().any(|b| b.ip.is_ipv4() == *v4)
+    });
+    let mut out = Vec::new();
+    for b in backends {
+        if family != Some(b.ip.is_ipv4()) {
+            continue;
+        }
+        let connection = connection(
+            snapshot,
+            state,
+            endpoints,
+            from,
+            &End::Ip(b.ip),
+            protocol,
+            b.port,
+        )?;
+        out.push(BackendConnection {
+            backend: b,
+            connection,
+        });
+    }
+    Ok(out)
 }

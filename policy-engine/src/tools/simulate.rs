@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use serde_json::{json, Value};
 
-use super::probe::{self, Connection, End};
+use super::probe::{self, BackendConnection, Connection, End};
 use super::{write_err, ToolError};
 use crate::compile::{self, Allocator, Compiled};
 use crate::manifest;
@@ -68,21 +68,83 @@ pub struct Probe {
 pub struct ProbeResult {
     /// The probe.
     pub probe: Probe,
-    /// The datapath's decision.
+    /// The datapath's decision. For a probe to a Service: the one for its
+    /// first backend (see `backends`; without backends, a connection to
+    /// the ClusterIP that no endpoint judges).
     pub connection: Connection,
+    /// For a probe to a Service: the decision for each backend. Empty for
+    /// probes to pods and addresses.
+    pub backends: Vec<BackendConnection>,
 }
 
 impl ProbeResult {
-    /// The JSON line for this result.
-    pub fn to_json(&self) -> Value {
-        json!({
+    /// Whether the probe passes: for a Service, on every backend (a Service
+    /// without backends answers nothing: denied).
+    pub fn allowed(&self) -> bool {
+        match self.probe.to {
+            End::Service(_) => {
+                !self.backends.is_empty() && self.backends.iter().all(|b| b.connection.allowed())
+            }
+            _ => self.connection.allowed(),
+        }
+    }
+
+    /// Whether every backend of a Service probe gets the same verdict.
+    pub fn backends_agree(&self) -> bool {
+        self.backends
+            .windows(2)
+            .all(|w| w[0].connection.allowed() == w[1].connection.allowed())
+    }
+
+    /// A short reason (see [`Connection::reason`]; `no-backends` for a
+    /// Service without any).
+    pub fn reason(&self) -> String {
+        match self.probe.to {
+            End::Service(_) if self.backends.is_empty() => "no-backends".into(),
+            End::Service(_) => match self.backends.iter().find(|b| !b.connection.allowed()) {
+                Some(b) => b.connection.reason(),
+                None => self.connection.reason(),
+            },
+            _ => self.connection.reason(),
+        }
+    }
+
+    /// The JSON lines for this result: one, or for a Service whose backends
+    /// disagree, one per backend (each with `backend`).
+    pub fn to_json_lines(&self) -> Vec<Value> {
+        let mut head = json!({
             "from": self.probe.from.to_string(),
             "to": self.probe.to.to_string(),
             "port": self.probe.port,
             "protocol": self.probe.protocol.to_string(),
-            "allowed": self.connection.allowed(),
-            "reason": self.connection.reason(),
-        })
+        });
+        if !matches!(self.probe.to, End::Service(_)) || self.backends_agree() {
+            head["allowed"] = self.allowed().into();
+            head["reason"] = self.reason().into();
+            if matches!(self.probe.to, End::Service(_)) {
+                head["backends"] = self
+                    .backends
+                    .iter()
+                    .map(|b| Value::from(b.backend.to_string()))
+                    .collect();
+            }
+            return vec![head];
+        }
+        self.backends
+            .iter()
+            .map(|b| {
+                let mut line = head.clone();
+                line["backend"] = b.backend.to_string().into();
+                line["allowed"] = b.connection.allowed().into();
+                line["reason"] = b.connection.reason().into();
+                line
+            })
+            .collect()
+    }
+
+    /// The JSON line for this result (the first of [`Self::to_json_lines`]).
+    pub fn to_json(&self) -> Value {
+        self.to_json_lines().swap_remove(0)
     }
 }
 
@@ -174,6 +236,9 @@ impl Simulation {
 
     /// Judges one probe.
     pub fn judge(&self, probe: &Probe) -> Result<ProbeResult, probe::ProbeError> {
+        if let End::Service(svc) = &probe.to {
+            return self.judge_service(probe, svc);
+        }
         let connection = probe::connection(
             &self.snapshot,
             &self.compiled.state,
@@ -186,6 +251,50 @@ impl Simulation {
         Ok(ProbeResult {
             probe: probe.clone(),
             connection,
+            backends: Vec::new(),
+        })
+    }
+
+    fn judge_service(&self, probe: &Probe, svc: &PodRef) -> Result<ProbeResult, probe::ProbeError> {
+        let backends = probe::service_connections(
+            &self.snapshot,
+            &self.compiled.state,
+            &self.endpoints,
+            &probe.from,
+            svc,
+            probe.protocol,
+            probe.port,
+        )?;
+        let connection = match backends.first() {
+            Some(b) => b.connection.clone(),
+            None => {
+                let from = probe::connection(
+                    &self.snapshot,
+                    &self.compiled.state,
+                    &self.endpoints,
+                    &probe.from,
+                    &probe.from,
+                    probe.protocol,
+                    probe.port,
+                )?;
+                let cluster_ip = self.snapshot.services[svc]
+                    .cluster_ips
+                    .first()
+                    .copied()
+                    .unwrap_or(from.dst_ip);
+                Connection {
+                    dst_ip: cluster_ip,
+                    dst_pod: None,
+                    egress: None,
+                    ingress: None,
+                    ..from
+                }
+            }
+        };
+        Ok(ProbeResult {
+            probe: probe.clone(),
+            connection,
+            backends,
         })
     }
 }
@@ -264,7 +373,9 @@ pub fn run_with(
     match opts.format {
         Format::Json => {
             for r in &results {
-                writeln!(out, "{}", r.to_json()).map_err(write_err)?;
+                for line in r.to_json_lines() {
+                    writeln!(out, "{line}").map_err(write_err)?;
+                }
             }
         }
         Format::Table if matrix => write_matrix(&results, out).map_err(write_err)?,
@@ -272,7 +383,7 @@ pub fn run_with(
     }
     Ok(Outcome {
         probes: results.len(),
-        allowed: results.iter().filter(|r| r.connection.allowed()).count(),
+        allowed: results.iter().filter(|r| r.allowed()).count(),
         warnings,
     })
 }
@@ -285,13 +396,8 @@ fn write_rows(results: &[ProbeResult], out: &mut impl Write) -> std::io::Result<
                 r.probe.from.to_string(),
                 r.probe.to.to_string(),
                 format!("{}/{}", r.probe.port, r.probe.protocol),
-                if r.connection.allowed() {
-                    "allowed"
-                } else {
-                    "DENIED"
-                }
-                .to_string(),
-                r.connection.reason(),
+                if r.allowed() { "allowed" } else { "DENIED" }.to_string(),
+                r.reason(),
             ]
         })
         .collect();
@@ -330,7 +436,7 @@ fn write_matrix(results: &[ProbeResult], out: &mut impl Write) -> std::io::Resul
         by_port
             .entry((r.probe.port, r.probe.protocol))
             .or_default()
-            .insert((f, t), r.connection.allowed());
+            .insert((f, t), r.allowed());
     }
     let names: Vec<String> = names.into_iter().collect();
     let width = names.iter().map(String::len).max().unwrap_or(4).max(4);
@@ -421,6 +527,66 @@ spec:
         assert_eq!(lines[0]["allowed"], true);
         assert_eq!(lines[1]["allowed"], false);
         assert_eq!(lines[1]["reason"], "ingress:no-rule");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn service_probes_answer_on_the_backends() {
+        let cluster = format!(
+            "{}---
+kind: Pod
+metadata: {{name: a2, namespace: x, labels: {{svc: web}}}}
+spec: {{containers: [{{name: c, image: i, ports: [{{containerPort: 8080, name: http}}]}}]}}
+status: {{podIP: 10.0.0.3}}
+---
+kind: Service
+metadata: {{name: web, namespace: x}}
+spec: {{clusterIP: 10.96.0.9, selector: {{svc: web}}, ports: [{{port: 80, targetPort: 80}}]}}
+---
+kind: Service
+metadata: {{name: empty, namespace: x}}
+spec: {{clusterIP: 10.96.0.10, selector: {{app: none}}, ports: [{{port: 80}}]}}
+",
+            CLUSTER.replace("labels: {app: a}", "labels: {app: a, svc: web}")
+        );
+        let (dir, f) = write_cluster(&cluster);
+        let opts = Options {
+            manifests: vec![f],
+            probes: Some("p.jsonl".into()),
+            format: Format::Json,
+        };
+        // b is allowed into a on 80 by policy p; a2 is not isolated: agree.
+        // 203.0.113.1 is allowed into a2 but not into a: one line each.
+        let probes = "{\"from\":\"x/b\",\"to\":\"svc:x/web\",\"port\":80}\n\
+                      {\"from\":\"203.0.113.1\",\"to\":\"svc:x/web\",\"port\":80}\n\
+                      {\"from\":\"x/b\",\"to\":\"svc:x/empty\",\"port\":80}\n";
+        let mut out = Vec::new();
+        let o = run_with(&opts, Some(probes.as_bytes()), &mut out).unwrap();
+        assert_eq!((o.probes, o.allowed), (3, 1));
+        let lines: Vec<Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines[0]["allowed"], true);
+        assert_eq!(lines[0]["backends"], json!(["x/a:80", "x/a2:80"]));
+        assert_eq!(
+            (&lines[1]["backend"], &lines[1]["allowed"]),
+            (&json!("x/a:80"), &json!(false))
+        );
+        assert_eq!(
+            (&lines[2]["backend"], &lines[2]["allowed"]),
+            (&json!("x/a2:80"), &json!(true))
+        );
+        assert_eq!(lines[3]["reason"], "no-backends");
+        let e = run_with(
+            &opts,
+            Some("{\"from\":\"x/b\",\"to\":\"svc:x/web\",\"port\":81}\n".as_bytes()),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no port 81/TCP"), "{e}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

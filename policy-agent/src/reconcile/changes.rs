@@ -1,0 +1,243 @@
+//! Changes from the source, one at a time through the engine's incremental
+//! paths: each is compared with what the agent holds first, so one that
+//! changes nothing costs a comparison.
+
+use std::collections::BTreeSet;
+
+use policy_engine::model::{NamespaceInfo, PodInfo, PodRef, Policy, PolicyRef, Snapshot};
+use policy_engine::state::MapOp;
+
+use super::{Agent, AgentError};
+use crate::dataplane::Dataplane;
+use crate::source::{Change, Kind, Listed};
+
+/// A batch larger than this is compiled in full instead of change by
+/// change (a relist after a long outage, say): one full compile is cheaper
+/// than thousands of incremental ones, and as exact.
+pub const FULL_COMPILE_ABOVE: usize = 2000;
+
+/// What a batch of changes did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Changes that changed the agent's state (the others were equal to it).
+    pub effective: usize,
+    /// Map operations the engine returned.
+    pub ops: usize,
+    /// Whether the dataplane was written.
+    pub written: bool,
+}
+
+/// A change to the snapshot the engine still has to see.
+enum Touched {
+    Pod(PodRef),
+    Namespace(String),
+    Policy(PolicyRef),
+}
+
+impl<D: Dataplane> Agent<D> {
+    /// Takes in a batch of changes from the source and enforces the result:
+    /// every effective change goes through the engine's incremental path
+    /// (a `Replace`, the first complete sync or a batch of more than
+    /// [`FULL_COMPILE_ABOVE`] through one full compile), and the dataplane
+    /// is written once, only if the diff is not empty. Nothing is compiled
+    /// before every kind has been listed once.
+    pub fn apply_changes(&mut self, changes: Vec<Change>) -> Result<Applied, AgentError> {
+        let mut full = changes.len() > FULL_COMPILE_ABOVE;
+        let mut out = Applied::default();
+        let mut progressed = false;
+        let mut ops: Vec<MapOp> = Vec::new();
+        for change in changes {
+            let touched = match change {
+                Change::Replace(snapshot) => {
+                    self.replace(snapshot);
+                    for kind in Kind::ALL {
+                        self.sync.listed(kind);
+                    }
+                    full = true;
+                    out.effective += 1;
+                    continue;
+                }
+                Change::Listed(listed) => {
+                    let kind = listed.kind();
+                    let gone = self.unlisted(listed);
+                    if self.sync.listed(kind) {
+                        full = true;
+                    }
+                    gone
+                }
+                Change::Lost { kind, reason } => {
+                    self.sync.lost(kind, reason);
+                    continue;
+                }
+                Change::Seen {
+                    kind,
+                    count,
+                    newest,
+                } => {
+                    self.progress.insert(kind, (count, newest));
+                    progressed = true;
+                    continue;
+                }
+                Change::Pod(pod, info) => self.set_pod(pod, info).into_iter().collect(),
+                Change::Namespace(name, info) => {
+                    self.set_namespace(name, info).into_iter().collect()
+                }
+                Change::Policy(policy, spec) => {
+                    self.set_policy(policy, *spec).into_iter().collect()
+                }
+            };
+            out.effective += touched.len();
+            if self.compiled && !full {
+                for t in touched {
+                    ops.extend(self.incremental(&t));
+                }
+            }
+        }
+        if !self.sync.ever_complete() {
+            return Ok(out);
+        }
+        if full || !self.compiled {
+            ops.extend(
+                self.engine
+                    .update(&self.snapshot, &self.registry.assignment()),
+            );
+            self.compiled = true;
+        }
+        out.ops = ops.len();
+        let before = self.applies;
+        self.apply(&ops)?;
+        out.written = self.applies > before;
+        if progressed {
+            self.log_progress();
+        }
+        Ok(out)
+    }
+
+    /// Logs [`crate::source::kube::STATE_LOG`] for the state now enforced.
+    fn log_progress(&self) {
+        let of = |k: Kind| self.progress.get(&k).copied().unwrap_or_default();
+        let (pods, namespaces, policies) = (
+            of(Kind::Pods),
+            of(Kind::Namespaces),
+            of(Kind::NetworkPolicies),
+        );
+        tracing::info!(
+            pods = pods.0,
+            pods_rv = pods.1,
+            namespaces = namespaces.0,
+            namespaces_rv = namespaces.1,
+            policies = policies.0,
+            policies_rv = policies.1,
+            "{}",
+            crate::source::kube::STATE_LOG
+        );
+    }
+
+    fn incremental(&mut self, touched: &Touched) -> Vec<MapOp> {
+        match touched {
+            Touched::Pod(r) => self.engine.pod_changed(&self.snapshot, r),
+            Touched::Namespace(n) => self.engine.namespace_changed(&self.snapshot, n),
+            Touched::Policy(r) => self.engine.policy_changed(&self.snapshot, r),
+        }
+    }
+
+    /// Takes a whole new state, keeping the node's addresses and the
+    /// addresses CNI reported for local pods.
+    fn replace(&mut self, mut snapshot: Snapshot) {
+        for addr in &self.node_addrs {
+            if !snapshot.host_addrs.contains(addr) {
+                snapshot.host_addrs.push(*addr);
+            }
+        }
+        for ep in self.registry.iter() {
+            if !ep.ips.is_empty() {
+                snapshot.set_pod_ips(&ep.pod, ep.ips.clone());
+            }
+        }
+        self.snapshot = snapshot;
+    }
+
+    fn set_pod(&mut self, pod: PodRef, mut info: Option<PodInfo>) -> Option<Touched> {
+        if let (Some(info), Some(ips)) = (info.as_mut(), self.cni_ips(&pod)) {
+            info.ips = ips
+                .iter()
+                .copied()
+                .map(policy_engine::model::addr::normalize_ip)
+                .collect();
+        }
+        let old = self.snapshot.pods.get(&pod);
+        if old == info.as_ref() {
+            return None;
+        }
+        // Node and phase are kept, but the compiler reads neither: a change
+        // of only those (pending → running) is no change to compile.
+        let compiled_same = match (old, info.as_ref()) {
+            (Some(a), Some(b)) => {
+                a.labels == b.labels
+                    && a.ips == b.ips
+                    && a.ports == b.ports
+                    && a.host_network == b.host_network
+            }
+            _ => false,
+        };
+        match info {
+            Some(info) => self.snapshot.insert_pod(pod.clone(), info),
+            None => {
+                self.snapshot.remove_pod(&pod);
+            }
+        }
+        (!compiled_same).then_some(Touched::Pod(pod))
+    }
+
+    fn set_namespace(&mut self, name: String, info: Option<NamespaceInfo>) -> Option<Touched> {
+        if self.snapshot.namespaces.get(&name) == info.as_ref() {
+            return None;
+        }
+        match info {
+            Some(info) => self.snapshot.namespaces.insert(name.clone(), info),
+            None => self.snapshot.namespaces.remove(&name),
+        };
+        Some(Touched::Namespace(name))
+    }
+
+    fn set_policy(&mut self, policy: PolicyRef, spec: Option<Policy>) -> Option<Touched> {
+        if self.snapshot.policies.get(&policy) == spec.as_ref() {
+            return None;
+        }
+        match spec {
+            Some(spec) => self.snapshot.policies.insert(policy.clone(), spec),
+            None => self.snapshot.policies.remove(&policy),
+        };
+        Some(Touched::Policy(policy))
+    }
+
+    /// Removes what a finished list no longer returned.
+    fn unlisted(&mut self, listed: Listed) -> Vec<Touched> {
+        fn absent<K: Ord + Clone, V>(
+            held: &std::collections::BTreeMap<K, V>,
+            listed: &BTreeSet<K>,
+        ) -> Vec<K> {
+            held.keys()
+                .filter(|k| !listed.contains(k))
+                .cloned()
+                .collect()
+        }
+        match listed {
+            Listed::Pods(keys) => absent(&self.snapshot.pods, &keys)
+                .into_iter()
+                .filter_map(|r| self.set_pod(r, None))
+                .collect(),
+            Listed::Namespaces(keys) => absent(&self.snapshot.namespaces, &keys)
+                .into_iter()
+                .filter_map(|n| self.set_namespace(n, None))
+                .collect(),
+            Listed::NetworkPolicies(keys) => absent(&self.snapshot.policies, &keys)
+                .into_iter()
+                .filter_map(|r| self.set_policy(r, None))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
