@@ -28,10 +28,12 @@ fn require_root() {
 /// Serves `socket` with an in-memory agent on a runtime of its own.
 fn serve(socket: &Path) -> tokio::runtime::Runtime {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let agent = Arc::new(tokio::sync::Mutex::new(Agent::new(
-        FakeDataplane::default(),
-        vec![],
-    )));
+    let mut agent = Agent::new(FakeDataplane::default(), vec![]);
+    // A synced (empty) cluster state, so STATUS answers ready.
+    agent
+        .set_snapshot(policy_engine::model::Snapshot::default())
+        .unwrap();
+    let agent = Arc::new(tokio::sync::Mutex::new(agent));
     let path = socket.to_path_buf();
     rt.spawn(async move {
         let _ = policy_agent::cni_server::serve(&path, agent, FlowHub::new()).await;
