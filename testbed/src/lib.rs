@@ -69,8 +69,8 @@ pub use cleanup::{cleanup_all, install_signal_cleanup};
 pub use error::TestbedError;
 pub use node::BedNode;
 pub use probe::{
-    default_probes, default_probes_v6, parse_probes, read_probes, validate_probes, End,
-    Observation, PodRef, Probe, ProbeError, Protocol,
+    default_probes, default_probes_v6, parse_probes, read_probes, read_probes_without_services,
+    validate_probes, End, Observation, PodRef, Probe, ProbeError, Protocol,
 };
 pub use prober::PROBE_TIMEOUT;
 pub use report::mismatches;

@@ -136,11 +136,8 @@ pub fn kube_options() -> testbed::controlplane::cluster::KubeOptions {
 /// ClusterIP, judged on the backend: the Services issue, not yet run by
 /// the test bed); returns the probes and how many were left out.
 pub fn read_probes_without_services(path: &Path) -> (Vec<Probe>, usize) {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let (services, rest): (Vec<&str>, Vec<&str>) = text.lines().partition(|l| l.contains("\"svc:"));
-    let probes = testbed::parse_probes(&rest.join("\n"), path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    (probes, services.len())
+    testbed::read_probes_without_services(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// [`run_scenario`] in kube mode: the real API server, the agent as the

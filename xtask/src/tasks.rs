@@ -185,7 +185,15 @@ fn run_probes(
     let manifests = vec![manifests.to_path_buf()];
     let snapshot = testbed::load_snapshot(&manifests)?;
     let probes = match probes {
-        Some(file) => testbed::read_probes(file)?,
+        Some(file) => {
+            let (probes, skipped) = testbed::read_probes_without_services(file)?;
+            if skipped > 0 {
+                eprintln!(
+                    "   ({skipped} probes to svc: targets left out: the test bed does not probe Service ClusterIPs yet)"
+                );
+            }
+            probes
+        }
         None => testbed::default_probes(&snapshot),
     };
     let opts = TestbedOptions {
