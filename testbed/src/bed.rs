@@ -494,6 +494,32 @@ impl Testbed {
         })
     }
 
+    /// [`Self::probe`], also collecting the drops node 0's agent reports on
+    /// its flow stream while the probes run (none when Palisade is off).
+    pub fn probe_collecting_drops(
+        &self,
+        probes: &[Probe],
+    ) -> (Vec<Observation>, Vec<agent_api::FlowRecord>) {
+        let drops = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Some(socket) = self.agent_socket() {
+            let (socket, sink) = (socket.to_path_buf(), drops.clone());
+            let request = agent_api::Request::Flows {
+                pod: None,
+                verdict: Some("dropped".into()),
+            };
+            std::thread::spawn(move || {
+                let _ = agent_api::stream_flows(&socket, &request, |r| {
+                    sink.lock().map(|mut v| v.push(r)).is_ok()
+                });
+            });
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let seen = self.probe(probes);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let drops = drops.lock().map(|v| v.clone()).unwrap_or_default();
+        (seen, drops)
+    }
+
     /// Runs the probes in parallel and returns one observation per probe,
     /// in order. Blocks the calling thread (about one probe timeout when
     /// some are denied); fine to call from inside an async runtime's

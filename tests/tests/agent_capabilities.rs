@@ -9,10 +9,8 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_api::{FlowRecord, Request};
 use palisade_tests::{bin_dir, cluster_manifest, workspace_root};
 use policy_engine::testutil::xyz_model;
 use testbed::{parse_probes, Testbed, TestbedError, TestbedOptions};
@@ -169,22 +167,7 @@ fn run_confined(caps: &[String]) -> Result<Run, TestbedError> {
         nodes: 1,
     })?;
     let pid = confined.pid();
-    let drops = Arc::new(Mutex::new(Vec::<FlowRecord>::new()));
-    if let Some(socket) = bed.agent_socket() {
-        let (socket, sink) = (socket.to_path_buf(), drops.clone());
-        let request = Request::Flows {
-            pod: None,
-            verdict: Some("dropped".into()),
-        };
-        std::thread::spawn(move || {
-            let _ = agent_api::stream_flows(&socket, &request, |r| {
-                sink.lock().map(|mut v| v.push(r)).is_ok()
-            });
-        });
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let seen = bed.probe(&probes);
-    std::thread::sleep(Duration::from_millis(300));
+    let (seen, drops) = bed.probe_collecting_drops(&probes);
     let mismatches = testbed::mismatches(&seen);
     if mismatches > 0 {
         eprintln!("{}", testbed::report::table(&seen));
@@ -197,7 +180,7 @@ fn run_confined(caps: &[String]) -> Result<Run, TestbedError> {
     };
     let run = Run {
         mismatches,
-        drops_reported: drops.lock().map(|v| v.len()).unwrap_or(0),
+        drops_reported: drops.len(),
         cap_eff: status_field(pid, "CapEff").unwrap_or_default(),
         peak_rss: kb(status_field(pid, "VmHWM")),
         cpu: cpu_time(pid),

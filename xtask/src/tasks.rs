@@ -2,10 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use agent_api::{FlowRecord, Request};
+use agent_api::FlowRecord;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -214,24 +212,7 @@ fn run_probes(
         }
         bed.wait_for_agent_sync()?;
     }
-    let drops = Arc::new(Mutex::new(Vec::new()));
-    if let Some(socket) = bed.agent_socket() {
-        let (socket, sink) = (socket.to_path_buf(), drops.clone());
-        let request = Request::Flows {
-            pod: None,
-            verdict: Some("dropped".into()),
-        };
-        std::thread::spawn(move || {
-            let _ = agent_api::stream_flows(&socket, &request, |r| {
-                sink.lock().map(|mut v| v.push(r)).is_ok()
-            });
-        });
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let seen = bed.probe(&probes);
-    std::thread::sleep(Duration::from_millis(300));
-    let drops = drops.lock().map(|v| v.clone()).unwrap_or_default();
-    Ok((seen, drops))
+    Ok(bed.probe_collecting_drops(&probes))
 }
 
 /// One line per distinct dropped connection attempt, as `policy-agent flows`
