@@ -27,7 +27,9 @@ use policy_agent::dataplane::{
     kernel::{EventReader, KernelDataplane},
     Dataplane,
 };
-use policy_common::{dir, ep_flags, proto::UDP, reason, v4_mapped, verdict, VerdictEvent};
+use policy_common::{
+    dir, ep_flags, proto::UDP, reason, v4_mapped, verdict, VerdictEvent, EVENT_WINDOW_NS,
+};
 use policy_engine::state::MapState;
 
 const EP: u32 = 11;
@@ -193,6 +195,10 @@ fn no_transient_verdict_under_1000_updates() {
                     dp.drop_counts().get(&reason::NO_RULE).copied().unwrap_or(0)
                 };
                 let before = no_rule(dp);
+                // The drops of Y and Z so far may have spent this window's
+                // event budget (EVENT_BUDGET per endpoint, CPU and window):
+                // start C on a fresh window so X's drops get events.
+                std::thread::sleep(Duration::from_nanos(EVENT_WINDOW_NS) + Duration::from_millis(100));
                 dp.apply(&state_c()).unwrap();
                 assert_eq!(burst(flows, 50), (0, 0, 0), "under C (x, y, z)");
                 drain(&mut events, &mut evs);
