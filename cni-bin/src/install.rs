@@ -163,9 +163,15 @@ pub fn install_binary(source: &Path, bin_dir: &Path) -> Result<bool, InstallErro
 /// The configuration file the runtime loads from `dir`: the first `.conf`,
 /// `.conflist` or `.json` file by name, if any.
 pub fn active_config(dir: &Path) -> Result<Option<PathBuf>, InstallError> {
+    Ok(config_files(dir)?.into_iter().next())
+}
+
+/// Every `.conf`, `.conflist` or `.json` file of `dir`, by name (none when
+/// `dir` does not exist).
+pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_err("list", dir)(e)),
     };
     let mut files = Vec::new();
@@ -180,7 +186,7 @@ pub fn active_config(dir: &Path) -> Result<Option<PathBuf>, InstallError> {
         }
     }
     files.sort();
-    Ok(files.into_iter().next())
+    Ok(files)
 }
 
 fn wait_for_config(dir: &Path, patience: Duration) -> Result<PathBuf, InstallError> {
@@ -211,6 +217,86 @@ pub fn ensure_chained(path: &Path, entry: &Value) -> Result<bool, InstallError> 
 /// changed the file.
 pub fn ensure_unchained(path: &Path) -> Result<bool, InstallError> {
     edit(path, conflist::unchain)
+}
+
+/// Options of `palisade-cni uninstall`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct UninstallOptions {
+    /// Directory holding the runtime's CNI network configurations.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub conflist_dir: PathBuf,
+    /// Directory the runtime looks plugin binaries up in.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    pub bin_dir: PathBuf,
+    /// Leave the `palisade-cni` binary in the bin dir.
+    #[arg(long)]
+    pub keep_binary: bool,
+}
+
+/// What [`uninstall`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Uninstalled {
+    /// Configuration files our entry was removed from.
+    pub unchained: Vec<PathBuf>,
+    /// The binary, if it was removed.
+    pub binary: Option<PathBuf>,
+}
+
+/// Removes every `palisade-cni` entry from every network configuration in
+/// `conflist_dir` (each file keeps every other byte and is replaced
+/// atomically), then, unless told to keep it, the binary from `bin_dir`:
+/// in that order, so no configuration ever names a missing plugin.
+/// Idempotent: a second run changes nothing. A malformed file is reported
+/// and left as it was, after the others are done.
+pub fn uninstall(opts: &UninstallOptions) -> Result<Uninstalled, InstallError> {
+    let mut done = Uninstalled::default();
+    let mut first_error = None;
+    for path in config_files(&opts.conflist_dir)? {
+        match ensure_unchained(&path) {
+            Ok(true) => done.unchained.push(path),
+            Ok(false) => {}
+            // A file that is not a conflist (a single-plugin .conf) cannot
+            // hold our entry: nothing to do there.
+            Err(InstallError::Malformed {
+                source: conflist::EditError::NotAConflist,
+                ..
+            }) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    if !opts.keep_binary {
+        let target = opts.bin_dir.join(PLUGIN_TYPE);
+        match std::fs::remove_file(&target) {
+            Ok(()) => done.binary = Some(target),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &target)(e)),
+        }
+    }
+    Ok(done)
+}
+
+/// Runs [`uninstall`] as `palisade-cni uninstall` does, printing what it
+/// changes.
+pub fn run_uninstall(opts: &UninstallOptions) -> Result<(), InstallError> {
+    let done = uninstall(opts)?;
+    for path in &done.unchained {
+        println!("removed {PLUGIN_TYPE} from {}", path.display());
+    }
+    if let Some(binary) = &done.binary {
+        println!("removed {}", binary.display());
+    }
+    if done == Uninstalled::default() {
+        println!(
+            "{PLUGIN_TYPE} is not installed in {} (nothing to do)",
+            opts.conflist_dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Reads `path`, applies `change` to its text and, if that gives a new text,

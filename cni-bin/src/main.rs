@@ -1,13 +1,13 @@
 //! `palisade-cni`: run by the container runtime as a chained CNI plugin (no
 //! arguments, `CNI_*` environment), or by the DaemonSet's init container as
-//! `palisade-cni install ...`.
+//! `palisade-cni install ...` (and removed by `palisade-cni uninstall`).
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use cni_bin::env::ProcessEnv;
-use cni_bin::install::{self, InstallOptions};
+use cni_bin::install::{self, InstallOptions, UninstallOptions};
 use cni_bin::Streams;
 
 /// Palisade's chained CNI plugin. Run without arguments by the container
@@ -24,18 +24,23 @@ enum Cmd {
     /// Copy this binary into the CNI bin dir and chain `palisade-cni` last
     /// into the node's active .conflist (idempotent).
     Install(InstallOptions),
+    /// Remove `palisade-cni` from every .conflist, keeping every other byte,
+    /// then the binary (idempotent). Pods keep running, unenforced.
+    Uninstall(UninstallOptions),
 }
 
 fn main() -> ExitCode {
     if std::env::args_os().len() > 1 {
-        return match Cli::parse().command {
-            Cmd::Install(opts) => match install::run(&opts) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("palisade-cni install: {e:#}");
-                    ExitCode::FAILURE
-                }
-            },
+        let (what, result) = match Cli::parse().command {
+            Cmd::Install(opts) => ("install", install::run(&opts)),
+            Cmd::Uninstall(opts) => ("uninstall", install::run_uninstall(&opts)),
+        };
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("palisade-cni {what}: {e:#}");
+                ExitCode::FAILURE
+            }
         };
     }
     let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());

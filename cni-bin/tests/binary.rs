@@ -50,3 +50,43 @@ fn add_with_agent_missing_exits_1_with_a_cni_error() {
     assert_eq!(doc["code"], 11);
     assert_eq!(doc["cniVersion"], "1.0.0");
 }
+
+/// `palisade-cni install` then `palisade-cni uninstall`, as the DaemonSet
+/// and an operator run them: the node's conflist comes back byte for
+/// byte, the binary goes, and a second uninstall is a no-op.
+#[test]
+fn install_then_uninstall_leaves_the_node_as_it_was() {
+    let dir = tempfile::Builder::new()
+        .prefix("palisade-cni-bin-test-")
+        .tempdir()
+        .unwrap();
+    let (netd, bin) = (dir.path().join("net.d"), dir.path().join("bin"));
+    std::fs::create_dir_all(&netd).unwrap();
+    let original = include_str!("../src/install/testdata/flannel.conflist");
+    let conflist = netd.join("10-flannel.conflist");
+    std::fs::write(&conflist, original).unwrap();
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_palisade-cni"))
+            .args(args)
+            .arg("--conflist-dir")
+            .arg(&netd)
+            .arg("--bin-dir")
+            .arg(&bin)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    cli(&["install"]);
+    assert!(bin.join("palisade-cni").is_file());
+    assert!(std::fs::read_to_string(&conflist)
+        .unwrap()
+        .contains("palisade-cni"));
+    let said = cli(&["uninstall"]);
+    assert!(said.contains("removed palisade-cni from"), "{said}");
+    assert_eq!(std::fs::read_to_string(&conflist).unwrap(), original);
+    assert!(!bin.join("palisade-cni").exists());
+    let again = cli(&["uninstall"]);
+    assert!(again.contains("nothing to do"), "{again}");
+    assert_eq!(std::fs::read_to_string(&conflist).unwrap(), original);
+}

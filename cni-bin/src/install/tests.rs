@@ -313,3 +313,107 @@ fn no_config_is_an_error_naming_the_dir() {
     assert!(matches!(err, InstallError::NoConflist { .. }));
     assert!(err.to_string().contains("net.d"));
 }
+
+fn uninstall_options(t: &TempDir) -> UninstallOptions {
+    UninstallOptions {
+        conflist_dir: t.netd(),
+        bin_dir: t.bin(),
+        keep_binary: false,
+    }
+}
+
+#[test]
+fn uninstall_restores_every_real_conflist_byte_for_byte_and_removes_the_binary() {
+    for (name, original) in REAL_CONFLISTS {
+        let t = TempDir::new();
+        let source = t.join("build");
+        std::fs::write(&source, b"v1").unwrap();
+        let conflist = t.netd().join(format!("10-{name}.conflist"));
+        std::fs::write(&conflist, original).unwrap();
+        // A second configuration the runtime does not load, chained by an
+        // earlier install when it was the active one.
+        let stale = t.netd().join(format!("20-{name}.conflist"));
+        std::fs::write(
+            &stale,
+            conflist::chain(original, &chained_entry(None))
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        // A single-plugin .conf cannot hold our entry and is not an error.
+        let single = t.netd().join("30-loopback.conf");
+        std::fs::write(&single, r#"{"cniVersion":"0.3.1","type":"loopback"}"#).unwrap();
+        run(&options(&t, &source)).unwrap();
+        assert_ne!(std::fs::read_to_string(&conflist).unwrap(), *original);
+
+        let done = uninstall(&uninstall_options(&t)).unwrap();
+        assert_eq!(
+            done.unchained,
+            vec![conflist.clone(), stale.clone()],
+            "{name}"
+        );
+        assert_eq!(done.binary, Some(t.bin().join(PLUGIN_TYPE)), "{name}");
+        for path in [&conflist, &stale] {
+            assert_eq!(
+                std::fs::read_to_string(path).unwrap(),
+                *original,
+                "{name}: {} not restored byte for byte",
+                path.display()
+            );
+        }
+        assert!(!t.bin().join(PLUGIN_TYPE).exists());
+        // Idempotent, and nothing else in the folder.
+        assert_eq!(
+            uninstall(&uninstall_options(&t)).unwrap(),
+            Uninstalled::default()
+        );
+        let mut names: Vec<_> = std::fs::read_dir(t.netd())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 3, "{name}: {names:?}");
+    }
+}
+
+#[test]
+fn uninstall_leaves_a_malformed_file_untouched_names_it_and_still_cleans_the_others() {
+    let t = TempDir::new();
+    let good = t.netd().join("10-flannel.conflist");
+    let chained = conflist::chain(REAL_CONFLISTS[0].1, &chained_entry(None))
+        .unwrap()
+        .unwrap();
+    std::fs::write(&good, &chained).unwrap();
+    let broken = t.netd().join("20-broken.conflist");
+    std::fs::write(&broken, "{\"plugins\": [{\"type\": \"palisade-cni\"},").unwrap();
+    std::fs::write(t.bin().join(PLUGIN_TYPE), b"v1").unwrap();
+
+    let err = uninstall(&uninstall_options(&t)).unwrap_err();
+    assert!(err.to_string().contains("20-broken.conflist"), "{err}");
+    assert!(err.to_string().contains("left unchanged"), "{err}");
+    assert_eq!(std::fs::read_to_string(&good).unwrap(), REAL_CONFLISTS[0].1);
+    assert_eq!(
+        std::fs::read_to_string(&broken).unwrap(),
+        "{\"plugins\": [{\"type\": \"palisade-cni\"},"
+    );
+    // The binary stays while a file may still name it.
+    assert!(t.bin().join(PLUGIN_TYPE).exists());
+}
+
+#[test]
+fn uninstall_can_keep_the_binary_and_copes_with_missing_folders() {
+    let t = TempDir::new();
+    std::fs::write(t.bin().join(PLUGIN_TYPE), b"v1").unwrap();
+    let keep = UninstallOptions {
+        keep_binary: true,
+        ..uninstall_options(&t)
+    };
+    assert_eq!(uninstall(&keep).unwrap(), Uninstalled::default());
+    assert!(t.bin().join(PLUGIN_TYPE).exists());
+    let nowhere = UninstallOptions {
+        conflist_dir: t.join("missing"),
+        bin_dir: t.join("missing-bin"),
+        keep_binary: false,
+    };
+    assert_eq!(uninstall(&nowhere).unwrap(), Uninstalled::default());
+}
