@@ -8,8 +8,8 @@
 
 use std::{env, fs, path::PathBuf};
 
-/// Toolchain that builds the eBPF object; see /work/shared/toolchain.md for
-/// why it is pinned by name.
+/// Toolchain that builds the eBPF object; `toolchain.md` in the shared
+/// folder beside the checkout says why it is pinned by name.
 const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 const EBPF_PACKAGE: &str = "policy-ebpf";
 const EBPF_BIN: &str = "palisade-tc";

@@ -17,3 +17,4 @@ pub mod lock;
 pub mod reconcile;
 pub mod run;
 pub mod source;
+pub mod uninstall;

@@ -1,7 +1,7 @@
 //! `policy-agent`: Palisade's node agent and the users' policy tools.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -29,6 +29,10 @@ enum Command {
     Lint(LintArgs),
     /// Live verdicts from a running agent, with pod names.
     Flows(FlowsArgs),
+    /// Take Palisade off this node: `palisade-cni` out of every conflist
+    /// (byte for byte), its binary, then every program and pin. Refuses
+    /// while an agent runs. Idempotent.
+    Cleanup(CleanupArgs),
 }
 
 #[derive(Args)]
@@ -95,6 +99,34 @@ struct RunArgs {
     /// Also report allowed new flows (not only drops) to `flows`.
     #[arg(long)]
     log_allowed: bool,
+    /// Keep `palisade-cni` chained in this folder's active conflist while
+    /// running (a network plugin that rewrites its file drops the entry).
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+    /// The CNI bin folder holding `palisade-cni` (removed on uninstall).
+    #[arg(long)]
+    cni_bin_dir: Option<PathBuf>,
+    /// NAMESPACE/NAME of the agent's DaemonSet (`--kube`): when the agent
+    /// stops and it is gone or being deleted, take Palisade off the node
+    /// (chain entry, binary, programs and pins); otherwise leave all in
+    /// place for the next agent.
+    #[arg(long, requires = "kube")]
+    uninstall_when_deleted: Option<policy_agent::uninstall::Owner>,
+}
+
+#[derive(Args)]
+struct CleanupArgs {
+    /// The runtime's CNI configuration folder to remove `palisade-cni` from.
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+    /// The CNI bin folder to remove `palisade-cni` from.
+    #[arg(long)]
+    cni_bin_dir: Option<PathBuf>,
+    #[arg(long, default_value = policy_agent::run::DEFAULT_BPFFS_DIR)]
+    bpffs_dir: PathBuf,
+    /// The socket of the agent that must not be running (its lock).
+    #[arg(long, default_value = agent_api::DEFAULT_SOCKET)]
+    cni_socket: PathBuf,
 }
 
 #[derive(Args)]
@@ -134,6 +166,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => explain(args),
         Command::Lint(args) => lint(args),
         Command::Flows(args) => flows(args),
+        Command::Cleanup(args) => cleanup(args),
     };
     match result {
         Ok(code) => code,
@@ -176,10 +209,48 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             node_addrs,
             health_addr: args.health_addr,
             node_name: args.node_name.clone(),
+            chain: args.cni_conf_dir.clone().map(|conflist_dir| {
+                policy_agent::uninstall::ChainKeeper {
+                    conflist_dir,
+                    agent_socket: (args.cni_socket != Path::new(agent_api::DEFAULT_SOCKET))
+                        .then(|| args.cni_socket.clone()),
+                }
+            }),
         };
         policy_agent::run::run(opts, dataplane, events, snapshots).await?;
+        if let Some(owner) = &args.uninstall_when_deleted {
+            let side = policy_agent::uninstall::NodeSide {
+                conflist_dir: args.cni_conf_dir.clone(),
+                cni_bin_dir: args.cni_bin_dir.clone(),
+                bpffs_dir: args.bpffs_dir.clone(),
+            };
+            if let Err(e) = policy_agent::uninstall::on_stop(owner, &side).await {
+                tracing::error!(error = %e, "the node side stays in place");
+            }
+        }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
+    let _lock = policy_agent::lock::acquire(&policy_agent::lock::lock_file_for(&args.cni_socket))?;
+    let side = policy_agent::uninstall::NodeSide {
+        conflist_dir: args.cni_conf_dir,
+        cni_bin_dir: args.cni_bin_dir,
+        bpffs_dir: args.bpffs_dir,
+    };
+    let done = policy_agent::uninstall::remove_from_node(&side)?;
+    for path in &done.unchained {
+        println!("removed palisade-cni from {}", path.display());
+    }
+    if let Some(binary) = &done.binary {
+        println!("removed {}", binary.display());
+    }
+    println!(
+        "programs detached and pins removed under {}",
+        side.bpffs_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Exit code of a tool error (2 = bad input), after printing it.

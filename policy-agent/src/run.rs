@@ -33,6 +33,9 @@ pub struct RunOptions {
     /// This node's name: its running pods without an endpoint are reported
     /// as unenforced (none when unknown).
     pub node_name: Option<String>,
+    /// Keep `palisade-cni` chained in this node's CNI configuration while
+    /// running (see [`crate::uninstall::ChainKeeper`]).
+    pub chain: Option<crate::uninstall::ChainKeeper>,
 }
 
 /// Runs until SIGINT/SIGTERM. Pinned programs and maps stay in place after
@@ -123,6 +126,7 @@ pub async fn run<D: Dataplane + 'static>(
             ready.store(true, Ordering::Relaxed);
         });
     }
+    let keeper = opts.chain.clone().map(crate::uninstall::ChainKeeper::spawn);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
@@ -134,6 +138,12 @@ pub async fn run<D: Dataplane + 'static>(
         },
     }
     feeder.abort();
+    // Nothing re-chains once the agent has stopped (an uninstall may
+    // follow).
+    if let Some(keeper) = keeper {
+        keeper.abort();
+        let _ = keeper.await;
+    }
     let _ = std::fs::remove_file(&opts.cni_socket);
     Ok(())
 }

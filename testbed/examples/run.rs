@@ -35,6 +35,7 @@ fn main() -> ExitCode {
                 bin_dir: rest.first().map(PathBuf::from).unwrap_or_default(),
                 probes: probes.clone(),
                 nodes: 1,
+                agent_args: Vec::new(),
             })?;
             Ok((bed, probes))
         });

@@ -45,18 +45,20 @@ pub enum AgentSource {
 #[derive(Debug)]
 pub struct Agent {
     daemon: Daemon,
+    spec: DaemonSpec,
     paths: AgentPaths,
 }
 
 impl Agent {
     /// Starts the agent in `node_netns` (told the node's addresses, one
-    /// `--node-addr` each) and waits until it answers `Status` with `Ok`;
+    /// `--node-addr` each, then `extra_args`) and waits until it answers `Status` with `Ok`;
     /// on failure the child is stopped and the error carries the log's tail.
     pub fn start(
         paths: AgentPaths,
         node_netns: &str,
         source: &AgentSource,
         node_addrs: &[String],
+        extra_args: &[String],
     ) -> Result<Agent, TestbedError> {
         if !paths.binary.is_file() {
             return Err(TestbedError::MissingBinary {
@@ -90,8 +92,13 @@ impl Agent {
         for addr in node_addrs {
             spec = spec.args(["--node-addr", addr]);
         }
-        let daemon = Daemon::start(spec)?;
-        let mut agent = Agent { daemon, paths };
+        spec = spec.args(extra_args);
+        let daemon = Daemon::start(spec.clone())?;
+        let mut agent = Agent {
+            daemon,
+            spec,
+            paths,
+        };
         if let Err(e) = agent.wait_ready() {
             agent.stop();
             return Err(e);
@@ -128,6 +135,14 @@ impl Agent {
                 },
                 other => other,
             })
+    }
+
+    /// Stops the agent (see [`Self::stop`]) and starts it again as it was
+    /// started, waiting until it answers.
+    pub fn restart(&mut self) -> Result<(), TestbedError> {
+        self.stop();
+        self.daemon = Daemon::start(self.spec.clone())?;
+        self.wait_ready()
     }
 
     /// SIGTERM, then SIGKILL after a grace period; idempotent.

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::agent::log_tail;
+use crate::agent::{log_tail, Agent};
 use crate::cleanup::Tracked;
 use crate::controlplane::cluster::{KubeCluster, KubeOptions};
 use crate::echo;
@@ -57,6 +57,9 @@ pub struct TestbedOptions {
     /// needs its `status.podIP` there (the other nodes' agents learn pod
     /// addresses from nothing else).
     pub nodes: usize,
+    /// Extra arguments of every node's `policy-agent run` (after the bed's
+    /// own).
+    pub agent_args: Vec<String>,
 }
 
 /// A wired pod.
@@ -219,6 +222,7 @@ impl Testbed {
                 palisade: opts.palisade.then_some(opts.bin_dir.as_path()),
                 bin_dir: &opts.bin_dir,
                 manifests: &opts.manifests,
+                agent_args: &opts.agent_args,
                 mtu: (count > 1).then_some(overlay::OVERLAY_MTU),
                 kube: if index == 0 { kube } else { None },
             };
@@ -587,6 +591,24 @@ impl Testbed {
     /// Node 0's agent's log file (palisade on).
     pub fn agent_log(&self) -> Option<&Path> {
         self.nodes[0].agent_log.as_deref()
+    }
+
+    /// Stops every node's agent (SIGTERM, as the kubelet stops a pod),
+    /// waiting for each to exit; the rest of the bed stays up. Idempotent.
+    pub fn stop_agents(&self) {
+        self.resources.with(|r| {
+            for agent in r.agents.iter_mut() {
+                agent.stop();
+            }
+        });
+    }
+
+    /// Restarts every node's agent as it was started (after
+    /// [`Self::stop_agents`], or under a running one), waiting until each
+    /// answers.
+    pub fn restart_agents(&self) -> Result<(), TestbedError> {
+        self.resources
+            .with(|r| r.agents.iter_mut().try_for_each(Agent::restart))
     }
 
     /// The last `lines` lines of each agent's log ("" when palisade is

@@ -32,6 +32,7 @@
 //!     bin_dir: "target/debug".into(),
 //!     probes: probes.clone(),
 //!     nodes: 1,
+//!     agent_args: Vec::new(),
 //! })?;
 //! let seen = bed.probe(&probes);
 //! print!("{}", report::table(&seen));

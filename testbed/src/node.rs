@@ -48,6 +48,8 @@ pub(crate) struct NodeSpec<'a> {
     pub bin_dir: &'a Path,
     /// Manifests the agent reads.
     pub manifests: &'a [PathBuf],
+    /// Extra arguments of the agent.
+    pub agent_args: &'a [String],
     /// MTU of the pods' interfaces (`None`: the bridge plugin's default).
     pub mtu: Option<u32>,
     /// Kube mode: join this node to a real control plane started for it,
@@ -146,7 +148,7 @@ pub(crate) fn start(
             Some(c) => c.agent_source(),
             None => AgentSource::Manifests(spec.manifests.to_vec()),
         };
-        let agent = Agent::start(paths.clone(), &netns, &source, &node_addrs)?;
+        let agent = Agent::start(paths.clone(), &netns, &source, &node_addrs, spec.agent_args)?;
         resources.with(|r| r.agents.push(agent));
         node.agent_log = Some(paths.log);
         node.agent_socket = Some(paths.socket);

@@ -72,7 +72,7 @@ pub fn shared_scenario(name: &str) -> Option<Scenario> {
     (s.cluster.is_file() && s.probes.is_file()).then_some(s)
 }
 
-/// The public scenario `name` from `/work/shared/scenarios` (found as
+/// The public scenario `name` from the shared folder beside the checkout (found as
 /// `../../shared/scenarios` from this crate) and the repository's own copy
 /// under `examples/<name>/`, whichever exist (at least one must).
 pub fn scenarios(name: &str) -> Vec<Scenario> {
@@ -110,6 +110,7 @@ pub fn run_scenario(scenario: &Scenario, palisade: bool) -> (Vec<Probe>, Vec<Obs
         bin_dir: if palisade { bin_dir() } else { PathBuf::new() },
         probes: probes.clone(),
         nodes: 1,
+        agent_args: Vec::new(),
     })
     .unwrap_or_else(|e| panic!("{} (palisade={palisade}): {e}", scenario.label));
     let seen = bed.probe(&probes);
@@ -162,6 +163,7 @@ pub fn run_scenario_kube(scenario: &Scenario) -> (Vec<Probe>, Vec<Observation>) 
             bin_dir: bin_dir(),
             probes: probes.clone(),
             nodes: 1,
+            agent_args: Vec::new(),
         },
         &snapshot,
         &kube_options(),

@@ -165,6 +165,7 @@ fn run_confined(caps: &[String]) -> Result<Run, TestbedError> {
         bin_dir: confined.dir.path().to_path_buf(),
         probes: probes.clone(),
         nodes: 1,
+        agent_args: Vec::new(),
     })?;
     let pid = confined.pid();
     let (seen, drops) = bed.probe_collecting_drops(&probes);

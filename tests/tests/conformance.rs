@@ -365,6 +365,7 @@ fn conformance_cases_with_real_packets() {
         bin_dir: bin_dir(),
         probes: Vec::new(),
         nodes: 2,
+        agent_args: Vec::new(),
     })
     .unwrap_or_else(|e| panic!("test bed: {e}"));
     let on_node1 = bed.pods().values().filter(|p| p.node == 1).count();

@@ -230,6 +230,7 @@ fn start(cluster: &Path, probes: &[Probe], palisade: bool) -> Testbed {
         bin_dir: if palisade { bin_dir() } else { PathBuf::new() },
         probes: probes.to_vec(),
         nodes: 1,
+        agent_args: Vec::new(),
     })
     .unwrap_or_else(|e| panic!("dual-stack bed (palisade={palisade}): {e}"));
     assert!(bed.dual_stack());

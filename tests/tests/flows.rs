@@ -21,6 +21,7 @@ fn drops_are_reported_with_pod_names_and_counted() {
         bin_dir: bin_dir(),
         probes: probes.clone(),
         nodes: 1,
+        agent_args: Vec::new(),
     })
     .unwrap_or_else(|e| panic!("{}: {e}", scenario.label));
     let socket = bed.agent_socket().expect("palisade is on").to_path_buf();

@@ -123,6 +123,7 @@ fn start_kube(scenario: &palisade_tests::Scenario) -> testbed::Testbed {
             bin_dir: palisade_tests::bin_dir(),
             probes,
             nodes: 1,
+            agent_args: Vec::new(),
         },
         &snapshot,
         &palisade_tests::kube_options(),

@@ -156,6 +156,7 @@ fn forged_sources_never_reach_an_isolated_pod() {
         bin_dir: bin_dir(),
         probes: vec![],
         nodes: 1,
+        agent_args: Vec::new(),
     })
     .unwrap_or_else(|e| panic!("test bed: {e}"));
     let pod = |name: &str| {

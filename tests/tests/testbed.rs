@@ -107,6 +107,7 @@ fn an_agent_that_dies_fails_start_with_its_log_and_leaves_nothing() {
         bin_dir: bin.clone(),
         probes: vec![],
         nodes: 1,
+        agent_args: Vec::new(),
     })
     .unwrap_err();
     std::fs::remove_dir_all(&bin).unwrap();

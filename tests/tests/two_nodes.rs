@@ -61,6 +61,7 @@ fn start(manifest: &Manifest, probes: &[Probe], palisade: bool) -> Testbed {
         bin_dir: if palisade { bin_dir() } else { PathBuf::new() },
         probes: probes.to_vec(),
         nodes: 2,
+        agent_args: Vec::new(),
     })
     .unwrap_or_else(|e| panic!("two-node test bed: {e}"))
 }

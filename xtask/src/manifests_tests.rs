@@ -122,6 +122,8 @@ fn the_kustomization_renders_every_object_once() {
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
         "DaemonSet",
     ] {
         assert_eq!(of_kind(&docs, kind).len(), 1, "expected one {kind}");
@@ -167,6 +169,47 @@ fn the_cluster_role_reads_exactly_what_the_docs_list() {
     assert_eq!(
         pod_spec(&docs)["serviceAccountName"],
         sa["metadata"]["name"]
+    );
+}
+
+/// The one namespaced grant: `get` on the agent's own DaemonSet, by name,
+/// in its own namespace (to tell an uninstall from a restart), and the
+/// agent is told that DaemonSet.
+#[test]
+fn the_role_reads_only_the_agents_own_daemonset() {
+    let docs = rendered();
+    let role = of_kind(&docs, "Role")[0];
+    let ds = of_kind(&docs, "DaemonSet")[0];
+    let rules = role["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{role}");
+    assert_eq!(strings(&rules[0]["verbs"]), ["get"]);
+    assert_eq!(strings(&rules[0]["apiGroups"]), ["apps"]);
+    assert_eq!(strings(&rules[0]["resources"]), ["daemonsets"]);
+    assert_eq!(
+        strings(&rules[0]["resourceNames"]),
+        [ds["metadata"]["name"].as_str().unwrap()]
+    );
+    assert_eq!(role["metadata"]["namespace"], ds["metadata"]["namespace"]);
+    let binding = of_kind(&docs, "RoleBinding")[0];
+    assert_eq!(binding["roleRef"]["kind"], "Role");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    let sa = of_kind(&docs, "ServiceAccount")[0];
+    assert_eq!(binding["subjects"][0]["name"], sa["metadata"]["name"]);
+    let agent = containers(pod_spec(&docs))
+        .into_iter()
+        .find(|c| c["name"] == "agent")
+        .unwrap();
+    let args = strings(&agent["command"]);
+    let at = args
+        .iter()
+        .position(|a| a == "--uninstall-when-deleted")
+        .expect("the agent is told its DaemonSet");
+    assert_eq!(
+        args[at + 1],
+        format!(
+            "$(POD_NAMESPACE)/{}",
+            ds["metadata"]["name"].as_str().unwrap()
+        )
     );
 }
 
@@ -262,18 +305,17 @@ fn the_agent_is_probed_and_told_its_node() {
     );
     let ds = of_kind(&docs, "DaemonSet")[0];
     assert_eq!(ds["spec"]["updateStrategy"]["type"], "RollingUpdate");
-    // The chain installer runs first, and keeps re-chaining beside the agent.
+    // The chain installer runs first; the agent keeps the entry chained
+    // in the same folder.
     let installs = |c: &&Value| strings(&c["command"]).contains(&"install".to_string());
     assert!(spec["initContainers"]
         .as_array()
         .unwrap()
         .iter()
         .any(|c| installs(&c)));
-    assert!(spec["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|c| installs(&c) && strings(&c["command"]).contains(&"--watch-seconds".to_string())));
+    assert!(cmd
+        .windows(2)
+        .any(|w| w == ["--cni-conf-dir", "/host/etc/cni/net.d"]));
 }
 
 #[test]

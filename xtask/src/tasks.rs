@@ -200,6 +200,7 @@ fn run_probes(
         bin_dir: bin_dir.to_path_buf(),
         probes: probes.clone(),
         nodes,
+        agent_args: Vec::new(),
     };
     let bed = match kube {
         Some(k) => Testbed::start_with_kube(opts, &snapshot, k)?,

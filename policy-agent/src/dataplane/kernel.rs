@@ -648,6 +648,25 @@ impl KernelDataplane {
         }
     }
 
+    /// The whole node side of an uninstall: [`Self::remove_pins`], then
+    /// Palisade's netlink filters (a kernel without TCX: they are not
+    /// pinned) on every interface of this network namespace. Only filters
+    /// running Palisade's programs are touched. Idempotent.
+    pub fn remove_from_node(base: impl AsRef<Path>) -> Result<(), DataplaneError> {
+        Self::remove_pins(base)?;
+        let Ok(entries) = fs::read_dir("/sys/class/net") else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let ifname = entry.file_name().to_string_lossy().into_owned();
+            // No clsact qdisc or no filter of ours: nothing to remove.
+            if let Err(e) = detach_netlink(&ifname) {
+                tracing::debug!(%ifname, error = %e, "no netlink filter removed");
+            }
+        }
+        Ok(())
+    }
+
     fn generation(&mut self, gen: u8) -> Result<&MapState, DataplaneError> {
         let slot = usize::from(gen & 1);
         if self.mirrors[slot].is_none() {

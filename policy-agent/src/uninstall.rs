@@ -1,0 +1,186 @@
+//! Taking Palisade off a node, and keeping it chained while it is on.
+//!
+//! While the agent runs with `--cni-conf-dir`, a [`ChainKeeper`] puts
+//! `palisade-cni` back as the last plugin whenever the network plugin
+//! rewrites its conflist (Flannel does when it restarts). When the agent
+//! stops because its DaemonSet is gone or being deleted
+//! ([`owner_removed`]), it takes the node side with it ([`remove_from_node`]):
+//! first the chain entry (so no new pod waits for an agent that will not
+//! come back), then the binary, then the programs and pins. When it stops
+//! for any other reason (a rolling update, a restart, a manual kill), it
+//! leaves all of that in place: the pinned programs keep enforcing and the
+//! next agent adopts them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cni_bin::install::{self, InstallError, UninstallOptions, Uninstalled};
+use k8s_openapi::api::apps::v1::DaemonSet;
+
+use crate::dataplane::kernel::KernelDataplane;
+use crate::dataplane::DataplaneError;
+
+/// How often the chain entry is checked.
+pub const CHAIN_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// What stays chained, and where.
+#[derive(Clone, Debug)]
+pub struct ChainKeeper {
+    /// The runtime's CNI configuration folder.
+    pub conflist_dir: PathBuf,
+    /// The agent socket the entry names (`None`: the plugin's default).
+    pub agent_socket: Option<PathBuf>,
+}
+
+impl ChainKeeper {
+    /// Chains the entry into the active conflist if it is missing; `true`
+    /// when it changed the file. No conflist yet is not an error (the
+    /// network plugin has not written it).
+    pub fn check(&self) -> Result<bool, InstallError> {
+        let Some(active) = install::active_config(&self.conflist_dir)? else {
+            return Ok(false);
+        };
+        install::ensure_chained(
+            &active,
+            &install::chained_entry(self.agent_socket.as_deref()),
+        )
+    }
+
+    /// Checks now and then every [`CHAIN_CHECK_EVERY`] until the task is
+    /// aborted (when the agent stops).
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHAIN_CHECK_EVERY);
+            loop {
+                tick.tick().await;
+                match self.check() {
+                    Ok(true) => tracing::warn!(
+                        dir = %self.conflist_dir.display(),
+                        "palisade-cni was missing from the active conflist: chained it again"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot keep palisade-cni chained"),
+                }
+            }
+        })
+    }
+}
+
+/// What to take off the node.
+#[derive(Clone, Debug)]
+pub struct NodeSide {
+    /// The runtime's CNI configuration folder (`None`: leave it alone).
+    pub conflist_dir: Option<PathBuf>,
+    /// The CNI bin folder holding `palisade-cni` (`None`: leave it).
+    pub cni_bin_dir: Option<PathBuf>,
+    /// The agent's bpffs folder.
+    pub bpffs_dir: PathBuf,
+}
+
+/// Failures of an uninstall; each says how far it got.
+#[derive(Debug, thiserror::Error)]
+pub enum UninstallError {
+    /// The chain entry or the binary could not be removed: the programs
+    /// were left attached (pods would otherwise start unenforced while the
+    /// entry still makes them wait for an agent).
+    #[error("removing palisade-cni from the node: {0} (programs and pins left in place)")]
+    Chain(#[from] InstallError),
+    /// The programs or pins could not be removed.
+    #[error("the chain entry is gone, but detaching the programs failed: {0}")]
+    Dataplane(#[from] DataplaneError),
+}
+
+/// Removes the chain entry from every conflist, then the binary, then
+/// every program and pin of the agent (see the module doc). Idempotent.
+pub fn remove_from_node(side: &NodeSide) -> Result<Uninstalled, UninstallError> {
+    let mut done = Uninstalled::default();
+    if let Some(dir) = &side.conflist_dir {
+        done = install::uninstall(&UninstallOptions {
+            conflist_dir: dir.clone(),
+            bin_dir: side.cni_bin_dir.clone().unwrap_or_default(),
+            keep_binary: side.cni_bin_dir.is_none(),
+        })?;
+    }
+    KernelDataplane::remove_from_node(&side.bpffs_dir)?;
+    Ok(done)
+}
+
+/// `NAMESPACE/NAME` of the DaemonSet whose deletion means "uninstall".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl std::str::FromStr for Owner {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(Owner {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                })
+            }
+            _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+        }
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Whether the DaemonSet `owner` is gone or being deleted: `kubectl
+/// delete` removes it before its pods (background propagation) or marks it
+/// deleted until they are gone (foreground). An error (the API server
+/// unreachable) is returned as such: callers keep the node side then,
+/// since a wrong "yes" would leave the node unenforced.
+pub async fn owner_removed(client: kube::Client, owner: &Owner) -> Result<bool, kube::Error> {
+    let api: kube::Api<DaemonSet> = kube::Api::namespaced(client, &owner.namespace);
+    Ok(match api.get_opt(&owner.name).await? {
+        None => true,
+        Some(ds) => ds.metadata.deletion_timestamp.is_some(),
+    })
+}
+
+/// What the agent does with the node side as it stops: removes it when
+/// `owner` is gone, else leaves it. Returns whether it removed it.
+pub async fn on_stop(owner: &Owner, side: &NodeSide) -> anyhow::Result<bool> {
+    let client = kube::Client::try_default().await?;
+    let removed = tokio::time::timeout(Duration::from_secs(5), owner_removed(client, owner))
+        .await
+        .map_err(|_| anyhow::anyhow!("asking the API server for DaemonSet {owner} timed out"))??;
+    if !removed {
+        tracing::info!(%owner, "the DaemonSet is still there: programs and chain entry stay for the next agent");
+        return Ok(false);
+    }
+    tracing::warn!(%owner, "the DaemonSet is gone or being deleted: removing Palisade from this node");
+    let done = remove_from_node(side)?;
+    for path in &done.unchained {
+        tracing::info!(path = %path.display(), "removed palisade-cni from the conflist");
+    }
+    tracing::info!(bpffs = %side.bpffs_dir.display(), "programs detached and pins removed");
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_parse_as_namespace_slash_name() {
+        let o: Owner = "palisade-system/palisade-agent".parse().unwrap();
+        assert_eq!(o.namespace, "palisade-system");
+        assert_eq!(o.name, "palisade-agent");
+        assert_eq!(o.to_string(), "palisade-system/palisade-agent");
+        for bad in ["", "x", "/x", "x/", "a/b/c"] {
+            assert!(bad.parse::<Owner>().is_err(), "{bad:?}");
+        }
+    }
+}

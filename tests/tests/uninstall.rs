@@ -1,0 +1,191 @@
+//! Removing Palisade from a node, with the real API server and the real
+//! kernel: the agent runs as the DaemonSet runs it (`--cni-conf-dir`,
+//! `--cni-bin-dir`, `--uninstall-when-deleted`), keeps a Flannel conflist
+//! chained, and when it stops
+//!
+//! - while its DaemonSet exists (a rolling update, a restart): leaves the
+//!   chain entry, the binary and the pinned programs, which keep enforcing
+//!   with no agent running, for the next agent to adopt;
+//! - once the DaemonSet is deleted: takes all of it off the node — the
+//!   conflist is byte for byte what Flannel wrote, the binary and the pins
+//!   are gone, and the pods' traffic is no longer judged.
+//!
+//! `policy-agent cleanup` then finds nothing left to do. Needs root and the
+//! Kubernetes binaries `cargo xtask setup` builds.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use palisade_tests::{bin_dir, kube_options, read_probes_without_services, scenarios};
+use testbed::{Observation, Testbed, TestbedOptions};
+
+/// Flannel's conflist as it writes it on a node.
+const FLANNEL: &str = include_str!("../../cni-bin/src/install/testdata/flannel.conflist");
+
+/// A scratch folder removed on drop, even when the test fails.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(what: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("palisade-uninstall-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn denied(seen: &[Observation]) -> Vec<String> {
+    seen.iter()
+        .filter(|o| o.allowed == Some(false))
+        .map(|o| format!("{:?}", o.probe.key()))
+        .collect()
+}
+
+#[test]
+fn the_agent_leaves_the_node_as_it_was_once_its_daemonset_is_deleted() {
+    let scenario = &scenarios("apod")[0];
+    let (probes, _) = read_probes_without_services(&scenario.probes);
+    let conf = Scratch::new("netd");
+    let bin = Scratch::new("bin");
+    let conflist = conf.0.join("10-flannel.conflist");
+    std::fs::write(&conflist, FLANNEL).unwrap();
+    let plugin = bin.0.join("palisade-cni");
+    std::fs::copy(bin_dir().join("palisade-cni"), &plugin).unwrap();
+    let (ns, ds) = testbed::controlplane::cluster::AGENT_SERVICE_ACCOUNT;
+    let agent_args = vec![
+        "--cni-conf-dir".to_string(),
+        conf.0.display().to_string(),
+        "--cni-bin-dir".into(),
+        bin.0.display().to_string(),
+        "--uninstall-when-deleted".into(),
+        format!("{ns}/{ds}"),
+    ];
+    let manifests = vec![scenario.cluster.clone()];
+    let snapshot = testbed::load_snapshot(&manifests).unwrap();
+    let bed = Testbed::start_with_kube(
+        TestbedOptions {
+            manifests,
+            palisade: true,
+            bin_dir: bin_dir(),
+            probes: probes.clone(),
+            nodes: 1,
+            agent_args,
+        },
+        &snapshot,
+        &kube_options(),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", scenario.label));
+    let node = &bed.nodes()[0];
+    let pins = node.bpffs_dir.clone().unwrap();
+    let chained = || {
+        std::fs::read_to_string(&conflist)
+            .unwrap()
+            .contains("palisade-cni")
+    };
+
+    // The agent chains the node's conflist (the init container's job too,
+    // and again whenever the network plugin rewrites the file).
+    wait_for(
+        "the agent chains the conflist",
+        Duration::from_secs(15),
+        chained,
+    );
+    let enforced = bed.probe(&probes);
+    let must_deny = denied(&enforced);
+    assert!(
+        !must_deny.is_empty(),
+        "apod denies some probes under Palisade"
+    );
+    assert!(
+        enforced
+            .iter()
+            .all(|o| o.matches_expectation() != Some(false)),
+        "{enforced:?}"
+    );
+    // Flannel restarts and rewrites its file: the entry comes back.
+    std::fs::write(&conflist, FLANNEL).unwrap();
+    wait_for(
+        "the agent re-chains the conflist",
+        Duration::from_secs(15),
+        chained,
+    );
+
+    // A stop with the DaemonSet in place (a rolling update): everything
+    // stays, and the pinned programs keep enforcing without an agent.
+    bed.stop_agents();
+    assert!(chained(), "a restart must not unchain");
+    assert!(plugin.is_file());
+    assert!(pins.is_dir());
+    assert_eq!(
+        denied(&bed.probe(&probes)),
+        must_deny,
+        "enforcement stopped with the agent"
+    );
+    bed.restart_agents()
+        .unwrap_or_else(|e| panic!("restart: {e}\n{}", bed.agent_log_tail(30)));
+
+    // `kubectl delete -k manifests/` removes the DaemonSet before its pods.
+    let cluster = bed.kube().expect("kube mode");
+    cluster
+        .control_plane()
+        .kubectl(&["-n", ns, "delete", "daemonset", ds])
+        .unwrap();
+    bed.stop_agents();
+    let log = bed.agent_log_tail(40);
+    assert_eq!(
+        std::fs::read_to_string(&conflist).unwrap(),
+        FLANNEL,
+        "the conflist is not what Flannel wrote\n{log}"
+    );
+    assert!(
+        !plugin.exists(),
+        "palisade-cni left in the bin folder\n{log}"
+    );
+    assert!(!pins.exists(), "pins left under {}\n{log}", pins.display());
+    let after = bed.probe(&probes);
+    assert!(
+        after.iter().all(|o| o.allowed == Some(true)),
+        "traffic is still judged after the uninstall: {:?}\n{log}",
+        denied(&after)
+    );
+
+    // Nothing left for the cleanup command (it refuses only while an agent
+    // holds the node lock).
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &node.netns])
+        .arg(bin_dir().join("policy-agent"))
+        .arg("cleanup")
+        .arg("--cni-conf-dir")
+        .arg(&conf.0)
+        .arg("--cni-bin-dir")
+        .arg(&bin.0)
+        .arg("--bpffs-dir")
+        .arg(&pins)
+        .arg("--cni-socket")
+        .arg(node.agent_socket.as_deref().unwrap_or(Path::new("")))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!said.contains("removed palisade-cni from"), "{said}");
+    assert!(
+        !said.contains(&format!("removed {}", plugin.display())),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_to_string(&conflist).unwrap(), FLANNEL);
+}
