@@ -99,14 +99,16 @@ impl Agent {
             spec,
             paths,
         };
-        if let Err(e) = agent.wait_ready() {
+        if let Err(e) = agent.wait_ready(true) {
             agent.stop();
             return Err(e);
         }
         Ok(agent)
     }
 
-    fn wait_ready(&mut self) -> Result<(), TestbedError> {
+    /// Waits until the agent answers `Status` with `Ok`, or (`ok_only`
+    /// false) answers it at all.
+    fn wait_ready(&mut self, ok_only: bool) -> Result<(), TestbedError> {
         let socket = self.paths.socket.clone();
         let ready = || {
             if !socket.exists() {
@@ -114,6 +116,7 @@ impl Agent {
             }
             match agent_api::call(&socket, &Request::Status, Duration::from_secs(1)) {
                 Ok(Response::Ok) => Ok(true),
+                Ok(Response::Error { .. }) if !ok_only => Ok(true),
                 Ok(Response::Error { message }) => Err(format!("Status answered: {message}")),
                 #[allow(unreachable_patterns)]
                 Ok(other) => Err(format!("Status answered {other:?}")),
@@ -140,9 +143,30 @@ impl Agent {
     /// Stops the agent (see [`Self::stop`]) and starts it again as it was
     /// started, waiting until it answers.
     pub fn restart(&mut self) -> Result<(), TestbedError> {
+        self.restart_inner(true)
+    }
+
+    /// [`Self::restart`], but waits only until the agent answers `Status`,
+    /// ready or not (an agent started while the API server is away).
+    pub fn restart_unready(&mut self) -> Result<(), TestbedError> {
+        self.restart_inner(false)
+    }
+
+    fn restart_inner(&mut self, ok_only: bool) -> Result<(), TestbedError> {
         self.stop();
         self.daemon = Daemon::start(self.spec.clone())?;
-        self.wait_ready()
+        self.wait_ready(ok_only)
+    }
+
+    /// The agent's answer to `Status`: `Ok(())` when ready, else why not.
+    pub fn status(&self) -> Result<(), String> {
+        match agent_api::call(&self.paths.socket, &Request::Status, Duration::from_secs(2)) {
+            Ok(Response::Ok) => Ok(()),
+            Ok(Response::Error { message }) => Err(message),
+            #[allow(unreachable_patterns)]
+            Ok(other) => Err(format!("Status answered {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// SIGTERM, then SIGKILL after a grace period; idempotent.

@@ -611,6 +611,19 @@ impl Testbed {
             .with(|r| r.agents.iter_mut().try_for_each(Agent::restart))
     }
 
+    /// [`Self::restart_agents`], waiting only until each answers, ready or
+    /// not.
+    pub fn restart_agents_unready(&self) -> Result<(), TestbedError> {
+        self.resources
+            .with(|r| r.agents.iter_mut().try_for_each(Agent::restart_unready))
+    }
+
+    /// Each node's agent's answer to `Status` (see [`Agent::status`]).
+    pub fn agent_status(&self) -> Vec<Result<(), String>> {
+        self.resources
+            .with(|r| r.agents.iter().map(Agent::status).collect())
+    }
+
     /// The last `lines` lines of each agent's log ("" when palisade is
     /// off), headed by the node's name on a bed of several nodes.
     pub fn agent_log_tail(&self, lines: usize) -> String {

@@ -42,6 +42,7 @@
 //! ```
 
 pub mod cluster;
+mod faults;
 pub mod kubelet;
 pub mod objects;
 pub mod pki;
@@ -151,6 +152,8 @@ pub struct ControlPlane {
     proxy_kubeconfig: PathBuf,
     client: Client,
     nodes: Mutex<Vec<NodeLink>>,
+    /// How kube-apiserver is started (to start it again, see `faults`).
+    apiserver: DaemonSpec,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -356,6 +359,7 @@ impl ControlPlane {
             "--profiling=false".into(),
             "--v=1".into(),
         ]);
+        let apiserver_spec = apiserver.clone();
         let apiserver = Daemon::start(apiserver)?;
         resources.with(|r| r.daemons.push(apiserver));
 
@@ -383,6 +387,7 @@ impl ControlPlane {
             proxy_kubeconfig,
             client,
             nodes: Mutex::new(Vec::new()),
+            apiserver: apiserver_spec,
         };
         cp.wait_ready("kube-apiserver", API_READY_TIMEOUT, |cp| cp.api_ready())?;
 

@@ -355,3 +355,13 @@ pub fn wait_for_agent_reload(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Polls `done` every 100 ms until it holds; panics naming `what` after
+/// `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting until {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

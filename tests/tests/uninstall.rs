@@ -14,9 +14,9 @@
 //! Kubernetes binaries `cargo xtask setup` builds.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use palisade_tests::{bin_dir, kube_options, read_probes_without_services, scenarios};
+use palisade_tests::{bin_dir, kube_options, read_probes_without_services, scenarios, wait_until};
 use testbed::{Observation, Testbed, TestbedOptions};
 
 /// Flannel's conflist as it writes it on a node.
@@ -38,14 +38,6 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -100,7 +92,7 @@ fn the_agent_leaves_the_node_as_it_was_once_its_daemonset_is_deleted() {
 
     // The agent chains the node's conflist (the init container's job too,
     // and again whenever the network plugin rewrites the file).
-    wait_for(
+    wait_until(
         "the agent chains the conflist",
         Duration::from_secs(15),
         chained,
@@ -119,7 +111,7 @@ fn the_agent_leaves_the_node_as_it_was_once_its_daemonset_is_deleted() {
     );
     // Flannel restarts and rewrites its file: the entry comes back.
     std::fs::write(&conflist, FLANNEL).unwrap();
-    wait_for(
+    wait_until(
         "the agent re-chains the conflist",
         Duration::from_secs(15),
         chained,
