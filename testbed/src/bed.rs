@@ -280,7 +280,7 @@ impl Testbed {
                 no_dad(&ns)?;
                 requested.extend(plan.requested6.map(IpAddr::V6));
             }
-            if cluster.is_some() {
+            if cluster.is_some() && !kube.is_some_and(|k| k.manifest_addresses) {
                 // As on a real node: the API holds no address yet, IPAM
                 // picks one.
                 requested.clear();

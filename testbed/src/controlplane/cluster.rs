@@ -34,6 +34,11 @@ pub struct KubeOptions {
     /// with [`KubeCluster::apply_policies_with_kubectl`] (the demo's
     /// "before" and "after").
     pub policies_later: bool,
+    /// Ask IPAM for each pod's manifest address (`status.podIP`/`podIPs`),
+    /// as a runtime with static-IP support does, instead of letting it
+    /// pick one (what a real node does): for cases whose ipBlocks name the
+    /// manifests' pod addresses.
+    pub manifest_addresses: bool,
 }
 
 /// The control plane with one bed's cluster in it.
