@@ -141,10 +141,12 @@ pub fn read_probes_without_services(path: &Path) -> (Vec<Probe>, usize) {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// [`run_scenario`] in kube mode: the real API server, the agent as the
-/// Palisade ServiceAccount. Probes to Services are left out (see
-/// [`read_probes_without_services`]), saying so on stderr.
-pub fn run_scenario_kube(scenario: &Scenario) -> (Vec<Probe>, Vec<Observation>) {
+/// A one-node bed for `scenario` in kube mode (the real API server, the
+/// repository's install, the agent as the Palisade ServiceAccount, run
+/// with `agent_args` besides the bed's own), serving the scenario's probes
+/// but those to Services (see [`read_probes_without_services`]); returns
+/// the bed and those probes.
+pub fn start_kube_bed(scenario: &Scenario, agent_args: Vec<String>) -> (Testbed, Vec<Probe>) {
     let (probes, skipped) = read_probes_without_services(&scenario.probes);
     if skipped > 0 {
         eprintln!(
@@ -155,7 +157,6 @@ pub fn run_scenario_kube(scenario: &Scenario) -> (Vec<Probe>, Vec<Observation>) 
     let manifests = vec![scenario.cluster.clone()];
     let snapshot =
         testbed::load_snapshot(&manifests).unwrap_or_else(|e| panic!("{}: {e}", scenario.label));
-    let t0 = Instant::now();
     let bed = Testbed::start_with_kube(
         TestbedOptions {
             manifests,
@@ -163,12 +164,19 @@ pub fn run_scenario_kube(scenario: &Scenario) -> (Vec<Probe>, Vec<Observation>) 
             bin_dir: bin_dir(),
             probes: probes.clone(),
             nodes: 1,
-            agent_args: Vec::new(),
+            agent_args,
         },
         &snapshot,
         &kube_options(),
     )
     .unwrap_or_else(|e| panic!("{} (kube mode): {e}", scenario.label));
+    (bed, probes)
+}
+
+/// [`run_scenario`] in kube mode (see [`start_kube_bed`]).
+pub fn run_scenario_kube(scenario: &Scenario) -> (Vec<Probe>, Vec<Observation>) {
+    let t0 = Instant::now();
+    let (bed, probes) = start_kube_bed(scenario, Vec::new());
     eprintln!("{}: kube bed up in {:?}", scenario.label, t0.elapsed());
     let seen = bed.probe(&probes);
     eprintln!("{}", testbed::report::table(&seen));

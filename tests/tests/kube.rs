@@ -113,22 +113,7 @@ fn the_agent_service_account_reads_pods_but_not_secrets() {
 
 /// A bed for `scenario` in kube mode serving the probes of its file.
 fn start_kube(scenario: &palisade_tests::Scenario) -> testbed::Testbed {
-    let (probes, _) = palisade_tests::read_probes_without_services(&scenario.probes);
-    let manifests = vec![scenario.cluster.clone()];
-    let snapshot = testbed::load_snapshot(&manifests).unwrap();
-    testbed::Testbed::start_with_kube(
-        testbed::TestbedOptions {
-            manifests,
-            palisade: true,
-            bin_dir: palisade_tests::bin_dir(),
-            probes,
-            nodes: 1,
-            agent_args: Vec::new(),
-        },
-        &snapshot,
-        &palisade_tests::kube_options(),
-    )
-    .unwrap_or_else(|e| panic!("{}: {e}", scenario.label))
+    palisade_tests::start_kube_bed(scenario, Vec::new()).0
 }
 
 fn conntrack_max() -> Option<String> {

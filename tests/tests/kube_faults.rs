@@ -12,9 +12,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use palisade_tests::{bin_dir, kube_options, read_probes_without_services, scenarios, wait_until};
+use palisade_tests::{scenarios, start_kube_bed, wait_until};
 use testbed::controlplane::kubelet;
-use testbed::{Observation, Probe, Testbed, TestbedOptions};
+use testbed::{Observation, Probe, Testbed};
 
 /// How long the agent may take to enforce a change once the API server
 /// is back (its watch backoff is at most a few seconds).
@@ -28,23 +28,7 @@ struct Bed {
 }
 
 fn start() -> Bed {
-    let scenario = &scenarios("apod")[0];
-    let (probes, _) = read_probes_without_services(&scenario.probes);
-    let manifests = vec![scenario.cluster.clone()];
-    let snapshot = testbed::load_snapshot(&manifests).unwrap();
-    let bed = Testbed::start_with_kube(
-        TestbedOptions {
-            manifests,
-            palisade: true,
-            bin_dir: bin_dir(),
-            probes: probes.clone(),
-            nodes: 1,
-            agent_args: Vec::new(),
-        },
-        &snapshot,
-        &kube_options(),
-    )
-    .unwrap_or_else(|e| panic!("{}: {e}", scenario.label));
+    let (bed, probes) = start_kube_bed(&scenarios("apod")[0], Vec::new());
     let change: Vec<Probe> = probes
         .iter()
         .filter(|p| p.from.to_string() == "default/sleep" && p.to.to_string() == "default/apod-api")

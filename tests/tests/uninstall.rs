@@ -16,8 +16,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use palisade_tests::{bin_dir, kube_options, read_probes_without_services, scenarios, wait_until};
-use testbed::{Observation, Testbed, TestbedOptions};
+use palisade_tests::{bin_dir, scenarios, start_kube_bed, wait_until};
+use testbed::Observation;
 
 /// Flannel's conflist as it writes it on a node.
 const FLANNEL: &str = include_str!("../../cni-bin/src/install/testdata/flannel.conflist");
@@ -51,7 +51,6 @@ fn denied(seen: &[Observation]) -> Vec<String> {
 #[test]
 fn the_agent_leaves_the_node_as_it_was_once_its_daemonset_is_deleted() {
     let scenario = &scenarios("apod")[0];
-    let (probes, _) = read_probes_without_services(&scenario.probes);
     let conf = Scratch::new("netd");
     let bin = Scratch::new("bin");
     let conflist = conf.0.join("10-flannel.conflist");
@@ -67,21 +66,7 @@ fn the_agent_leaves_the_node_as_it_was_once_its_daemonset_is_deleted() {
         "--uninstall-when-deleted".into(),
         format!("{ns}/{ds}"),
     ];
-    let manifests = vec![scenario.cluster.clone()];
-    let snapshot = testbed::load_snapshot(&manifests).unwrap();
-    let bed = Testbed::start_with_kube(
-        TestbedOptions {
-            manifests,
-            palisade: true,
-            bin_dir: bin_dir(),
-            probes: probes.clone(),
-            nodes: 1,
-            agent_args,
-        },
-        &snapshot,
-        &kube_options(),
-    )
-    .unwrap_or_else(|e| panic!("{}: {e}", scenario.label));
+    let (bed, probes) = start_kube_bed(scenario, agent_args);
     let node = &bed.nodes()[0];
     let pins = node.bpffs_dir.clone().unwrap();
     let chained = || {
