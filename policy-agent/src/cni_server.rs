@@ -179,9 +179,7 @@ async fn add<D: Dataplane>(att: Attachment, agent: &SharedAgent<D>) -> Result<()
         name: att.pod_name.clone(),
     };
     let ips = parse_ips(&pod, &att.ips).map_err(|e| e.to_string())?;
-    let ifname = crate::links::pick_host_veth(&att.host_interfaces)
-        .await
-        .map_err(|e| format!("pod {pod}: {e}"))?;
+    let ifname = host_veth(&pod, &ips, &att.host_interfaces).await?;
     let new = NewEndpoint {
         container_id: att.container_id.clone(),
         pod: pod.clone(),
@@ -204,5 +202,36 @@ async fn add<D: Dataplane>(att: Attachment, agent: &SharedAgent<D>) -> Result<()
             }
             Err(e) => return Err(e.to_string()),
         }
+    }
+}
+
+/// The pod's host-side veth: the one whose peer, in the pod's namespace,
+/// holds the pod's address (see [`crate::links::find_pod_veths`]); it must
+/// be among the host interfaces the CNI result names, if it names any.
+/// Only a result without addresses falls back to the first veth it names.
+async fn host_veth(
+    pod: &policy_engine::model::PodRef,
+    ips: &[std::net::IpAddr],
+    named: &[String],
+) -> Result<String, String> {
+    if ips.is_empty() {
+        return crate::links::pick_host_veth(named)
+            .await
+            .map_err(|e| format!("pod {pod}: {e}"));
+    }
+    let wanted = std::collections::BTreeMap::from([((), ips.to_vec())]);
+    let found = crate::links::find_pod_veths(&wanted)
+        .await
+        .map_err(|e| format!("pod {pod}: {e}"))?;
+    match found.into_iter().next().map(|(_, f)| f) {
+        Some(Ok(veth)) if named.is_empty() || named.contains(&veth.ifname) => Ok(veth.ifname),
+        Some(Ok(veth)) => Err(format!(
+            "pod {pod}: its address is on the peer of {}, which the CNI result does not name ({named:?})",
+            veth.ifname
+        )),
+        Some(Err(e)) => Err(format!("pod {pod}: {e}")),
+        None => Err(format!(
+            "pod {pod}: no host veth leads to a namespace holding {ips:?}"
+        )),
     }
 }

@@ -1,7 +1,22 @@
 //! Looking at the node's links over netlink (rtnetlink): which of the
-//! interfaces a CNI result names is the pod's host-side veth.
+//! interfaces a CNI result names is the pod's host-side veth, and which
+//! host veth belongs to a pod that runs without an endpoint (a pod started
+//! before Palisade was installed).
+//!
+//! The second is proven, not guessed from names: a host veth's peer lives
+//! in the pod's network namespace, which the kernel names by a netns id
+//! (`IFLA_LINK_NETNSID`) and whose interface index it gives
+//! (`IFLA_LINK`); the addresses of that namespace are read with
+//! `IFA_TARGET_NETNSID` (strict checking), without entering it. A veth is
+//! the pod's when its peer holds one of the pod's addresses. Two veths
+//! whose peers both claim the address (a pod configuring another's) are
+//! refused: the pod is not adopted and stays reported as unenforced.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
 
 /// Failures while asking the kernel about links.
@@ -10,6 +25,17 @@ pub enum LinkError {
     /// The netlink socket could not be opened.
     #[error("cannot open a netlink socket: {0}")]
     Socket(#[source] std::io::Error),
+    /// A netlink request failed.
+    #[error("netlink: {0}")]
+    Netlink(String),
+    /// Several host veths lead to a namespace holding the pod's address.
+    #[error("the address {ip} is on the peers of several host veths ({ifnames:?}): not adopting")]
+    Ambiguous {
+        /// The contested address.
+        ip: IpAddr,
+        /// The host veths.
+        ifnames: Vec<String>,
+    },
     /// None of the candidates is a veth in this network namespace.
     #[error(
         "none of the host interfaces {candidates:?} is a veth in the agent's network namespace"
@@ -69,4 +95,151 @@ pub async fn pick_host_veth(candidates: &[String]) -> Result<String, LinkError> 
     Err(LinkError::NoVeth {
         candidates: candidates.to_vec(),
     })
+}
+
+/// A host-side veth found for a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundVeth {
+    /// Its name.
+    pub ifname: String,
+    /// Its index.
+    pub index: u32,
+}
+
+/// A host veth and where its peer is.
+struct VethPeer {
+    ifname: String,
+    index: u32,
+    netnsid: i32,
+    peer_index: u32,
+}
+
+async fn host_veths(handle: &rtnetlink::Handle) -> Result<Vec<VethPeer>, LinkError> {
+    let mut links = handle.link().get().execute();
+    let mut out = Vec::new();
+    while let Some(msg) = links
+        .try_next()
+        .await
+        .map_err(|e| LinkError::Netlink(e.to_string()))?
+    {
+        let (mut name, mut veth, mut netnsid, mut peer) = (None, false, None, None);
+        for a in &msg.attributes {
+            match a {
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    veth |= infos
+                        .iter()
+                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+                }
+                LinkAttribute::LinkNetNsId(id) => netnsid = Some(*id),
+                LinkAttribute::Link(index) => peer = Some(*index),
+                _ => {}
+            }
+        }
+        if let (true, Some(ifname), Some(netnsid), Some(peer_index)) = (veth, name, netnsid, peer) {
+            out.push(VethPeer {
+                ifname,
+                index: msg.header.index,
+                netnsid,
+                peer_index,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The addresses of each interface of the namespace the node knows as
+/// `netnsid`.
+async fn addresses_in(
+    handle: &rtnetlink::Handle,
+    netnsid: i32,
+) -> Result<BTreeMap<u32, Vec<IpAddr>>, LinkError> {
+    let mut request = handle.address().get();
+    request
+        .message_mut()
+        .attributes
+        .push(AddressAttribute::TargetNetNsId(netnsid));
+    let mut stream = request.execute();
+    let mut out: BTreeMap<u32, Vec<IpAddr>> = BTreeMap::new();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(|e| LinkError::Netlink(e.to_string()))?
+    {
+        for a in &msg.attributes {
+            if let AddressAttribute::Address(ip) | AddressAttribute::Local(ip) = a {
+                out.entry(msg.header.index).or_default().push(*ip);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// For each pod (by its addresses), the host veth whose peer holds one of
+/// them, if exactly one does (see the module doc). One netlink dump of the
+/// links and one of the addresses per peer namespace serve every pod.
+pub async fn find_pod_veths<K: Ord + Clone>(
+    pods: &BTreeMap<K, Vec<IpAddr>>,
+) -> Result<BTreeMap<K, Result<FoundVeth, LinkError>>, LinkError> {
+    let (connection, handle, _) =
+        rtnetlink::new_connection_with_strict_check().map_err(LinkError::Socket)?;
+    let task = tokio::spawn(connection);
+    let result = async {
+        let veths = host_veths(&handle).await?;
+        let mut by_ns: BTreeMap<i32, BTreeMap<u32, Vec<IpAddr>>> = BTreeMap::new();
+        for v in &veths {
+            if let std::collections::btree_map::Entry::Vacant(e) = by_ns.entry(v.netnsid) {
+                e.insert(addresses_in(&handle, v.netnsid).await?);
+            }
+        }
+        let holders = |ip: &IpAddr| -> Vec<&VethPeer> {
+            veths
+                .iter()
+                .filter(|v| {
+                    by_ns
+                        .get(&v.netnsid)
+                        .and_then(|ifs| ifs.get(&v.peer_index))
+                        .is_some_and(|ips| ips.contains(ip))
+                })
+                .collect()
+        };
+        let mut out = BTreeMap::new();
+        for (key, ips) in pods {
+            let mut found: Option<Result<FoundVeth, LinkError>> = None;
+            for ip in ips {
+                let h = holders(ip);
+                match h.as_slice() {
+                    [] => continue,
+                    [one] => {
+                        let this = FoundVeth {
+                            ifname: one.ifname.clone(),
+                            index: one.index,
+                        };
+                        // Two addresses of one pod on two veths: refused too.
+                        found = match found {
+                            Some(Ok(prev)) if prev != this => Some(Err(LinkError::Ambiguous {
+                                ip: *ip,
+                                ifnames: vec![prev.ifname, this.ifname],
+                            })),
+                            Some(other) => Some(other),
+                            None => Some(Ok(this)),
+                        };
+                    }
+                    many => {
+                        found = Some(Err(LinkError::Ambiguous {
+                            ip: *ip,
+                            ifnames: many.iter().map(|v| v.ifname.clone()).collect(),
+                        }));
+                    }
+                }
+            }
+            if let Some(f) = found {
+                out.insert(key.clone(), f);
+            }
+        }
+        Ok(out)
+    }
+    .await;
+    task.abort();
+    result
 }

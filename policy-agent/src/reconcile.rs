@@ -12,6 +12,7 @@
 //! Everything here is synchronous and kernel-free (the dataplane is behind
 //! the [`Dataplane`] trait), so it is tested with the in-memory dataplane.
 
+pub mod adopt;
 mod changes;
 pub mod readiness;
 
@@ -283,6 +284,20 @@ impl<D: Dataplane> Agent<D> {
             self.detach(&old);
             self.registry.remove(&old.container_id);
         }
+        // A pod adopted before CNI told us about it: the sandbox CNI
+        // reports now is the one to enforce.
+        let adopted: Vec<Endpoint> = self
+            .registry
+            .iter()
+            .filter(|e| e.pod == new.pod && adopt::is_adopted(e))
+            .cloned()
+            .collect();
+        for old in adopted {
+            if old.ifname != new.ifname {
+                self.detach(&old);
+            }
+            self.registry.remove(&old.container_id);
+        }
         // Recorded (and saved) before the attach: an agent killed in between
         // restores the endpoint instead of handing its id to another pod
         // while the old interface still carries it.
@@ -328,6 +343,8 @@ impl<D: Dataplane> Agent<D> {
         let stale: Vec<Endpoint> = self
             .registry
             .iter()
+            // Adopted endpoints are not the runtime's sandboxes.
+            .filter(|ep| !adopt::is_adopted(ep))
             .filter(|ep| {
                 !valid.iter().any(|v| {
                     v.container_id == ep.container_id

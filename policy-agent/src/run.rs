@@ -127,6 +127,10 @@ pub async fn run<D: Dataplane + 'static>(
         });
     }
     let keeper = opts.chain.clone().map(crate::uninstall::ChainKeeper::spawn);
+    let adopter = opts
+        .node_name
+        .is_some()
+        .then(|| tokio::spawn(adopt_loop(agent.clone())));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
@@ -138,6 +142,9 @@ pub async fn run<D: Dataplane + 'static>(
         },
     }
     feeder.abort();
+    if let Some(adopter) = adopter {
+        adopter.abort();
+    }
     // Nothing re-chains once the agent has stopped (an uninstall may
     // follow).
     if let Some(keeper) = keeper {
@@ -146,6 +153,48 @@ pub async fn run<D: Dataplane + 'static>(
     }
     let _ = std::fs::remove_file(&opts.cni_socket);
     Ok(())
+}
+
+/// How often local pods without an endpoint are looked for on the node.
+pub const ADOPT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Finds the host veth of every local pod running without an endpoint and
+/// adopts it (see [`crate::reconcile::adopt`]); forgets adopted endpoints
+/// whose pod no longer runs here. Every [`ADOPT_EVERY`].
+async fn adopt_loop<D: Dataplane + 'static>(agent: Arc<Mutex<Agent<D>>>) {
+    let mut tick = tokio::time::interval(ADOPT_EVERY);
+    let mut refused = std::collections::BTreeSet::new();
+    loop {
+        tick.tick().await;
+        if let Err(e) = agent.lock().await.prune_adopted() {
+            tracing::error!(error = %e, "forgetting adopted endpoints failed");
+        }
+        let candidates = agent.lock().await.adoption_candidates();
+        if candidates.is_empty() {
+            continue;
+        }
+        let found = match crate::links::find_pod_veths(&candidates).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot look for the veths of unenforced pods");
+                continue;
+            }
+        };
+        for (pod, veth) in found {
+            match veth {
+                Ok(veth) => {
+                    if let Err(e) = agent.lock().await.adopt(pod.clone(), &veth) {
+                        tracing::error!(%pod, error = %e, "adopting a running pod failed; it stays unenforced");
+                    }
+                }
+                Err(e) => {
+                    if refused.insert(pod.clone()) {
+                        tracing::error!(%pod, error = %e, "running pod not adopted; it stays unenforced");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The endpoint list lives beside the CNI socket (`/run/palisade/` on a

@@ -158,6 +158,11 @@ impl Agent {
         self.wait_ready(ok_only)
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
     /// The agent's answer to `Status`: `Ok(())` when ready, else why not.
     pub fn status(&self) -> Result<(), String> {
         match agent_api::call(&self.paths.socket, &Request::Status, Duration::from_secs(2)) {

@@ -93,6 +93,8 @@ pub struct Testbed {
     id: String,
     /// Pods added after start (numbers their namespaces).
     added: usize,
+    /// Agents not started yet (`KubeOptions::agent_after_pods`).
+    pending_agents: Vec<node::PendingAgent>,
 }
 
 fn bpffs_mounted() -> bool {
@@ -213,6 +215,7 @@ impl Testbed {
         let mut nodes = Vec::new();
         let mut networks = Vec::new();
         let mut cluster = None;
+        let mut pending_agents = Vec::new();
         for (index, net) in layout.nodes.iter().enumerate() {
             let spec = NodeSpec {
                 id: &id,
@@ -226,10 +229,11 @@ impl Testbed {
                 mtu: (count > 1).then_some(overlay::OVERLAY_MTU),
                 kube: if index == 0 { kube } else { None },
             };
-            let (node, network, node_cluster) = node::start(&spec, &resources)?;
+            let (node, network, node_cluster, pending) = node::start(&spec, &resources)?;
             if node_cluster.is_some() {
                 cluster = node_cluster;
             }
+            pending_agents.extend(pending);
             nodes.push(node);
             networks.push(network);
         }
@@ -371,9 +375,12 @@ impl Testbed {
             cluster,
             id,
             added: 0,
+            pending_agents,
         };
         bed.start_servers()?;
-        bed.wait_for_agent_sync()?;
+        if bed.pending_agents.is_empty() {
+            bed.wait_for_agent_sync()?;
+        }
         Ok(bed)
     }
 
@@ -593,6 +600,38 @@ impl Testbed {
         self.nodes[0].agent_log.as_deref()
     }
 
+    /// Installs Palisade on the running bed of
+    /// `KubeOptions::agent_after_pods`: starts each node's agent (the pods
+    /// are wired and running already, and the chain has no `palisade-cni`)
+    /// and waits until it has caught up with the API server. A no-op once
+    /// the agents run.
+    pub fn start_pending_agents(&mut self) -> Result<(), TestbedError> {
+        for agent in std::mem::take(&mut self.pending_agents) {
+            agent.start(&self.resources)?;
+        }
+        self.wait_for_agent_sync()
+    }
+
+    /// A TCP connection from pod `from` to `to`'s address on `port` (an
+    /// echo server there answers every write), made inside `from`'s
+    /// namespace: for tests of connections that outlive a change.
+    pub fn connect(
+        &self,
+        from: &PodRef,
+        to: &PodRef,
+        port: u16,
+    ) -> Result<std::net::TcpStream, TestbedError> {
+        let (Some(src), Some(dst)) = (self.pods.get(from), self.pods.get(to)) else {
+            return Err(TestbedError::Environment {
+                reason: format!("no wired pod {from} or {to}"),
+            });
+        };
+        let addr = SocketAddr::new(IpAddr::V4(dst.ip), port);
+        netns::in_netns(&src.netns, || {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+        })
+    }
+
     /// Stops every node's agent (SIGTERM, as the kubelet stops a pod),
     /// waiting for each to exit; the rest of the bed stays up. Idempotent.
     pub fn stop_agents(&self) {
@@ -616,6 +655,12 @@ impl Testbed {
     pub fn restart_agents_unready(&self) -> Result<(), TestbedError> {
         self.resources
             .with(|r| r.agents.iter_mut().try_for_each(Agent::restart_unready))
+    }
+
+    /// Each node's agent's process id.
+    pub fn agent_pids(&self) -> Vec<u32> {
+        self.resources
+            .with(|r| r.agents.iter().map(Agent::pid).collect())
     }
 
     /// Each node's agent's answer to `Status` (see [`Agent::status`]).

@@ -41,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bulk;
 pub mod cluster;
 mod faults;
 pub mod kubelet;

@@ -78,10 +78,36 @@ pub(crate) fn no_dad(ns: &str) -> Result<(), TestbedError> {
 /// returns the node, the CNI network to wire its pods through and, in kube
 /// mode, the cluster it joined. Everything made is registered in
 /// `resources` (the cluster stops when dropped).
-pub(crate) fn start(
-    spec: &NodeSpec<'_>,
-    resources: &Tracked,
-) -> Result<(BedNode, Network, Option<KubeCluster>), TestbedError> {
+/// An agent to start once the pods are wired (see
+/// `KubeOptions::agent_after_pods`).
+#[derive(Debug)]
+pub(crate) struct PendingAgent {
+    paths: AgentPaths,
+    netns: String,
+    source: AgentSource,
+    node_addrs: Vec<String>,
+    args: Vec<String>,
+}
+
+impl PendingAgent {
+    /// Starts it and registers it in `resources`.
+    pub(crate) fn start(self, resources: &Tracked) -> Result<(), TestbedError> {
+        let agent = Agent::start(
+            self.paths,
+            &self.netns,
+            &self.source,
+            &self.node_addrs,
+            &self.args,
+        )?;
+        resources.with(|r| r.agents.push(agent));
+        Ok(())
+    }
+}
+
+/// What [`start`] made.
+pub(crate) type Started = (BedNode, Network, Option<KubeCluster>, Option<PendingAgent>);
+
+pub(crate) fn start(spec: &NodeSpec<'_>, resources: &Tracked) -> Result<Started, TestbedError> {
     let netns = netns_name(spec.id, spec.index);
     resources.with(|r| r.netns.push(netns.clone()));
     netns::create(&netns)?;
@@ -122,6 +148,7 @@ pub(crate) fn start(
         agent_socket: None,
         bpffs_dir: None,
     };
+    let mut pending = None;
     if let Some(bin_dir) = spec.palisade {
         let suffix = if spec.index == 0 {
             String::new()
@@ -148,8 +175,18 @@ pub(crate) fn start(
             Some(c) => c.agent_source(),
             None => AgentSource::Manifests(spec.manifests.to_vec()),
         };
-        let agent = Agent::start(paths.clone(), &netns, &source, &node_addrs, spec.agent_args)?;
-        resources.with(|r| r.agents.push(agent));
+        let later = PendingAgent {
+            paths: paths.clone(),
+            netns: netns.clone(),
+            source,
+            node_addrs,
+            args: spec.agent_args.to_vec(),
+        };
+        if spec.kube.is_some_and(|k| k.agent_after_pods) {
+            pending = Some(later);
+        } else {
+            later.start(resources)?;
+        }
         node.agent_log = Some(paths.log);
         node.agent_socket = Some(paths.socket);
         node.bpffs_dir = Some(paths.bpffs_dir);
@@ -160,7 +197,8 @@ pub(crate) fn start(
         spec.net.gateway,
         spec.net.subnet6.zip(spec.net.gateway6),
         &dir,
-        node.agent_socket.as_deref(),
+        // Not chained while the agent is not there yet (installed later).
+        node.agent_socket.as_deref().filter(|_| pending.is_none()),
     );
     if let Some(mtu) = spec.mtu {
         conflist["plugins"][0]["mtu"] = mtu.into();
@@ -174,5 +212,5 @@ pub(crate) fn start(
         node_netns: netns,
     };
     resources.with(|r| r.networks.push(network.clone()));
-    Ok((node, network, cluster))
+    Ok((node, network, cluster, pending))
 }

@@ -201,3 +201,72 @@ fn gc_forgets_only_the_sandboxes_the_runtime_no_longer_lists() {
         "nothing to collect, nothing written"
     );
 }
+
+/// `cluster` with both pods running on node `n1`, minus `gone`.
+fn on_node(policies: &[&str], gone: &[&str]) -> Snapshot {
+    let mut snap = cluster(policies);
+    for p in snap.pods.values_mut() {
+        p.node = Some("n1".into());
+    }
+    for g in gone {
+        snap.pods.remove(&pod(g));
+    }
+    snap
+}
+
+#[test]
+fn running_pods_without_an_endpoint_are_adopted_kept_from_gc_and_replaced_by_cni() {
+    let mut agent = Agent::new(FakeDataplane::default(), Vec::new()).with_node(Some("n1".into()));
+    agent.set_snapshot(on_node(&[DENY_ALL], &[])).unwrap();
+    agent.add(new_ep("c1", "a", "10.244.0.10")).unwrap();
+    // b runs but CNI never told us: it is the one candidate, with its
+    // address from the API.
+    let candidates = agent.adoption_candidates();
+    assert_eq!(
+        candidates.into_iter().collect::<Vec<_>>(),
+        vec![(pod("b"), vec!["10.244.0.11".parse::<IpAddr>().unwrap()])]
+    );
+    let veth = crate::links::FoundVeth {
+        ifname: "veth-found".into(),
+        index: 42,
+    };
+    // A veth that already serves another endpoint is refused.
+    let taken = crate::links::FoundVeth {
+        ifname: "veth-a".into(),
+        index: 7,
+    };
+    assert!(!agent.adopt(pod("b"), &taken).unwrap());
+    assert!(agent.adopt(pod("b"), &veth).unwrap());
+    assert!(agent.adoption_candidates().is_empty());
+    assert!(agent.unenforced().is_empty());
+    // Enforced like any endpoint: deny-all isolates it.
+    let ep = agent.dataplane().endpoints["veth-found"];
+    assert_ne!(
+        agent.dataplane().state.endpoints[&ep] & ep_flags::ISOLATED_INGRESS,
+        0
+    );
+    assert!(!ingress_allowed(&agent, "veth-found", "10.244.0.10"));
+    // Adopting again is a no-op.
+    assert!(!agent.adopt(pod("b"), &veth).unwrap());
+
+    // CNI GC lists only the runtime's sandboxes: the adopted one stays.
+    let valid = [agent_api::Sandbox {
+        container_id: "c1".into(),
+        ifname: "eth0".into(),
+    }];
+    assert_eq!(agent.gc(&valid).unwrap(), 0);
+    assert!(agent.dataplane().endpoints.contains_key("veth-found"));
+
+    // A new sandbox of b reported by CNI replaces the adopted endpoint.
+    agent.add(new_ep("c2", "b", "10.244.0.11")).unwrap();
+    assert!(!agent.dataplane().endpoints.contains_key("veth-found"));
+    assert_eq!(agent.prune_adopted().unwrap(), 0);
+
+    // An adopted pod that goes away is forgotten.
+    agent.del("c2").unwrap();
+    assert!(agent.adopt(pod("b"), &veth).unwrap());
+    agent.set_snapshot(on_node(&[DENY_ALL], &["b"])).unwrap();
+    assert_eq!(agent.prune_adopted().unwrap(), 1);
+    assert!(!agent.dataplane().endpoints.contains_key("veth-found"));
+    assert!(agent.endpoints().iter().all(|e| !adopt::is_adopted(e)));
+}

@@ -39,6 +39,10 @@ pub struct KubeOptions {
     /// pick one (what a real node does): for cases whose ipBlocks name the
     /// manifests' pod addresses.
     pub manifest_addresses: bool,
+    /// Palisade installed on a running cluster: the pods are wired by the
+    /// plain network (no `palisade-cni` in the chain) and reported running,
+    /// and only then does the agent start, to find them on the node.
+    pub agent_after_pods: bool,
 }
 
 /// The control plane with one bed's cluster in it.

@@ -166,13 +166,14 @@ pub fn relabel_namespace(
     .map_err(kube_err(format!("relabelling Namespace {name}")))
 }
 
-/// Sets pod `namespace/name`'s labels to exactly `labels`.
+/// Sets pod `namespace/name`'s labels to exactly `labels`; returns the
+/// pod's new `resourceVersion`.
 pub fn relabel_pod(
     cp: &ControlPlane,
     namespace: &str,
     name: &str,
     labels: &BTreeMap<String, String>,
-) -> Result<(), TestbedError> {
+) -> Result<u64, TestbedError> {
     let (client, ns, n, labels) = (
         cp.client(),
         namespace.to_string(),
@@ -185,9 +186,17 @@ pub fn relabel_pod(
         let patch = labels_patch(old.metadata.labels.as_ref(), &labels);
         api.patch(&n, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map(drop)
+            .map(|p| revision(&p.metadata))
     })
     .map_err(kube_err(format!("relabelling Pod {namespace}/{name}")))
+}
+
+/// An object's `resourceVersion` as the etcd revision it is (0 if none).
+fn revision(meta: &ObjectMeta) -> u64 {
+    meta.resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Creates `pod` bound to node `node` (`spec.nodeName`), without its
@@ -276,7 +285,8 @@ pub fn delete_pod(cp: &ControlPlane, namespace: &str, name: &str) -> Result<(), 
 }
 
 /// Creates `policy`, or replaces the one of that name.
-pub fn apply_policy(cp: &ControlPlane, policy: &NetworkPolicy) -> Result<(), TestbedError> {
+/// Returns the policy's new `resourceVersion`.
+pub fn apply_policy(cp: &ControlPlane, policy: &NetworkPolicy) -> Result<u64, TestbedError> {
     let object = NetworkPolicy {
         metadata: clean_meta(&policy.metadata),
         spec: policy.spec.clone(),
@@ -286,7 +296,8 @@ pub fn apply_policy(cp: &ControlPlane, policy: &NetworkPolicy) -> Result<(), Tes
 
 /// Creates `service`, or replaces the one of that name (its ClusterIP,
 /// if the manifest names one, is kept: it must lie in the Service range).
-pub fn apply_service(cp: &ControlPlane, service: &Service) -> Result<(), TestbedError> {
+/// Returns the Service's new `resourceVersion`.
+pub fn apply_service(cp: &ControlPlane, service: &Service) -> Result<u64, TestbedError> {
     let object = Service {
         metadata: clean_meta(&service.metadata),
         spec: service.spec.clone(),
@@ -309,7 +320,7 @@ pub fn delete_policy(cp: &ControlPlane, namespace: &str, name: &str) -> Result<(
 
 /// Server-side apply of a namespaced object (creates or replaces the
 /// fields the test bed owns).
-fn apply_object<K>(cp: &ControlPlane, object: K, what: String) -> Result<(), TestbedError>
+fn apply_object<K>(cp: &ControlPlane, object: K, what: String) -> Result<u64, TestbedError>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -332,7 +343,7 @@ where
         let params = PatchParams::apply("palisade-testbed").force();
         api.patch(&name, &params, &Patch::Apply(&object))
             .await
-            .map(drop)
+            .map(|o| revision(o.meta()))
     })
     .map_err(kube_err(format!("applying {what}")))
 }

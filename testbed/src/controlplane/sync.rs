@@ -108,10 +108,24 @@ fn strip_ansi(s: &str) -> String {
 
 /// The states the agent has logged, oldest first.
 pub fn agent_states(log: &str) -> Vec<ClusterState> {
+    agent_states_timed(log)
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect()
+}
+
+/// [`agent_states`] with each line's timestamp (its first word, RFC 3339,
+/// as the agent's log writes it), oldest first.
+pub fn agent_states_timed(log: &str) -> Vec<(String, ClusterState)> {
     log.lines()
         .filter(|l| l.contains(AGENT_STATE_LOG))
         .map(|line| {
             let line = strip_ansi(line);
+            let stamp = line
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
             let field = |key: &str| -> u64 {
                 line.split_whitespace()
                     .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
@@ -122,11 +136,12 @@ pub fn agent_states(log: &str) -> Vec<ClusterState> {
                 count: usize::try_from(field(name)).unwrap_or(usize::MAX),
                 newest: field(&format!("{name}_rv")),
             };
-            ClusterState {
+            let state = ClusterState {
                 pods: kind("pods"),
                 namespaces: kind("namespaces"),
                 policies: kind("policies"),
-            }
+            };
+            (stamp, state)
         })
         .collect()
 }
