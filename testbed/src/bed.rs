@@ -164,13 +164,18 @@ impl Testbed {
     ) -> Result<Testbed, TestbedError> {
         validate_probes(snapshot, &opts.probes)?;
         let count = opts.nodes.max(1);
-        let layout = Layout::on_nodes(snapshot, &opts.probes, count)?;
-        if count > 1 {
+        // In kube mode IPAM picks the addresses, unless told to ask for the
+        // manifests' (then they say where each pod goes, as in file mode).
+        let by_address = kube.is_none_or(|k| k.manifest_addresses);
+        let layout = Layout::on_nodes(snapshot, &opts.probes, count, by_address)?;
+        // File mode: every agent learns the other nodes' pod addresses from
+        // the manifests alone. Kube mode: from the API server.
+        if count > 1 && kube.is_none() {
             require_addresses(snapshot, &layout)?;
         }
-        if count > 1 && kube.is_some() {
+        if count > 1 && kube.is_some() && layout.dual_stack() {
             return Err(TestbedError::Environment {
-                reason: "kube mode runs on one node for now (--nodes 1)".into(),
+                reason: "kube mode on several nodes is IPv4 only for now".into(),
             });
         }
         // SAFETY: geteuid has no preconditions and cannot fail.
@@ -227,7 +232,8 @@ impl Testbed {
                 manifests: &opts.manifests,
                 agent_args: &opts.agent_args,
                 mtu: (count > 1).then_some(overlay::OVERLAY_MTU),
-                kube: if index == 0 { kube } else { None },
+                kube,
+                join: if index == 0 { None } else { cluster.as_ref() },
             };
             let (node, network, node_cluster, pending) = node::start(&spec, &resources)?;
             if node_cluster.is_some() {
@@ -242,9 +248,15 @@ impl Testbed {
             resources.with(|r| r.netns.push(underlay.clone()));
             overlay::create_underlay(&underlay)?;
             let dual = layout.dual_stack();
+            // In kube mode each node's eth0 joins the control plane.
+            let ifname = if cluster.is_some() {
+                overlay::KUBE_UNDERLAY_IF
+            } else {
+                overlay::UNDERLAY_IF
+            };
             for (i, node) in nodes.iter().enumerate() {
-                overlay::plug_node(&underlay, &node.netns, i, dual)?;
-                overlay::attach_node(&node.netns, i, overlay::underlay(i, dual))?;
+                overlay::plug_node(&underlay, &node.netns, i, dual, ifname)?;
+                overlay::attach_node(&node.netns, i, overlay::underlay(i, dual), ifname)?;
             }
             for (i, node) in nodes.iter().enumerate() {
                 for (j, peer) in nodes.iter().enumerate().filter(|(j, _)| *j != i) {
@@ -258,11 +270,11 @@ impl Testbed {
             let name = format!("{}/{}", plan.pod.namespace, plan.pod.name);
             let node = &nodes[plan.node];
             if let Some(c) = &cluster {
-                c.create_pod(&plan.pod)?;
+                c.create_pod(&plan.pod, &node.name)?;
             }
             if plan.host_network {
                 if let Some(c) = &cluster {
-                    c.pod_running(&plan.pod, &[IpAddr::V4(node.net.gateway)])?;
+                    c.pod_running(&plan.pod, &[IpAddr::V4(node.net.gateway)], &node.name)?;
                 }
                 pods.insert(
                     plan.pod.clone(),
@@ -322,7 +334,7 @@ impl Testbed {
                     .into_iter()
                     .flatten()
                     .collect();
-                c.pod_running(&plan.pod, &ips)?;
+                c.pod_running(&plan.pod, &ips, &nodes[plan.node].name)?;
             }
             pods.insert(
                 plan.pod.clone(),
@@ -762,7 +774,7 @@ impl Testbed {
             .into_iter()
             .flatten()
             .collect();
-        cluster.pod_running(&pod_ref, &ips)?;
+        cluster.pod_running(&pod_ref, &ips, &cluster.node().name)?;
         let ports: std::collections::BTreeSet<u16> = pod
             .spec
             .iter()
@@ -794,11 +806,14 @@ impl Testbed {
     /// Kube mode: waits until the agent has applied what the API server
     /// holds now (after changes made through [`Self::kube`]).
     pub fn wait_for_agent_sync(&self) -> Result<(), TestbedError> {
-        let node = &self.nodes[0];
-        match (&self.cluster, &node.agent_log, &node.agent_socket) {
-            (Some(c), Some(log), Some(socket)) => c.wait_for_agent(log, socket, KUBE_SYNC_TIMEOUT),
-            _ => Ok(()),
+        for node in &self.nodes {
+            if let (Some(c), Some(log), Some(socket)) =
+                (&self.cluster, &node.agent_log, &node.agent_socket)
+            {
+                c.wait_for_agent(log, socket, KUBE_SYNC_TIMEOUT)?;
+            }
         }
+        Ok(())
     }
 
     /// Node 0's agent's CNI socket (palisade on).

@@ -91,16 +91,22 @@ pub(crate) fn in_subnet6(ip: Ipv6Addr, (net, prefix): (Ipv6Addr, u8)) -> bool {
 impl Layout {
     /// Lays out `snapshot` on one node so that every probe can run.
     pub fn new(snapshot: &Snapshot, probes: &[Probe]) -> Result<Self, TestbedError> {
-        Self::on_nodes(snapshot, probes, 1)
+        Self::on_nodes(snapshot, probes, 1, true)
     }
 
     /// Lays out `snapshot` on `count` nodes so that every probe can run;
     /// a pod's `spec.nodeName` says which node it is on (ignored on one
     /// node, where every pod is on the only node).
+    ///
+    /// `by_address`: a pod without `spec.nodeName` goes to the node whose
+    /// subnet holds its manifest address (file mode, where that address is
+    /// the pod's); otherwise to the least loaded node (kube mode, where
+    /// IPAM on the node picks the address).
     pub fn on_nodes(
         snapshot: &Snapshot,
         probes: &[Probe],
         count: usize,
+        by_address: bool,
     ) -> Result<Self, TestbedError> {
         if !(1..=MAX_NODES).contains(&count) {
             return Err(TestbedError::Layout {
@@ -182,7 +188,18 @@ impl Layout {
                 .iter()
                 .filter_map(|(r, p)| Some((r.clone(), p.node.clone()?)))
                 .collect();
-            placement::place(&mut pods, &nodes, &bound)?;
+            if by_address {
+                placement::place(&mut pods, &nodes, &bound)?;
+            } else {
+                let asked: Vec<_> = pods
+                    .iter_mut()
+                    .map(|p| (p.requested.take(), p.requested6.take()))
+                    .collect();
+                placement::place(&mut pods, &nodes, &bound)?;
+                for (p, (v4, v6)) in pods.iter_mut().zip(asked) {
+                    (p.requested, p.requested6) = (v4, v6);
+                }
+            }
             nodes
         };
         let in_pod_subnet = |ip: Ipv4Addr| {
@@ -544,7 +561,7 @@ pub(crate) mod tests {
             std::path::Path::new("t"),
         )
         .unwrap();
-        let l = Layout::on_nodes(&s, &probes, 2).unwrap();
+        let l = Layout::on_nodes(&s, &probes, 2, true).unwrap();
         assert_eq!(l.nodes.len(), 2);
         assert_eq!(l.nodes[1].subnet, (Ipv4Addr::new(10, 244, 1, 0), 24));
         let node: BTreeMap<String, usize> = l
@@ -567,9 +584,9 @@ pub(crate) mod tests {
             std::path::Path::new("t"),
         )
         .unwrap();
-        let err = Layout::on_nodes(&s, &bad, 2).unwrap_err();
+        let err = Layout::on_nodes(&s, &bad, 2, true).unwrap_err();
         assert!(err.is_bad_input(), "{err}");
-        assert!(Layout::on_nodes(&s, &[], 0).is_err());
+        assert!(Layout::on_nodes(&s, &[], 0, true).is_err());
     }
 
     #[test]

@@ -52,9 +52,12 @@ pub(crate) struct NodeSpec<'a> {
     pub agent_args: &'a [String],
     /// MTU of the pods' interfaces (`None`: the bridge plugin's default).
     pub mtu: Option<u32>,
-    /// Kube mode: join this node to a real control plane started for it,
-    /// and run its agent `--kube` as Palisade's ServiceAccount.
+    /// Kube mode: join this node to a real control plane started for it
+    /// (or to `join`'s), and run its agent `--kube` as Palisade's
+    /// ServiceAccount.
     pub kube: Option<&'a KubeOptions>,
+    /// Kube mode, nodes after the first: the cluster node 0 started.
+    pub join: Option<&'a KubeCluster>,
 }
 
 /// The namespace of node `i` of bed `id` (node 0 keeps the one-node name).
@@ -117,18 +120,30 @@ pub(crate) fn start(spec: &NodeSpec<'_>, resources: &Tracked) -> Result<Started,
         sysctl_in(&netns, "net.ipv6.conf.all.forwarding=1")?;
         no_dad(&netns)?;
     }
-    let cluster = match spec.kube {
-        Some(k) => {
-            let (net, len) = spec.net.subnet;
-            Some(KubeCluster::start(
-                k,
-                &netns,
-                &spec.net.name,
-                &format!("{net}/{len}"),
-                spec.manifests,
-            )?)
-        }
+    let (net, len) = spec.net.subnet;
+    let pod_cidr = format!("{net}/{len}");
+    let cluster = match (spec.kube, spec.join) {
+        (Some(k), None) => Some(KubeCluster::start(
+            k,
+            &netns,
+            &spec.net.name,
+            &pod_cidr,
+            spec.manifests,
+        )?),
+        _ => None,
+    };
+    let joined = match spec.join {
+        Some(c) => Some(c.join_node(&netns, &spec.net.name, &pod_cidr)?),
         None => None,
+    };
+    // The node's address on the control plane's underlay, and how its agent
+    // reads the cluster.
+    let kube_node: Option<(IpAddr, AgentSource)> = match (&cluster, spec.join, &joined) {
+        (Some(c), _, _) => Some((IpAddr::V4(c.node().addr), c.agent_source())),
+        (None, Some(c), Some(link)) => {
+            Some((IpAddr::V4(link.addr), c.agent_source_for(&spec.net.name)))
+        }
+        _ => None,
     };
     // Node 0 keeps the one-node bed's file names.
     let dir = if spec.index == 0 {
@@ -167,12 +182,12 @@ pub(crate) fn start(spec: &NodeSpec<'_>, resources: &Tracked) -> Result<Started,
         let node_addrs: Vec<String> = [Some(IpAddr::V4(spec.net.gateway))]
             .into_iter()
             .chain([spec.net.gateway6.map(IpAddr::V6)])
-            .chain([cluster.as_ref().map(|c| IpAddr::V4(c.node().addr))])
+            .chain([kube_node.as_ref().map(|(addr, _)| *addr)])
             .flatten()
             .map(|a| a.to_string())
             .collect();
-        let source = match &cluster {
-            Some(c) => c.agent_source(),
+        let source = match &kube_node {
+            Some((_, source)) => source.clone(),
             None => AgentSource::Manifests(spec.manifests.to_vec()),
         };
         let later = PendingAgent {

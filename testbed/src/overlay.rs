@@ -28,6 +28,9 @@ use crate::placement::{vtep_addr, vtep_addr6, NodeNet};
 const SWITCH: &str = "br0";
 /// The underlay interface in each node (and in the outside namespace).
 pub const UNDERLAY_IF: &str = "eth0";
+/// The underlay interface in each node of a kube-mode bed, whose `eth0`
+/// joins the control plane.
+pub const KUBE_UNDERLAY_IF: &str = "eth1";
 /// The VXLAN device of each node, as flanneld names it for VNI 1.
 pub const VXLAN_IF: &str = "flannel.1";
 /// The IPv6 VXLAN device (flanneld's name for VNI 1 over IPv6).
@@ -74,55 +77,47 @@ pub(crate) fn create_underlay(ns: &str) -> Result<(), TestbedError> {
 }
 
 /// Plugs namespace `ns` into the underlay's switch (port `port`) as
-/// [`UNDERLAY_IF`] holding `addr` (and `addr6`).
+/// interface `ifname` holding `addr` (and `addr6`).
 fn plug(
     underlay: &str,
     ns: &str,
     port: &str,
+    ifname: &str,
     addr: Ipv4Addr,
     addr6: Option<Ipv6Addr>,
 ) -> Result<(), TestbedError> {
     ip_in(
         underlay,
         &[
-            "link",
-            "add",
-            port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            UNDERLAY_IF,
-            "netns",
-            ns,
+            "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns,
         ],
     )?;
     ip_in(underlay, &["link", "set", port, "master", SWITCH, "up"])?;
     let cidr = format!("{addr}/{UNDERLAY_PREFIX}");
-    ip_in(ns, &["addr", "add", &cidr, "dev", UNDERLAY_IF])?;
+    ip_in(ns, &["addr", "add", &cidr, "dev", ifname])?;
     if let Some(a6) = addr6 {
         let cidr = format!("{a6}/64");
-        ip_in(
-            ns,
-            &["-6", "addr", "add", &cidr, "dev", UNDERLAY_IF, "nodad"],
-        )?;
+        ip_in(ns, &["-6", "addr", "add", &cidr, "dev", ifname, "nodad"])?;
     }
-    ip_in(ns, &["link", "set", UNDERLAY_IF, "up"])?;
+    ip_in(ns, &["link", "set", ifname, "up"])?;
     Ok(())
 }
 
 /// Plugs node `i` (namespace `node`) into the underlay as
-/// [`underlay_addr`]`(i)` (and [`underlay_addr6`]`(i)` when `dual`).
+/// [`underlay_addr`]`(i)` (and [`underlay_addr6`]`(i)` when `dual`), on
+/// interface `ifname`.
 pub(crate) fn plug_node(
     underlay: &str,
     node: &str,
     i: usize,
     dual: bool,
+    ifname: &str,
 ) -> Result<(), TestbedError> {
     plug(
         underlay,
         node,
         &format!("n{i}"),
+        ifname,
         underlay_addr(i),
         dual.then(|| underlay_addr6(i)),
     )
@@ -146,14 +141,25 @@ pub fn underlay(i: usize, dual: bool) -> UnderlayAddr {
 }
 
 /// Creates node `i`'s VXLAN device(s) (namespace `node`, already on the
-/// underlay at `at`, through [`UNDERLAY_IF`]) with the node's VXLAN
+/// underlay at `at`, through interface `ifname`) with the node's VXLAN
 /// address(es).
-pub(crate) fn attach_node(node: &str, i: usize, at: UnderlayAddr) -> Result<(), TestbedError> {
-    vxlan(node, VXLAN_IF, &vtep_mac(i, false), &at.v4.to_string())?;
+pub(crate) fn attach_node(
+    node: &str,
+    i: usize,
+    at: UnderlayAddr,
+    ifname: &str,
+) -> Result<(), TestbedError> {
+    vxlan(
+        node,
+        VXLAN_IF,
+        &vtep_mac(i, false),
+        &at.v4.to_string(),
+        ifname,
+    )?;
     let own = format!("{}/32", vtep_addr(i));
     ip_in(node, &["addr", "add", &own, "dev", VXLAN_IF])?;
     if let Some(v6) = at.v6 {
-        vxlan(node, VXLAN6_IF, &vtep_mac(i, true), &v6.to_string())?;
+        vxlan(node, VXLAN6_IF, &vtep_mac(i, true), &v6.to_string(), ifname)?;
         let own = format!("{}/128", vtep_addr6(i));
         ip_in(
             node,
@@ -163,7 +169,13 @@ pub(crate) fn attach_node(node: &str, i: usize, at: UnderlayAddr) -> Result<(), 
     Ok(())
 }
 
-fn vxlan(node: &str, dev: &str, mac: &str, local: &str) -> Result<(), TestbedError> {
+fn vxlan(
+    node: &str,
+    dev: &str,
+    mac: &str,
+    local: &str,
+    underlay_if: &str,
+) -> Result<(), TestbedError> {
     let vni = VNI.to_string();
     let port = VXLAN_PORT.to_string();
     let mtu = OVERLAY_MTU.to_string();
@@ -184,7 +196,7 @@ fn vxlan(node: &str, dev: &str, mac: &str, local: &str) -> Result<(), TestbedErr
             "local",
             local,
             "dev",
-            UNDERLAY_IF,
+            underlay_if,
             "dstport",
             &port,
             "nolearning",
@@ -298,6 +310,7 @@ pub(crate) fn wire_outside(
         underlay,
         outside,
         "out",
+        UNDERLAY_IF,
         OUTSIDE_ROUTER,
         dual.then_some(OUTSIDE_ROUTER6),
     )?;

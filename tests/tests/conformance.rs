@@ -11,8 +11,9 @@
 //! simulator's (on the snapshot loaded from the very file the agent read)
 //! and the expected table must all agree.
 //!
-//! The same cases run once more through a real API server (one node, the
-//! agent on its kube path as Palisade's ServiceAccount): each step is
+//! The same cases run once more through a real API server (two nodes,
+//! their agents on the kube path as Palisade's ServiceAccount, each
+//! learning the other node's pods from the API alone): each step is
 //! made as a user makes it — policies created, updated and deleted, pods
 //! and namespaces relabelled through the API — and probed once the agent
 //! has caught up with the API server.
@@ -459,7 +460,7 @@ fn conformance_cases_through_the_api() {
             palisade: true,
             bin_dir: bin_dir(),
             probes: Vec::new(),
-            nodes: 1,
+            nodes: 2,
             agent_args: Vec::new(),
         },
         &snapshot,
@@ -470,6 +471,11 @@ fn conformance_cases_through_the_api() {
         },
     )
     .unwrap_or_else(|e| panic!("test bed: {e}"));
+    let on_node1 = bed.pods().values().filter(|p| p.node == 1).count();
+    assert!(
+        on_node1 > 0 && on_node1 < all_pods().len(),
+        "pods on both nodes"
+    );
     eprintln!("test bed with its control plane up in {:?}", t0.elapsed());
     run_all_cases(
         Bed {

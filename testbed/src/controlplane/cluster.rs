@@ -51,6 +51,8 @@ pub struct KubeCluster {
     cp: ControlPlane,
     objects: ClusterObjects,
     node: NodeLink,
+    /// Nodes joined after the first ([`Self::join_node`]).
+    others: std::sync::Mutex<Vec<NodeLink>>,
     agent_kubeconfig: PathBuf,
 }
 
@@ -129,8 +131,49 @@ impl KubeCluster {
             cp,
             objects,
             node,
+            others: std::sync::Mutex::new(Vec::new()),
             agent_kubeconfig,
         })
+    }
+
+    /// Joins one more node, `node_netns` as node `node_name` with pod
+    /// network `pod_cidr`: underlay link, Node object, kube-proxy.
+    pub fn join_node(
+        &self,
+        node_netns: &str,
+        node_name: &str,
+        pod_cidr: &str,
+    ) -> Result<NodeLink, TestbedError> {
+        let node = self.cp.attach_node(node_netns, node_name)?;
+        kubelet::register_node(&self.cp, &node, pod_cidr)?;
+        self.cp.start_kube_proxy(&node)?;
+        self.others
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(node.clone());
+        Ok(node)
+    }
+
+    /// Node `name`'s place on the underlay.
+    pub fn node_named(&self, name: &str) -> Option<NodeLink> {
+        if self.node.name == name {
+            return Some(self.node.clone());
+        }
+        self.others
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|n| n.name == name)
+            .cloned()
+    }
+
+    /// How node `name`'s agent reads the cluster: `--kube` as the Palisade
+    /// ServiceAccount, told its node.
+    pub fn agent_source_for(&self, name: &str) -> AgentSource {
+        AgentSource::Kube {
+            kubeconfig: self.agent_kubeconfig.clone(),
+            node_name: name.to_string(),
+        }
     }
 
     /// How the node's agent reads the cluster: `--kube` as the Palisade
@@ -157,8 +200,8 @@ impl KubeCluster {
         &self.node
     }
 
-    /// Creates `pod`'s object, from the manifests, bound to the node.
-    pub fn create_pod(&self, pod: &PodRef) -> Result<(), TestbedError> {
+    /// Creates `pod`'s object, from the manifests, bound to node `node`.
+    pub fn create_pod(&self, pod: &PodRef, node: &str) -> Result<(), TestbedError> {
         let object = self
             .objects
             .pods
@@ -167,16 +210,24 @@ impl KubeCluster {
             .ok_or_else(|| TestbedError::Layout {
                 reason: format!("pod {}/{} is not in the manifests", pod.namespace, pod.name),
             })?;
-        kubelet::create_pod(&self.cp, object, &self.node.name).map(drop)
+        kubelet::create_pod(&self.cp, object, node).map(drop)
     }
 
-    /// Reports `pod` running with `ips` on the node.
-    pub fn pod_running(&self, pod: &PodRef, ips: &[IpAddr]) -> Result<(), TestbedError> {
+    /// Reports `pod` running with `ips` on node `node`.
+    pub fn pod_running(
+        &self,
+        pod: &PodRef,
+        ips: &[IpAddr],
+        node: &str,
+    ) -> Result<(), TestbedError> {
+        let host = self.node_named(node).ok_or_else(|| TestbedError::Layout {
+            reason: format!("no node {node} in the cluster"),
+        })?;
         kubelet::set_pod_running(
             &self.cp,
             &pod.namespace,
             &pod.name,
-            IpAddr::V4(self.node.addr),
+            IpAddr::V4(host.addr),
             ips,
         )
     }
