@@ -6,6 +6,7 @@
 mod cmd;
 mod image;
 mod kind_e2e;
+mod kube_bench;
 mod kube_build;
 mod prereq;
 mod setup;
@@ -88,8 +89,16 @@ enum Command {
     /// The connectivity matrix on a kind cluster with Flannel and Palisade
     /// (needs Docker, kind and kubectl; says which are missing).
     KindE2e(kind_e2e::Options),
-    /// Run the policy engine's benchmarks (`cargo bench -p policy-engine`).
+    /// Run the policy engine's benchmarks (`cargo bench -p policy-engine`),
+    /// or with `--kube` the kube path's figures against a real API server.
     Bench {
+        /// Change→enforced latency, full sync and agent memory against the
+        /// test bed's API server (needs root), instead of the engine's.
+        #[arg(long)]
+        kube: bool,
+        /// With `--kube`: fewer samples and a tenth of the cluster.
+        #[arg(long)]
+        quick: bool,
         /// Arguments passed to the benchmark harness (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -130,7 +139,7 @@ fn main() -> ExitCode {
             kube,
         }),
         Command::Demo { example, release } => tasks::demo(example.as_deref(), release),
-        Command::Bench { args } => tasks::bench(&args),
+        Command::Bench { kube, quick, args } => tasks::bench(kube, quick, &args),
         Command::Image { tag } => image::run(&tag),
         Command::KindE2e(opts) => kind_e2e::run(&opts),
     };

@@ -158,7 +158,7 @@ fn exit_code(code: i32) -> ExitCode {
 }
 
 /// Kube mode with the repository's install manifests.
-fn kube_options() -> KubeOptions {
+pub(crate) fn kube_options() -> KubeOptions {
     KubeOptions {
         install: vec![cmd::workspace_root().join("manifests")],
         ..Default::default()
@@ -298,7 +298,7 @@ pub fn demo(only: Option<&str>, release: bool) -> Result<ExitCode> {
     };
     for ex in &list {
         println!(
-            "\n== {}: BEFORE (plain bridge, as Flannel gives), then a real API server with Palisade",
+            "\n== {}: BEFORE (plain bridge, as Flannel gives), then two nodes and a real API server with Palisade",
             ex.name
         );
         let before = run_probes(&ex.cluster, Some(&ex.probes), false, 1, &bin_dir, None);
@@ -307,7 +307,7 @@ pub fn demo(only: Option<&str>, release: bool) -> Result<ExitCode> {
                 &ex.cluster,
                 Some(&ex.probes),
                 true,
-                1,
+                2,
                 &bin_dir,
                 Some(&kube),
             )
@@ -350,8 +350,13 @@ pub fn demo(only: Option<&str>, release: bool) -> Result<ExitCode> {
 }
 
 /// `cargo xtask bench`.
-pub fn bench(args: &[String]) -> Result<ExitCode> {
+pub fn bench(kube: bool, quick: bool, args: &[String]) -> Result<ExitCode> {
     setup::run()?;
+    if kube {
+        let bin_dir = build_binaries(true)?;
+        crate::kube_bench::run(&bin_dir, quick)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut c = cargo();
     c.args(["bench", "-p", "policy-engine"]);
     if !args.is_empty() {

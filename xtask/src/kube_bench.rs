@@ -1,0 +1,244 @@
+//! `cargo xtask bench --kube`: the kube path's figures against the test
+//! bed's real API server, each next to its target.
+//!
+//! - change → enforced: from just before the API write (a pod relabel, a
+//!   policy created) to the agent's log line saying the state holding that
+//!   write is in the maps (it is logged after the apply, and the maps flip
+//!   atomically, so the next packet sees it); p50 and p99.
+//! - full sync: an agent started against a cluster of N pods and M
+//!   policies, from its start until it has listed everything and applied
+//!   it (the same log line), and its peak resident memory then.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use testbed::controlplane::{bulk, kubelet, sync};
+use testbed::{Testbed, TestbedOptions};
+
+use crate::cmd;
+
+/// Sizes of one run.
+struct Sizes {
+    samples: usize,
+    pods: usize,
+    policies: usize,
+}
+
+/// Runs the figures (`quick`: fewer samples, a tenth of the cluster).
+pub fn run(bin_dir: &Path, quick: bool) -> Result<()> {
+    let sizes = if quick {
+        Sizes {
+            samples: 20,
+            pods: 1_000,
+            policies: 200,
+        }
+    } else {
+        Sizes {
+            samples: 100,
+            pods: 10_000,
+            policies: 2_000,
+        }
+    };
+    testbed::install_signal_cleanup().context("cannot install the Ctrl-C cleanup")?;
+    let manifests = vec![cmd::workspace_root().join("examples/apod/cluster.yaml")];
+    let snapshot = testbed::load_snapshot(&manifests)?;
+    let bed = Testbed::start_with_kube(
+        TestbedOptions {
+            manifests,
+            palisade: true,
+            bin_dir: bin_dir.to_path_buf(),
+            probes: Vec::new(),
+            nodes: 1,
+            agent_args: Vec::new(),
+        },
+        &snapshot,
+        &crate::tasks::kube_options(),
+    )?;
+    let relabel = change_to_enforced(&bed, sizes.samples, Change::Relabel)?;
+    let policy = change_to_enforced(&bed, sizes.samples, Change::Policy)?;
+    let (sync_ms, rss_mib) = full_sync(&bed, &sizes)?;
+    println!();
+    println!("{:<44} {:>10} {:>10}", "figure", "measured", "target");
+    let row = |name: &str, v: f64, target: &str| println!("{name:<44} {v:>10.1} {target:>10}");
+    for (what, ms) in [("pod relabel", &relabel), ("policy add", &policy)] {
+        row(
+            &format!("change→enforced p50 ms ({what})"),
+            percentile(ms, 50),
+            "",
+        );
+        row(
+            &format!("change→enforced p99 ms ({what})"),
+            percentile(ms, 99),
+            "< 100",
+        );
+    }
+    row(
+        &format!(
+            "full sync ms ({} pods, {} policies)",
+            sizes.pods, sizes.policies
+        ),
+        sync_ms,
+        "< 1000",
+    );
+    row("agent RSS MiB (peak, after the full sync)", rss_mib, "< 64");
+    let all = [relabel, policy].concat();
+    println!(
+        "{{\"change_to_enforced_p99_ms\": {:.1}, \"full_sync_ms\": {sync_ms:.1}, \"agent_rss_mib\": {rss_mib:.1}}}",
+        percentile(&all, 99)
+    );
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Change {
+    Relabel,
+    Policy,
+}
+
+/// `samples` changes of one kind, each waited for; their latencies in ms.
+fn change_to_enforced(bed: &Testbed, samples: usize, change: Change) -> Result<Vec<f64>> {
+    let cluster = bed.kube().ok_or_else(|| anyhow!("kube mode"))?;
+    let cp = cluster.control_plane();
+    let log = bed.nodes()[0]
+        .agent_log
+        .clone()
+        .ok_or_else(|| anyhow!("no agent log"))?;
+    // The policies there are besides the one each sample adds.
+    let base = sync::agent_states(&std::fs::read_to_string(&log).unwrap_or_default())
+        .last()
+        .map_or(0, |s| s.policies.count);
+    let mut out = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let before = jiff::Timestamp::now();
+        let rv = match change {
+            // Alternately lets `sleep` reach apod-api and not.
+            Change::Relabel => {
+                let app = if i % 2 == 0 { "apod-web" } else { "sleep" };
+                let labels = BTreeMap::from([("app".to_string(), app.to_string())]);
+                kubelet::relabel_pod(cp, "default", "sleep", &labels)?
+            }
+            // A default-deny policy for apod-log, created and then deleted
+            // (the deletion is waited for too, not measured).
+            Change::Policy => {
+                let policy: NetworkPolicy = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("bench-{i}"), "namespace": "default"},
+                    "spec": {"podSelector": {"matchLabels": {"app": "apod-log"}}, "policyTypes": ["Ingress"]}
+                }))?;
+                kubelet::apply_policy(cp, &policy)?
+            }
+        };
+        let at = wait_for_state(&log, |s| match change {
+            Change::Relabel => s.pods.newest >= rv,
+            Change::Policy => s.policies.newest >= rv && s.policies.count == base + 1,
+        })?;
+        out.push(at.duration_since(before).as_secs_f64() * 1000.0);
+        if let Change::Policy = change {
+            kubelet::delete_policy(cp, "default", &format!("bench-{i}"))?;
+            wait_for_state(&log, |s| s.policies.count == base && s.policies.newest > rv)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Waits for the first state line matching `done` (the agent logs one per
+/// applied batch), returns its timestamp.
+fn wait_for_state(
+    log: &Path,
+    done: impl Fn(&sync::ClusterState) -> bool,
+) -> Result<jiff::Timestamp> {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some((stamp, _)) = sync::agent_states_timed(&text)
+            .into_iter()
+            .find(|(_, s)| done(s))
+        {
+            return stamp
+                .parse()
+                .with_context(|| format!("agent log timestamp {stamp:?}"));
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let last: Vec<String> = sync::agent_states_timed(&text)
+                .into_iter()
+                .rev()
+                .take(3)
+                .map(|(t, s)| format!("{t} {s:?}"))
+                .collect();
+            bail!(
+                "the agent did not log the state in 60 s; its last states: {last:#?}\n{}",
+                std::fs::read_to_string(log)
+                    .unwrap_or_default()
+                    .lines()
+                    .rev()
+                    .take(10)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Fills the cluster, restarts the agent, and measures its first sync.
+fn full_sync(bed: &Testbed, sizes: &Sizes) -> Result<(f64, f64)> {
+    let cluster = bed.kube().ok_or_else(|| anyhow!("kube mode"))?;
+    let cp = cluster.control_plane();
+    let filling = Instant::now();
+    kubelet::ensure_namespace(cp, "bulk", &BTreeMap::new())?;
+    bulk::create_running_pods(cp, "bulk", sizes.pods, "elsewhere")?;
+    bulk::create_policies(cp, "bulk", sizes.policies)?;
+    eprintln!(
+        "bench: {} pods and {} policies created in {:.1?}",
+        sizes.pods,
+        sizes.policies,
+        filling.elapsed()
+    );
+    bed.wait_for_agent_sync()?;
+    let log = bed.nodes()[0]
+        .agent_log
+        .clone()
+        .ok_or_else(|| anyhow!("no agent log"))?;
+    let started = jiff::Timestamp::now();
+    bed.restart_agents()?;
+    let pods = sizes.pods + 4;
+    let synced = wait_for_state(&log, |s| {
+        s.pods.count >= pods && s.policies.count >= sizes.policies
+    })?;
+    let sync_ms = synced.duration_since(started).as_secs_f64() * 1000.0;
+    let pid = bed.agent_pids()[0];
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow!("no VmHWM in /proc/{pid}/status"))?;
+    Ok((sync_ms, hwm_kib / 1024.0))
+}
+
+/// The `p`th percentile (nearest rank) of `values`.
+fn percentile(values: &[f64], p: usize) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p * v.len()).div_ceil(100).clamp(1, v.len());
+    v[rank - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50), 50.0);
+        assert_eq!(percentile(&v, 99), 99.0);
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 50), 2.0);
+        assert!(percentile(&[], 50).is_nan());
+    }
+}
