@@ -141,12 +141,16 @@ pub fn read_probes_without_services(path: &Path) -> (Vec<Probe>, usize) {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// A one-node bed for `scenario` in kube mode (the real API server, the
+/// A bed of `nodes` nodes for `scenario` in kube mode (the real API server, the
 /// repository's install, the agent as the Palisade ServiceAccount, run
 /// with `agent_args` besides the bed's own), serving the scenario's probes
 /// but those to Services (see [`read_probes_without_services`]); returns
 /// the bed and those probes.
-pub fn start_kube_bed(scenario: &Scenario, agent_args: Vec<String>) -> (Testbed, Vec<Probe>) {
+pub fn start_kube_bed(
+    scenario: &Scenario,
+    nodes: usize,
+    agent_args: Vec<String>,
+) -> (Testbed, Vec<Probe>) {
     let (probes, skipped) = read_probes_without_services(&scenario.probes);
     if skipped > 0 {
         eprintln!(
@@ -163,7 +167,7 @@ pub fn start_kube_bed(scenario: &Scenario, agent_args: Vec<String>) -> (Testbed,
             palisade: true,
             bin_dir: bin_dir(),
             probes: probes.clone(),
-            nodes: 1,
+            nodes,
             agent_args,
         },
         &snapshot,
@@ -173,10 +177,22 @@ pub fn start_kube_bed(scenario: &Scenario, agent_args: Vec<String>) -> (Testbed,
     (bed, probes)
 }
 
-/// [`run_scenario`] in kube mode (see [`start_kube_bed`]).
+/// [`run_scenario`] in kube mode on two nodes, the pods spread over both
+/// (see [`start_kube_bed`]).
 pub fn run_scenario_kube(scenario: &Scenario) -> (Vec<Probe>, Vec<Observation>) {
     let t0 = Instant::now();
-    let (bed, probes) = start_kube_bed(scenario, Vec::new());
+    let (bed, probes) = start_kube_bed(scenario, 2, Vec::new());
+    let wired: Vec<usize> = bed
+        .pods()
+        .values()
+        .filter(|p| !p.host_network)
+        .map(|p| p.node)
+        .collect();
+    assert!(
+        wired.len() < 2 || (wired.contains(&0) && wired.contains(&1)),
+        "{}: pods on one node only",
+        scenario.label
+    );
     eprintln!("{}: kube bed up in {:?}", scenario.label, t0.elapsed());
     let seen = bed.probe(&probes);
     eprintln!("{}", testbed::report::table(&seen));

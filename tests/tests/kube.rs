@@ -1,8 +1,9 @@
 //! The test bed against a real control plane (etcd, kube-apiserver and
 //! kube-controller-manager 1.20 built by `cargo xtask setup`, kube-proxy in
-//! the node): the agent runs `--kube` as Palisade's ServiceAccount, with
-//! the ClusterRole the install manifests ship, and enforces the scenarios
-//! with real packets; RBAC is the real one.
+//! each node): the agents run `--kube` as Palisade's ServiceAccount, with
+//! the ClusterRole the install manifests ship, and enforce the scenarios
+//! with real packets on two nodes, each learning the other node's pods
+//! from the API alone; RBAC is the real one.
 //!
 //! Needs root, bpffs, the binaries (see `palisade_tests::bin_dir`) and the
 //! Kubernetes binaries (`cargo xtask setup`).
@@ -113,7 +114,7 @@ fn the_agent_service_account_reads_pods_but_not_secrets() {
 
 /// A bed for `scenario` in kube mode serving the probes of its file.
 fn start_kube(scenario: &palisade_tests::Scenario) -> testbed::Testbed {
-    palisade_tests::start_kube_bed(scenario, Vec::new()).0
+    palisade_tests::start_kube_bed(scenario, 1, Vec::new()).0
 }
 
 fn conntrack_max() -> Option<String> {

@@ -28,7 +28,7 @@ struct Bed {
 }
 
 fn start() -> Bed {
-    let (bed, probes) = start_kube_bed(&scenarios("apod")[0], Vec::new());
+    let (bed, probes) = start_kube_bed(&scenarios("apod")[0], 1, Vec::new());
     let change: Vec<Probe> = probes
         .iter()
         .filter(|p| p.from.to_string() == "default/sleep" && p.to.to_string() == "default/apod-api")

@@ -66,7 +66,7 @@ fn the_agent_leaves_the_node_as_it_was_once_its_daemonset_is_deleted() {
         "--uninstall-when-deleted".into(),
         format!("{ns}/{ds}"),
     ];
-    let (bed, probes) = start_kube_bed(scenario, agent_args);
+    let (bed, probes) = start_kube_bed(scenario, 1, agent_args);
     let node = &bed.nodes()[0];
     let pins = node.bpffs_dir.clone().unwrap();
     let chained = || {

@@ -228,8 +228,9 @@ pub fn create_pod(cp: &ControlPlane, pod: &Pod, node: &str) -> Result<Pod, Testb
             Ok(pod) => return Ok(pod),
             // "error looking up service account" / "no API token found for
             // service account": the controllers are not done yet.
+            // (403, or 500 "No API token found" with a retry-after).
             Err(kube::Error::Api(status))
-                if status.code == 403
+                if (status.code == 403 || status.code == 500)
                     && status.message.contains("service account")
                     && Instant::now() < deadline =>
             {
