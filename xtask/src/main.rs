@@ -67,6 +67,11 @@ enum Command {
         /// the API, the agent running `--kube` as Palisade's ServiceAccount.
         #[arg(long, conflicts_with = "no_palisade")]
         kube: bool,
+        /// With `--kube`: ask IPAM for each pod's manifest address
+        /// (`status.podIP`) instead of letting it pick one, for policies
+        /// whose ipBlocks name those addresses.
+        #[arg(long, requires = "kube")]
+        manifest_addresses: bool,
     },
     /// For each example under examples/, probe without Palisade (the plain
     /// bridge), then on a real control plane with Palisade once the
@@ -129,6 +134,7 @@ fn main() -> ExitCode {
             nodes,
             release,
             kube,
+            manifest_addresses,
         } => tasks::testbed(tasks::TestbedArgs {
             manifests,
             probes,
@@ -137,6 +143,7 @@ fn main() -> ExitCode {
             nodes,
             release,
             kube,
+            manifest_addresses,
         }),
         Command::Demo { example, release } => tasks::demo(example.as_deref(), release),
         Command::Bench { kube, quick, args } => tasks::bench(kube, quick, &args),

@@ -123,6 +123,8 @@ pub struct TestbedArgs {
     pub release: bool,
     /// Against a real control plane.
     pub kube: bool,
+    /// Kube mode: pods get their manifest addresses.
+    pub manifest_addresses: bool,
 }
 
 /// `cargo xtask testbed`: exit 1 if an observation contradicts an
@@ -131,7 +133,10 @@ pub fn testbed(args: TestbedArgs) -> Result<ExitCode> {
     setup::run()?;
     let bin_dir = build_binaries(args.release)?;
     testbed::install_signal_cleanup().context("cannot install the Ctrl-C cleanup")?;
-    let kube = args.kube.then(kube_options);
+    let kube = args.kube.then(|| KubeOptions {
+        manifest_addresses: args.manifest_addresses,
+        ..kube_options()
+    });
     let seen = match run_probes(
         &args.manifests,
         args.probes.as_deref(),
