@@ -310,9 +310,19 @@ impl<D: Dataplane> Agent<D> {
             ep_id,
             ips: new.ips,
         };
+        self.record_and_attach(&ep)?;
+        if !ep.ips.is_empty() {
+            self.snapshot.set_pod_ips(&ep.pod, ep.ips.clone());
+        }
+        self.recompile()
+    }
+
+    /// Records `ep` (saved before the attach, see [`Self::add`]) and
+    /// attaches it; on failure forgets it again, leaving no debris.
+    fn record_and_attach(&mut self, ep: &Endpoint) -> Result<(), AgentError> {
         self.registry.insert(ep.clone());
         self.persist();
-        if let Err(source) = self.dataplane.attach_endpoint(&ep.ifname, ep_id) {
+        if let Err(source) = self.dataplane.attach_endpoint(&ep.ifname, ep.ep_id) {
             self.registry.remove(&ep.container_id);
             self.persist();
             return Err(AgentError::Dataplane {
@@ -320,10 +330,7 @@ impl<D: Dataplane> Agent<D> {
                 source,
             });
         }
-        if !ep.ips.is_empty() {
-            self.snapshot.set_pod_ips(&ep.pod, ep.ips.clone());
-        }
-        self.recompile()
+        Ok(())
     }
 
     /// Forgets a sandbox's endpoint (idempotent).

@@ -70,16 +70,7 @@ impl<D: Dataplane> Agent<D> {
             ep_id,
             ips,
         };
-        self.registry.insert(ep.clone());
-        self.persist();
-        if let Err(source) = self.dataplane.attach_endpoint(&ep.ifname, ep_id) {
-            self.registry.remove(&ep.container_id);
-            self.persist();
-            return Err(AgentError::Dataplane {
-                pod: pod.to_string(),
-                source,
-            });
-        }
+        self.record_and_attach(&ep)?;
         tracing::warn!(%pod, ifname = %ep.ifname, "adopted a running pod that had no endpoint (started before Palisade or without its chain entry); now enforced");
         self.recompile()?;
         Ok(true)
