@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod cli;
+
 #[derive(Parser)]
 #[command(
     name = "policy-agent",
@@ -13,6 +15,9 @@ use clap::{Args, Parser, Subcommand};
     about = "Palisade: NetworkPolicy enforcement with eBPF"
 )]
 struct Cli {
+    /// Log lines as `text` or `json` (one object a line, on stderr).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,54 +27,18 @@ enum Command {
     /// Run the node agent: watch cluster state, serve the CNI plugin, enforce.
     Run(RunArgs),
     /// Would these connections be allowed? Verdicts from the compiled maps.
-    Simulate(SimulateArgs),
+    Simulate(cli::SimulateArgs),
     /// Why is a connection allowed or denied?
-    Explain(ExplainArgs),
-    /// Common mistakes in a set of policies, with suggested fixes.
-    Lint(LintArgs),
+    Explain(cli::ExplainArgs),
+    /// Common mistakes in a set of policies, with suggested fixes (exit 1 on
+    /// a finding at or above `--fail-on`).
+    Lint(cli::LintArgs),
     /// Live verdicts from a running agent, with pod names.
     Flows(FlowsArgs),
     /// Take Palisade off this node: `palisade-cni` out of every conflist
     /// (byte for byte), its binary, then every program and pin. Refuses
     /// while an agent runs. Idempotent.
     Cleanup(CleanupArgs),
-}
-
-#[derive(Args)]
-struct LintArgs {
-    /// Manifest files or directories.
-    #[arg(long, required = true, num_args = 1..)]
-    manifests: Vec<PathBuf>,
-}
-
-#[derive(Args)]
-struct SimulateArgs {
-    /// Manifest files (YAML/JSON, multi-document, List) or directories.
-    #[arg(long, required = true, num_args = 1..)]
-    manifests: Vec<PathBuf>,
-    /// Probes, one JSON object a line (`-` for stdin); default: every pod
-    /// pair on every declared port.
-    #[arg(long)]
-    probes: Option<PathBuf>,
-    /// `json` (one object a line) or `table`.
-    #[arg(long, default_value = "table")]
-    format: policy_engine::tools::simulate::Format,
-}
-
-#[derive(Args)]
-struct ExplainArgs {
-    /// Manifest files or directories.
-    #[arg(long, required = true, num_args = 1..)]
-    manifests: Vec<PathBuf>,
-    /// Source: `namespace/pod` or an IP address.
-    #[arg(long)]
-    from: String,
-    /// Destination: `namespace/pod` or an IP address.
-    #[arg(long)]
-    to: String,
-    /// Destination port and protocol: `80`, `80/TCP`, `53/UDP`, `9/SCTP`.
-    #[arg(long)]
-    port: String,
 }
 
 #[derive(Args)]
@@ -140,9 +109,15 @@ struct FlowsArgs {
     /// Only this verdict.
     #[arg(long, value_parser = ["allowed", "dropped"])]
     verdict: Option<String>,
-    /// `text` (one line a flow) or `json` (one object a line).
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    format: String,
+    /// `table` (one line a flow; counters under a header), `wide`, `json`
+    /// (one object a line) or `yaml`.
+    #[arg(
+        short = 'o',
+        long = "output",
+        visible_alias = "format",
+        default_value = "table"
+    )]
+    output: policy_engine::tools::Output,
     /// Stop after this many flows.
     #[arg(long)]
     count: Option<usize>,
@@ -152,19 +127,22 @@ struct FlowsArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Simulate(args) => simulate(args),
-        Command::Explain(args) => explain(args),
-        Command::Lint(args) => lint(args),
+        Command::Simulate(args) => Ok(cli::simulate(args)),
+        Command::Explain(args) => Ok(cli::explain(args)),
+        Command::Lint(args) => Ok(cli::lint(args)),
         Command::Flows(args) => flows(args),
         Command::Cleanup(args) => cleanup(args),
     };
@@ -253,55 +231,6 @@ fn cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Exit code of a tool error (2 = bad input), after printing it.
-fn tool_failure(e: &policy_engine::tools::ToolError) -> ExitCode {
-    eprintln!("policy-agent: {e}");
-    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
-}
-
-fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
-    let opts = policy_engine::tools::simulate::Options {
-        manifests: args.manifests,
-        probes: args.probes,
-        format: args.format,
-    };
-    let stdout = std::io::stdout();
-    match policy_engine::tools::simulate::run(&opts, &mut stdout.lock()) {
-        Ok(outcome) => {
-            for w in &outcome.warnings {
-                eprintln!("policy-agent: warning: {w}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => Ok(tool_failure(&e)),
-    }
-}
-
-fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
-    let opts = policy_engine::tools::explain::Options {
-        manifests: args.manifests,
-        from: args.from,
-        to: args.to,
-        port: args.port,
-    };
-    let stdout = std::io::stdout();
-    match policy_engine::tools::explain::run(&opts, &mut stdout.lock()) {
-        Ok(_) => Ok(ExitCode::SUCCESS),
-        Err(e) => Ok(tool_failure(&e)),
-    }
-}
-
-fn lint(args: LintArgs) -> anyhow::Result<ExitCode> {
-    let opts = policy_engine::tools::lint::Options {
-        manifests: args.manifests,
-    };
-    let stdout = std::io::stdout();
-    match policy_engine::tools::lint::run(&opts, &mut stdout.lock()) {
-        Ok(_) => Ok(ExitCode::SUCCESS),
-        Err(e) => Ok(tool_failure(&e)),
-    }
-}
-
 fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     if args.counters {
@@ -313,16 +242,7 @@ fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
         let agent_api::Response::Counters { counters } = answer else {
             anyhow::bail!("the agent did not answer with counters: {answer:?}");
         };
-        for c in counters {
-            if args.format == "json" {
-                println!("{}", serde_json::to_string(&c)?);
-            } else {
-                println!(
-                    "{:<40} {:<8} {:<8} {}",
-                    c.pod, c.direction, c.verdict, c.count
-                );
-            }
-        }
+        cli::counters(&counters, args.output);
         return Ok(ExitCode::SUCCESS);
     }
     let request = agent_api::Request::Flows {
@@ -333,8 +253,13 @@ fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     agent_api::stream_flows(&args.socket, &request, |r| {
         let mut out = stdout.lock();
-        let line = if args.format == "json" {
+        let line = if args.output == policy_engine::tools::Output::Json {
             serde_json::to_string(&r).unwrap_or_default()
+        } else if args.output == policy_engine::tools::Output::Yaml {
+            serde_norway::to_string(&vec![&r])
+                .unwrap_or_default()
+                .trim_end()
+                .to_string()
         } else {
             format!(
                 "{} {:<7} {:<7} {} {}:{} -> {}:{} {}{}{}",

@@ -87,6 +87,42 @@ pub fn compile(
     full.compiled
 }
 
+/// What one policy adds to a compile.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyContribution {
+    /// Endpoint → the isolation bits the policy sets on it.
+    pub flags: BTreeMap<u32, u32>,
+    /// The allow entries its rules produce, sorted, each once.
+    pub entries: Vec<PolicyEntry>,
+}
+
+/// [`compile`], also returning what each policy contributes (so questions
+/// about one policy, such as lint's "does it add anything", need no
+/// compile of their own).
+pub fn compile_with_contributions(
+    snapshot: &Snapshot,
+    endpoints: &BTreeMap<PodRef, u32>,
+    alloc: &mut Allocator,
+) -> (Compiled, BTreeMap<PolicyRef, PolicyContribution>) {
+    let full = build(snapshot, endpoints, alloc);
+    alloc.sweep();
+    let contrib = full
+        .contrib
+        .into_iter()
+        .map(|(r, c)| {
+            let entries = c.entries.into_iter().map(|(e, _)| e).collect();
+            (
+                r,
+                PolicyContribution {
+                    flags: c.flags,
+                    entries,
+                },
+            )
+        })
+        .collect();
+    (full.compiled, contrib)
+}
+
 /// Local endpoints by namespace: (endpoint id, pod).
 type Local = BTreeMap<String, Vec<(u32, PodRef)>>;
 

@@ -123,6 +123,34 @@ pub fn verdict(
     proto: u8,
     dport: u16,
 ) -> Verdict {
+    let ids = peer_identities(state, peer);
+    judge(state, ep_id, dir, Some(peer), &ids, proto, dport)
+}
+
+/// The verdict for a peer known only by its identity (a pod without an
+/// address of the packet's family, as `simulate` reports it): what the
+/// policies say of its labels and namespace, without ipBlock matches.
+pub fn verdict_for_identity(
+    state: &MapState,
+    ep_id: u32,
+    dir: u8,
+    identity: Option<u32>,
+    proto: u8,
+    dport: u16,
+) -> Verdict {
+    let ids: Vec<u32> = identity.into_iter().chain([ANY]).collect();
+    judge(state, ep_id, dir, None, &ids, proto, dport)
+}
+
+fn judge(
+    state: &MapState,
+    ep_id: u32,
+    dir: u8,
+    peer: Option<IpAddr>,
+    identities: &[u32],
+    proto: u8,
+    dport: u16,
+) -> Verdict {
     let Some(flags) = state.endpoints.get(&ep_id) else {
         return Verdict::plain(false, Reason::NotReady);
     };
@@ -134,10 +162,11 @@ pub fn verdict(
     if flags & isolated == 0 {
         return Verdict::plain(true, Reason::NotIsolated);
     }
-    if dir == policy_common::dir::INGRESS && state.ipcache.get(&to_addr(peer)) == Some(&HOST) {
+    let from_host = peer.is_some_and(|p| state.ipcache.get(&to_addr(p)) == Some(&HOST));
+    if dir == policy_common::dir::INGRESS && from_host {
         return Verdict::plain(true, Reason::Host);
     }
-    for identity in peer_identities(state, peer) {
+    for &identity in identities {
         let key = |ports| PolicyEntry {
             ep_id,
             dir,

@@ -10,6 +10,7 @@ pub mod addr;
 pub mod policy;
 pub mod selector;
 pub mod service;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -126,6 +127,15 @@ impl Protocol {
             Protocol::Udp => policy_common::proto::UDP,
             Protocol::Sctp => policy_common::proto::SCTP,
         }
+    }
+
+    /// From a name in any case (`tcp`, `Udp`), for what users type; the
+    /// API's own fields take only upper case ([`FromStr`]).
+    pub fn from_any_case(s: &str) -> Result<Self, ModelError> {
+        s.trim()
+            .to_ascii_uppercase()
+            .parse()
+            .map_err(|_| ModelError::UnknownProtocol { input: s.into() })
     }
 
     /// From an IP protocol number.

@@ -277,3 +277,43 @@ pub fn synthetic_cluster(namespaces: usize, pods: usize, policies: usize) -> Sna
     }
     b.build()
 }
+
+/// The cluster `lint` is measured on: [`synthetic_cluster`] with
+/// `pods / 20` namespaces, plus cluster DNS pods in `kube-system` and, in
+/// every tenth namespace, a copy of that namespace's first policy (so the
+/// redundancy and DNS checks have work to do).
+pub fn lint_cluster(pods: usize, policies: usize) -> Snapshot {
+    let namespaces = (pods / 20).max(1);
+    let mut s = synthetic_cluster(namespaces, pods, policies);
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some("kube-system".into());
+    s.upsert_namespace(&ns).ok();
+    for i in 0..2u8 {
+        let info = PodInfo {
+            labels: [("k8s-app".to_string(), "kube-dns".to_string())].into(),
+            ips: vec![IpAddr::from([10, 255, 255, i + 1])],
+            ..PodInfo::default()
+        };
+        s.insert_pod(PodRef::new("kube-system", format!("coredns-{i}")), info);
+    }
+    let copies: Vec<(PodRef, crate::model::Policy)> = s
+        .policies
+        .iter()
+        .filter(|(r, _)| {
+            r.name
+                .trim_start_matches("pol")
+                .parse::<usize>()
+                .is_ok_and(|n| n % 10 == 0)
+        })
+        .map(|(r, p)| {
+            (
+                PodRef::new(r.namespace.clone(), format!("{}-copy", r.name)),
+                p.clone(),
+            )
+        })
+        .collect();
+    for (r, p) in copies {
+        s.policies.insert(r, p);
+    }
+    s
+}

@@ -7,17 +7,82 @@ pub mod explain;
 pub mod lint;
 pub mod probe;
 pub mod simulate;
+pub mod table;
 
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use crate::manifest::ManifestError;
 use crate::model::ModelError;
+
+/// Output format, as kubectl's `-o`/`--output`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Output {
+    /// A table with a header line (the default).
+    #[default]
+    Table,
+    /// The table with more columns.
+    Wide,
+    /// JSON (one object a line for streams of results).
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+impl FromStr for Output {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "table" | "text" => Ok(Output::Table),
+            "wide" => Ok(Output::Wide),
+            "json" => Ok(Output::Json),
+            "yaml" => Ok(Output::Yaml),
+            _ => Err(format!(
+                "unknown output format {s:?} (expected table, wide, json or yaml)"
+            )),
+        }
+    }
+}
+
+/// Where the tools read manifests from (`-f`/`--filename`).
+#[derive(Clone, Debug, Default)]
+pub struct Input {
+    /// Files, folders, or `-` for stdin.
+    pub paths: Vec<PathBuf>,
+    /// Descend into subfolders (`-R`).
+    pub recursive: bool,
+    /// Unknown fields are warnings, not errors (`--lenient`).
+    pub lenient: bool,
+}
+
+impl Input {
+    /// Reads the manifests; invalid objects and (unless lenient) unknown
+    /// fields are errors.
+    pub fn load(&self) -> Result<crate::manifest::Loaded, ToolError> {
+        Ok(crate::manifest::load_inputs(&self.paths, self.recursive)?.checked(self.lenient)?)
+    }
+}
+
+impl From<Vec<PathBuf>> for Input {
+    fn from(paths: Vec<PathBuf>) -> Self {
+        Input {
+            paths,
+            ..Input::default()
+        }
+    }
+}
+
+/// Whether a tool failed only because its reader went away (`| head`):
+/// the CLI ends quietly then.
+pub fn is_broken_pipe(e: &ToolError) -> bool {
+    matches!(e, ToolError::Write { source } if source.kind() == std::io::ErrorKind::BrokenPipe)
+}
 
 /// Errors of the tools.
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
     /// The manifests could not be loaded or contain an invalid policy
-    /// (names file, object and field).
+    /// (names file, line, object and field).
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     /// A probe line is not valid JSON or lacks a field.

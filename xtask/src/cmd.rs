@@ -33,10 +33,10 @@ fn describe(c: &Command) -> String {
     s
 }
 
-/// Prints and runs `c`; fails unless it exits 0.
+/// Prints (on stderr) and runs `c`; fails unless it exits 0.
 pub fn run(c: &mut Command) -> Result<()> {
     let what = describe(c);
-    println!("$ {what}");
+    eprintln!("$ {what}");
     let status = c
         .status()
         .with_context(|| format!("cannot start `{what}`"))?;
@@ -44,6 +44,14 @@ pub fn run(c: &mut Command) -> Result<()> {
         bail!("`{what}` failed ({status})");
     }
     Ok(())
+}
+
+/// [`run`] with the command's own output on stderr too, so that stdout
+/// carries only what the task itself prints (setup and build chatter never
+/// mixes with `testbed --format json`).
+pub fn run_to_stderr(c: &mut Command) -> Result<()> {
+    c.stdout(std::io::stderr());
+    run(c)
 }
 
 /// Runs `c` quietly and returns its stdout if it exits 0, `None` otherwise

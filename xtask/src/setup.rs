@@ -89,9 +89,9 @@ pub fn run() -> Result<()> {
     let mut todo = Vec::new();
     for step in STEPS {
         match (step.check)()? {
-            None => println!("setup: {:<15} ok", step.name),
+            None => eprintln!("setup: {:<15} ok", step.name),
             Some(missing) => {
-                println!("setup: {:<15} missing: {missing}", step.name);
+                eprintln!("setup: {:<15} missing: {missing}", step.name);
                 todo.push((step, missing));
             }
         }
@@ -109,13 +109,13 @@ pub fn run() -> Result<()> {
         );
     }
     for (step, missing) in todo {
-        println!("setup: installing {}: {missing}", step.name);
+        eprintln!("setup: installing {}: {missing}", step.name);
         (step.fix)(&missing)?;
         if let Some(still) = (step.check)()? {
             bail!("setup: {} still missing after install: {still}", step.name);
         }
     }
-    println!("setup: done");
+    eprintln!("setup: done");
     Ok(())
 }
 
@@ -152,8 +152,8 @@ fn install_packages(missing: &str) -> Result<()> {
         c.env("DEBIAN_FRONTEND", "noninteractive");
         c
     };
-    cmd::run(apt().args(["update", "-q"]))?;
-    cmd::run(
+    cmd::run_to_stderr(apt().args(["update", "-q"]))?;
+    cmd::run_to_stderr(
         apt()
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(missing.split_whitespace()),
@@ -170,7 +170,7 @@ fn lint_tools_missing() -> Result<Option<String>> {
 
 fn install_lint_tools(_: &str) -> Result<()> {
     // For the toolchain that builds user space (the directory's default).
-    cmd::run(
+    cmd::run_to_stderr(
         Command::new("rustup")
             .current_dir(cmd::workspace_root())
             .args(["component", "add", "rustfmt", "clippy"]),
@@ -197,7 +197,7 @@ fn toolchain_missing() -> Result<Option<String>> {
 }
 
 fn install_toolchain(_: &str) -> Result<()> {
-    cmd::run(Command::new("rustup").args([
+    cmd::run_to_stderr(Command::new("rustup").args([
         "toolchain",
         "install",
         EBPF_TOOLCHAIN,
@@ -224,7 +224,7 @@ fn bpf_linker_missing() -> Result<Option<String>> {
 fn install_bpf_linker(_: &str) -> Result<()> {
     // LLVM_PREFIX: the first llvm-config on PATH may be another LLVM.
     // `--features llvm-22`: the default bindings are for another LLVM major.
-    cmd::run(
+    cmd::run_to_stderr(
         cmd::cargo()
             .env("LLVM_PREFIX", "/usr/lib/llvm-22")
             .args(["install", "bpf-linker", "--locked", "--force"])
@@ -243,7 +243,7 @@ fn bpffs_missing() -> Result<Option<String>> {
 }
 
 fn mount_bpffs(_: &str) -> Result<()> {
-    cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+    cmd::run_to_stderr(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
 }
 
 fn nextest_missing() -> Result<Option<String>> {
@@ -253,5 +253,5 @@ fn nextest_missing() -> Result<Option<String>> {
 }
 
 fn install_nextest(_: &str) -> Result<()> {
-    cmd::run(cmd::cargo().args(["install", "cargo-nextest", "--locked"]))
+    cmd::run_to_stderr(cmd::cargo().args(["install", "cargo-nextest", "--locked"]))
 }

@@ -33,7 +33,7 @@ pub fn build_binaries(release: bool) -> Result<PathBuf> {
     if release {
         c.arg("--release");
     }
-    println!(
+    eprintln!(
         "$ cargo build -p policy-agent -p cni-bin{}",
         if release { " --release" } else { "" }
     );

@@ -368,20 +368,27 @@ fn parse_peer(p: &NetworkPolicyPeer, field: &str) -> Result<Peer, PolicyIssue> {
         let cidr_field = format!("{field}.ipBlock.cidr");
         let cidr = parse_cidr(&b.cidr, &cidr_field)?;
         let mut except = Vec::new();
+        let written = parse_net(&b.cidr, &cidr_field)?;
         for (i, e) in b.except.iter().flatten().enumerate() {
             let f = format!("{field}.ipBlock.except[{i}]");
-            let net = parse_cidr(e, &f)?;
-            let same_family = matches!(
-                (cidr, net),
-                (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
-            );
-            if !same_family || !cidr.contains(&net) {
+            // Containment as the API server checks it: on the prefixes as
+            // written (an IPv4-mapped except inside `::/0` is inside it),
+            // and strictly (an except equal to the cidr is rejected).
+            let net = parse_net(e, &f)?;
+            if !strictly_inside(&net, &written) {
                 return Err(PolicyIssue::new(
                     f,
-                    format!("except {e} is not inside cidr {}", b.cidr),
+                    format!("except {e} must be a strict subset of cidr {}", b.cidr),
                 ));
             }
-            except.push(net);
+            let net = normalize_net(&net);
+            // What is left after normalising is what the datapath sees: an
+            // IPv4-mapped except of an IPv6 cidr excepts addresses the cidr
+            // never matches (IPv4 peers are not in IPv6 blocks), so it is
+            // dropped rather than kept as a prefix of the other family.
+            if same_family(&net, &cidr) {
+                except.push(net);
+            }
         }
         return Ok(Peer::IpBlock(IpBlock { cidr, except }));
     }
@@ -404,11 +411,28 @@ fn parse_peer(p: &NetworkPolicyPeer, field: &str) -> Result<Peer, PolicyIssue> {
     Ok(Peer::Pods { namespaces, pods })
 }
 
-fn parse_cidr(s: &str, field: &str) -> Result<IpNet, PolicyIssue> {
+fn parse_net(s: &str, field: &str) -> Result<IpNet, PolicyIssue> {
     s.trim()
         .parse::<IpNet>()
-        .map(|n| normalize_net(&n))
         .map_err(|e| PolicyIssue::new(field, format!("invalid CIDR {s:?}: {e}")))
+}
+
+fn parse_cidr(s: &str, field: &str) -> Result<IpNet, PolicyIssue> {
+    parse_net(s, field).map(|n| normalize_net(&n))
+}
+
+fn same_family(a: &IpNet, b: &IpNet) -> bool {
+    matches!(
+        (a, b),
+        (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
+    )
+}
+
+/// `inner` lies inside `outer` and is a longer prefix.
+fn strictly_inside(inner: &IpNet, outer: &IpNet) -> bool {
+    same_family(inner, outer)
+        && outer.contains(&inner.network())
+        && inner.prefix_len() > outer.prefix_len()
 }
 
 fn parse_port(p: &NetworkPolicyPort, field: &str) -> Result<PortSpec, PolicyIssue> {
@@ -423,15 +447,13 @@ fn parse_port(p: &NetworkPolicyPort, field: &str) -> Result<PortSpec, PolicyIssu
         Some(IntOrString::Int(n)) => {
             Some(PortRef::Number(valid_port(*n, &format!("{field}.port"))?))
         }
-        Some(IntOrString::String(s)) => match s.parse::<i32>() {
-            // The API accepts a numeric string only as a name; treat a
-            // purely numeric string as the number for robustness.
-            Ok(n) => Some(PortRef::Number(valid_port(n, &format!("{field}.port"))?)),
-            Err(_) if s.is_empty() => {
-                return Err(PolicyIssue::new(format!("{field}.port"), "empty port name"))
-            }
-            Err(_) => Some(PortRef::Name(s.clone())),
-        },
+        // As the API server: a string is a port name (IANA_SVC_NAME), so
+        // `"80"` is rejected rather than read as a number.
+        Some(IntOrString::String(s)) => {
+            super::validate::port_name(s)
+                .map_err(|m| PolicyIssue::new(format!("{field}.port"), m))?;
+            Some(PortRef::Name(s.clone()))
+        }
     };
     let end_port = match p.end_port {
         None => None,

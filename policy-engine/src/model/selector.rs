@@ -64,10 +64,18 @@ impl Selector {
             match_labels: sel.match_labels.clone().unwrap_or_default(),
             requirements: Vec::new(),
         };
+        super::validate::labels(&out.match_labels, &format!("{field}.matchLabels"))
+            .map_err(|(f, m)| PolicyIssue::new(f, m))?;
         for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
             let f = format!("{field}.matchExpressions[{i}]");
             let values: BTreeSet<String> = e.values.iter().flatten().cloned().collect();
             let key = e.key.clone();
+            super::validate::label_key(&key)
+                .map_err(|m| PolicyIssue::new(format!("{f}.key"), m))?;
+            for (j, v) in e.values.iter().flatten().enumerate() {
+                super::validate::label_value(v)
+                    .map_err(|m| PolicyIssue::new(format!("{f}.values[{j}]"), m))?;
+            }
             let req = match e.operator.as_str() {
                 "In" | "NotIn" if values.is_empty() => {
                     return Err(PolicyIssue::new(

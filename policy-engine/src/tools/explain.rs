@@ -7,13 +7,13 @@
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::PathBuf;
+
+use serde_json::{json, Value};
 
 use super::probe::{End, ProbeError};
 use super::simulate::Simulation;
-use super::{write_err, ToolError};
+use super::{table, write_err, Input, Output, ToolError};
 use crate::lookup::{Reason, Verdict};
-use crate::manifest;
 use crate::model::{
     Direction, ModelError, Peer, PodInfo, PodRef, PortRef, Protocol, Rule, Snapshot,
 };
@@ -21,14 +21,16 @@ use crate::model::{
 /// What to explain.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Manifest files or directories.
-    pub manifests: Vec<PathBuf>,
+    /// Manifests.
+    pub input: Input,
     /// Source: `ns/pod` or an IP.
     pub from: String,
     /// Destination: `ns/pod`, an IP or `svc:ns/name`.
     pub to: String,
     /// `80`, `80/TCP`, `53/UDP`, `9/SCTP`.
     pub port: String,
+    /// Output format (`table` and `wide` print the text).
+    pub output: Output,
 }
 
 /// The explanation.
@@ -38,12 +40,47 @@ pub struct Explanation {
     pub allowed: bool,
     /// The text, one line per entry.
     pub lines: Vec<String>,
+    /// The connection as judged (for a Service: the first backend's, see
+    /// `backends`).
+    pub connection: super::probe::Connection,
+    /// For a Service: each backend and the connection judged on it.
+    pub backends: Vec<super::probe::BackendConnection>,
+}
+
+impl Explanation {
+    /// The explanation as data (`-o json`/`-o yaml`).
+    pub fn to_json(&self, from: &End, to: &End, port: u16, proto: Protocol) -> Value {
+        let c = &self.connection;
+        let side = |v: Option<Verdict>| match v {
+            None => Value::Null,
+            Some(v) => json!({"allowed": v.allowed, "reason": v.reason.as_str()}),
+        };
+        json!({
+            "from": from.to_string(),
+            "to": to.to_string(),
+            "port": port,
+            "protocol": proto.to_string(),
+            "allowed": self.allowed,
+            "srcIP": c.src_ip.map(|i| i.to_string()),
+            "dstIP": c.dst_ip.map(|i| i.to_string()),
+            "egress": side(c.egress),
+            "ingress": side(c.ingress),
+            "note": c.note,
+            "backends": self.backends.iter().map(|b| json!({
+                "backend": b.backend.to_string(),
+                "allowed": b.connection.allowed(),
+                "reason": b.connection.reason(),
+                "note": b.connection.note,
+            })).collect::<Vec<_>>(),
+            "explanation": self.lines.iter().filter(|l| !l.is_empty()).collect::<Vec<_>>(),
+        })
+    }
 }
 
 /// Parses `80`, `80/TCP`, `53/udp`.
 pub fn parse_port(s: &str) -> Result<(u16, Protocol), ModelError> {
     let (num, proto) = match s.split_once('/') {
-        Some((n, p)) => (n, p.to_ascii_uppercase().parse()?),
+        Some((n, p)) => (n, Protocol::from_any_case(p)?),
         None => (s, Protocol::Tcp),
     };
     let port = num
@@ -60,7 +97,7 @@ pub fn parse_port(s: &str) -> Result<(u16, Protocol), ModelError> {
 
 /// Runs `explain` as the CLI does.
 pub fn run(opts: &Options, out: &mut impl Write) -> Result<Explanation, ToolError> {
-    let loaded = manifest::load_paths(&opts.manifests)?.strict()?;
+    let loaded = opts.input.load()?;
     let sim = Simulation::new(loaded.snapshot);
     let from: End = opts.from.parse().map_err(|source| ToolError::Argument {
         arg: "--from",
@@ -75,8 +112,18 @@ pub fn run(opts: &Options, out: &mut impl Write) -> Result<Explanation, ToolErro
         source,
     })?;
     let e = explain(&sim, &from, &to, proto, port).map_err(|source| ToolError::End { source })?;
-    for l in &e.lines {
-        writeln!(out, "{l}").map_err(write_err)?;
+    match opts.output {
+        Output::Table | Output::Wide => {
+            for l in &e.lines {
+                writeln!(out, "{l}").map_err(write_err)?;
+            }
+        }
+        Output::Json => {
+            table::write_json(out, &e.to_json(&from, &to, port, proto)).map_err(write_err)?
+        }
+        Output::Yaml => {
+            table::write_yaml(out, &e.to_json(&from, &to, port, proto)).map_err(write_err)?
+        }
     }
     Ok(e)
 }
@@ -100,9 +147,11 @@ pub fn explain(
     })?;
     let conn = &c.connection;
     let allowed = conn.allowed();
-    let name = |pod: &Option<PodRef>, ip: IpAddr| match pod {
-        Some(p) => format!("{p} ({ip})"),
-        None => format!("{ip} (outside the cluster)"),
+    let name = |pod: &Option<PodRef>, ip: Option<IpAddr>| match (pod, ip) {
+        (Some(p), Some(ip)) => format!("{p} ({ip})"),
+        (Some(p), None) => format!("{p} (no address)"),
+        (None, Some(ip)) => format!("{ip} (outside the cluster)"),
+        (None, None) => "?".to_string(),
     };
     let mut lines = vec![format!(
         "{} -> {} on {port}/{proto}: {}",
@@ -110,6 +159,9 @@ pub fn explain(
         name(&conn.dst_pod, conn.dst_ip),
         if allowed { "ALLOWED" } else { "DENIED" }
     )];
+    if let Some(note) = &conn.note {
+        lines.push(format!("Note: {note}."));
+    }
     let snapshot = &sim.snapshot;
     let ends = [
         (
@@ -181,7 +233,12 @@ pub fn explain(
         lines.push(String::new());
         lines.push("Verdict: ALLOWED (both ends allow it).".into());
     }
-    Ok(Explanation { allowed, lines })
+    Ok(Explanation {
+        allowed,
+        lines,
+        connection: c.connection.clone(),
+        backends: Vec::new(),
+    })
 }
 
 /// Explains `from → svc` on the Service port: the backends kube-proxy may
@@ -227,7 +284,12 @@ fn explain_service(
         lines.push(format!(
             "Verdict: DENIED: {svc} has no ready backend for {port}/{proto} (kube-proxy rejects the connection)."
         ));
-        return Ok(Explanation { allowed, lines });
+        return Ok(Explanation {
+            allowed,
+            lines,
+            connection: r.connection,
+            backends: r.backends,
+        });
     }
     for b in &r.backends {
         let e = explain(sim, from, &End::Ip(b.backend.ip), proto, b.backend.port)?;
@@ -259,7 +321,12 @@ fn explain_service(
             ));
         }
     }
-    Ok(Explanation { allowed, lines })
+    Ok(Explanation {
+        allowed,
+        lines,
+        connection: r.connection,
+        backends: r.backends,
+    })
 }
 
 fn dir_title(dir: Direction) -> &'static str {
@@ -273,7 +340,7 @@ struct Side<'a> {
     sim: &'a Simulation,
     pod: &'a PodRef,
     dir: Direction,
-    peer_ip: IpAddr,
+    peer_ip: Option<IpAddr>,
     peer_pod: Option<&'a PodRef>,
     dest: Option<&'a PodInfo>,
     proto: Protocol,
@@ -281,6 +348,15 @@ struct Side<'a> {
 }
 
 impl Side<'_> {
+    /// The peer as it reads best: its address, else its pod.
+    fn peer_name(&self) -> String {
+        match (self.peer_ip, self.peer_pod) {
+            (Some(ip), _) => ip.to_string(),
+            (None, Some(p)) => p.to_string(),
+            (None, None) => "?".into(),
+        }
+    }
+
     fn describe(&self, v: Verdict, lines: &mut Vec<String>) {
         let s = &self.sim.snapshot;
         let title = format!("{} at {}", dir_title(self.dir), self.pod);
@@ -347,7 +423,10 @@ impl Side<'_> {
         }
         lines.push(format!(
             "  denied: no {} rule of these policies admits {} on {}/{}.",
-            self.dir, self.peer_ip, self.port, self.proto
+            self.dir,
+            self.peer_name(),
+            self.port,
+            self.proto
         ));
         let mut closest = Vec::new();
         for r in &isolating {
@@ -414,21 +493,29 @@ impl Side<'_> {
             let f = format!("{}[{i}]", self.dir.peers_field());
             match peer {
                 Peer::IpBlock(b) => {
-                    let inside =
-                        crate::model::addr::net_within(&ipnet::IpNet::from(self.peer_ip), &b.cidr);
-                    let except = b.except.iter().find(|e| {
-                        crate::model::addr::net_within(&ipnet::IpNet::from(self.peer_ip), e)
-                    });
+                    let Some(peer_ip) = self.peer_ip else {
+                        why.push(format!(
+                            "{f}: ipBlock {} needs an address, and {} has none of this family",
+                            b.cidr,
+                            self.peer_name()
+                        ));
+                        continue;
+                    };
+                    let host = ipnet::IpNet::from(peer_ip);
+                    let inside = crate::model::addr::net_within(&host, &b.cidr);
+                    let except = b
+                        .except
+                        .iter()
+                        .find(|e| crate::model::addr::net_within(&host, e));
                     match (inside, except) {
                         (true, None) => return (true, format!("{f} ipBlock {}", b.cidr)),
                         (true, Some(e)) => why.push(format!(
-                            "{f}: {} is excepted ({e}) from ipBlock {}",
-                            self.peer_ip, b.cidr
+                            "{f}: {peer_ip} is excepted ({e}) from ipBlock {}",
+                            b.cidr
                         )),
-                        (false, _) => why.push(format!(
-                            "{f}: {} is outside ipBlock {}",
-                            self.peer_ip, b.cidr
-                        )),
+                        (false, _) => {
+                            why.push(format!("{f}: {peer_ip} is outside ipBlock {}", b.cidr))
+                        }
                     }
                 }
                 Peer::Pods { namespaces, pods } => {
@@ -436,7 +523,7 @@ impl Side<'_> {
                     else {
                         why.push(format!(
                             "{f}: selects pods, and {} is not a pod",
-                            self.peer_ip
+                            self.peer_name()
                         ));
                         continue;
                     };

@@ -1,32 +1,58 @@
-//! `lint`: warnings for NetworkPolicy mistakes that are valid YAML but
-//! almost certainly not what the author meant. Each names the object, the
-//! field and a suggested fix.
+//! `lint`: NetworkPolicy mistakes that are valid YAML but almost certainly
+//! not what the author meant. Each finding names the policy, the field
+//! (with `file:line` when read from manifests), a severity and a fix.
+//!
+//! The snapshot is indexed once ([`index`]) and compiled once
+//! ([`compiled`]): no check compiles or scans the cluster per policy, so a
+//! cluster of tens of thousands of pods is linted in seconds.
 
-use std::collections::BTreeMap;
+mod compiled;
+mod index;
+
 use std::io::Write;
-use std::path::PathBuf;
 
-use ipnet::IpNet;
+use serde_json::{json, Value};
 
-use super::{write_err, ToolError};
-use crate::compile::{all_endpoints, compile, Allocator};
-use crate::manifest;
-use crate::model::addr::net_within;
-use crate::model::{Direction, Peer, PodRef, Policy, PolicyRef, PortRef, Selector, Snapshot};
-use crate::state::{PolicyEntry, PortMatch};
+use super::{table, write_err, Output, ToolError};
+use crate::manifest::Location;
+use crate::model::{Direction, Peer, PolicyRef, PortRef, Snapshot};
+use index::{Group, Index};
 
 /// What to lint.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Manifest files or directories.
-    pub manifests: Vec<PathBuf>,
+    /// Manifests.
+    pub input: super::Input,
+    /// Output format.
+    pub output: Output,
+}
+
+/// How bad a finding is (`--fail-on`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// Probably a mistake, possibly intended.
+    Warning,
+    /// The policy cannot do what it says (dead rules, DNS cut off while
+    /// other egress is allowed).
+    Error,
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        })
+    }
 }
 
 /// One finding.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Finding {
-    /// `NetworkPolicy namespace/name`.
-    pub object: String,
+    /// How bad.
+    pub severity: Severity,
+    /// The policy.
+    pub policy: PolicyRef,
     /// Path of the field.
     pub field: String,
     /// What looks wrong.
@@ -35,108 +61,209 @@ pub struct Finding {
     pub fix: String,
 }
 
+impl Finding {
+    /// `NetworkPolicy namespace/name`.
+    pub fn object(&self) -> String {
+        format!("NetworkPolicy {}", self.policy)
+    }
+}
+
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "warning: {} {}: {}\n  fix: {}",
-            self.object, self.field, self.message, self.fix
+            "{}: {} {}: {}\n  fix: {}",
+            self.severity,
+            self.object(),
+            self.field,
+            self.message,
+            self.fix
         )
     }
 }
 
-/// Runs `lint` as the CLI does; returns the findings (the CLI may exit 1
-/// when there are any).
-pub fn run(opts: &Options, out: &mut impl Write) -> Result<Vec<Finding>, ToolError> {
-    let loaded = manifest::load_paths(&opts.manifests)?.strict()?;
-    let findings = lint(&loaded.snapshot);
-    for f in &findings {
-        writeln!(out, "{f}").map_err(write_err)?;
-    }
-    let n = findings.len();
-    writeln!(out, "{n} warning(s)").map_err(write_err)?;
-    Ok(findings)
+/// What `lint` found.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// The findings, worst first.
+    pub findings: Vec<Finding>,
+    /// Manifest warnings (skipped kinds, duplicates...).
+    pub warnings: Vec<String>,
 }
 
-/// All findings for a snapshot.
+/// Runs `lint` as the CLI does and writes the findings.
+pub fn run(opts: &Options, out: &mut impl Write) -> Result<Report, ToolError> {
+    let loaded = opts.input.load()?;
+    let findings = lint(&loaded.snapshot);
+    let located: Vec<(Option<Location>, &Finding)> = findings
+        .iter()
+        .map(|f| (loaded.locate(&f.object(), &f.field), f))
+        .collect();
+    write_findings(&located, opts.output, out).map_err(write_err)?;
+    Ok(Report {
+        findings,
+        warnings: loaded.warnings,
+    })
+}
+
+fn write_findings(
+    findings: &[(Option<Location>, &Finding)],
+    output: Output,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let count = |s: Severity| findings.iter().filter(|(_, f)| f.severity == s).count();
+    let (errors, warnings) = (count(Severity::Error), count(Severity::Warning));
+    let loc = |l: &Option<Location>| l.as_ref().map_or("-".to_string(), |l| l.to_string());
+    match output {
+        Output::Table | Output::Wide => {
+            let wide = output == Output::Wide;
+            let rows: Vec<Vec<String>> = findings
+                .iter()
+                .map(|(l, f)| {
+                    let mut row = vec![
+                        f.severity.to_string().to_uppercase(),
+                        loc(l),
+                        f.object(),
+                        f.field.clone(),
+                        f.message.clone(),
+                    ];
+                    if wide {
+                        row.push(f.fix.clone());
+                    }
+                    row
+                })
+                .collect();
+            let mut head = vec!["SEVERITY", "LOCATION", "OBJECT", "FIELD", "MESSAGE"];
+            if wide {
+                head.push("FIX");
+            }
+            if !rows.is_empty() {
+                table::write(out, &head, &rows)?;
+            }
+            writeln!(out, "{errors} error(s), {warnings} warning(s)")
+        }
+        Output::Json | Output::Yaml => {
+            let list: Vec<Value> = findings
+                .iter()
+                .map(|(l, f)| {
+                    json!({
+                        "severity": f.severity.to_string(),
+                        "location": l.as_ref().map(|l| l.to_string()),
+                        "object": f.object(),
+                        "field": f.field,
+                        "message": f.message,
+                        "fix": f.fix,
+                    })
+                })
+                .collect();
+            let doc = json!({"findings": list, "errors": errors, "warnings": warnings});
+            if output == Output::Json {
+                table::write_json(out, &doc)
+            } else {
+                table::write_yaml(out, &doc)
+            }
+        }
+    }
+}
+
+/// All findings for a snapshot, worst first.
 pub fn lint(s: &Snapshot) -> Vec<Finding> {
+    let ix = Index::new(s);
     let mut out = Vec::new();
     for (r, p) in &s.policies {
         if !p.is_valid() {
             continue;
         }
-        let object = format!("NetworkPolicy {r}");
-        let mut push = |field: String, message: String, fix: String| {
+        let mut push = |severity: Severity, field: String, message: String, fix: &str| {
             out.push(Finding {
-                object: object.clone(),
+                severity,
+                policy: r.clone(),
                 field,
                 message,
-                fix,
+                fix: fix.to_string(),
             })
         };
-        let selected: Vec<&PodRef> = s
-            .pods
-            .iter()
-            .filter(|(pr, info)| {
-                pr.namespace == r.namespace
-                    && !info.host_network
-                    && p.pod_selector
-                        .as_ref()
-                        .is_none_or(|sel| sel.matches(&info.labels))
-            })
-            .map(|(pr, _)| pr)
-            .collect();
+        let selected: Vec<&Group> = ix.selected(&r.namespace, p.pod_selector.as_ref()).collect();
         if selected.is_empty() {
             push(
+                Severity::Warning,
                 "spec.podSelector".into(),
                 format!(
                     "selects no pod in namespace {} ({})",
                     r.namespace,
                     p.pod_selector.as_ref().map(|x| x.to_string()).unwrap_or_default()
                 ),
-                "check the labels against `kubectl get pods --show-labels`, or the policy's namespace".into(),
+                "check the labels against `kubectl get pods --show-labels`, or the policy's namespace",
             );
+        }
+        let spec = p.object.spec.clone().unwrap_or_default();
+        let types = spec.policy_types.clone().unwrap_or_default();
+        let written = [
+            (
+                Direction::Ingress,
+                spec.ingress.as_ref().is_some_and(|r| !r.is_empty()),
+            ),
+            (
+                Direction::Egress,
+                spec.egress.as_ref().is_some_and(|r| !r.is_empty()),
+            ),
+        ];
+        for (dir, has_rules) in written {
+            let name = if dir == Direction::Ingress {
+                "Ingress"
+            } else {
+                "Egress"
+            };
+            if has_rules && !types.iter().any(|t| t == name) {
+                push(
+                    Severity::Error,
+                    format!("spec.{}", dir.field()),
+                    format!(
+                        "policyTypes [{}] leaves out {name}, so these {} rules are ignored",
+                        types.join(", "),
+                        dir.field()
+                    ),
+                    &format!("add {name} to spec.policyTypes, or delete the rules"),
+                );
+            }
         }
         for dir in Direction::BOTH {
             for (i, rule) in p.rules(dir).unwrap_or_default().iter().enumerate() {
                 let base = format!("spec.{}[{i}]", dir.field());
-                lint_peers(s, r, dir, &base, &rule.peers, &mut push);
-                lint_named_ports(s, dir, &base, rule, &selected, &mut push);
+                lint_peers(&ix, r, dir, &base, &rule.peers, &mut push);
+                lint_named_ports(&ix, dir, &base, rule, &selected, &mut push);
             }
         }
     }
-    out.extend(redundant_policies(s));
-    out.sort();
+    let compiled = compiled::LintCompile::new(s, &ix);
+    out.extend(compiled.dns(s));
+    out.extend(compiled.redundant(s));
+    out.sort_by(|a, b| {
+        (
+            std::cmp::Reverse(a.severity),
+            &a.policy,
+            &a.field,
+            &a.message,
+        )
+            .cmp(&(
+                std::cmp::Reverse(b.severity),
+                &b.policy,
+                &b.field,
+                &b.message,
+            ))
+    });
     out
 }
 
-fn pods_in_scope<'a>(
-    s: &'a Snapshot,
-    policy_ns: &str,
-    namespaces: &Option<Selector>,
-    pods: &Option<Selector>,
-) -> Vec<&'a PodRef> {
-    s.pods
-        .iter()
-        .filter(|(pr, info)| {
-            !info.host_network
-                && match namespaces {
-                    None => pr.namespace == policy_ns,
-                    Some(sel) => sel.matches(&s.namespace_labels(&pr.namespace)),
-                }
-                && pods.as_ref().is_none_or(|sel| sel.matches(&info.labels))
-        })
-        .map(|(pr, _)| pr)
-        .collect()
-}
+type Push<'a> = dyn FnMut(Severity, String, String, &str) + 'a;
 
 fn lint_peers(
-    s: &Snapshot,
+    ix: &Index<'_>,
     r: &PolicyRef,
     dir: Direction,
     base: &str,
     peers: &[Peer],
-    push: &mut impl FnMut(String, String, String),
+    push: &mut Push<'_>,
 ) {
     let pf = dir.peers_field();
     for (j, peer) in peers.iter().enumerate() {
@@ -144,17 +271,18 @@ fn lint_peers(
         match peer {
             Peer::Pods { namespaces, pods } => {
                 if let Some(sel) = namespaces {
-                    let any_ns = s.namespaces.values().any(|n| sel.matches(&n.labels));
+                    let any_ns = ix.namespaces.values().any(|l| sel.matches(l));
                     if !sel.is_empty() && !any_ns {
                         push(
+                            Severity::Warning,
                             format!("{field}.namespaceSelector"),
                             format!("no namespace carries the labels {sel}"),
-                            "label the namespace (`kubectl label namespace NAME key=value`) or select it by `kubernetes.io/metadata.name: NAME`".into(),
+                            "label the namespace (`kubectl label namespace NAME key=value`) or select it by `kubernetes.io/metadata.name: NAME`",
                         );
                         continue;
                     }
                 }
-                if pods_in_scope(s, &r.namespace, namespaces, pods).is_empty() {
+                if ix.in_scope(&r.namespace, namespaces, pods).is_empty() {
                     let what = match (namespaces, pods) {
                         (None, Some(p)) => format!(
                             "podSelector {p} matches no pod in namespace {}",
@@ -167,9 +295,10 @@ fn lint_peers(
                         (None, None) => "matches nothing".into(),
                     };
                     push(
+                        Severity::Warning,
                         field.clone(),
                         format!("{what}: this peer admits nothing today"),
-                        "check the labels (a podSelector without namespaceSelector only looks in the policy's own namespace)".into(),
+                        "check the labels (a podSelector without namespaceSelector only looks in the policy's own namespace)",
                     );
                 }
             }
@@ -177,21 +306,12 @@ fn lint_peers(
                 if b.cidr.prefix_len() == 0 {
                     continue;
                 }
-                let covered: Vec<String> = s
-                    .pods
-                    .iter()
-                    .filter(|(_, i)| !i.host_network)
-                    .filter(|(_, i)| {
-                        i.ips.iter().any(|ip| {
-                            let h = IpNet::from(*ip);
-                            net_within(&h, &b.cidr) && !b.except.iter().any(|e| net_within(&h, e))
-                        })
-                    })
-                    .map(|(pr, _)| pr.to_string())
-                    .collect();
+                let covered = ix.covered_by(b);
                 if !covered.is_empty() {
-                    let shown: Vec<String> = covered.iter().take(3).cloned().collect();
+                    let shown: Vec<String> =
+                        covered.iter().take(3).map(|p| p.to_string()).collect();
                     push(
+                        Severity::Warning,
                         format!("{field}.ipBlock.cidr"),
                         format!(
                             "{} covers the IPs of {} pod(s) ({}{}); pod IPs change when pods restart",
@@ -200,32 +320,41 @@ fn lint_peers(
                             shown.join(", "),
                             if covered.len() > 3 { ", ..." } else { "" }
                         ),
-                        "select pods with podSelector/namespaceSelector, and keep ipBlock for addresses outside the cluster (or except the pod CIDR)".into(),
+                        "select pods with podSelector/namespaceSelector, and keep ipBlock for addresses outside the cluster (or except the pod CIDR)",
                     );
                 }
             }
         }
     }
-    // Two items, one with only a namespaceSelector and the next with only a
-    // podSelector (or the reverse): ORed, where one ANDed item is usual.
-    for (j, pair) in peers.windows(2).enumerate() {
-        let only = |p: &Peer| match p {
-            Peer::Pods {
-                namespaces: Some(_),
-                pods: None,
-            } => Some(true),
-            Peer::Pods {
-                namespaces: None,
-                pods: Some(_),
-            } => Some(false),
-            _ => None,
-        };
-        if let (Some(a), Some(b)) = (only(&pair[0]), only(&pair[1])) {
+    // A peer with only a namespaceSelector next to one with only a
+    // podSelector (also with ipBlock items between them): ORed, where one
+    // ANDed item is usual.
+    let only = |p: &Peer| match p {
+        Peer::Pods {
+            namespaces: Some(_),
+            pods: None,
+        } => Some(true),
+        Peer::Pods {
+            namespaces: None,
+            pods: Some(_),
+        } => Some(false),
+        _ => None,
+    };
+    let selectors: Vec<(usize, Option<bool>)> = peers
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !matches!(p, Peer::IpBlock(_)))
+        .map(|(j, p)| (j, only(p)))
+        .collect();
+    for pair in selectors.windows(2) {
+        let ((j, a), (k, b)) = (pair[0], pair[1]);
+        if let (Some(a), Some(b)) = (a, b) {
             if a != b {
                 push(
-                    format!("{base}.{pf}[{j}..{}]", j + 1),
+                    Severity::Warning,
+                    format!("{base}.{pf}[{j}..{k}]"),
                     "namespaceSelector and podSelector are two separate peers (OR): every pod of the selected namespaces is admitted, plus the selected pods of this namespace".into(),
-                    "if you meant \"these pods in those namespaces\", put both selectors in ONE peer item (drop the `-` before the second selector)".into(),
+                    "if you meant \"these pods in those namespaces\", put both selectors in ONE peer item (drop the `-` before the second selector)",
                 );
             }
         }
@@ -233,207 +362,40 @@ fn lint_peers(
 }
 
 fn lint_named_ports(
-    s: &Snapshot,
+    ix: &Index<'_>,
     dir: Direction,
     base: &str,
     rule: &crate::model::Rule,
-    selected: &[&PodRef],
-    push: &mut impl FnMut(String, String, String),
+    selected: &[&Group<'_>],
+    push: &mut Push<'_>,
 ) {
     for (k, port) in rule.ports.iter().enumerate() {
         let Some(PortRef::Name(name)) = &port.port else {
             continue;
         };
-        let declared = |pr: &&PodRef| {
-            s.pods
-                .get(*pr)
-                .is_some_and(|i| i.named_port(name, port.protocol).next().is_some())
-        };
         let (ok, whom) = match dir {
             Direction::Ingress => (
-                selected.iter().any(declared),
+                selected.iter().any(|g| g.declares(name, port.protocol)),
                 "the pods this policy selects",
             ),
-            Direction::Egress => (s.pods.keys().any(|p| declared(&p)), "any pod"),
+            Direction::Egress => (
+                ix.named_ports.contains(&(name.as_str(), port.protocol)),
+                "any pod",
+            ),
         };
         if !ok {
             push(
+                Severity::Error,
                 format!("{base}.ports[{k}].port"),
                 format!(
                     "named port {name:?} ({}) is declared by none of {whom}, so this port matches nothing",
                     port.protocol
                 ),
-                "use the containerPort name exactly (and its protocol), or a port number".into(),
+                "use the containerPort name exactly (and its protocol), or a port number",
             );
         }
     }
 }
 
-/// Policies whose removal changes nothing in the compiled state: another
-/// policy already allows at least as much for the same pods.
-fn redundant_policies(s: &Snapshot) -> Vec<Finding> {
-    let eps = all_endpoints(s);
-    let mut alloc = Allocator::new();
-    let full = compile(s, &eps, &mut alloc);
-    let mut out = Vec::new();
-    for (r, p) in &s.policies {
-        if !p.is_valid() || !has_rules(p) {
-            continue;
-        }
-        let mut without = s.clone();
-        without.policies.remove(r);
-        let st = compile(&without, &eps, &mut alloc.clone()).state;
-        let same_isolation: bool = st.endpoints == full.state.endpoints;
-        if same_isolation
-            && full
-                .state
-                .policy
-                .keys()
-                .all(|e| st.policy.contains_key(e) || covered(&st.policy, e))
-        {
-            let others: Vec<String> = s
-                .policies
-                .keys()
-                .filter(|o| o.namespace == r.namespace && *o != r)
-                .map(|o| o.to_string())
-                .collect();
-            out.push(Finding {
-                object: format!("NetworkPolicy {r}"),
-                field: "spec".into(),
-                message: format!(
-                    "adds nothing: every connection it allows is already allowed (by {})",
-                    if others.is_empty() {
-                        "other policies".to_string()
-                    } else {
-                        others.join(", ")
-                    }
-                ),
-                fix: "delete it, or narrow the broader policy if this one states the intent".into(),
-            });
-        }
-    }
-    out
-}
-
-/// Whether some entry of `policy` already allows everything `e` allows.
-fn covered(policy: &BTreeMap<PolicyEntry, policy_common::PolicyValue>, e: &PolicyEntry) -> bool {
-    let lo = PolicyEntry {
-        identity: policy_common::identity::ANY,
-        ports: PortMatch::AnyProtocol,
-        ..*e
-    };
-    policy
-        .range(lo..)
-        .take_while(|(k, _)| k.ep_id == e.ep_id && k.dir == e.dir)
-        .any(|(k, _)| {
-            (k.identity == e.identity || k.identity == policy_common::identity::ANY)
-                && port_covers(k.ports, e.ports)
-        })
-}
-
-fn port_covers(a: PortMatch, b: PortMatch) -> bool {
-    match (a, b) {
-        (PortMatch::AnyProtocol, _) => true,
-        (PortMatch::AnyPort { proto }, PortMatch::AnyPort { proto: p2 }) => proto == p2,
-        (PortMatch::AnyPort { proto }, PortMatch::Ports { proto: p2, .. }) => proto == p2,
-        (
-            PortMatch::Ports {
-                proto,
-                port,
-                prefix_len,
-            },
-            PortMatch::Ports {
-                proto: p2,
-                port: port2,
-                prefix_len: l2,
-            },
-        ) => {
-            proto == p2
-                && prefix_len <= l2
-                && crate::compile::ports::block_covers(port, prefix_len, port2)
-        }
-        _ => false,
-    }
-}
-
-fn has_rules(p: &Policy) -> bool {
-    Direction::BOTH
-        .iter()
-        .any(|d| p.rules(*d).is_some_and(|r| !r.is_empty()))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testutil::ClusterBuilder;
-
-    fn base() -> ClusterBuilder {
-        ClusterBuilder::new()
-            .ns("x", &[("team", "blue")])
-            .ns("y", &[])
-            .pod_with_ports(
-                "x/a",
-                &[("app", "a")],
-                &["10.0.0.1"],
-                &[("http", 80, "TCP")],
-            )
-            .pod("x/b", &[("app", "b")], &["10.0.0.2"])
-            .pod("y/c", &[("app", "c")], &["10.0.1.1"])
-    }
-
-    fn fields(s: &Snapshot) -> Vec<String> {
-        lint(s)
-            .into_iter()
-            .map(|f| format!("{} {}", f.field, f.message))
-            .collect()
-    }
-
-    #[test]
-    fn clean_policy_has_no_findings() {
-        let s = base()
-            .policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: b}}}], ports: [{port: http}]}]\n")
-            .build();
-        assert!(lint(&s).is_empty(), "{:?}", lint(&s));
-    }
-
-    #[test]
-    fn finds_the_usual_mistakes() {
-        let s = base()
-            .policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {team: red}}\n    - namespaceSelector: {matchLabels: {team: blue}}\n    - podSelector: {matchLabels: {app: b}}\n    - podSelector: {matchLabels: {app: zzz}}\n    - ipBlock: {cidr: 10.0.0.0/24}\n    ports: [{port: htp}]\n")
-            .policy("metadata: {name: q, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: nope}}\n  ingress: [{}]\n")
-            .build();
-        let f = fields(&s).join("\n");
-        assert!(
-            f.contains("spec.ingress[0].from[0].namespaceSelector no namespace carries"),
-            "{f}"
-        );
-        assert!(f.contains("spec.ingress[0].from[1..2] namespaceSelector and podSelector are two separate peers"), "{f}");
-        assert!(
-            f.contains("spec.ingress[0].from[3] podSelector app=zzz matches no pod"),
-            "{f}"
-        );
-        assert!(
-            f.contains(
-                "spec.ingress[0].from[4].ipBlock.cidr 10.0.0.0/24 covers the IPs of 2 pod(s)"
-            ),
-            "{f}"
-        );
-        assert!(
-            f.contains("spec.ingress[0].ports[0].port named port \"htp\""),
-            "{f}"
-        );
-        assert!(f.contains("spec.podSelector selects no pod"), "{f}");
-    }
-
-    #[test]
-    fn finds_policies_that_add_nothing() {
-        let s = base()
-            .policy("metadata: {name: broad, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{}]\n")
-            .policy("metadata: {name: narrow, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress: [{ports: [{port: 80}]}]\n")
-            .build();
-        let f = lint(&s);
-        assert_eq!(f.len(), 1, "{f:?}");
-        assert_eq!(f[0].object, "NetworkPolicy x/narrow");
-        assert!(f[0].message.contains("x/broad"));
-    }
-}
+mod tests;

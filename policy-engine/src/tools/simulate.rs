@@ -1,53 +1,42 @@
 //! `simulate`: compile manifests and judge probes with the datapath's
 //! lookup model (never by re-reading the policies).
 //!
-//! Probes are JSON lines `{"from": "ns/pod"|"IP", "to": ..., "port": 80,
-//! "protocol": "TCP"}` (other fields ignored). Without probes, every ordered
-//! pair of pods is probed on every container port the destination declares.
+//! Probes are JSON lines `{"from": "ns/pod"|"IP", "to": ...|"svc:ns/name", "port": 80,
+//! "protocol": "TCP", "allowed": true}` (`protocol` in any case, default
+//! TCP; `allowed`, when present, is the expected verdict; other fields are
+//! ignored). Without probes, every ordered pair of pods with an address is
+//! probed on every container port the destination declares.
+//!
+//! Every probe gets an answer: one that cannot be sent as written (a pod
+//! without an address of the probe's family, a Pending pod) is judged by
+//! the pods' identities and carries a note; a probe naming an unknown pod
+//! is reported on its own line and the batch goes on.
+//!
+//! A probe to a Service (`svc:ns/name`, on the Service port) is judged on
+//! each backend kube-proxy may pick, on the backend's address and target
+//! port: one answer when the backends agree, one per backend otherwise.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use serde_json::{json, Value};
 
-use super::probe::{self, BackendConnection, Connection, End};
-use super::{write_err, ToolError};
+use super::probe::{self, BackendConnection, Connection, End, Judge};
+use super::{table, write_err, Input, Output, ToolError};
 use crate::compile::{self, Allocator, Compiled};
-use crate::manifest;
+use crate::manifest::Location;
 use crate::model::{PodRef, Protocol, Snapshot};
-
-/// Output format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Format {
-    /// One JSON object per probe per line.
-    #[default]
-    Json,
-    /// A readable table (a matrix per port when probing all pairs).
-    Table,
-}
-
-impl FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "json" => Ok(Format::Json),
-            "table" => Ok(Format::Table),
-            _ => Err(format!("unknown format {s:?} (expected json or table)")),
-        }
-    }
-}
 
 /// What to simulate.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Manifest files or directories.
-    pub manifests: Vec<PathBuf>,
+    /// Manifests.
+    pub input: Input,
     /// Probes file (JSON lines), `-` for stdin; `None` = all pod pairs.
     pub probes: Option<PathBuf>,
     /// Output format.
-    pub format: Format,
+    pub output: Output,
 }
 
 /// One probe.
@@ -61,6 +50,27 @@ pub struct Probe {
     pub port: u16,
     /// Protocol.
     pub protocol: Protocol,
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} -> {} {}/{}",
+            self.from, self.to, self.port, self.protocol
+        )
+    }
+}
+
+/// A probe as read from a probes file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeLine {
+    /// Where it was read.
+    pub location: Location,
+    /// The probe.
+    pub probe: Probe,
+    /// Its `allowed` field: the verdict the author expects.
+    pub expected: Option<bool>,
 }
 
 /// One judged probe.
@@ -109,35 +119,55 @@ impl ProbeResult {
         }
     }
 
+    /// Why the packet could not be sent as written, if it could not (for a
+    /// Service: the first backend's note; see [`Connection::note`]).
+    pub fn note(&self) -> Option<&str> {
+        match self.probe.to {
+            End::Service(_) => self
+                .backends
+                .iter()
+                .find_map(|b| b.connection.note.as_deref()),
+            _ => self.connection.note.as_deref(),
+        }
+    }
+
     /// The JSON lines for this result: one, or for a Service whose backends
-    /// disagree, one per backend (each with `backend`).
+    /// disagree, one per backend (each with `backend`). A probe that cannot
+    /// be sent as written carries `note`.
     pub fn to_json_lines(&self) -> Vec<Value> {
-        let mut head = json!({
+        let head = json!({
             "from": self.probe.from.to_string(),
             "to": self.probe.to.to_string(),
             "port": self.probe.port,
             "protocol": self.probe.protocol.to_string(),
         });
+        let line = |allowed: bool, reason: String, note: Option<&str>| {
+            let mut v = head.clone();
+            v["allowed"] = allowed.into();
+            v["reason"] = reason.into();
+            if let Some(note) = note {
+                v["note"] = note.into();
+            }
+            v
+        };
         if !matches!(self.probe.to, End::Service(_)) || self.backends_agree() {
-            head["allowed"] = self.allowed().into();
-            head["reason"] = self.reason().into();
+            let mut v = line(self.allowed(), self.reason(), self.note());
             if matches!(self.probe.to, End::Service(_)) {
-                head["backends"] = self
+                v["backends"] = self
                     .backends
                     .iter()
                     .map(|b| Value::from(b.backend.to_string()))
                     .collect();
             }
-            return vec![head];
+            return vec![v];
         }
         self.backends
             .iter()
             .map(|b| {
-                let mut line = head.clone();
-                line["backend"] = b.backend.to_string().into();
-                line["allowed"] = b.connection.allowed().into();
-                line["reason"] = b.connection.reason().into();
-                line
+                let c = &b.connection;
+                let mut v = line(c.allowed(), c.reason(), c.note.as_deref());
+                v["backend"] = b.backend.to_string().into();
+                v
             })
             .collect()
     }
@@ -148,6 +178,34 @@ impl ProbeResult {
     }
 }
 
+/// A probe whose verdict differs from its `allowed` field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    /// Where the probe is.
+    pub location: Location,
+    /// The probe.
+    pub probe: Probe,
+    /// What the file expects.
+    pub expected: bool,
+    /// Why the verdict is what it is.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let word = |b: bool| if b { "allowed" } else { "denied" };
+        write!(
+            f,
+            "{}: {}: expected {}, simulated {} ({})",
+            self.location,
+            self.probe,
+            word(self.expected),
+            word(!self.expected),
+            self.reason
+        )
+    }
+}
+
 /// Summary of a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
@@ -155,13 +213,38 @@ pub struct Outcome {
     pub probes: usize,
     /// How many were allowed.
     pub allowed: usize,
-    /// Manifest warnings (skipped kinds...).
+    /// Probes that could not be judged (an unknown pod), with the reason.
+    pub errors: Vec<String>,
+    /// Probes whose verdict differs from their `allowed` field.
+    pub mismatches: Vec<Mismatch>,
+    /// Pods left out of the all-pairs matrix for lack of an address.
+    pub skipped_pods: usize,
+    /// Manifest warnings (skipped kinds, duplicates...).
     pub warnings: Vec<String>,
 }
 
+impl Outcome {
+    /// The CLI's exit code: 2 if a probe could not be judged (bad input),
+    /// 1 on a mismatch with an expected verdict, 0 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        if !self.errors.is_empty() {
+            2
+        } else if !self.mismatches.is_empty() {
+            1
+        } else {
+            0
+        }
+    }
+}
+
 /// Parses one probe line. Extra fields are ignored; `protocol` defaults to
-/// TCP.
+/// TCP and is read in any case.
 pub fn parse_probe(line: &str) -> Result<Probe, String> {
+    parse_probe_line(line).map(|(p, _)| p)
+}
+
+/// Parses one probe line with its expected verdict (`allowed`).
+pub fn parse_probe_line(line: &str) -> Result<(Probe, Option<bool>), String> {
     let v: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
     let end = |k: &str| -> Result<End, String> {
         let s = v
@@ -177,29 +260,44 @@ pub fn parse_probe(line: &str) -> Result<Probe, String> {
         .ok_or_else(|| "field \"port\" missing or not a port number".to_string())?;
     let protocol = match v.get("protocol") {
         None | Some(Value::Null) => Protocol::Tcp,
-        Some(Value::String(s)) => s.parse().map_err(|e| format!("field \"protocol\": {e}"))?,
+        Some(Value::String(s)) => {
+            Protocol::from_any_case(s).map_err(|e| format!("field \"protocol\": {e}"))?
+        }
         Some(_) => return Err("field \"protocol\" is not a string".into()),
     };
-    Ok(Probe {
-        from: end("from")?,
-        to: end("to")?,
-        port,
-        protocol,
-    })
+    let expected = match v.get("allowed") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err("field \"allowed\" is not true or false".into()),
+    };
+    Ok((
+        Probe {
+            from: end("from")?,
+            to: end("to")?,
+            port,
+            protocol,
+        },
+        expected,
+    ))
 }
 
-/// Every ordered pair of distinct pods, on every port the destination
-/// declares.
+/// Every ordered pair of distinct pods that have an address, on every port
+/// the destination declares.
 pub fn all_pairs(snapshot: &Snapshot) -> Vec<Probe> {
+    let pods: Vec<(&PodRef, &crate::model::PodInfo)> = snapshot
+        .pods
+        .iter()
+        .filter(|(_, p)| !p.ips.is_empty())
+        .collect();
     let mut out = Vec::new();
-    for (to, info) in &snapshot.pods {
+    for (to, info) in &pods {
         let ports: BTreeSet<(u16, Protocol)> =
             info.ports.iter().map(|p| (p.port, p.protocol)).collect();
-        for from in snapshot.pods.keys().filter(|f| *f != to) {
+        for (from, _) in pods.iter().filter(|(f, _)| f != to) {
             for (port, protocol) in &ports {
                 out.push(Probe {
-                    from: End::Pod(from.clone()),
-                    to: End::Pod(to.clone()),
+                    from: End::Pod((*from).clone()),
+                    to: End::Pod((*to).clone()),
                     port: *port,
                     protocol: *protocol,
                 });
@@ -220,6 +318,8 @@ pub struct Simulation {
     pub endpoints: BTreeMap<PodRef, u32>,
     /// The compile.
     pub compiled: Compiled,
+    /// Each pod's identity in the compile.
+    pub identities: BTreeMap<PodRef, u32>,
 }
 
 impl Simulation {
@@ -227,10 +327,21 @@ impl Simulation {
     pub fn new(snapshot: Snapshot) -> Self {
         let endpoints = compile::all_endpoints(&snapshot);
         let compiled = compile::compile(&snapshot, &endpoints, &mut Allocator::new());
+        let identities = probe::pod_identities(&compiled.identities);
         Simulation {
             snapshot,
             endpoints,
             compiled,
+            identities,
+        }
+    }
+
+    fn judge_with(&self) -> Judge<'_> {
+        Judge {
+            snapshot: &self.snapshot,
+            state: &self.compiled.state,
+            endpoints: &self.endpoints,
+            identities: &self.identities,
         }
     }
 
@@ -239,15 +350,9 @@ impl Simulation {
         if let End::Service(svc) = &probe.to {
             return self.judge_service(probe, svc);
         }
-        let connection = probe::connection(
-            &self.snapshot,
-            &self.compiled.state,
-            &self.endpoints,
-            &probe.from,
-            &probe.to,
-            probe.protocol,
-            probe.port,
-        )?;
+        let connection =
+            self.judge_with()
+                .connection(&probe.from, &probe.to, probe.protocol, probe.port)?;
         Ok(ProbeResult {
             probe: probe.clone(),
             connection,
@@ -256,37 +361,21 @@ impl Simulation {
     }
 
     fn judge_service(&self, probe: &Probe, svc: &PodRef) -> Result<ProbeResult, probe::ProbeError> {
-        let backends = probe::service_connections(
-            &self.snapshot,
-            &self.compiled.state,
-            &self.endpoints,
-            &probe.from,
-            svc,
-            probe.protocol,
-            probe.port,
-        )?;
+        let judge = self.judge_with();
+        let backends = judge.service_connections(&probe.from, svc, probe.protocol, probe.port)?;
         let connection = match backends.first() {
             Some(b) => b.connection.clone(),
             None => {
-                let from = probe::connection(
-                    &self.snapshot,
-                    &self.compiled.state,
-                    &self.endpoints,
-                    &probe.from,
-                    &probe.from,
-                    probe.protocol,
-                    probe.port,
-                )?;
-                let cluster_ip = self.snapshot.services[svc]
-                    .cluster_ips
-                    .first()
-                    .copied()
-                    .unwrap_or(from.dst_ip);
+                // No backend: a connection to the ClusterIP that no
+                // endpoint judges (kube-proxy rejects it).
+                let from =
+                    judge.connection(&probe.from, &probe.from, probe.protocol, probe.port)?;
                 Connection {
-                    dst_ip: cluster_ip,
+                    dst_ip: self.snapshot.services[svc].cluster_ips.first().copied(),
                     dst_pod: None,
                     egress: None,
                     ingress: None,
+                    note: None,
                     ..from
                 }
             }
@@ -299,9 +388,9 @@ impl Simulation {
     }
 }
 
-/// Reads probe lines (blank lines and `#` comments skipped) with their line
-/// numbers.
-pub fn read_probes(reader: impl BufRead, path: &Path) -> Result<Vec<(usize, Probe)>, ToolError> {
+/// Reads probe lines (blank lines and `#` comments skipped) with where
+/// each was read.
+pub fn read_probes(reader: impl BufRead, path: &Path) -> Result<Vec<ProbeLine>, ToolError> {
     let mut out = Vec::new();
     for (i, line) in reader.lines().enumerate() {
         let line = line.map_err(|source| ToolError::Read {
@@ -312,18 +401,25 @@ pub fn read_probes(reader: impl BufRead, path: &Path) -> Result<Vec<(usize, Prob
         if t.is_empty() || t.starts_with('#') {
             continue;
         }
-        let probe = parse_probe(t).map_err(|message| ToolError::BadProbe {
+        let (probe, expected) = parse_probe_line(t).map_err(|message| ToolError::BadProbe {
             path: path.to_path_buf(),
             line: i + 1,
             message,
         })?;
-        out.push((i + 1, probe));
+        out.push(ProbeLine {
+            location: Location {
+                path: path.to_path_buf(),
+                line: i + 1,
+            },
+            probe,
+            expected,
+        });
     }
     Ok(out)
 }
 
-/// Runs `simulate` as the CLI does: loads `opts.manifests` (invalid
-/// policies are errors), reads probes (stdin for `-`), writes results.
+/// Runs `simulate` as the CLI does: loads the manifests (invalid policies
+/// are errors), reads probes (stdin for `-`), writes results.
 pub fn run(opts: &Options, out: &mut impl Write) -> Result<Outcome, ToolError> {
     match opts.probes.as_deref() {
         Some(p) if p == Path::new("-") => {
@@ -342,6 +438,16 @@ pub fn run(opts: &Options, out: &mut impl Write) -> Result<Outcome, ToolError> {
     }
 }
 
+/// One probe's answer: judged, or why it could not be.
+enum Answer {
+    Judged(ProbeResult),
+    Failed {
+        location: Option<Location>,
+        probe: Probe,
+        error: probe::ProbeError,
+    },
+}
+
 /// [`run`] with the probes coming from `probes` instead of `opts.probes`
 /// (`None` = all pod pairs).
 pub fn run_with(
@@ -349,84 +455,208 @@ pub fn run_with(
     probes: Option<impl BufRead>,
     out: &mut impl Write,
 ) -> Result<Outcome, ToolError> {
-    let loaded = manifest::load_paths(&opts.manifests)?.strict()?;
-    let warnings = loaded.warnings.clone();
+    let loaded = opts.input.load()?;
+    let mut outcome = Outcome {
+        warnings: loaded.warnings.clone(),
+        ..Outcome::default()
+    };
     let sim = Simulation::new(loaded.snapshot);
     let probe_path = opts.probes.clone().unwrap_or_else(|| PathBuf::from("-"));
     let matrix = probes.is_none();
-    let list: Vec<(usize, Probe)> = match probes {
-        Some(r) => read_probes(r, &probe_path)?,
-        None => all_pairs(&sim.snapshot)
+    let list: Vec<(Option<Location>, Probe, Option<bool>)> = match probes {
+        Some(r) => read_probes(r, &probe_path)?
             .into_iter()
-            .map(|p| (0, p))
+            .map(|p| (Some(p.location), p.probe, p.expected))
             .collect(),
+        None => {
+            outcome.skipped_pods = sim
+                .snapshot
+                .pods
+                .values()
+                .filter(|p| p.ips.is_empty())
+                .count();
+            all_pairs(&sim.snapshot)
+                .into_iter()
+                .map(|p| (None, p, None))
+                .collect()
+        }
     };
-    let mut results = Vec::with_capacity(list.len());
-    for (line, p) in &list {
-        let r = sim.judge(p).map_err(|source| ToolError::Probe {
-            path: probe_path.clone(),
-            line: *line,
-            source,
-        })?;
-        results.push(r);
-    }
-    match opts.format {
-        Format::Json => {
-            for r in &results {
-                for line in r.to_json_lines() {
-                    writeln!(out, "{line}").map_err(write_err)?;
+    let mut answers = Vec::with_capacity(list.len());
+    for (location, p, expected) in list {
+        match sim.judge(&p) {
+            Ok(r) => {
+                let allowed = r.allowed();
+                outcome.probes += 1;
+                outcome.allowed += usize::from(allowed);
+                if let (Some(want), Some(at)) = (expected, &location) {
+                    if want != allowed {
+                        outcome.mismatches.push(Mismatch {
+                            location: at.clone(),
+                            probe: p.clone(),
+                            expected: want,
+                            reason: r.reason(),
+                        });
+                    }
                 }
+                answers.push(Answer::Judged(r));
+            }
+            Err(error) => {
+                let at = location
+                    .as_ref()
+                    .map(|l| format!("{l}: "))
+                    .unwrap_or_default();
+                outcome.errors.push(format!("{at}{p}: {error}"));
+                answers.push(Answer::Failed {
+                    location,
+                    probe: p,
+                    error,
+                });
             }
         }
-        Format::Table if matrix => write_matrix(&results, out).map_err(write_err)?,
-        Format::Table => write_rows(&results, out).map_err(write_err)?,
     }
-    Ok(Outcome {
-        probes: results.len(),
-        allowed: results.iter().filter(|r| r.allowed()).count(),
-        warnings,
-    })
+    write_answers(&answers, opts.output, matrix, outcome.skipped_pods, out).map_err(write_err)?;
+    Ok(outcome)
 }
 
-fn write_rows(results: &[ProbeResult], out: &mut impl Write) -> std::io::Result<()> {
-    let rows: Vec<[String; 5]> = results
-        .iter()
-        .map(|r| {
-            [
-                r.probe.from.to_string(),
-                r.probe.to.to_string(),
-                format!("{}/{}", r.probe.port, r.probe.protocol),
-                if r.allowed() { "allowed" } else { "DENIED" }.to_string(),
-                r.reason(),
-            ]
-        })
-        .collect();
-    let head = ["FROM", "TO", "PORT", "VERDICT", "REASON"].map(String::from);
-    let mut w = [0usize; 5];
-    for row in std::iter::once(&head).chain(rows.iter()) {
-        for (i, c) in row.iter().enumerate() {
-            w[i] = w[i].max(c.len());
+fn answer_json(a: &Answer) -> Vec<Value> {
+    match a {
+        Answer::Judged(r) => r.to_json_lines(),
+        Answer::Failed {
+            location,
+            probe,
+            error,
+        } => {
+            let mut v = json!({
+                "from": probe.from.to_string(),
+                "to": probe.to.to_string(),
+                "port": probe.port,
+                "protocol": probe.protocol.to_string(),
+                "error": error.to_string(),
+            });
+            if let Some(l) = location {
+                v["line"] = json!(l.line);
+            }
+            vec![v]
         }
     }
-    for row in std::iter::once(&head).chain(rows.iter()) {
-        let line = format!(
-            "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {}",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            w0 = w[0],
-            w1 = w[1],
-            w2 = w[2],
-            w3 = w[3]
-        );
-        writeln!(out, "{}", line.trim_end())?;
+}
+
+fn write_answers(
+    answers: &[Answer],
+    output: Output,
+    matrix: bool,
+    skipped: usize,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    match output {
+        Output::Json => {
+            for v in answers.iter().flat_map(answer_json) {
+                writeln!(out, "{v}")?;
+            }
+        }
+        Output::Yaml => {
+            let list: Vec<Value> = answers.iter().flat_map(answer_json).collect();
+            table::write_yaml(out, &Value::Array(list))?;
+        }
+        Output::Table if matrix => {
+            let results: Vec<&ProbeResult> = answers
+                .iter()
+                .filter_map(|a| match a {
+                    Answer::Judged(r) => Some(r),
+                    Answer::Failed { .. } => None,
+                })
+                .collect();
+            write_matrix(&results, out)?;
+        }
+        Output::Table | Output::Wide => write_rows(answers, output == Output::Wide, out)?,
+    }
+    if matrix && skipped > 0 && matches!(output, Output::Table | Output::Wide) {
+        writeln!(out, "({skipped} pod(s) without an address skipped)")?;
     }
     Ok(())
 }
 
-fn write_matrix(results: &[ProbeResult], out: &mut impl Write) -> std::io::Result<()> {
+/// One table row of a judged probe: the destination as shown, the
+/// connection judged, and for a Service the backends it stands for.
+fn result_rows(r: &ProbeResult) -> Vec<(String, bool, String, Option<&str>, &Connection)> {
+    let to = r.probe.to.to_string();
+    if !matches!(r.probe.to, End::Service(_)) || r.backends_agree() {
+        return vec![(to, r.allowed(), r.reason(), r.note(), &r.connection)];
+    }
+    r.backends
+        .iter()
+        .map(|b| {
+            let c = &b.connection;
+            (
+                format!("{to} ({})", b.backend),
+                c.allowed(),
+                c.reason(),
+                c.note.as_deref(),
+                c,
+            )
+        })
+        .collect()
+}
+
+fn write_rows(answers: &[Answer], wide: bool, out: &mut impl Write) -> std::io::Result<()> {
+    let ip = |i: Option<std::net::IpAddr>| i.map_or("-".to_string(), |i| i.to_string());
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for a in answers {
+        let (probe, lines) = match a {
+            Answer::Judged(r) => (
+                &r.probe,
+                result_rows(r)
+                    .into_iter()
+                    .map(|(to, allowed, reason, note, c)| {
+                        let verdict = if allowed { "allowed" } else { "DENIED" };
+                        let note = note.unwrap_or_default().to_string();
+                        (
+                            to,
+                            verdict.to_string(),
+                            reason,
+                            note,
+                            ip(c.src_ip),
+                            ip(c.dst_ip),
+                        )
+                    })
+                    .collect(),
+            ),
+            Answer::Failed { probe, error, .. } => (
+                probe,
+                vec![(
+                    probe.to.to_string(),
+                    "ERROR".to_string(),
+                    error.to_string(),
+                    String::new(),
+                    "-".into(),
+                    "-".into(),
+                )],
+            ),
+        };
+        for (to, verdict, reason, note, src, dst) in lines {
+            let mut row = vec![
+                probe.from.to_string(),
+                to,
+                format!("{}/{}", probe.port, probe.protocol),
+                verdict,
+                reason,
+            ];
+            if wide {
+                row.extend([src, dst, note]);
+            } else if !note.is_empty() {
+                row[4].push_str(" (not sendable)");
+            }
+            rows.push(row);
+        }
+    }
+    let mut head = vec!["FROM", "TO", "PORT", "VERDICT", "REASON"];
+    if wide {
+        head.extend(["SRC-IP", "DST-IP", "NOTE"]);
+    }
+    table::write(out, &head, &rows)
+}
+
+fn write_matrix(results: &[&ProbeResult], out: &mut impl Write) -> std::io::Result<()> {
     let mut by_port: BTreeMap<(u16, Protocol), BTreeMap<(String, String), bool>> = BTreeMap::new();
     let mut names: BTreeSet<String> = BTreeSet::new();
     for r in results {
@@ -511,9 +741,9 @@ spec:
     fn json_lines_in_probe_order() {
         let (dir, f) = write_cluster(CLUSTER);
         let opts = Options {
-            manifests: vec![f],
+            input: vec![f].into(),
             probes: Some("probes.jsonl".into()),
-            format: Format::Json,
+            output: Output::Json,
         };
         let probes = "{\"from\":\"x/b\",\"to\":\"x/a\",\"port\":80,\"expected\":1}\n\n{\"from\":\"203.0.113.1\",\"to\":\"x/a\",\"port\":80,\"protocol\":\"UDP\"}\n";
         let mut out = Vec::new();
@@ -530,30 +760,35 @@ spec:
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    const SERVICES: &str = "---
+kind: Pod
+metadata: {name: a2, namespace: x, labels: {svc: web}}
+spec: {containers: [{name: c, image: i, ports: [{containerPort: 8080, name: http}]}]}
+status: {podIP: 10.0.0.3}
+---
+kind: Service
+metadata: {name: web, namespace: x}
+spec: {clusterIP: 10.96.0.9, selector: {svc: web}, ports: [{port: 80, targetPort: 80}]}
+---
+kind: Service
+metadata: {name: empty, namespace: x}
+spec: {clusterIP: 10.96.0.10, selector: {app: none}, ports: [{port: 80}]}
+";
+
+    fn service_cluster() -> String {
+        format!(
+            "{}{SERVICES}",
+            CLUSTER.replace("labels: {app: a}", "labels: {app: a, svc: web}")
+        )
+    }
+
     #[test]
     fn service_probes_answer_on_the_backends() {
-        let cluster = format!(
-            "{}---
-kind: Pod
-metadata: {{name: a2, namespace: x, labels: {{svc: web}}}}
-spec: {{containers: [{{name: c, image: i, ports: [{{containerPort: 8080, name: http}}]}}]}}
-status: {{podIP: 10.0.0.3}}
----
-kind: Service
-metadata: {{name: web, namespace: x}}
-spec: {{clusterIP: 10.96.0.9, selector: {{svc: web}}, ports: [{{port: 80, targetPort: 80}}]}}
----
-kind: Service
-metadata: {{name: empty, namespace: x}}
-spec: {{clusterIP: 10.96.0.10, selector: {{app: none}}, ports: [{{port: 80}}]}}
-",
-            CLUSTER.replace("labels: {app: a}", "labels: {app: a, svc: web}")
-        );
-        let (dir, f) = write_cluster(&cluster);
+        let (dir, f) = write_cluster(&service_cluster());
         let opts = Options {
-            manifests: vec![f],
+            input: vec![f].into(),
             probes: Some("p.jsonl".into()),
-            format: Format::Json,
+            output: Output::Json,
         };
         // b is allowed into a on 80 by policy p; a2 is not isolated: agree.
         // 203.0.113.1 is allowed into a2 but not into a: one line each.
@@ -580,13 +815,98 @@ spec: {{clusterIP: 10.96.0.10, selector: {{app: none}}, ports: [{{port: 80}}]}}
             (&json!("x/a2:80"), &json!(true))
         );
         assert_eq!(lines[3]["reason"], "no-backends");
-        let e = run_with(
+        // A port the Service does not have: that probe is an error, the
+        // batch goes on.
+        let mut out = Vec::new();
+        let o = run_with(
             &opts,
-            Some("{\"from\":\"x/b\",\"to\":\"svc:x/web\",\"port\":81}\n".as_bytes()),
-            &mut Vec::new(),
+            Some(
+                "{\"from\":\"x/b\",\"to\":\"svc:x/web\",\"port\":81}\n{\"from\":\"x/b\",\"to\":\"svc:x/nope\",\"port\":80}\n{\"from\":\"x/b\",\"to\":\"svc:x/web\",\"port\":80}\n"
+                    .as_bytes(),
+            ),
+            &mut out,
         )
-        .unwrap_err();
-        assert!(e.to_string().contains("no port 81/TCP"), "{e}");
+        .unwrap();
+        assert_eq!((o.probes, o.exit_code()), (1, 2));
+        assert!(
+            o.errors[0].contains("p.jsonl:1") && o.errors[0].contains("no port 81/TCP"),
+            "{:?}",
+            o.errors
+        );
+        assert!(
+            o.errors[1].contains("unknown Service x/nope"),
+            "{:?}",
+            o.errors
+        );
+        assert_eq!(String::from_utf8(out).unwrap().lines().count(), 3);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn service_probes_from_unsendable_sources_are_answered() {
+        let (dir, f) = write_cluster(&format!("{}---{PENDING}", service_cluster()));
+        let opts = Options {
+            input: vec![f].into(),
+            probes: Some("p.jsonl".into()),
+            output: Output::Json,
+        };
+        let probes = [
+            // A Pending pod labelled app: b: both backends admit it.
+            r#"{"from":"x/pending","to":"svc:x/web","port":80,"allowed":true}"#,
+            // An IPv6-only pod to an IPv4-only Service: a note, and policy
+            // p does not admit app: c into x/a.
+            r#"{"from":"x/v6","to":"svc:x/web","port":80,"allowed":true}"#,
+        ]
+        .join("\n");
+        let mut out = Vec::new();
+        let o = run_with(&opts, Some(probes.as_bytes()), &mut out).unwrap();
+        assert!(o.errors.is_empty(), "{:?}", o.errors);
+        let lines: Vec<Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0]["allowed"], true);
+        assert!(
+            lines[0]["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("x/pending has no IP address")),
+            "{lines:?}"
+        );
+        assert_eq!(
+            (&lines[1]["backend"], &lines[1]["allowed"]),
+            (&json!("x/a:80"), &json!(false))
+        );
+        assert!(
+            lines[1]["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("x/v6 has no IPv4 address")),
+            "{lines:?}"
+        );
+        assert_eq!(lines[2]["allowed"], true);
+        // The expectation on the v6 probe fails on backend x/a: exit 1.
+        assert_eq!(o.mismatches.len(), 1, "{:?}", o.mismatches);
+        assert!(o.mismatches[0]
+            .to_string()
+            .starts_with("p.jsonl:2: x/v6 -> svc:x/web 80/TCP"));
+        assert_eq!(o.exit_code(), 1);
+
+        // Table and wide: one row per disagreeing backend, with headers.
+        for (output, want) in [
+            (Output::Table, "svc:x/web (x/a:80)"),
+            (Output::Wide, "NOTE"),
+            (Output::Yaml, "backend: x/a:80"),
+        ] {
+            let opts = Options {
+                output,
+                ..opts.clone()
+            };
+            let mut out = Vec::new();
+            run_with(&opts, Some(probes.as_bytes()), &mut out).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.contains(want), "{output:?}: {text}");
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -594,9 +914,9 @@ spec: {{clusterIP: 10.96.0.10, selector: {{app: none}}, ports: [{{port: 80}}]}}
     fn table_matrix_for_all_pairs() {
         let (dir, f) = write_cluster(CLUSTER);
         let opts = Options {
-            manifests: vec![f],
+            input: vec![f].into(),
             probes: None,
-            format: Format::Table,
+            output: Output::Table,
         };
         let mut out = Vec::new();
         let o = run_with(&opts, None::<&[u8]>, &mut out).unwrap();
@@ -610,21 +930,27 @@ spec: {{clusterIP: 10.96.0.10, selector: {{app: none}}, ports: [{{port: 80}}]}}
     fn bad_input_is_exit_2_and_named() {
         let (dir, f) = write_cluster(CLUSTER);
         let opts = Options {
-            manifests: vec![f.clone()],
+            input: vec![f.clone()].into(),
             probes: Some("p.jsonl".into()),
-            format: Format::Json,
+            output: Output::Json,
         };
-        let e = run_with(
+        // An unknown pod: that probe is an error line, the batch goes on.
+        let mut out = Vec::new();
+        let o = run_with(
             &opts,
-            Some("{\"from\":\"x/zz\",\"to\":\"x/a\",\"port\":80}\n".as_bytes()),
-            &mut Vec::new(),
+            Some("{\"from\":\"x/zz\",\"to\":\"x/a\",\"port\":80}\n{\"from\":\"x/b\",\"to\":\"x/a\",\"port\":80}\n".as_bytes()),
+            &mut out,
         )
-        .unwrap_err();
-        assert_eq!(e.exit_code(), 2);
+        .unwrap();
+        assert_eq!(o.exit_code(), 2);
+        assert_eq!(o.probes, 1);
         assert!(
-            e.to_string().contains("p.jsonl:1") && e.to_string().contains("x/zz"),
-            "{e}"
+            o.errors[0].contains("p.jsonl:1") && o.errors[0].contains("x/zz"),
+            "{:?}",
+            o.errors
         );
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
         let e = run_with(
             &opts,
             Some(
@@ -640,8 +966,85 @@ spec: {{clusterIP: 10.96.0.10, selector: {{app: none}}, ports: [{{port: 80}}]}}
         assert_eq!(e.exit_code(), 2);
         let msg = e.to_string();
         assert!(
-            msg.contains("cluster.yaml") && msg.contains("x/p") && msg.contains("endPort"),
+            msg.contains("cluster.yaml:16: NetworkPolicy x/p: spec.ingress[0].ports[0].endPort"),
             "{msg}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    const PENDING: &str = r#"
+kind: Pod
+metadata: {name: pending, namespace: x, labels: {app: b}}
+status: {phase: Pending}
+---
+kind: Pod
+metadata: {name: v6, namespace: x, labels: {app: c}}
+spec: {containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
+status: {podIP: "2001:db8::6"}
+"#;
+
+    #[test]
+    fn every_probe_is_answered() {
+        let (dir, f) = write_cluster(&format!("{CLUSTER}---{PENDING}"));
+        let opts = Options {
+            input: vec![f].into(),
+            probes: Some("p.jsonl".into()),
+            output: Output::Json,
+        };
+        let probes = [
+            // A Pending pod: no address, but its labels admit it.
+            r#"{"from":"x/pending","to":"x/a","port":80,"allowed":true}"#,
+            // An IPv6 literal to an IPv4-only pod: not sendable, and the
+            // ingress policy denies it anyway.
+            r#"{"from":"2001:db8::99","to":"x/a","port":80,"allowed":false}"#,
+            // IPv4-only to IPv6-only pods; lower-case protocol.
+            r#"{"from":"x/b","to":"x/v6","port":80,"protocol":"tcp","allowed":false}"#,
+        ]
+        .join("\n");
+        let mut out = Vec::new();
+        let o = run_with(&opts, Some(probes.as_bytes()), &mut out).unwrap();
+        assert_eq!(o.probes, 3);
+        assert!(o.errors.is_empty(), "{:?}", o.errors);
+        let lines: Vec<Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["allowed"], true);
+        assert!(lines[0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("x/pending has no IP address"));
+        assert_eq!(lines[1]["allowed"], false);
+        assert!(lines[1]["note"]
+            .as_str()
+            .unwrap()
+            .contains("x/a has no IPv6 address"));
+        assert_eq!(lines[2]["protocol"], "TCP");
+        // x/v6 is not isolated: the verdict is allowed, the file said no.
+        assert_eq!(lines[2]["allowed"], true);
+        assert_eq!(o.mismatches.len(), 1);
+        assert_eq!(o.exit_code(), 1);
+        let m = o.mismatches[0].to_string();
+        assert!(
+            m.starts_with("p.jsonl:3: x/b -> x/v6 80/TCP: expected denied, simulated allowed"),
+            "{m}"
+        );
+
+        // The matrix skips the pod without an address and says so.
+        let opts = Options {
+            probes: None,
+            output: Output::Table,
+            ..opts
+        };
+        let mut out = Vec::new();
+        let o = run_with(&opts, None::<&[u8]>, &mut out).unwrap();
+        assert_eq!(o.skipped_pods, 1);
+        assert_eq!(o.exit_code(), 0);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("1 pod(s) without an address skipped") && !text.contains("pending"),
+            "{text}"
         );
         std::fs::remove_dir_all(dir).unwrap();
     }

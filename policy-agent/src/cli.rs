@@ -1,0 +1,213 @@
+//! The users' commands (`simulate`, `explain`, `lint`, `flows`, `status`)
+//! with kubectl's conventions: `-f/--filename` (files, folders with `-R`,
+//! `-` for stdin), `-o/--output table|wide|json|yaml`, exit 0 (fine), 1
+//! (a finding or mismatch CI should stop on), 2 (bad input), and a quiet
+//! end when the reader of stdout goes away (`| head`).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use policy_engine::tools::{self, Input, Output, ToolError};
+
+/// Where manifests come from.
+#[derive(Args)]
+pub struct ManifestArgs {
+    /// Manifest files (YAML/JSON, multi-document, List), folders, or `-`
+    /// for stdin.
+    #[arg(short = 'f', long = "filename", visible_alias = "manifests", required = true, num_args = 1..)]
+    filename: Vec<PathBuf>,
+    /// Also read the folders' subfolders.
+    #[arg(short = 'R', long)]
+    recursive: bool,
+    /// Unknown fields are warnings instead of errors.
+    #[arg(long)]
+    lenient: bool,
+}
+
+impl ManifestArgs {
+    fn input(self) -> Input {
+        Input {
+            paths: self.filename,
+            recursive: self.recursive,
+            lenient: self.lenient,
+        }
+    }
+}
+
+/// `simulate`.
+#[derive(Args)]
+pub struct SimulateArgs {
+    #[command(flatten)]
+    manifests: ManifestArgs,
+    /// Probes, one JSON object a line (`-` for stdin); a probe's `allowed`
+    /// field is the expected verdict (exit 1 on a mismatch). Default: every
+    /// pod pair on every declared port.
+    #[arg(long)]
+    probes: Option<PathBuf>,
+    /// `table` (a matrix per port for all pairs), `wide`, `json` (one object
+    /// a line) or `yaml`.
+    #[arg(
+        short = 'o',
+        long = "output",
+        visible_alias = "format",
+        default_value = "table"
+    )]
+    output: Output,
+}
+
+/// `explain`.
+#[derive(Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    manifests: ManifestArgs,
+    /// Source: `namespace/pod` or an IP address.
+    #[arg(long)]
+    from: String,
+    /// Destination: `namespace/pod` or an IP address.
+    #[arg(long)]
+    to: String,
+    /// Destination port and protocol: `80`, `80/TCP`, `53/udp`, `9/SCTP`.
+    #[arg(long)]
+    port: String,
+    /// `table` (the explanation as text), `wide`, `json` or `yaml`.
+    #[arg(
+        short = 'o',
+        long = "output",
+        visible_alias = "format",
+        default_value = "table"
+    )]
+    output: Output,
+}
+
+/// `lint`.
+#[derive(Args)]
+pub struct LintArgs {
+    #[command(flatten)]
+    manifests: ManifestArgs,
+    /// Exit 1 when a finding of this severity or worse is reported.
+    #[arg(long, default_value = "error", value_parser = ["warning", "error"])]
+    fail_on: String,
+    /// `table`, `wide` (with the suggested fixes), `json` or `yaml`.
+    #[arg(
+        short = 'o',
+        long = "output",
+        visible_alias = "format",
+        default_value = "table"
+    )]
+    output: Output,
+}
+
+/// Ends a tool run: a broken pipe quietly, other errors with their message
+/// and exit code (2 = bad input).
+fn failed(e: &ToolError) -> ExitCode {
+    if tools::is_broken_pipe(e) {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("policy-agent: {e}");
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+}
+
+fn warn_all(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("policy-agent: warning: {w}");
+    }
+}
+
+/// `policy-agent simulate`.
+pub fn simulate(args: SimulateArgs) -> ExitCode {
+    let opts = tools::simulate::Options {
+        input: args.manifests.input(),
+        probes: args.probes,
+        output: args.output,
+    };
+    let stdout = std::io::stdout();
+    match tools::simulate::run(&opts, &mut stdout.lock()) {
+        Ok(outcome) => {
+            warn_all(&outcome.warnings);
+            for e in &outcome.errors {
+                eprintln!("policy-agent: error: {e}");
+            }
+            for m in &outcome.mismatches {
+                eprintln!("policy-agent: mismatch: {m}");
+            }
+            if !outcome.mismatches.is_empty() {
+                eprintln!(
+                    "policy-agent: {} of {} probe(s) differ from their expected verdict",
+                    outcome.mismatches.len(),
+                    outcome.probes
+                );
+            }
+            ExitCode::from(u8::try_from(outcome.exit_code()).unwrap_or(1))
+        }
+        Err(e) => failed(&e),
+    }
+}
+
+/// `policy-agent explain`.
+pub fn explain(args: ExplainArgs) -> ExitCode {
+    let opts = tools::explain::Options {
+        input: args.manifests.input(),
+        from: args.from,
+        to: args.to,
+        port: args.port,
+        output: args.output,
+    };
+    let stdout = std::io::stdout();
+    match tools::explain::run(&opts, &mut stdout.lock()) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => failed(&e),
+    }
+}
+
+/// `policy-agent lint`.
+pub fn lint(args: LintArgs) -> ExitCode {
+    let fail_on = if args.fail_on == "warning" {
+        tools::lint::Severity::Warning
+    } else {
+        tools::lint::Severity::Error
+    };
+    let opts = tools::lint::Options {
+        input: args.manifests.input(),
+        output: args.output,
+    };
+    let stdout = std::io::stdout();
+    match tools::lint::run(&opts, &mut stdout.lock()) {
+        Ok(report) => {
+            warn_all(&report.warnings);
+            ExitCode::from(u8::from(
+                report.findings.iter().any(|f| f.severity >= fail_on),
+            ))
+        }
+        Err(e) => failed(&e),
+    }
+}
+
+/// Prints `policy-agent flows --counters`.
+pub fn counters(rows: &[agent_api::CounterRow], output: Output) {
+    let mut out = std::io::stdout().lock();
+    let _ = match output {
+        Output::Json => rows
+            .iter()
+            .try_for_each(|c| writeln!(out, "{}", serde_json::to_string(c).unwrap_or_default())),
+        Output::Yaml => {
+            let doc = serde_json::to_value(rows).unwrap_or_default();
+            tools::table::write_yaml(&mut out, &doc)
+        }
+        Output::Table | Output::Wide => {
+            let table: Vec<Vec<String>> = rows
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.pod.clone(),
+                        c.direction.to_uppercase(),
+                        c.verdict.to_uppercase(),
+                        c.count.to_string(),
+                    ]
+                })
+                .collect();
+            tools::table::write(&mut out, &["POD", "DIRECTION", "VERDICT", "COUNT"], &table)
+        }
+    };
+}
