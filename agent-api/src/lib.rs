@@ -77,6 +77,59 @@ pub enum Request {
     },
     /// Verdict counters per endpoint, direction and verdict.
     Counters,
+    /// What the agent enforces (`policy-agent status`): answered with
+    /// [`Response::AgentStatus`].
+    AgentStatus,
+}
+
+/// One local endpoint as the agent enforces it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointStatus {
+    /// The pod (`namespace/name`).
+    pub pod: String,
+    /// Its sandbox (`CNI_CONTAINERID`).
+    pub container_id: String,
+    /// Host-side veth.
+    pub interface: String,
+    /// Endpoint id in the maps.
+    pub endpoint_id: u32,
+    /// Addresses.
+    pub ips: Vec<String>,
+    /// The pod's identity number, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<u32>,
+    /// Isolated for ingress (some policy selects it for Ingress).
+    pub ingress_isolated: bool,
+    /// Isolated for egress.
+    pub egress_isolated: bool,
+    /// Allow entries in the maps for its ingress.
+    pub ingress_rules: usize,
+    /// Allow entries in the maps for its egress.
+    pub egress_rules: usize,
+    /// The policies selecting it (`namespace/name`).
+    pub policies: Vec<String>,
+}
+
+/// What `policy-agent status` shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    /// The node the agent runs on, if it was told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Compiled states written to the dataplane so far.
+    pub applies: u64,
+    /// When the last one was written (Unix time, milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_apply_unix_ms: Option<u64>,
+    /// Policies the last compile found invalid (they fail closed).
+    pub invalid_policies: usize,
+    /// The enforced endpoints, by pod.
+    pub endpoints: Vec<EndpointStatus>,
+    /// Pods of this node (with an address, not hostNetwork) that have no
+    /// enforced endpoint: an alarm.
+    pub unenforced: Vec<String>,
 }
 
 /// One attachment the runtime still has, as CNI GC names it.
@@ -160,6 +213,11 @@ pub enum Response {
     Counters {
         /// Every counter, ordered by pod, direction, verdict.
         counters: Vec<CounterRow>,
+    },
+    /// The answer to [`Request::AgentStatus`].
+    AgentStatus {
+        /// The status.
+        status: AgentStatus,
     },
 }
 

@@ -211,3 +211,130 @@ pub fn counters(rows: &[agent_api::CounterRow], output: Output) {
         }
     };
 }
+
+/// `status`.
+#[derive(Args)]
+pub struct StatusArgs {
+    /// The agent's socket.
+    #[arg(long, default_value = agent_api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// `table`, `wide` (with sandbox, addresses and policies), `json` or
+    /// `yaml`.
+    #[arg(
+        short = 'o',
+        long = "output",
+        visible_alias = "format",
+        default_value = "table"
+    )]
+    output: Output,
+}
+
+/// `policy-agent status`: exit 1 when a pod of the node is not enforced.
+pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let answer = agent_api::call(
+        &args.socket,
+        &agent_api::Request::AgentStatus,
+        std::time::Duration::from_secs(5),
+    )?;
+    let agent_api::Response::AgentStatus { status } = answer else {
+        anyhow::bail!("the agent did not answer with its status: {answer:?}");
+    };
+    let mut out = std::io::stdout().lock();
+    let written = write_status(&status, args.output, &mut out);
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+        other => other?,
+    }
+    for pod in &status.unenforced {
+        eprintln!("policy-agent: warning: pod {pod} runs on this node without enforcement");
+    }
+    Ok(ExitCode::from(u8::from(!status.unenforced.is_empty())))
+}
+
+fn write_status(
+    status: &agent_api::AgentStatus,
+    output: Output,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let doc = || serde_json::to_value(status).unwrap_or_default();
+    match output {
+        Output::Json => tools::table::write_json(out, &doc()),
+        Output::Yaml => tools::table::write_yaml(out, &doc()),
+        Output::Table | Output::Wide => {
+            let wide = output == Output::Wide;
+            let side = |isolated: bool, rules: usize| {
+                if isolated {
+                    format!("isolated ({rules} allow)")
+                } else {
+                    "open".to_string()
+                }
+            };
+            let mut rows: Vec<Vec<String>> = status
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let mut row = vec![
+                        e.pod.clone(),
+                        e.interface.clone(),
+                        e.endpoint_id.to_string(),
+                        e.identity.map_or("-".into(), |i| i.to_string()),
+                        side(e.ingress_isolated, e.ingress_rules),
+                        side(e.egress_isolated, e.egress_rules),
+                        "enforced".into(),
+                    ];
+                    if wide {
+                        row.extend([
+                            e.ips.join(","),
+                            e.container_id.chars().take(12).collect(),
+                            e.policies.join(","),
+                        ]);
+                    }
+                    row
+                })
+                .collect();
+            for pod in &status.unenforced {
+                let mut row = vec![pod.clone()];
+                row.extend(["-", "-", "-", "-", "-", "NOT ENFORCED"].map(String::from));
+                if wide {
+                    row.extend(["-", "-", "-"].map(String::from));
+                }
+                rows.push(row);
+            }
+            let mut head = vec![
+                "POD",
+                "INTERFACE",
+                "ENDPOINT",
+                "IDENTITY",
+                "INGRESS",
+                "EGRESS",
+                "STATE",
+            ];
+            if wide {
+                head.extend(["IPS", "SANDBOX", "POLICIES"]);
+            }
+            tools::table::write(out, &head, &rows)?;
+            let last = status
+                .last_apply_unix_ms
+                .and_then(|ms| {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()?
+                        .as_millis();
+                    Some(format!(
+                        "{:.1}s ago",
+                        now.saturating_sub(u128::from(ms)) as f64 / 1000.0
+                    ))
+                })
+                .unwrap_or_else(|| "never".into());
+            writeln!(
+                out,
+                "node {}: {} endpoint(s), {} not enforced, {} invalid polic(ies), {} apply(s), last apply {last}",
+                status.node.as_deref().unwrap_or("-"),
+                status.endpoints.len(),
+                status.unenforced.len(),
+                status.invalid_policies,
+                status.applies
+            )
+        }
+    }
+}

@@ -88,6 +88,21 @@ async fn handle_connection<D: Dataplane>(
         Ok(Request::Counters) => Response::Counters {
             counters: hub.counters(),
         },
+        Ok(Request::AgentStatus) => Response::AgentStatus {
+            status: crate::status::status(&*agent.lock().await),
+        },
+        Ok(request @ Request::Del { .. }) => {
+            let answer = handle(request, &agent).await;
+            let live = agent
+                .lock()
+                .await
+                .endpoints()
+                .iter()
+                .map(|e| e.pod.to_string())
+                .collect();
+            hub.retain_pods(&live);
+            answer
+        }
         Ok(request) => handle(request, &agent).await,
         Err(message) => Response::Error { message },
     };
@@ -165,7 +180,9 @@ pub async fn handle<D: Dataplane>(request: Request, agent: &SharedAgent<D>) -> R
             .gc(&valid)
             .map(|_| ())
             .map_err(|e| e.to_string()),
-        Request::Flows { .. } | Request::Counters => Err("not a CNI request".into()),
+        Request::Flows { .. } | Request::Counters | Request::AgentStatus => {
+            Err("not a CNI request".into())
+        }
     };
     match result {
         Ok(()) => Response::Ok,
@@ -188,6 +205,7 @@ async fn add<D: Dataplane>(att: Attachment, agent: &SharedAgent<D>) -> Result<()
         ips,
     };
     let started = Instant::now();
+    let _timer = crate::health::Timer::new(&crate::health::metrics().cni_add);
     loop {
         let result = agent.lock().await.add(new.clone());
         match result {

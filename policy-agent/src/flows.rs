@@ -70,6 +70,14 @@ impl FlowHub {
         self.tx.subscribe()
     }
 
+    /// Drops the counters of pods `live` does not hold (pods gone from the
+    /// node), so per-pod series stay bounded by the pods on the node.
+    pub fn retain_pods(&self, live: &std::collections::BTreeSet<String>) {
+        if let Ok(mut c) = self.counters.lock() {
+            c.retain(|(pod, _, _), _| live.contains(pod));
+        }
+    }
+
     /// Every counter so far.
     pub fn counters(&self) -> Vec<CounterRow> {
         let Ok(c) = self.counters.lock() else {

@@ -2,7 +2,10 @@
 //! `/healthz` (the process serves), `/readyz` (CNI socket up, and
 //! [`Agent::readiness`](crate::reconcile::Agent::readiness): every watch
 //! listed and in sync, the last apply succeeded; the body says why not)
-//! and `/metrics`.
+//! and `/metrics` (OpenMetrics text, served with its own content type):
+//! endpoints, unenforced pods, applies and their latency, CNI ADD latency,
+//! watch errors, apply failures, drops by reason, build info, and verdict
+//! counters per local pod (pruned when the pod leaves the node).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,12 +20,74 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::cni_server::SharedAgent;
 use crate::dataplane::Dataplane;
 use crate::flows::FlowHub;
+
+/// The content type of what [`render`] writes (prometheus-client's text
+/// encoder writes OpenMetrics 1.0, ending in `# EOF`).
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Process-wide latency histograms and error counters, fed where the events
+/// happen (CNI server, state feeder, watchers) and rendered by [`render`].
+#[derive(Debug)]
+pub struct AgentMetrics {
+    /// CNI ADD, from the request to its answer (seconds).
+    pub cni_add: Histogram,
+    /// A new cluster state, from its arrival to its enforcement (seconds).
+    pub apply_latency: Histogram,
+    /// Cluster states that could not be applied.
+    pub apply_failures: Counter,
+    /// Watch errors by kind of object.
+    pub watch_errors: Family<Vec<(String, String)>, Counter>,
+}
+
+impl AgentMetrics {
+    /// Counts a watch error on `kind` (`Pod`, `Namespace`, ...).
+    pub fn watch_error(&self, kind: &str) {
+        self.watch_errors
+            .get_or_create(&vec![("kind".to_string(), kind.to_string())])
+            .inc();
+    }
+}
+
+/// The process's [`AgentMetrics`].
+pub fn metrics() -> &'static AgentMetrics {
+    static METRICS: std::sync::OnceLock<AgentMetrics> = std::sync::OnceLock::new();
+    METRICS.get_or_init(|| AgentMetrics {
+        // 100 µs .. ~13 s.
+        cni_add: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+        apply_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+        apply_failures: Counter::default(),
+        watch_errors: Family::default(),
+    })
+}
+
+/// Observes the time from its creation to its drop into a histogram.
+pub struct Timer<'a> {
+    histogram: &'a Histogram,
+    started: std::time::Instant,
+}
+
+impl<'a> Timer<'a> {
+    /// Starts timing.
+    pub fn new(histogram: &'a Histogram) -> Self {
+        Timer {
+            histogram,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
+}
 
 /// What the endpoint reports on.
 pub struct HealthState<D: Dataplane> {
@@ -81,8 +146,15 @@ async fn respond<D: Dataplane>(
                 format!("not ready: {why}\n"),
             ),
         },
-        "/metrics" => match metrics(state).await {
-            Ok(body) => text(StatusCode::OK, body),
+        "/metrics" => match render(state).await {
+            Ok(body) => {
+                let mut resp = text(StatusCode::OK, body);
+                resp.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static(METRICS_CONTENT_TYPE),
+                );
+                resp
+            }
             Err(_) => text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "encoding failed\n".into(),
@@ -97,7 +169,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
 }
@@ -110,20 +182,58 @@ pub async fn readiness<D: Dataplane>(state: &HealthState<D>) -> Result<(), Strin
     state.agent.lock().await.readiness()
 }
 
-/// Renders the metrics from the agent's current state.
-pub async fn metrics<D: Dataplane>(state: &HealthState<D>) -> Result<String, std::fmt::Error> {
+/// Renders the metrics from the agent's current state (OpenMetrics text,
+/// [`METRICS_CONTENT_TYPE`]).
+pub async fn render<D: Dataplane>(state: &HealthState<D>) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("palisade");
-    let (endpoints, applies, invalid, drops, unenforced) = {
+    let (endpoints, applies, invalid, drops, unenforced, live) = {
         let agent = state.agent.lock().await;
+        let live: std::collections::BTreeSet<String> = agent
+            .endpoints()
+            .iter()
+            .map(|e| e.pod.to_string())
+            .collect();
         (
             agent.endpoints().len(),
             agent.applies(),
             agent.invalid_policies(),
             agent.dataplane().drop_counts(),
             agent.unenforced().len(),
+            live,
         )
     };
     let ready = readiness(state).await.is_ok();
+    // Per-pod series only for the pods on the node now.
+    state.hub.retain_pods(&live);
+    let m = metrics();
+    registry.register(
+        "cni_add_duration_seconds",
+        "CNI ADD, from the request to its answer",
+        m.cni_add.clone(),
+    );
+    registry.register(
+        "apply_duration_seconds",
+        "A new cluster state, from its arrival to its enforcement",
+        m.apply_latency.clone(),
+    );
+    registry.register(
+        "apply_failures",
+        "Cluster states that could not be applied",
+        m.apply_failures.clone(),
+    );
+    registry.register(
+        "watch_errors",
+        "Errors of the cluster state watches, by kind",
+        m.watch_errors.clone(),
+    );
+    let build = Family::<Vec<(String, String)>, Gauge>::default();
+    build
+        .get_or_create(&vec![
+            ("version".into(), env!("CARGO_PKG_VERSION").into()),
+            ("layout".into(), policy_common::LAYOUT_VERSION.to_string()),
+        ])
+        .set(1);
+    registry.register("build_info", "The agent's version and map layout", build);
     let gauge = |v: usize| {
         let g: Gauge = Gauge::default();
         g.set(i64::try_from(v).unwrap_or(i64::MAX));
@@ -203,13 +313,25 @@ mod tests {
             .set_snapshot(
                 policy_engine::testutil::ClusterBuilder::new()
                     .ns("default", &[])
+                    .pod("default/a", &[], &["10.0.0.2"])
                     .build(),
             )
             .unwrap();
+        agent
+            .lock()
+            .await
+            .add(crate::reconcile::NewEndpoint {
+                container_id: "c1".into(),
+                pod: policy_engine::model::PodRef::new("default", "a"),
+                ifname: "veth-a".into(),
+                pod_ifname: "eth0".into(),
+                ips: vec![],
+            })
+            .unwrap();
         let hub = FlowHub::new();
-        hub.publish(agent_api::FlowRecord {
+        let record = |pod: &str| agent_api::FlowRecord {
             time_ns: 1,
-            pod: "default/a".into(),
+            pod: pod.into(),
             direction: "ingress".into(),
             verdict: "dropped".into(),
             reason: "no rule".into(),
@@ -221,15 +343,18 @@ mod tests {
             peer: None,
             rule: None,
             suppressed: 0,
-        });
+        };
+        hub.publish(record("default/a"));
+        hub.publish(record("default/gone"));
         let state = HealthState {
             agent,
             hub,
             ready: Arc::new(AtomicBool::new(true)),
         };
-        let text = metrics(&state).await.unwrap();
-        assert!(text.contains("palisade_endpoints 0"), "{text}");
-        assert!(text.contains("palisade_applies_total 1"), "{text}");
+        agent_api_add_timing();
+        let text = render(&state).await.unwrap();
+        assert!(text.contains("palisade_endpoints 1"), "{text}");
+        assert!(text.contains("palisade_applies_total 2"), "{text}");
         assert!(text.contains("palisade_ready 1"), "{text}");
         assert!(
             text.contains(r#"palisade_drops_total{reason="spoofed source"} 7"#),
@@ -238,6 +363,73 @@ mod tests {
         assert!(
             text.contains(r#"palisade_verdicts_total{pod="default/a",direction="ingress",verdict="dropped"} 1"#),
             "{text}"
+        );
+        assert!(
+            !text.contains(r#"pod="default/gone""#),
+            "per-pod series of pods gone from the node are pruned: {text}"
+        );
+        assert!(text.contains("palisade_build_info{version=\""), "{text}");
+        assert!(
+            text.contains("palisade_cni_add_duration_seconds_count"),
+            "{text}"
+        );
+        assert!(
+            text.contains("palisade_apply_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(
+            text.contains("palisade_watch_errors_total{kind=\"Pod\"}"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("# EOF\n"),
+            "OpenMetrics, as the content type says: {text}"
+        );
+    }
+
+    fn agent_api_add_timing() {
+        drop(Timer::new(&metrics().cni_add));
+        metrics().watch_error("Pod");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_as_openmetrics() {
+        let agent = Arc::new(tokio::sync::Mutex::new(Agent::new(
+            FakeDataplane::default(),
+            vec![],
+        )));
+        let state = HealthState {
+            agent,
+            hub: FlowHub::new(),
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        tokio::spawn(serve(addr, state));
+        let mut reply = String::new();
+        for _ in 0..50 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                s.read_to_string(&mut reply).await.unwrap();
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let head = reply.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{reply}");
+        assert!(
+            head.contains(
+                "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"
+            ),
+            "{reply}"
+        );
+        assert!(
+            reply.contains("palisade_ready 0") && reply.contains("# EOF"),
+            "{reply}"
         );
     }
 }

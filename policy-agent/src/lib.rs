@@ -17,4 +17,5 @@ pub mod lock;
 pub mod reconcile;
 pub mod run;
 pub mod source;
+pub mod status;
 pub mod uninstall;

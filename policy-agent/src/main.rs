@@ -39,6 +39,9 @@ enum Command {
     /// (byte for byte), its binary, then every program and pin. Refuses
     /// while an agent runs. Idempotent.
     Cleanup(CleanupArgs),
+    /// What a running agent enforces: each local endpoint, and the pods of
+    /// its node it does not enforce (exit 1 if there are any).
+    Status(cli::StatusArgs),
 }
 
 #[derive(Args)]
@@ -145,6 +148,7 @@ fn main() -> ExitCode {
         Command::Lint(args) => Ok(cli::lint(args)),
         Command::Flows(args) => flows(args),
         Command::Cleanup(args) => cleanup(args),
+        Command::Status(args) => cli::status(args),
     };
     match result {
         Ok(code) => code,

@@ -92,6 +92,8 @@ pub struct Agent<D: Dataplane> {
     dataplane: D,
     reported: BTreeSet<String>,
     applies: u64,
+    /// When the last compiled state was written.
+    last_apply: Option<std::time::SystemTime>,
     state_file: Option<PathBuf>,
     /// This node's name: its running pods must all be enforced.
     node: Option<String>,
@@ -122,6 +124,7 @@ impl<D: Dataplane> Agent<D> {
             dataplane,
             reported: BTreeSet::new(),
             applies: 0,
+            last_apply: None,
             state_file: None,
             sync: SyncState::default(),
             compiled: false,
@@ -161,6 +164,21 @@ impl<D: Dataplane> Agent<D> {
             }
             self.coverage.update(std::time::Instant::now(), pods);
         }
+    }
+
+    /// The node the agent runs on, if it was told.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// The last compile (state, identities, rules).
+    pub fn compiled(&self) -> &policy_engine::compile::Compiled {
+        self.engine.current()
+    }
+
+    /// When the last compiled state was written.
+    pub fn last_apply(&self) -> Option<std::time::SystemTime> {
+        self.last_apply
     }
 
     /// Keeps the endpoint list in `path` (rewritten on every ADD and DEL) so
@@ -458,6 +476,7 @@ impl<D: Dataplane> Agent<D> {
                     tracing::info!("apply succeeded again");
                 }
                 self.applies += 1;
+                self.last_apply = Some(std::time::SystemTime::now());
                 self.update_coverage();
                 Ok(())
             }

@@ -84,6 +84,8 @@ pub async fn run<D: Dataplane + 'static>(
         let agent = agent.clone();
         tokio::spawn(async move {
             while let Some(change) = changes.recv().await {
+                // From the first change of a batch to its enforcement.
+                let timer = health::Timer::new(&health::metrics().apply_latency);
                 let mut batch = vec![change];
                 while batch.len() < MAX_BATCH {
                     match changes.try_recv() {
@@ -92,8 +94,10 @@ pub async fn run<D: Dataplane + 'static>(
                     }
                 }
                 if let Err(e) = agent.lock().await.apply_changes(batch) {
+                    health::metrics().apply_failures.inc();
                     tracing::error!(error = %e, "applying the new cluster state failed; the last good state stays enforced");
                 }
+                drop(timer);
             }
         })
     };

@@ -313,7 +313,10 @@ async fn watch<K: Watched + Send + Sync + 'static>(api: Api<K>, tx: ChangeTx) {
                         }
                     }
                 }
-                Some(Err(e)) => break classify(&e),
+                Some(Err(e)) => {
+                    crate::health::metrics().watch_error(&K::KIND.to_string());
+                    break classify(&e);
+                }
                 None => break Failure::Lost("watch stream ended".into()),
             }
         };
