@@ -65,7 +65,8 @@ pub struct ExplainArgs {
     /// Source: `namespace/pod` or an IP address.
     #[arg(long)]
     from: String,
-    /// Destination: `namespace/pod` or an IP address.
+    /// Destination: `namespace/pod`, an IP address, or a Service as
+    /// `svc:namespace/name` (judged on each backend).
     #[arg(long)]
     to: String,
     /// Destination port and protocol: `80`, `80/TCP`, `53/udp`, `9/SCTP`.

@@ -1,5 +1,7 @@
 //! `policy-agent flows` on a simulated node: the drops a policy causes come
-//! back from the kernel's ring buffer resolved to pod names, and are counted.
+//! back from the kernel's ring buffer resolved to pod names, and are counted;
+//! `policy-agent status` and `flows --counters` answer `-o json` from that
+//! running agent.
 //!
 //! Needs root, bpffs and the binaries (see `palisade_tests::bin_dir`).
 
@@ -82,4 +84,65 @@ fn drops_are_reported_with_pod_names_and_counted() {
         .map(|c| c.count)
         .unwrap_or(0);
     assert!(drops >= 1, "{counters:?}");
+
+    // The CLI against the running agent: status and counters as JSON.
+    let agent = bin_dir().join(testbed::AGENT_BINARY);
+    let cli = |args: &[&str]| {
+        let o = std::process::Command::new(&agent)
+            .args(args)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["-o", "json"])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        // One document, or one object a line (a stream, as flows writes).
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .or_else(|_| {
+                out.lines()
+                    .map(serde_json::from_str::<serde_json::Value>)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(serde_json::Value::Array)
+            })
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{args:?}: not JSON ({e}): {out}{}",
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            });
+        (o.status.code(), v)
+    };
+    let (code, status) = cli(&["status"]);
+    assert_eq!(code, Some(0), "every local pod enforced: {status}");
+    let endpoints = status["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), bed.pods().len(), "{status}");
+    let api = endpoints
+        .iter()
+        .find(|e| e["pod"] == "default/apod-api")
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(api["ingressIsolated"], true, "{api}");
+    assert!(
+        api["ingressRules"].as_u64().is_some_and(|n| n >= 1),
+        "{api}"
+    );
+    assert!(api["identity"].is_u64(), "{api}");
+    assert_eq!(
+        api["policies"],
+        serde_json::json!(["default/apod-api"]),
+        "{api}"
+    );
+    assert!(status["lastApplyUnixMs"].is_u64(), "{status}");
+    assert_eq!(status["unenforced"], serde_json::json!([]), "{status}");
+    let (code, counters) = cli(&["flows", "--counters"]);
+    assert_eq!(code, Some(0));
+    // One row a line: a single row reads as one document.
+    let rows = match &counters {
+        serde_json::Value::Array(rows) => rows.clone(),
+        row => vec![row.clone()],
+    };
+    assert!(
+        rows.iter()
+            .any(|r| r["pod"] == "default/apod-api" && r["verdict"] == "dropped"),
+        "{counters}"
+    );
 }
