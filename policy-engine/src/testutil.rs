@@ -248,6 +248,15 @@ pub fn synthetic_cluster(namespaces: usize, pods: usize, policies: usize) -> Sna
         b.snapshot
             .insert_pod(PodRef::new(ns, format!("pod{i}")), info);
     }
+    for text in synthetic_policies(namespaces, policies) {
+        b = b.policy(&text);
+    }
+    b.build()
+}
+
+/// The policies of [`synthetic_cluster`], as YAML (metadata and spec).
+fn synthetic_policies(namespaces: usize, policies: usize) -> Vec<String> {
+    let mut out = Vec::with_capacity(policies);
     for p in 0..policies {
         let ns = format!("ns{}", p % namespaces.max(1));
         let name = format!("pol{p}");
@@ -271,11 +280,11 @@ pub fn synthetic_cluster(namespaces: usize, pods: usize, policies: usize) -> Sna
                 p % 32
             ),
         };
-        b = b.policy(&format!(
+        out.push(format!(
             "metadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}"
         ));
     }
-    b.build()
+    out
 }
 
 /// The cluster `lint` is measured on: [`synthetic_cluster`] with
@@ -316,4 +325,97 @@ pub fn lint_cluster(pods: usize, policies: usize) -> Snapshot {
         s.policies.insert(r, p);
     }
     s
+}
+
+/// [`lint_cluster`] as the manifests a user would lint: one YAML stream of
+/// Namespaces, Pods (with their status) and NetworkPolicies that loads to
+/// the same snapshot, so the bench can time `lint` from a file.
+pub fn lint_manifests(pods: usize, policies: usize) -> String {
+    let s = lint_cluster(pods, policies);
+    let mut out = String::new();
+    for (name, ns) in &s.namespaces {
+        let doc = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "labels": ns.labels},
+        });
+        out.push_str(&format!("---\n{doc}\n"));
+    }
+    for (r, p) in &s.pods {
+        let ports: Vec<serde_json::Value> = p
+            .ports
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "containerPort": c.port,
+                    "name": c.name,
+                    "protocol": c.protocol.to_string(),
+                })
+            })
+            .collect();
+        let ips: Vec<serde_json::Value> = p
+            .ips
+            .iter()
+            .map(|ip| serde_json::json!({"ip": ip.to_string()}))
+            .collect();
+        let doc = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": r.name, "namespace": r.namespace, "labels": p.labels},
+            "spec": {"containers": [{"name": "c", "image": "i", "ports": ports}]},
+            "status": {"phase": "Running", "podIP": p.ips.first().map(ToString::to_string), "podIPs": ips},
+        });
+        out.push_str(&format!("---\n{doc}\n"));
+    }
+    let namespaces = (pods / 20).max(1);
+    for (i, text) in synthetic_policies(namespaces, policies).iter().enumerate() {
+        let head = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n";
+        out.push_str(head);
+        out.push_str(text);
+        if i % 10 == 0 {
+            out.push_str(head);
+            out.push_str(&text.replacen(
+                &format!("name: pol{i},"),
+                &format!("name: pol{i}-copy,"),
+                1,
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lint_manifests_load_to_the_lint_cluster() {
+        let mut loaded = crate::manifest::Loaded::default();
+        crate::manifest::load_str(
+            &lint_manifests(400, 40),
+            std::path::Path::new("lint.yaml"),
+            &mut loaded,
+        )
+        .unwrap();
+        let loaded = loaded.checked(false).unwrap();
+        let want = lint_cluster(400, 40);
+        assert_eq!(loaded.snapshot.namespaces, want.namespaces);
+        assert_eq!(loaded.snapshot.pods, want.pods);
+        // The rules as compiled (the objects differ in what the API server
+        // would default, e.g. a rule's `protocol`).
+        let rules = |s: &Snapshot| -> Vec<_> {
+            s.policies
+                .iter()
+                .map(|(r, p)| {
+                    (
+                        r.clone(),
+                        p.pod_selector.clone(),
+                        p.ingress.clone(),
+                        p.egress.clone(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(rules(&loaded.snapshot), rules(&want));
+    }
 }
