@@ -5,7 +5,6 @@
 use agent_api::{AgentStatus, EndpointStatus};
 use policy_common::dir;
 use policy_engine::model::Direction;
-use policy_engine::state::{MapState, PolicyEntry, PortMatch};
 use policy_engine::tools::probe::pod_identities;
 
 use crate::dataplane::Dataplane;
@@ -42,8 +41,8 @@ pub fn status<D: Dataplane>(agent: &Agent<D>) -> AgentStatus {
                 identity: identities.get(&ep.pod).copied(),
                 ingress_isolated: flags & Direction::Ingress.isolation_flag() != 0,
                 egress_isolated: flags & Direction::Egress.isolation_flag() != 0,
-                ingress_rules: entries(state, ep.ep_id, dir::INGRESS),
-                egress_rules: entries(state, ep.ep_id, dir::EGRESS),
+                ingress_rules: state.entries(ep.ep_id, dir::INGRESS).count(),
+                egress_rules: state.entries(ep.ep_id, dir::EGRESS).count(),
                 policies,
             }
         })
@@ -63,21 +62,6 @@ pub fn status<D: Dataplane>(agent: &Agent<D>) -> AgentStatus {
         endpoints,
         unenforced,
     }
-}
-
-/// Allow entries of endpoint `ep` in direction `dir`.
-fn entries(state: &MapState, ep: u32, dir: u8) -> usize {
-    let lo = PolicyEntry {
-        ep_id: ep,
-        dir,
-        identity: 0,
-        ports: PortMatch::AnyProtocol,
-    };
-    state
-        .policy
-        .range(lo..)
-        .take_while(|(k, _)| k.ep_id == ep && k.dir == dir)
-        .count()
 }
 
 #[cfg(test)]

@@ -179,6 +179,21 @@ fn diff_map<K: Ord + Copy, V: PartialEq + Copy>(
 }
 
 impl MapState {
+    /// The allow entries of endpoint `ep` in direction `dir`
+    /// ([`policy_common::dir`]), in key order.
+    pub fn entries(&self, ep: u32, dir: u8) -> impl Iterator<Item = &PolicyEntry> + '_ {
+        let lo = PolicyEntry {
+            ep_id: ep,
+            dir,
+            identity: 0,
+            ports: PortMatch::AnyProtocol,
+        };
+        self.policy
+            .range(lo..)
+            .map(|(k, _)| k)
+            .take_while(move |k| k.ep_id == ep && k.dir == dir)
+    }
+
     /// Applies `ops` (as produced by [`diff`]) to this state.
     pub fn apply(&mut self, ops: &[MapOp]) {
         for op in ops {

@@ -722,6 +722,15 @@ spec:
   ingress: [{from: [{podSelector: {matchLabels: {app: b}}}], ports: [{port: 80}]}]
 "#;
 
+    /// The JSON lines a run wrote.
+    fn json_lines(out: Vec<u8>) -> Vec<Value> {
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     fn write_cluster(text: &str) -> (PathBuf, PathBuf) {
         let dir = std::env::temp_dir().join(format!(
             "palisade-sim-{}-{}",
@@ -749,11 +758,7 @@ spec:
         let mut out = Vec::new();
         let o = run_with(&opts, Some(probes.as_bytes()), &mut out).unwrap();
         assert_eq!((o.probes, o.allowed), (2, 1));
-        let lines: Vec<Value> = String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = json_lines(out);
         assert_eq!(lines[0]["allowed"], true);
         assert_eq!(lines[1]["allowed"], false);
         assert_eq!(lines[1]["reason"], "ingress:no-rule");
@@ -798,11 +803,7 @@ spec: {clusterIP: 10.96.0.10, selector: {app: none}, ports: [{port: 80}]}
         let mut out = Vec::new();
         let o = run_with(&opts, Some(probes.as_bytes()), &mut out).unwrap();
         assert_eq!((o.probes, o.allowed), (3, 1));
-        let lines: Vec<Value> = String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = json_lines(out);
         assert_eq!(lines.len(), 4, "{lines:?}");
         assert_eq!(lines[0]["allowed"], true);
         assert_eq!(lines[0]["backends"], json!(["x/a:80", "x/a2:80"]));
@@ -861,11 +862,7 @@ spec: {clusterIP: 10.96.0.10, selector: {app: none}, ports: [{port: 80}]}
         let mut out = Vec::new();
         let o = run_with(&opts, Some(probes.as_bytes()), &mut out).unwrap();
         assert!(o.errors.is_empty(), "{:?}", o.errors);
-        let lines: Vec<Value> = String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = json_lines(out);
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert_eq!(lines[0]["allowed"], true);
         assert!(
@@ -1005,11 +1002,7 @@ status: {podIP: "2001:db8::6"}
         let o = run_with(&opts, Some(probes.as_bytes()), &mut out).unwrap();
         assert_eq!(o.probes, 3);
         assert!(o.errors.is_empty(), "{:?}", o.errors);
-        let lines: Vec<Value> = String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = json_lines(out);
         assert_eq!(lines[0]["allowed"], true);
         assert!(lines[0]["note"]
             .as_str()

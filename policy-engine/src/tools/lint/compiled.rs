@@ -173,7 +173,7 @@ impl LintCompile {
                 continue;
             }
             let reaches_dns = if dns_ips.is_empty() {
-                entries_of(state, ep, egress).any(|e| {
+                state.entries(ep, egress).any(|e| {
                     [Protocol::Udp, Protocol::Tcp]
                         .iter()
                         .any(|p| port_allows(e.ports, p.number(), 53))
@@ -186,7 +186,7 @@ impl LintCompile {
                 })
             };
             if !reaches_dns {
-                let anything = entries_of(state, ep, egress).next().is_some();
+                let anything = state.entries(ep, egress).next().is_some();
                 blocked.insert(ep, anything);
             }
         }
@@ -250,25 +250,6 @@ fn has_rules(p: &Policy) -> bool {
     Direction::BOTH
         .iter()
         .any(|d| p.rules(*d).is_some_and(|r| !r.is_empty()))
-}
-
-/// Every entry of endpoint `ep` in direction `dir`.
-fn entries_of(
-    state: &crate::state::MapState,
-    ep: u32,
-    dir: u8,
-) -> impl Iterator<Item = &PolicyEntry> + '_ {
-    let lo = PolicyEntry {
-        ep_id: ep,
-        dir,
-        identity: 0,
-        ports: PortMatch::AnyProtocol,
-    };
-    state
-        .policy
-        .range(lo..)
-        .map(|(k, _)| k)
-        .take_while(move |k| k.ep_id == ep && k.dir == dir)
 }
 
 /// Whether `ports` admits `proto`/`port`.
