@@ -55,9 +55,10 @@ pub fn missing() -> Result<Option<String>> {
     }))
 }
 
-/// Runs step `name`: prints it, and names it in the error.
+/// Runs step `name`: prints it (on stderr, like every setup step), and
+/// names it in the error.
 fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
-    println!("setup: kubernetes: {name}");
+    eprintln!("setup: kubernetes: {name}");
     f().with_context(|| format!("building the Kubernetes binaries: step {name:?} failed"))
 }
 
@@ -127,9 +128,9 @@ fn build_in(work: &Path, staging: &Path, cache: &Path) -> Result<()> {
         c
     };
     step("download kubectl (kubernetes-client)", || {
-        cmd::run(&mut apt(&["download", "-q", "kubernetes-client"]))?;
+        cmd::run_to_stderr(&mut apt(&["download", "-q", "kubernetes-client"]))?;
         let deb = only_file(work, "kubernetes-client_", ".deb")?;
-        cmd::run(
+        cmd::run_to_stderr(
             Command::new("dpkg")
                 .arg("-x")
                 .arg(&deb)
@@ -153,16 +154,16 @@ fn build_in(work: &Path, staging: &Path, cache: &Path) -> Result<()> {
         let private: Vec<&str> = private.iter().map(String::as_str).collect();
         let mut update = private.clone();
         update.extend(["update", "-q"]);
-        cmd::run(&mut apt(&update))?;
+        cmd::run_to_stderr(&mut apt(&update))?;
         let mut source = private;
         source.extend(["source", "--download-only", "-q", "kubernetes"]);
-        cmd::run(&mut apt(&source))
+        cmd::run_to_stderr(&mut apt(&source))
     })?;
     let src = work.join("src");
     step("unpack the source", || {
         let tarball = only_file(work, "kubernetes_", ".orig.tar.gz")?;
         std::fs::create_dir_all(&src)?;
-        cmd::run(
+        cmd::run_to_stderr(
             Command::new("tar")
                 .arg("-xzf")
                 .arg(&tarball)
@@ -175,7 +176,7 @@ fn build_in(work: &Path, staging: &Path, cache: &Path) -> Result<()> {
         let vendored = src.join(VENDORED_REFLECT2);
         std::fs::remove_dir_all(&vendored)
             .with_context(|| format!("removing {}", vendored.display()))?;
-        cmd::run(Command::new("cp").arg("-r").arg(REFLECT2).arg(&vendored))
+        cmd::run_to_stderr(Command::new("cp").arg("-r").arg(REFLECT2).arg(&vendored))
     })?;
     let path = format!(
         "{GO_BIN}:{}",
@@ -190,9 +191,11 @@ fn build_in(work: &Path, staging: &Path, cache: &Path) -> Result<()> {
             .args(args);
         c
     };
-    step("make gen_openapi", || cmd::run(&mut make(&["gen_openapi"])))?;
+    step("make gen_openapi", || {
+        cmd::run_to_stderr(&mut make(&["gen_openapi"]))
+    })?;
     step(&format!("make WHAT=\"{TARGETS}\""), || {
-        cmd::run(&mut make(&[&format!("WHAT={TARGETS}")]))
+        cmd::run_to_stderr(&mut make(&[&format!("WHAT={TARGETS}")]))
     })?;
     step("install into the cache", || {
         let _ = std::fs::remove_dir_all(staging);
