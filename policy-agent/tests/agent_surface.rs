@@ -1,8 +1,9 @@
 //! The agent's attack surface on a node: its CNI socket is root's only
 //! (mode 0600, and the peer's uid is checked), a request cannot be
 //! arbitrarily large, and a second agent refuses to start instead of
-//! taking the socket from the first. Needs root (to run a client as
-//! another user); no kernel dataplane (the in-memory one serves).
+//! taking the socket from the first; its logs are JSON lines when asked.
+//! Needs root (to run a client as another user); the socket tests serve
+//! with the in-memory dataplane, the log test runs the real agent.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -130,4 +131,64 @@ fn a_second_agent_refuses_to_start() {
     // The first agent's socket is untouched and still answers.
     let ok = agent_api::call(&socket, &Request::Status, Duration::from_secs(5)).unwrap();
     assert!(matches!(ok, Response::Ok), "{ok:?}");
+}
+
+/// `--log-format json`: every line the agent logs is one JSON object (as
+/// log collectors ingest them), with its level, message and fields. The
+/// real agent, on the real kernel, with a bpffs folder of its own.
+#[test]
+fn logs_are_json_lines_with_log_format_json() {
+    use std::io::{BufRead, BufReader};
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("cluster.yaml");
+    std::fs::write(&manifest, "").unwrap();
+    let bpffs = Path::new("/sys/fs/bpf").join(format!("palisade-logjson-{}", std::process::id()));
+    struct Pins<'a>(&'a Path);
+    impl Drop for Pins<'_> {
+        fn drop(&mut self) {
+            let _ = policy_agent::dataplane::kernel::KernelDataplane::remove_pins(self.0);
+        }
+    }
+    let _pins = Pins(&bpffs);
+    let mut child = Command::new(AGENT)
+        .args(["--log-format", "json", "run", "--manifests"])
+        .arg(&manifest)
+        .arg("--cni-socket")
+        .arg(dir.path().join("cni.sock"))
+        .arg("--bpffs-dir")
+        .arg(&bpffs)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let ready = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            break None;
+        };
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"));
+        seen.push(line);
+        if v["fields"]["message"] == "dataplane ready" {
+            break Some(v);
+        }
+    };
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    let v = ready.unwrap_or_else(|| panic!("no \"dataplane ready\" line: {seen:#?}"));
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert_eq!(v["fields"]["bpffs"], bpffs.display().to_string(), "{v}");
+    assert!(v["timestamp"].is_string(), "{v}");
 }
