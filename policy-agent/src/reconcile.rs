@@ -443,6 +443,21 @@ impl<D: Dataplane> Agent<D> {
         self.apply(&ops)
     }
 
+    /// Whether the last apply failed (the last good state stays
+    /// enforced until [`Self::retry_apply`] or the next change succeeds).
+    pub fn apply_failed(&self) -> bool {
+        self.apply_failed.is_some()
+    }
+
+    /// Writes the current compiled state again after a failed apply; a
+    /// no-op when the last one succeeded.
+    pub fn retry_apply(&mut self) -> Result<(), AgentError> {
+        if self.apply_failed.is_none() {
+            return Ok(());
+        }
+        self.apply(&[])
+    }
+
     /// Writes the engine's state to the dataplane, unless `ops` is empty
     /// and the dataplane already holds it (then nothing is written and the
     /// policy revision stays).

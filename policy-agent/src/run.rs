@@ -101,6 +101,7 @@ pub async fn run<D: Dataplane + 'static>(
             }
         })
     };
+    let retrier = tokio::spawn(retry_loop(agent.clone()));
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = opts.health_addr {
         let state = health::HealthState {
@@ -146,6 +147,7 @@ pub async fn run<D: Dataplane + 'static>(
         },
     }
     feeder.abort();
+    retrier.abort();
     if let Some(adopter) = adopter {
         adopter.abort();
     }
@@ -157,6 +159,39 @@ pub async fn run<D: Dataplane + 'static>(
     }
     let _ = std::fs::remove_file(&opts.cni_socket);
     Ok(())
+}
+
+/// First and longest wait before a failed apply is tried again.
+pub const RETRY_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+/// See [`RETRY_MIN`].
+pub const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Tries a failed apply again with exponential backoff ([`RETRY_MIN`] to
+/// [`RETRY_MAX`]) until it succeeds, counting each failure
+/// (`palisade_apply_failures_total`); a later change that applies resets
+/// it. Meanwhile the last good state stays enforced and the agent is not
+/// ready.
+async fn retry_loop<D: Dataplane + 'static>(agent: Arc<Mutex<Agent<D>>>) {
+    let mut backoff = RETRY_MIN;
+    loop {
+        tokio::time::sleep(backoff).await;
+        let mut a = agent.lock().await;
+        if !a.apply_failed() {
+            backoff = RETRY_MIN;
+            continue;
+        }
+        match a.retry_apply() {
+            Ok(()) => {
+                tracing::info!("a failed apply was retried and succeeded");
+                backoff = RETRY_MIN;
+            }
+            Err(e) => {
+                health::metrics().apply_failures.inc();
+                backoff = (backoff * 2).min(RETRY_MAX);
+                tracing::error!(error = %e, retry_in = ?backoff, "retrying the failed apply failed; the last good state stays enforced");
+            }
+        }
+    }
 }
 
 /// How often local pods without an endpoint are looked for on the node.

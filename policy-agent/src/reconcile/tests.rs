@@ -270,3 +270,29 @@ fn running_pods_without_an_endpoint_are_adopted_kept_from_gc_and_replaced_by_cni
     assert!(!agent.dataplane().endpoints.contains_key("veth-found"));
     assert!(agent.endpoints().iter().all(|e| !adopt::is_adopted(e)));
 }
+
+#[test]
+fn a_failed_apply_is_retried_and_the_state_reaches_the_dataplane() {
+    let mut agent = Agent::new(FakeDataplane::default(), Vec::new());
+    agent.set_snapshot(cluster(&[])).unwrap();
+    agent.add(new_ep("c1", "a", "10.244.0.10")).unwrap();
+    assert!(ingress_allowed(&agent, "veth-a", "10.244.0.11"));
+    // The dataplane refuses: the deny-all policy is not enforced yet, the
+    // last good state is, and the agent says it is not ready.
+    agent.dataplane.fail_applies = Some("map full".into());
+    assert!(agent.set_snapshot(cluster(&[DENY_ALL])).is_err());
+    assert!(agent.apply_failed());
+    assert!(agent.readiness().is_err());
+    assert!(ingress_allowed(&agent, "veth-a", "10.244.0.11"));
+    assert!(agent.retry_apply().is_err(), "still refused");
+    // Once the dataplane takes it, the retry writes the current state.
+    agent.dataplane.fail_applies = None;
+    agent.retry_apply().unwrap();
+    assert!(!agent.apply_failed());
+    assert!(!ingress_allowed(&agent, "veth-a", "10.244.0.11"));
+    assert!(agent.readiness().is_ok());
+    // Nothing to retry now.
+    let applies = agent.dataplane().applies;
+    agent.retry_apply().unwrap();
+    assert_eq!(agent.dataplane().applies, applies);
+}
