@@ -55,6 +55,16 @@ pub struct LinkFacts {
     pub is_veth: bool,
 }
 
+/// Whether `attr` says the link is a veth.
+fn is_veth_kind(attr: &LinkAttribute) -> bool {
+    match attr {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
+        _ => false,
+    }
+}
+
 /// Looks a link up by name; `Ok(None)` when it does not exist.
 pub async fn link_by_name(name: &str) -> Result<Option<LinkFacts>, LinkError> {
     let (connection, handle, _) = rtnetlink::new_connection().map_err(LinkError::Socket)?;
@@ -70,12 +80,7 @@ pub async fn link_by_name(name: &str) -> Result<Option<LinkFacts>, LinkError> {
     let Ok(Some(msg)) = result else {
         return Ok(None);
     };
-    let is_veth = msg.attributes.iter().any(|a| match a {
-        LinkAttribute::LinkInfo(infos) => infos
-            .iter()
-            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
-        _ => false,
-    });
+    let is_veth = msg.attributes.iter().any(is_veth_kind);
     Ok(Some(LinkFacts {
         index: msg.header.index,
         is_veth,
@@ -126,11 +131,7 @@ async fn host_veths(handle: &rtnetlink::Handle) -> Result<Vec<VethPeer>, LinkErr
         for a in &msg.attributes {
             match a {
                 LinkAttribute::IfName(n) => name = Some(n.clone()),
-                LinkAttribute::LinkInfo(infos) => {
-                    veth |= infos
-                        .iter()
-                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
-                }
+                LinkAttribute::LinkInfo(_) => veth |= is_veth_kind(a),
                 LinkAttribute::LinkNetNsId(id) => netnsid = Some(*id),
                 LinkAttribute::Link(index) => peer = Some(*index),
                 _ => {}

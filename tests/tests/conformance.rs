@@ -250,25 +250,6 @@ fn simulated(manifest: &Path, port: u16, protocol: Protocol, truth: &Truth) -> T
     )
 }
 
-/// `text` without terminal colour sequences (the agent logs with them).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // ESC [ parameters final-byte
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn differing(a: &Truth, b: &Truth) -> Vec<(String, String)> {
     a.0.iter()
         .filter(|(k, v)| b.0.get(*k) != Some(*v))
@@ -387,7 +368,7 @@ fn check_batch(
             },
             truth.diff(seen),
             state.describe(base),
-            strip_ansi(&bed.bed.agent_log_tail(30))
+            testbed::controlplane::sync::strip_ansi(&bed.bed.agent_log_tail(30))
         ));
     }
 }

@@ -13,7 +13,7 @@
 //! `policy-agent cleanup` then finds nothing left to do. Needs root and the
 //! Kubernetes binaries `cargo xtask setup` builds.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use palisade_tests::{bin_dir, scenarios, start_kube_bed, wait_until};
@@ -23,22 +23,11 @@ use testbed::Observation;
 const FLANNEL: &str = include_str!("../../cni-bin/src/install/testdata/flannel.conflist");
 
 /// A scratch folder removed on drop, even when the test fails.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(what: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("palisade-uninstall-{what}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn scratch(what: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("palisade-uninstall-{what}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn denied(seen: &[Observation]) -> Vec<String> {
@@ -51,18 +40,18 @@ fn denied(seen: &[Observation]) -> Vec<String> {
 #[test]
 fn the_agent_leaves_the_node_as_it_was_once_its_daemonset_is_deleted() {
     let scenario = &scenarios("apod")[0];
-    let conf = Scratch::new("netd");
-    let bin = Scratch::new("bin");
-    let conflist = conf.0.join("10-flannel.conflist");
+    let conf = scratch("netd");
+    let bin = scratch("bin");
+    let conflist = conf.path().join("10-flannel.conflist");
     std::fs::write(&conflist, FLANNEL).unwrap();
-    let plugin = bin.0.join("palisade-cni");
+    let plugin = bin.path().join("palisade-cni");
     std::fs::copy(bin_dir().join("palisade-cni"), &plugin).unwrap();
     let (ns, ds) = testbed::controlplane::cluster::AGENT_SERVICE_ACCOUNT;
     let agent_args = vec![
         "--cni-conf-dir".to_string(),
-        conf.0.display().to_string(),
+        conf.path().display().to_string(),
         "--cni-bin-dir".into(),
-        bin.0.display().to_string(),
+        bin.path().display().to_string(),
         "--uninstall-when-deleted".into(),
         format!("{ns}/{ds}"),
     ];
@@ -148,9 +137,9 @@ fn the_agent_leaves_the_node_as_it_was_once_its_daemonset_is_deleted() {
         .arg(bin_dir().join("policy-agent"))
         .arg("cleanup")
         .arg("--cni-conf-dir")
-        .arg(&conf.0)
+        .arg(conf.path())
         .arg("--cni-bin-dir")
-        .arg(&bin.0)
+        .arg(bin.path())
         .arg("--bpffs-dir")
         .arg(&pins)
         .arg("--cni-socket")

@@ -49,6 +49,30 @@ fn pod(namespace: &str, i: usize, node: &str) -> Pod {
     }
 }
 
+/// Runs `requests`, at most [`IN_FLIGHT`] at once; the first failure
+/// ends it.
+async fn in_flight<F>(requests: impl Iterator<Item = F>) -> Result<(), kube::Error>
+where
+    F: std::future::Future<Output = Result<(), kube::Error>> + Send + 'static,
+{
+    let joined = |done: Result<Result<(), kube::Error>, tokio::task::JoinError>| {
+        done.map_err(|e| kube::Error::Service(e.into()))?
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for request in requests {
+        if tasks.len() >= IN_FLIGHT {
+            if let Some(done) = tasks.join_next().await {
+                joined(done)?;
+            }
+        }
+        tasks.spawn(request);
+    }
+    while let Some(done) = tasks.join_next().await {
+        joined(done)?;
+    }
+    Ok(())
+}
+
 /// Creates `count` pods named `bulk-<i>` in `namespace` (which must
 /// exist), bound to `node` and reported Running with an address each, and
 /// labelled `app: b<i % APPS>`.
@@ -67,15 +91,9 @@ pub fn create_running_pods(
     let (client, ns, node) = (cp.client(), namespace.to_string(), node.to_string());
     cp.run(async move {
         let api: Api<Pod> = Api::namespaced(client, &ns);
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 1..count {
-            if tasks.len() >= IN_FLIGHT {
-                if let Some(done) = tasks.join_next().await {
-                    done.map_err(|e| kube::Error::Service(e.into()))??;
-                }
-            }
+        in_flight((1..count).map(|i| {
             let (api, object) = (api.clone(), pod(&ns, i, &node));
-            tasks.spawn(async move {
+            async move {
                 api.create(&PostParams::default(), &object).await?;
                 let ip = address(i).to_string();
                 let status =
@@ -87,12 +105,9 @@ pub fn create_running_pods(
                 )
                 .await
                 .map(drop)
-            });
-        }
-        while let Some(done) = tasks.join_next().await {
-            done.map_err(|e| kube::Error::Service(e.into()))??;
-        }
-        Ok(())
+            }
+        }))
+        .await
     })
     .map_err(kube_err(format!("creating {count} pods in {namespace}")))
 }
@@ -111,13 +126,7 @@ pub fn create_policies(
     let (client, ns) = (cp.client(), namespace.to_string());
     cp.run(async move {
         let api: Api<NetworkPolicy> = Api::namespaced(client, &ns);
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..count {
-            if tasks.len() >= IN_FLIGHT {
-                if let Some(done) = tasks.join_next().await {
-                    done.map_err(|e| kube::Error::Service(e.into()))??;
-                }
-            }
+        in_flight((0..count).map(|i| {
             let object = NetworkPolicy {
                 metadata: ObjectMeta {
                     name: Some(format!("bulk-{i}")),
@@ -142,12 +151,9 @@ pub fn create_policies(
                 }),
             };
             let api = api.clone();
-            tasks.spawn(async move { api.create(&PostParams::default(), &object).await.map(drop) });
-        }
-        while let Some(done) = tasks.join_next().await {
-            done.map_err(|e| kube::Error::Service(e.into()))??;
-        }
-        Ok(())
+            async move { api.create(&PostParams::default(), &object).await.map(drop) }
+        }))
+        .await
     })
     .map_err(kube_err(format!(
         "creating {count} policies in {namespace}"

@@ -88,8 +88,9 @@ pub fn api_state(cp: &ControlPlane) -> Result<ClusterState, TestbedError> {
     .map_err(kube_err("listing Pods, Namespaces and NetworkPolicies"))
 }
 
-/// Removes terminal colour sequences (`ESC [ ... letter`).
-fn strip_ansi(s: &str) -> String {
+/// Removes terminal colour sequences (`ESC [ ... letter`), as the agent's
+/// log carries them.
+pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
