@@ -84,6 +84,12 @@ struct RunArgs {
     /// place for the next agent.
     #[arg(long, requires = "kube")]
     uninstall_when_deleted: Option<policy_agent::uninstall::Owner>,
+    /// The node's overlay device toward other nodes (Flannel: `flannel.1`),
+    /// where local pods' egress to Service backends on other nodes is
+    /// judged; without one, such Services fail closed for egress-isolated
+    /// pods. Repeatable.
+    #[arg(long = "node-device")]
+    node_devices: Vec<String>,
 }
 
 #[derive(Args)]
@@ -178,6 +184,9 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         if args.log_allowed {
             dataplane.set_events_for_allowed(true)?;
         }
+        for dev in &args.node_devices {
+            dataplane.attach_node_device(dev)?;
+        }
         let events = dataplane
             .take_event_reader()
             .map(|r| Box::new(r) as Box<dyn policy_agent::flows::EventSource>);
@@ -266,7 +275,7 @@ fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
                 .to_string()
         } else {
             format!(
-                "{} {:<7} {:<7} {} {}:{} -> {}:{} {}{}{}",
+                "{} {:<7} {:<7} {} {}:{} -> {}:{} {}{}{}{}",
                 r.pod,
                 r.direction,
                 r.verdict.to_uppercase(),
@@ -283,6 +292,10 @@ fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
                 r.rule
                     .as_deref()
                     .map(|p| format!(" by {p}"))
+                    .unwrap_or_default(),
+                r.service
+                    .as_deref()
+                    .map(|s| format!(" via Service {s}"))
                     .unwrap_or_default(),
             )
         };

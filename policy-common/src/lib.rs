@@ -74,6 +74,16 @@ pub mod ep_flags {
 pub mod config_flags {
     /// Also report allowed new flows as events (drops are always reported).
     pub const EVENTS_ALLOWED: u32 = 1 << 0;
+    /// The node's overlay device carries the `node_egress` check, so
+    /// packets to Services with backends on other nodes can be deferred.
+    pub const NODE_HOOK: u32 = 1 << 1;
+}
+
+/// Flags in the values of [`maps::SERVICES`].
+pub mod service_flags {
+    /// Every backend of the Service is a local endpoint: the backend's hook
+    /// on this node always sees the translated packet.
+    pub const ALL_LOCAL: u32 = 1 << 0;
 }
 
 /// Maps by name, as declared in the eBPF object and pinned under the agent's
@@ -107,6 +117,13 @@ pub mod maps {
     /// `PerCpuArray<u64>` indexed by [`crate::reason`]: packets dropped for
     /// each reason, counted even when the event is not sent.
     pub const DROPS: &str = "PALISADE_DROPS";
+    /// `HashMap<IpcacheKey, u32>`: Service ClusterIPs → [`crate::service_flags`]. A pod's
+    /// packet to one is *deferred*: kube-proxy translates it after the
+    /// pod's own hook, and the hook that sees the backend judges it.
+    pub const SERVICES: &str = "PALISADE_SERVICES";
+    /// `HashMap<IpcacheKey, u32>`: address of a local endpoint → its
+    /// endpoint id (to judge a translated packet's sender).
+    pub const LOCAL_ADDRS: &str = "PALISADE_LOCAL";
 }
 
 /// Entries of [`maps::DROPS`] (one per possible [`reason`] code).

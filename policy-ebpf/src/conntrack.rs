@@ -17,6 +17,7 @@ use crate::{
     packet::{frag, Flow},
     pipeline::PacketCtx,
     policy::{judge, Query, Verdict},
+    service::{self, sender_denies, Sent},
 };
 
 /// A reply has been seen.
@@ -34,6 +35,14 @@ const ST_FIN_REV: u32 = 1 << 3;
 /// every CPU of the flow shares) only when it is older than this; timeouts
 /// are at least 10 s, so expiry is at most this much early.
 const REFRESH_NS: u64 = SEC;
+/// A pod's flow to a Service ClusterIP: its egress is judged (and judged
+/// again after a policy change) where the translated packet shows up, never
+/// here against the ClusterIP.
+pub const ST_DEFERRED: u32 = 1 << 4;
+/// The flow's first packet came from the node's own stack.
+pub const ST_LOCAL_ORIGIN: u32 = 1 << 5;
+/// Bits fixed when the entry is created.
+const ST_ORIGIN_BITS: u32 = ST_DEFERRED | ST_LOCAL_ORIGIN;
 
 const SEC: u64 = 1_000_000_000;
 const TIMEOUT_CONN_ESTABLISHED: u64 = 6 * 3600 * SEC;
@@ -157,7 +166,7 @@ fn touch(pkt: &PacketCtx, key: &CtKey, reply: bool, flow: &Flow, out: &mut Verdi
         let _ = CONNTRACK.remove(key);
         return UNTRACKED;
     }
-    if v.revision != pkt.cfg.revision {
+    if v.revision != pkt.cfg.revision && v.state & ST_DEFERRED == 0 {
         let dport = match key.proto {
             proto::TCP | proto::UDP | proto::SCTP => u16::from_be_bytes(key.dport),
             _ => 0,
@@ -174,9 +183,29 @@ fn touch(pkt: &PacketCtx, key: &CtKey, reply: bool, flow: &Flow, out: &mut Verdi
             dir: key.dir,
             proto: key.proto,
             ports_known: true,
+            local_origin: v.state & ST_LOCAL_ORIGIN != 0,
         };
         judge(&q, out);
+        if out.allow && key.dir == dir::INGRESS {
+            let sent = Sent {
+                saddr: key.saddr,
+                daddr: key.daddr,
+                dport,
+                proto: key.proto,
+                ports_known: true,
+                gen: pkt.gen,
+            };
+            if sender_denies(&sent, out) != 0 {
+                out.allow = false;
+            }
+        }
         if !out.allow {
+            let _ = CONNTRACK.remove(key);
+            return DENIED;
+        }
+        v.revision = pkt.cfg.revision;
+    } else if v.revision != pkt.cfg.revision {
+        if service::defer(pkt.gen, key.ep_id, &key.daddr, pkt.cfg.flags) == service::DENY {
             let _ = CONNTRACK.remove(key);
             return DENIED;
         }
@@ -185,7 +214,7 @@ fn touch(pkt: &PacketCtx, key: &CtKey, reply: bool, flow: &Flow, out: &mut Verdi
     let mut state = v.state;
     if !reply && flow.opening && state & (ST_CLOSING | ST_FIN_FWD | ST_FIN_REV) != 0 {
         // A new connection reusing the tuple of a closing one.
-        state = 0;
+        state &= ST_ORIGIN_BITS;
     }
     if reply {
         state |= ST_REPLIED;
@@ -211,14 +240,16 @@ fn touch(pkt: &PacketCtx, key: &CtKey, reply: bool, flow: &Flow, out: &mut Verdi
     PASS
 }
 
-/// Creates the entry of a new, allowed flow.
+/// Creates the entry of a new, allowed (or deferred) flow; `origin` holds
+/// [`ST_DEFERRED`] and/or [`ST_LOCAL_ORIGIN`].
 #[inline(never)]
-pub fn create(pkt: &PacketCtx, flow: &Flow) {
+pub fn create(pkt: &PacketCtx, flow: &Flow, origin: u32) {
     let key = forward_key(pkt.ep_id, pkt.dir, flow);
     let value = CtValue {
         last_seen_ns: now(),
         revision: pkt.cfg.revision,
-        state: if flow.reset {
+        state: origin
+            | if flow.reset {
             ST_CLOSING
         } else if flow.closing {
             ST_FIN_FWD

@@ -4,6 +4,8 @@
 //!   pod sends.
 //! - `pod_ingress` runs at tc **egress** of the host-side veth: packets
 //!   delivered to the pod.
+//! - `node_egress` runs at tc **egress** of the node's overlay device:
+//!   local pods' packets to other nodes, after kube-proxy's translation.
 //!
 //! Both look the endpoint up by the veth's ifindex, read the active
 //! generation from the config map, parse the packet, consult conntrack and,
@@ -24,11 +26,15 @@ mod events;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod node;
+#[cfg(target_arch = "bpf")]
 mod packet;
 #[cfg(target_arch = "bpf")]
 mod pipeline;
 #[cfg(target_arch = "bpf")]
 mod policy;
+#[cfg(target_arch = "bpf")]
+mod service;
 
 #[cfg(target_arch = "bpf")]
 mod entry {
@@ -47,6 +53,13 @@ mod entry {
     #[classifier]
     pub fn pod_ingress(ctx: TcContext) -> i32 {
         pipeline::run(&ctx, dir::INGRESS)
+    }
+
+    /// Local pods' packets leaving the node through its overlay device (tc
+    /// egress): their egress, judged after kube-proxy's translation.
+    #[classifier]
+    pub fn node_egress(ctx: TcContext) -> i32 {
+        crate::node::run(&ctx)
     }
 }
 

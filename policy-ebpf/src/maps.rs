@@ -40,6 +40,14 @@ pub static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(2
 #[map(name = "PALISADE_CT")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(131072, 0);
 
+/// (generation, Service ClusterIP) → 1.
+#[map(name = "PALISADE_SERVICES")]
+pub static SERVICES: HashMap<IpcacheKey, u32> = HashMap::with_max_entries(16384, 0);
+
+/// (generation, local endpoint address) → endpoint id.
+#[map(name = "PALISADE_LOCAL")]
+pub static LOCAL_ADDRS: HashMap<IpcacheKey, u32> = HashMap::with_max_entries(4096, 0);
+
 /// Verdict events for user space.
 #[map(name = "PALISADE_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);

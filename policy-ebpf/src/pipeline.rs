@@ -15,10 +15,11 @@ use crate::{
     maps::{CONFIG, DROPS, ENDPOINTS, SCRATCH, SOURCES},
     packet::{kind, parse, Flow},
     policy::{judge, Query, Verdict},
+    service::{self, sender_denies, Sent},
 };
 
 /// Let the packet go on (the next tcx program, or the stack).
-const ALLOW: i32 = TC_ACT_UNSPEC;
+pub const ALLOW: i32 = TC_ACT_UNSPEC;
 /// Drop the packet.
 const DROP: i32 = TC_ACT_SHOT as i32;
 
@@ -36,20 +37,29 @@ pub struct PacketCtx {
     pub dir: u8,
     /// Active generation.
     pub gen: u8,
+    /// The node's own stack sent the packet (no ingress interface): the
+    /// only case where a node address is exempt from ingress policy.
+    pub local_origin: bool,
+    /// The packet is at the node's overlay device (`node_egress`), already
+    /// translated: never deferred again.
+    pub node_hook: bool,
 }
 
 /// Runs the pipeline for a packet of the endpoint behind this veth, in
 /// direction `d` relative to the pod.
 #[inline(always)]
 pub fn run(ctx: &TcContext, d: u8) -> i32 {
-    // SAFETY: reading a field of the context the kernel passed us.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: reading fields of the context the kernel passed us.
+    let (ifindex, ingress_ifindex) =
+        unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
     let mut pkt = PacketCtx {
         cfg: Config::default(),
         ifindex,
         ep_id: 0,
         dir: d,
         gen: 0,
+        local_origin: ingress_ifindex == 0,
+        node_hook: false,
     };
     let mut outer = Flow::empty();
     let mut v = Verdict::empty();
@@ -151,14 +161,14 @@ fn source_ok(ep_id: u32, saddr: &Addr, k: u8) -> bool {
 /// The quoted packet travelled the other way: it is a packet of a flow
 /// that started in opposite(d), or a reply of one that started in d.
 #[inline(never)]
-fn related(pkt: &PacketCtx, inner: &Flow) -> bool {
+pub fn related(pkt: &PacketCtx, inner: &Flow) -> bool {
     let back = conntrack::opposite(pkt.dir);
     conntrack::exists(&conntrack::forward_key(pkt.ep_id, back, inner))
         || conntrack::exists(&conntrack::reverse_key(pkt.ep_id, back, inner))
 }
 
 #[inline(never)]
-fn on_flow(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) -> i32 {
+pub fn on_flow(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) -> i32 {
     if !flow.ports_known && conntrack::fragment_follows(pkt, flow) {
         // A later fragment of a datagram whose first fragment passed.
         return ALLOW;
@@ -176,6 +186,23 @@ fn on_flow(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) -> i32 {
             _ => {}
         }
     }
+    if pkt.dir == dir::EGRESS {
+        match service::defer(pkt.gen, pkt.ep_id, &flow.daddr, pkt.cfg.flags) {
+            service::DEFER if !pkt.node_hook => {
+                // To a ClusterIP: judged where the translated packet shows up.
+                if flow.create {
+                    conntrack::create(pkt, flow, conntrack::ST_DEFERRED);
+                }
+                return ALLOW;
+            }
+            service::NOT_SERVICE => {}
+            _ => {
+                // Fail closed, or (at the overlay) never translated.
+                v.reason = reason::NO_RULE;
+                return drop(pkt, flow, v);
+            }
+        }
+    }
     let q = Query {
         peer: if pkt.dir == dir::EGRESS {
             flow.daddr
@@ -188,6 +215,7 @@ fn on_flow(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) -> i32 {
         dir: pkt.dir,
         proto: flow.proto,
         ports_known: flow.ports_known,
+        local_origin: pkt.local_origin,
     };
     judge(&q, v);
     if !v.allow {
@@ -197,13 +225,49 @@ fn on_flow(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) -> i32 {
         return drop(pkt, flow, v);
     }
     conntrack::fragment_passed(pkt, flow);
+    if pkt.dir == dir::INGRESS {
+        let sent = Sent {
+            saddr: flow.saddr,
+            daddr: flow.daddr,
+            dport: flow.policy_dport,
+            proto: flow.proto,
+            ports_known: flow.ports_known,
+            gen: pkt.gen,
+        };
+        let sender = sender_denies(&sent, v);
+        if sender != 0 {
+            return drop_for_sender(pkt, flow, v, sender);
+        }
+    }
     if flow.create {
-        conntrack::create(pkt, flow);
+        let state = if pkt.local_origin {
+            conntrack::ST_LOCAL_ORIGIN
+        } else {
+            0
+        };
+        conntrack::create(pkt, flow, state);
         if pkt.cfg.flags & config_flags::EVENTS_ALLOWED != 0 {
             report(pkt, flow, v, verdict::ALLOWED);
         }
     }
     ALLOW
+}
+
+/// Drops a packet that the sending local endpoint's egress denies (judged
+/// at the receiver's hook, after translation): reported as that
+/// endpoint's egress drop.
+#[inline(never)]
+fn drop_for_sender(pkt: &PacketCtx, flow: &Flow, v: &Verdict, sender: u32) -> i32 {
+    let as_sender = PacketCtx {
+        cfg: pkt.cfg,
+        ifindex: pkt.ifindex,
+        ep_id: sender,
+        dir: dir::EGRESS,
+        gen: pkt.gen,
+        local_origin: false,
+        node_hook: pkt.node_hook,
+    };
+    drop(&as_sender, flow, v)
 }
 
 #[inline(always)]

@@ -3,7 +3,10 @@
 //!
 //! 1. `EP_POLICY[gen, ep]` missing → drop (`NOT_READY`).
 //! 2. The direction's isolated flag unset → allow (`NOT_ISOLATED`).
-//! 3. Ingress from an address whose ipcache identity is `HOST` → allow.
+//! 3. Ingress from an address whose ipcache identity is `HOST` → allow, if
+//!    the node itself sent the packet (`local_origin`): a forwarded packet
+//!    that merely carries a node address (a NodePort client masqueraded by
+//!    kube-proxy) gets no exemption and is judged like any other peer.
 //! 4. For each peer identity in [ipcache, CIDR LPM, `ANY`] (those found),
 //!    one POLICY LPM lookup with the full key; a hit allows.
 //! 5. Otherwise drop (`NO_RULE`).
@@ -67,6 +70,8 @@ pub struct Query {
     /// False for non-first fragments: only entries allowing every port of
     /// `proto` (or every protocol) can match.
     pub ports_known: bool,
+    /// The node's own stack sent the packet (it was not forwarded).
+    pub local_origin: bool,
 }
 
 /// Judges one packet (see the module documentation) into `out`.
@@ -97,7 +102,7 @@ pub fn judge(q: &Query, out: &mut Verdict) {
     if flags & isolated == 0 {
         return out.set(true, reason::NOT_ISOLATED, ipc.unwrap_or(0), 0);
     }
-    if q.dir == dir::INGRESS && ipc == Some(identity::HOST) {
+    if q.dir == dir::INGRESS && q.local_origin && ipc == Some(identity::HOST) {
         return out.set(true, reason::POLICY_ALLOW, identity::HOST, 0);
     }
     let cidr_key = Key::new(

@@ -18,6 +18,7 @@
 mod engine;
 pub mod identity;
 pub mod ports;
+pub mod services;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -203,6 +204,7 @@ fn build(snapshot: &Snapshot, endpoints: &BTreeMap<PodRef, u32>, alloc: &mut All
     // sorted sequence is linear.
     sort_min_rule(&mut all);
     out.state.policy = all.into_iter().collect();
+    services::fill(snapshot, endpoints, &mut out.state);
     Full {
         compiled: out,
         index: ix,

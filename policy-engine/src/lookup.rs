@@ -4,7 +4,11 @@
 //!
 //! 1. No endpoint entry → drop (not ready, fail closed).
 //! 2. Direction not isolated → allow.
-//! 3. Ingress from the node itself (ipcache says HOST) → allow.
+//! 3. Ingress from the node itself (ipcache says HOST) → allow. The
+//!    datapath grants this only to packets the node's own stack sent; a
+//!    forwarded packet that merely carries a node address (a NodePort
+//!    client kube-proxy masqueraded) goes on to step 4. This model judges
+//!    node-originated traffic.
 //! 4. For each peer identity in order — the exact ipcache match, the
 //!    longest CIDR prefix match, then `identity::ANY` — allow if a policy
 //!    entry for (endpoint, direction, identity) matches any protocol, any

@@ -93,6 +93,14 @@ pub struct MapState {
     pub cidrs: BTreeMap<CidrPrefix, u32>,
     /// Allow entries.
     pub policy: BTreeMap<PolicyEntry, PolicyValue>,
+    /// Service ClusterIPs → `policy_common::service_flags`: a pod's packet
+    /// to one of these is translated by kube-proxy after the pod's own
+    /// hook, so its egress is judged where the backend is visible (see
+    /// `compile::services`).
+    pub services: BTreeMap<Addr, u32>,
+    /// Address of a local endpoint → its endpoint id: lets the hook that
+    /// sees a translated packet judge the sending pod's egress.
+    pub local_addrs: BTreeMap<Addr, u32>,
 }
 
 /// One change to one map.
@@ -114,6 +122,14 @@ pub enum MapOp {
     SetPolicy(PolicyEntry, PolicyValue),
     /// Remove a policy entry.
     DelPolicy(PolicyEntry),
+    /// Insert or overwrite a Service ClusterIP and its flags.
+    SetService(Addr, u32),
+    /// Remove a Service ClusterIP.
+    DelService(Addr),
+    /// Insert or overwrite a local endpoint's address.
+    SetLocalAddr(Addr, u32),
+    /// Remove a local endpoint's address.
+    DelLocalAddr(Addr),
 }
 
 /// The minimal list of operations that turns `old` into `new`: additions
@@ -154,8 +170,30 @@ pub fn diff(old: &MapState, new: &MapState) -> Vec<MapOp> {
         MapOp::SetPolicy,
         MapOp::DelPolicy,
     );
+    diff_services(old, new, &mut sets, &mut dels);
     sets.extend(dels);
     sets
+}
+
+/// The operations for the two service-related parts (ClusterIPs and local
+/// addresses), appended to `sets` and `dels`.
+pub fn diff_services(old: &MapState, new: &MapState, sets: &mut Vec<MapOp>, dels: &mut Vec<MapOp>) {
+    diff_map(
+        &old.services,
+        &new.services,
+        sets,
+        dels,
+        MapOp::SetService,
+        MapOp::DelService,
+    );
+    diff_map(
+        &old.local_addrs,
+        &new.local_addrs,
+        sets,
+        dels,
+        MapOp::SetLocalAddr,
+        MapOp::DelLocalAddr,
+    );
 }
 
 fn diff_map<K: Ord + Copy, V: PartialEq + Copy>(
@@ -221,6 +259,18 @@ impl MapState {
                 }
                 MapOp::DelPolicy(k) => {
                     self.policy.remove(&k);
+                }
+                MapOp::SetService(k, v) => {
+                    self.services.insert(k, v);
+                }
+                MapOp::DelService(k) => {
+                    self.services.remove(&k);
+                }
+                MapOp::SetLocalAddr(k, v) => {
+                    self.local_addrs.insert(k, v);
+                }
+                MapOp::DelLocalAddr(k) => {
+                    self.local_addrs.remove(&k);
                 }
             }
         }

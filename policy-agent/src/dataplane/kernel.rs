@@ -14,6 +14,7 @@
 
 pub mod events;
 pub mod maps;
+mod node_device;
 pub mod pins;
 pub mod rcu;
 
@@ -49,6 +50,8 @@ pub const PROG_POD_EGRESS: &str = "pod_egress";
 /// Program checking packets that enter the pod (attached at tc egress of
 /// the host-side veth).
 pub const PROG_POD_INGRESS: &str = "pod_ingress";
+/// The program at tc egress of the node's overlay device.
+pub const PROG_NODE_EGRESS: &str = "node_egress";
 
 /// Bit of `Config::flags`: the programs also report allowed new flows.
 pub const CONFIG_FLAG_EVENTS_ALLOWED: u32 = policy_common::config_flags::EVENTS_ALLOWED;
@@ -59,7 +62,7 @@ pub const NETLINK_PRIORITY: u16 = 0x5a1;
 pub const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 0x5a1);
 
 /// Every map of the object, all pinned (under [`PinPaths::map`]).
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 14] = [
     names::CONFIG,
     names::ENDPOINTS,
     names::EP_POLICY,
@@ -72,6 +75,8 @@ pub const ALL_MAPS: [&str; 12] = [
     names::DROPS,
     names::FRAGMENTS,
     names::EVENT_BUDGET,
+    names::SERVICES,
+    names::LOCAL_ADDRS,
 ];
 
 /// Source addresses the sources map holds room for, per endpoint (a
@@ -315,6 +320,8 @@ impl KernelDataplane {
             .map_max_entries(names::IPCACHE, s.ipcache.saturating_mul(2))
             .map_max_entries(names::CIDRS, s.cidrs.saturating_mul(2))
             .map_max_entries(names::POLICY, s.policy.saturating_mul(2))
+            .map_max_entries(names::SERVICES, s.ipcache.saturating_mul(2))
+            .map_max_entries(names::LOCAL_ADDRS, s.endpoints.saturating_mul(4))
             .map_max_entries(names::CONNTRACK, s.conntrack)
             .map_max_entries(
                 names::SOURCES,
@@ -325,7 +332,7 @@ impl KernelDataplane {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| kernel_error("loading the eBPF object", e))?;
-        for (prog, _, _) in HOOKS {
+        for prog in HOOKS.map(|(p, _, _)| p).into_iter().chain([PROG_NODE_EGRESS]) {
             program(&mut ebpf, prog)?
                 .load()
                 .map_err(|e| kernel_error(format!("loading program {prog}"), e))?;
@@ -599,6 +606,20 @@ impl KernelDataplane {
         self.test_run_timed(prog, frame, ifindex, 1).map(|(v, _)| v)
     }
 
+    /// [`test_run`](Self::test_run) for a packet the node forwarded (it
+    /// arrived on interface `ingress_ifindex`, not from the node's own
+    /// stack): what a masqueraded NodePort client's packet looks like.
+    pub fn test_run_forwarded(
+        &mut self,
+        prog: &str,
+        frame: &[u8],
+        ifindex: u32,
+        ingress_ifindex: u32,
+    ) -> Result<TestVerdict, DataplaneError> {
+        self.run_ctx(prog, frame, ifindex, ingress_ifindex, 1)
+            .map(|(v, _)| v)
+    }
+
     /// [`test_run`](Self::test_run) repeated `repeat` times in the kernel;
     /// also returns the mean time per run (the cost of one verdict, for
     /// benchmarks). Conntrack state carries over between repeats, so after
@@ -610,10 +631,23 @@ impl KernelDataplane {
         ifindex: u32,
         repeat: u32,
     ) -> Result<(TestVerdict, std::time::Duration), DataplaneError> {
+        self.run_ctx(prog, frame, ifindex, 0, repeat)
+    }
+
+    fn run_ctx(
+        &mut self,
+        prog: &str,
+        frame: &[u8],
+        ifindex: u32,
+        ingress_ifindex: u32,
+        repeat: u32,
+    ) -> Result<(TestVerdict, std::time::Duration), DataplaneError> {
         use aya::{TestRun, TestRunOptions};
         // `struct __sk_buff` up to and including `ifindex` (offset 40);
-        // the kernel takes the device from it when it is above 1.
+        // the kernel takes the device from it when it is above 1, and
+        // `ingress_ifindex` (offset 36) becomes the packet's input device.
         let mut ctx = [0u8; 44];
+        ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::model::addr::to_addr;
 use crate::model::{Direction, Labels, Peer, PodRef, Policy, PolicyRef, Snapshot};
-use crate::state::{diff, MapOp, PolicyEntry};
+use crate::state::{diff, MapOp, MapState, PolicyEntry};
 
 /// Incremental compiler state (see the module docs).
 #[derive(Clone, Debug, Default)]
@@ -504,7 +504,34 @@ impl Engine {
             }
         }
         self.recompute(snapshot, &policies, &mut j);
-        self.finish(j)
+        let ops = self.finish(j);
+        self.with_services(snapshot, ops)
+    }
+
+    /// A Service or its Endpoints changed in `snapshot`: only the
+    /// ClusterIP set can change (backends are judged as the pods they are).
+    pub fn service_changed(&mut self, snapshot: &Snapshot) -> Vec<MapOp> {
+        if !self.compiled_once {
+            return self.fallback(snapshot);
+        }
+        self.with_services(snapshot, Vec::new())
+    }
+
+    /// `ops` with the changes of the service-related parts of the state
+    /// (sets first, removals last, as [`diff`] orders them).
+    fn with_services(&mut self, snapshot: &Snapshot, ops: Vec<MapOp>) -> Vec<MapOp> {
+        let mut next = MapState::default();
+        super::services::fill(snapshot, &self.endpoints, &mut next);
+        let (mut sets, mut dels) = (Vec::new(), Vec::new());
+        crate::state::diff_services(&self.current.state, &next, &mut sets, &mut dels);
+        self.current.state.services = next.services;
+        self.current.state.local_addrs = next.local_addrs;
+        if sets.is_empty() && dels.is_empty() {
+            return ops;
+        }
+        sets.extend(ops);
+        sets.extend(dels);
+        sets
     }
 
     /// Policy `policy` was added, changed or removed in `snapshot`.

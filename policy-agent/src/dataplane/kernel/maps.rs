@@ -39,6 +39,10 @@ pub struct Maps {
     pub drops: PerCpuArray<MapData, u64>,
     /// What `sources` holds; `None` until read back (adopted maps).
     sources_mirror: Option<BTreeSet<SourceKey>>,
+    /// (gen, ClusterIP) → service flags.
+    pub services: HashMap<MapData, IpcacheKey, u32>,
+    /// (gen, local endpoint address) → endpoint id.
+    pub local_addrs: HashMap<MapData, IpcacheKey, u32>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map, DataplaneError> {
@@ -84,6 +88,14 @@ impl Maps {
                 PerCpuArray::try_from(take(ebpf, names::DROPS)?),
             )?,
             sources_mirror: None,
+            services: typed(
+                names::SERVICES,
+                HashMap::try_from(take(ebpf, names::SERVICES)?),
+            )?,
+            local_addrs: typed(
+                names::LOCAL_ADDRS,
+                HashMap::try_from(take(ebpf, names::LOCAL_ADDRS)?),
+            )?,
         })
     }
 
@@ -201,6 +213,16 @@ impl Maps {
                 let (len, data) = entry.lpm_key(gen);
                 self.policy.remove(&Key::new(len, data))
             }
+            MapOp::SetService(addr, flags) => {
+                self.services
+                    .insert(IpcacheKey { gen: g, addr }, flags, 0)
+            }
+            MapOp::DelService(addr) => self.services.remove(&IpcacheKey { gen: g, addr }),
+            MapOp::SetLocalAddr(addr, ep_id) => {
+                self.local_addrs
+                    .insert(IpcacheKey { gen: g, addr }, ep_id, 0)
+            }
+            MapOp::DelLocalAddr(addr) => self.local_addrs.remove(&IpcacheKey { gen: g, addr }),
         };
         r.map_err(|e| kernel_error(format!("writing generation {gen}: {op:?}"), e))
     }
@@ -222,6 +244,18 @@ impl Maps {
             let (k, v) = item.map_err(|e| rd(names::IPCACHE, e))?;
             if k.gen == g {
                 s.ipcache.insert(k.addr, v.identity);
+            }
+        }
+        for item in self.services.iter() {
+            let (k, v) = item.map_err(|e| rd(names::SERVICES, e))?;
+            if k.gen == g {
+                s.services.insert(k.addr, v);
+            }
+        }
+        for item in self.local_addrs.iter() {
+            let (k, v) = item.map_err(|e| rd(names::LOCAL_ADDRS, e))?;
+            if k.gen == g {
+                s.local_addrs.insert(k.addr, v);
             }
         }
         for item in self.cidrs.iter() {

@@ -1,0 +1,64 @@
+//! The node's overlay device (Flannel's `flannel.1`): `node_egress` at its
+//! tc egress judges local pods' egress to backends on other nodes after
+//! kube-proxy's translation (see `policy-ebpf/src/node.rs`). Attaching it
+//! sets `config_flags::NODE_HOOK`, which lets the pods' hooks defer
+//! packets to Services with backends elsewhere instead of failing closed.
+
+use aya::programs::{
+    links::{FdLink, LinkOrder, PinnedLink},
+    tc::{SchedClassifierLink, TcAttachOptions},
+    TcAttachType,
+};
+use policy_common::{config_flags, Config};
+
+use super::{ifindex_of, kernel_error, program, remove_file, KernelDataplane, PROG_NODE_EGRESS};
+use crate::dataplane::DataplaneError;
+
+impl KernelDataplane {
+    /// Attaches (or re-points, after a restart) `node_egress` at tc egress
+    /// of `ifname`, pinned, and turns deferral of remote-backed Services
+    /// on. TCX only (the overlay device of a kernel without TCX keeps the
+    /// fail-closed behaviour).
+    pub fn attach_node_device(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        let ifindex = ifindex_of(ifname).ok_or_else(|| {
+            kernel_error(format!("attaching {PROG_NODE_EGRESS}"), format!("no interface {ifname}"))
+        })?;
+        let pin = self.paths.links_dir().join(format!("node_{ifname}_{ifindex}"));
+        let p = program(&mut self.ebpf, PROG_NODE_EGRESS)?;
+        let mut attached = false;
+        if pin.exists() {
+            let updated = PinnedLink::from_pin(&pin)
+                .ok()
+                .and_then(|l| SchedClassifierLink::try_from(FdLink::from(l)).ok())
+                .and_then(|l| p.attach_to_link(l).ok());
+            match updated {
+                Some(id) => {
+                    drop(p.take_link(id));
+                    attached = true;
+                }
+                None => remove_file(&pin)?,
+            }
+        }
+        if !attached {
+            let what = || format!("attaching {PROG_NODE_EGRESS} to {ifname}");
+            let id = p
+                .attach_with_options(
+                    ifname,
+                    TcAttachType::Egress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| kernel_error(what(), e))?;
+            let link = p.take_link(id).map_err(|e| kernel_error(what(), e))?;
+            let fd = FdLink::try_from(link).map_err(|e| kernel_error(what(), e))?;
+            fd.pin(&pin)
+                .map_err(|e| kernel_error(format!("pinning {}", pin.display()), e))?;
+        }
+        let flags = self.cfg.flags | config_flags::NODE_HOOK;
+        if flags != self.cfg.flags {
+            let cfg = Config { flags, ..self.cfg };
+            self.maps.set_config(cfg)?;
+            self.cfg = cfg;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,225 @@
+//! Services in the tc programs, on crafted frames (BPF_PROG_TEST_RUN; SCTP
+//! has no sockets on this kernel): a pod's packet to a ClusterIP is
+//! deferred at its own hook, its egress is judged at the backend's hook on
+//! the translated packet (backend address and target port), replies from
+//! the ClusterIP pass as replies, a change that denies the backend cuts the
+//! established flow, and a forwarded packet carrying a node address gets no
+//! ingress exemption. Needs root.
+
+#[path = "support/kernel.rs"]
+mod kernel;
+#[path = "support/packets.rs"]
+mod packets;
+
+use kernel::{in_netns, open, StateBuilder};
+use packets::*;
+use policy_agent::dataplane::{
+    kernel::{KernelDataplane, TestVerdict, PROG_POD_EGRESS, PROG_POD_INGRESS},
+    Dataplane,
+};
+use policy_common::{dir, ep_flags, identity};
+use policy_engine::state::{MapState, PortMatch};
+
+use TestVerdict::{Allow, Drop};
+
+const CLIENT_EP: u32 = 10;
+const WEB_EP: u32 = 11;
+const CLIENT_ID: u32 = 299;
+const WEB_ID: u32 = 300;
+const RANGE_ID: u32 = 500;
+
+fn client() -> Ip {
+    v4(10, 244, 0, 10)
+}
+fn web() -> Ip {
+    v4(10, 244, 0, 20)
+}
+fn vip() -> Ip {
+    v4(10, 96, 0, 20)
+}
+fn node() -> Ip {
+    v4(10, 244, 0, 1)
+}
+
+/// client: egress isolated, may send SCTP/3868 and TCP/8080 to web, and
+/// anything to 10.96.0.0/12 (which must never match a ClusterIP). web:
+/// ingress isolated, accepts any SCTP and TCP/8080 from client. The
+/// ClusterIP is a Service; both pods are local endpoints.
+fn state(client_to_web: bool) -> MapState {
+    let mut b = StateBuilder::default()
+        .endpoint(CLIENT_EP, ep_flags::ISOLATED_EGRESS)
+        .endpoint(WEB_EP, ep_flags::ISOLATED_INGRESS)
+        .ip(client().mapped(), CLIENT_ID)
+        .ip(web().mapped(), WEB_ID)
+        .ip(node().mapped(), identity::HOST)
+        .cidr(v4(10, 96, 0, 0).mapped(), 96 + 12, RANGE_ID)
+        .cidr([0; 16], 0, identity::WORLD)
+        .allow(CLIENT_EP, dir::EGRESS, RANGE_ID, PortMatch::AnyProtocol, 1)
+        .allow(
+            WEB_EP,
+            dir::INGRESS,
+            CLIENT_ID,
+            PortMatch::AnyPort { proto: SCTP },
+            2,
+        )
+        .port(WEB_EP, dir::INGRESS, CLIENT_ID, TCP, 8080);
+    if client_to_web {
+        b = b
+            .port(CLIENT_EP, dir::EGRESS, WEB_ID, SCTP, 3868)
+            .port(CLIENT_EP, dir::EGRESS, WEB_ID, TCP, 8080);
+    }
+    let mut s = b.build();
+    s.services.insert(vip().mapped(), policy_common::service_flags::ALL_LOCAL);
+    s.local_addrs.insert(client().mapped(), CLIENT_EP);
+    s.local_addrs.insert(web().mapped(), WEB_EP);
+    s
+}
+
+fn run(dp: &mut KernelDataplane, prog: &str, ifindex: u32, f: &[u8]) -> TestVerdict {
+    dp.test_run(prog, f, ifindex)
+        .unwrap_or_else(|e| panic!("test run: {e}"))
+}
+
+fn expect(what: &str, got: TestVerdict, want: TestVerdict) {
+    assert_eq!(got, want, "{what}");
+}
+
+#[test]
+fn cluster_ip_egress_is_judged_on_the_backend_for_sctp_and_tcp() {
+    let (mut dp, _pins) = open("svc-backend");
+    dp.apply(&state(true)).unwrap();
+    in_netns(2, |idx| {
+        let (c, w) = (idx[0], idx[1]);
+        dp.register_endpoint(c, CLIENT_EP).unwrap();
+        dp.register_endpoint(w, WEB_EP).unwrap();
+        // At the client's hook the ClusterIP is deferred, whatever the port.
+        for (what, l4) in [
+            ("sctp INIT to the ClusterIP", sctp(7000, 3868, 1)),
+            ("sctp INIT to the ClusterIP, other port", sctp(7001, 3869, 1)),
+            ("tcp SYN to the ClusterIP", tcp(40000, 80, SYN)),
+        ] {
+            expect(what, run(&mut dp, PROG_POD_EGRESS, c, &frame(client(), vip(), &l4)), Allow);
+        }
+        // At web's hook, translated: client's egress on the target port.
+        expect(
+            "translated sctp/3868",
+            run(&mut dp, PROG_POD_INGRESS, w, &frame(client(), web(), &sctp(7000, 3868, 1))),
+            Allow,
+        );
+        expect(
+            "translated sctp/3869: web accepts it, client's egress does not",
+            run(&mut dp, PROG_POD_INGRESS, w, &frame(client(), web(), &sctp(7001, 3869, 1))),
+            Drop,
+        );
+        expect(
+            "translated tcp/8080",
+            run(&mut dp, PROG_POD_INGRESS, w, &frame(client(), web(), &tcp(40000, 8080, SYN))),
+            Allow,
+        );
+        // web answers; after reverse translation the reply comes from the
+        // ClusterIP and passes the client's hook as a reply.
+        expect(
+            "web's INIT ACK leaves web",
+            run(&mut dp, PROG_POD_EGRESS, w, &frame(web(), client(), &sctp(3868, 7000, 2))),
+            Allow,
+        );
+        expect(
+            "INIT ACK from the ClusterIP reaches client",
+            run(&mut dp, PROG_POD_INGRESS, c, &frame(vip(), client(), &sctp(3868, 7000, 2))),
+            Allow,
+        );
+        expect(
+            "SYN-ACK from the ClusterIP reaches client",
+            run(&mut dp, PROG_POD_INGRESS, c, &frame(vip(), client(), &tcp(80, 40000, SYN | ACK))),
+            Allow,
+        );
+    });
+}
+
+#[test]
+fn service_range_ipblock_reaches_no_backend() {
+    let (mut dp, _pins) = open("svc-range");
+    dp.apply(&state(false)).unwrap();
+    in_netns(2, |idx| {
+        let (c, w) = (idx[0], idx[1]);
+        dp.register_endpoint(c, CLIENT_EP).unwrap();
+        dp.register_endpoint(w, WEB_EP).unwrap();
+        expect(
+            "to the ClusterIP: deferred",
+            run(&mut dp, PROG_POD_EGRESS, c, &frame(client(), vip(), &sctp(7000, 3868, 1))),
+            Allow,
+        );
+        expect(
+            "translated: 10.96.0.0/12 does not cover the backend",
+            run(&mut dp, PROG_POD_INGRESS, w, &frame(client(), web(), &sctp(7000, 3868, 1))),
+            Drop,
+        );
+        expect(
+            "translated tcp",
+            run(&mut dp, PROG_POD_INGRESS, w, &frame(client(), web(), &tcp(40000, 8080, SYN))),
+            Drop,
+        );
+    });
+}
+
+#[test]
+fn established_flow_through_a_cluster_ip_is_cut_by_a_change() {
+    let (mut dp, _pins) = open("svc-cut");
+    dp.apply(&state(true)).unwrap();
+    in_netns(2, |idx| {
+        let (c, w) = (idx[0], idx[1]);
+        dp.register_endpoint(c, CLIENT_EP).unwrap();
+        dp.register_endpoint(w, WEB_EP).unwrap();
+        let to_vip = frame(client(), vip(), &sctp(7000, 3868, 0));
+        let translated = frame(client(), web(), &sctp(7000, 3868, 0));
+        expect("open", run(&mut dp, PROG_POD_EGRESS, c, &frame(client(), vip(), &sctp(7000, 3868, 1))), Allow);
+        expect("open, translated", run(&mut dp, PROG_POD_INGRESS, w, &frame(client(), web(), &sctp(7000, 3868, 1))), Allow);
+        expect("DATA", run(&mut dp, PROG_POD_INGRESS, w, &translated), Allow);
+        // The change: client may no longer reach web.
+        dp.apply(&state(false)).unwrap();
+        expect("DATA to the ClusterIP, client's hook", run(&mut dp, PROG_POD_EGRESS, c, &to_vip), Allow);
+        expect("DATA, translated, after the change", run(&mut dp, PROG_POD_INGRESS, w, &translated), Drop);
+        expect("and after", run(&mut dp, PROG_POD_INGRESS, w, &translated), Drop);
+    });
+}
+
+#[test]
+fn node_address_is_exempt_only_when_the_node_sent_it() {
+    let (mut dp, _pins) = open("svc-masq");
+    dp.apply(&state(true)).unwrap();
+    in_netns(2, |idx| {
+        let (c, w) = (idx[0], idx[1]);
+        dp.register_endpoint(w, WEB_EP).unwrap();
+        let probe = frame(node(), web(), &tcp(40000, 9000, SYN));
+        expect("kubelet probe from the node's stack", run(&mut dp, PROG_POD_INGRESS, w, &probe), Allow);
+        let masqueraded = frame(node(), web(), &tcp(40001, 8080, SYN));
+        let got = dp
+            .test_run_forwarded(PROG_POD_INGRESS, &masqueraded, w, c)
+            .unwrap();
+        expect("NodePort client masqueraded to the node's address", got, Drop);
+    });
+}
+
+#[test]
+fn service_with_backends_elsewhere_fails_closed_without_the_node_hook() {
+    let (mut dp, _pins) = open("svc-remote");
+    let remote_vip = v4(10, 96, 0, 30);
+    let mut s = state(true);
+    s.services.insert(remote_vip.mapped(), 0);
+    dp.apply(&s).unwrap();
+    in_netns(2, |idx| {
+        let (c, w) = (idx[0], idx[1]);
+        dp.register_endpoint(c, CLIENT_EP).unwrap();
+        dp.register_endpoint(w, WEB_EP).unwrap();
+        expect(
+            "egress-isolated client to a Service with remote backends",
+            run(&mut dp, PROG_POD_EGRESS, c, &frame(client(), remote_vip, &tcp(40000, 80, SYN))),
+            Drop,
+        );
+        expect(
+            "web (egress not isolated) to the same Service",
+            run(&mut dp, PROG_POD_EGRESS, w, &frame(web(), remote_vip, &tcp(40000, 80, SYN))),
+            Allow,
+        );
+    });
+}

@@ -1,0 +1,57 @@
+//! `node_egress`: the check on the node's overlay device (tc egress, e.g.
+//! Flannel's `flannel.1`), where a local pod's packet to a backend on
+//! another node shows up translated and not masqueraded. The sending pod's
+//! egress is judged there, as the backend's hook does for local backends
+//! (see [`crate::service`]); packets whose source is no local endpoint
+//! (the node's own, other nodes' forwarded ones) pass untouched, and a
+//! packet still addressed to a ClusterIP (a port kube-proxy does not
+//! translate) is dropped: it has no backend.
+
+use aya_ebpf::programs::TcContext;
+use policy_common::{dir, reason, LAYOUT_VERSION};
+
+use crate::{
+    maps::CONFIG,
+    packet::{kind, parse, Flow},
+    pipeline::{self, PacketCtx, ALLOW},
+    policy::Verdict,
+    service,
+};
+
+/// Runs the check for one packet leaving through the overlay device.
+#[inline(always)]
+pub fn run(ctx: &TcContext) -> i32 {
+    // SAFETY: reading a field of the context the kernel passed us.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(cfg) = CONFIG.get(0).copied() else {
+        return ALLOW;
+    };
+    if cfg.layout_version != LAYOUT_VERSION {
+        return ALLOW;
+    }
+    let mut pkt = PacketCtx {
+        cfg,
+        ifindex,
+        ep_id: 0,
+        dir: dir::EGRESS,
+        gen: (cfg.active_gen & 1) as u8,
+        local_origin: false,
+        node_hook: true,
+    };
+    let mut outer = Flow::empty();
+    let mut inner = Flow::empty();
+    let k = parse(ctx, &mut outer, &mut inner);
+    if k != kind::FLOW && k != kind::ICMP_ERROR {
+        return ALLOW;
+    }
+    pkt.ep_id = service::local_ep(pkt.gen, &outer.saddr);
+    if pkt.ep_id == 0 {
+        return ALLOW;
+    }
+    let mut v = Verdict::empty();
+    if k == kind::ICMP_ERROR && pipeline::related(&pkt, &inner) {
+        return ALLOW;
+    }
+    v.reason = reason::NO_RULE;
+    pipeline::on_flow(&pkt, &outer, &mut v)
+}

@@ -1,0 +1,112 @@
+//! Services: deciding a pod's egress where the backend is visible.
+//!
+//! A pod's packet to a Service ClusterIP still carries the ClusterIP at the
+//! pod's own hook: kube-proxy's DNAT happens later, in netfilter. So the
+//! pod's hook *defers* such a packet (lets it on and tracks the flow, so
+//! replies from the ClusterIP pass as replies), and the hook that sees the
+//! translated packet judges the sender's egress: the backend's host-side
+//! veth for a local backend ([`sender_denies`] at the ingress check). A
+//! ClusterIP is thus never matched against an ipBlock.
+
+use policy_common::{
+    config_flags, dir, ep_flags, service_flags, Addr, EndpointPolicyKey, IpcacheKey,
+};
+
+use crate::{
+    maps::{EP_POLICY, LOCAL_ADDRS, SERVICES},
+    policy::{judge, Query, Verdict},
+};
+
+/// [`defer`]: not a ClusterIP, judge the packet as usual.
+pub const NOT_SERVICE: u8 = 0;
+/// [`defer`]: a ClusterIP whose translated packets a hook of this node
+/// judges: let it on.
+pub const DEFER: u8 = 1;
+/// [`defer`]: a ClusterIP with backends no hook of this node would judge,
+/// from an egress-isolated endpoint: drop (fail closed).
+pub const DENY: u8 = 2;
+
+/// What endpoint `ep_id`'s packet to `addr` is, in generation `gen` under
+/// config flags `cfg_flags` ([`NOT_SERVICE`], [`DEFER`] or [`DENY`]).
+#[inline(never)]
+pub fn defer(gen: u8, ep_id: u32, addr: &Addr, cfg_flags: u32) -> u8 {
+    let key = IpcacheKey {
+        gen: u32::from(gen),
+        addr: *addr,
+    };
+    // SAFETY: copied out at once.
+    let Some(flags) = (unsafe { SERVICES.get(&key) }).copied() else {
+        return NOT_SERVICE;
+    };
+    if flags & service_flags::ALL_LOCAL != 0 || cfg_flags & config_flags::NODE_HOOK != 0 {
+        return DEFER;
+    }
+    let ep_key = EndpointPolicyKey {
+        gen: u32::from(gen),
+        ep_id,
+    };
+    // SAFETY: copied out at once.
+    match unsafe { EP_POLICY.get(&ep_key) } {
+        Some(p) if p.flags & ep_flags::ISOLATED_EGRESS == 0 => DEFER,
+        _ => DENY,
+    }
+}
+
+/// The endpoint id of the local endpoint owning `addr` (0: none).
+#[inline(always)]
+pub fn local_ep(gen: u8, addr: &Addr) -> u32 {
+    let key = IpcacheKey {
+        gen: u32::from(gen),
+        addr: *addr,
+    };
+    // SAFETY: copied out at once.
+    unsafe { LOCAL_ADDRS.get(&key) }.copied().unwrap_or(0)
+}
+
+/// One packet (or tracked flow) as the sender's egress sees it.
+pub struct Sent {
+    /// Source address (the sender, if it is a local endpoint).
+    pub saddr: Addr,
+    /// Destination address after translation.
+    pub daddr: Addr,
+    /// Destination port after translation (0 for port-less protocols).
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// False for non-first fragments.
+    pub ports_known: bool,
+    /// Generation to read.
+    pub gen: u8,
+}
+
+/// Judges the egress of the local endpoint that sent `p` (when its source
+/// is a local endpoint) toward the translated destination. Returns the
+/// sender's endpoint id when its egress denies the packet (`out` then
+/// holds the verdict), 0 when it allows it or the sender is not local.
+///
+/// For a packet the sender addressed to the pod directly this repeats the
+/// check its own hook made, with the same answer; for a packet it sent to a
+/// ClusterIP this is the only egress check.
+#[inline(never)]
+pub fn sender_denies(p: &Sent, out: &mut Verdict) -> u32 {
+    let ep_id = local_ep(p.gen, &p.saddr);
+    if ep_id == 0 {
+        return 0;
+    }
+    let q = Query {
+        peer: p.daddr,
+        ep_id,
+        dport: p.dport,
+        gen: p.gen,
+        dir: dir::EGRESS,
+        proto: p.proto,
+        ports_known: p.ports_known,
+        local_origin: false,
+    };
+    judge(&q, out);
+    if out.allow {
+        0
+    } else {
+        ep_id
+    }
+}
