@@ -178,6 +178,11 @@ pub struct FlowRecord {
     /// `1 + suppressed` drops.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub suppressed: u32,
+    /// For a connection to a Service ClusterIP judged on its backend: the
+    /// Service (`namespace/name`, several comma-separated when the backend
+    /// serves more than one); `dst`/`dport`/`peer` are then the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -158,7 +158,39 @@ pub fn resolve<D: Dataplane>(agent: &Agent<D>, ev: &VerdictEvent) -> FlowRecord 
             .then(|| agent.describe_rule(ev.rule))
             .flatten(),
         suppressed: ev.suppressed,
+        service: through_service(agent, ev, dst),
     }
+}
+
+/// The Services a connection went through, for an egress verdict taken
+/// after kube-proxy's translation: the datapath judges a pod's egress to a
+/// ClusterIP at the backend's interface, so an egress event reported from
+/// an interface other than the pod's own is one; the Services are those
+/// that have the destination (address and port) as a backend.
+fn through_service<D: Dataplane>(agent: &Agent<D>, ev: &VerdictEvent, dst: IpAddr) -> Option<String> {
+    if ev.dir != dir::EGRESS {
+        return None;
+    }
+    let own = agent.endpoints().iter().find(|e| e.ep_id == ev.ep_id)?;
+    if nix::net::if_::if_nametoindex(own.ifname.as_str()).ok() == Some(ev.ifindex) {
+        return None;
+    }
+    let protocol = policy_engine::model::Protocol::from_number(ev.proto)?;
+    let snapshot = agent.snapshot();
+    let names: Vec<String> = snapshot
+        .services
+        .iter()
+        .filter(|(r, info)| {
+            info.ports.iter().filter(|p| p.protocol == protocol).any(|sp| {
+                snapshot
+                    .backends(r, sp)
+                    .iter()
+                    .any(|b| b.ip == dst && b.port == ev.dport)
+            })
+        })
+        .map(|(r, _)| r.to_string())
+        .collect();
+    (!names.is_empty()).then(|| names.join(","))
 }
 
 fn pod_at<D: Dataplane>(agent: &Agent<D>, ip: IpAddr) -> Option<String> {

@@ -343,6 +343,7 @@ mod tests {
             peer: None,
             rule: None,
             suppressed: 0,
+            service: None,
         };
         hub.publish(record("default/a"));
         hub.publish(record("default/gone"));

@@ -95,6 +95,9 @@ pub struct Testbed {
     added: usize,
     /// Agents not started yet (`KubeOptions::agent_after_pods`).
     pending_agents: Vec<node::PendingAgent>,
+    /// Each Service's ClusterIPs, as the API server assigned them (what
+    /// `svc:` probes connect to; kube mode only).
+    services: BTreeMap<PodRef, Vec<IpAddr>>,
 }
 
 fn bpffs_mounted() -> bool {
@@ -348,6 +351,12 @@ impl Testbed {
             );
         }
 
+        // What kube-proxy translates is what the API server assigned.
+        let services = match &cluster {
+            Some(c) => c.service_ips()?,
+            None => BTreeMap::new(),
+        };
+
         let outside = if layout.outside.is_empty() && layout.outside6.is_empty() {
             None
         } else {
@@ -388,6 +397,7 @@ impl Testbed {
             id,
             added: 0,
             pending_agents,
+            services,
         };
         bed.start_servers()?;
         if bed.pending_agents.is_empty() {
@@ -434,10 +444,38 @@ impl Testbed {
         Ok(())
     }
 
+    /// The IPv4 ClusterIP of Service `svc`, if it has one.
+    pub fn cluster_ip(&self, svc: &PodRef) -> Option<IpAddr> {
+        self.services
+            .get(svc)
+            .and_then(|ips| ips.iter().copied().find(IpAddr::is_ipv4))
+    }
+
+    /// A UDP socket inside `pod`'s namespace, bound to an ephemeral IPv4
+    /// port: for tests that need one flow (one 5-tuple) across a change.
+    pub fn udp_socket(&self, pod: &PodRef) -> Result<std::net::UdpSocket, TestbedError> {
+        let w = self.pods.get(pod).ok_or_else(|| TestbedError::Layout {
+            reason: format!("pod {}/{} is not in the test bed", pod.namespace, pod.name),
+        })?;
+        netns::in_netns(&w.netns, || {
+            std::net::UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+        })
+    }
+
     /// Where `end` is, reached over the family `v6` selects: (namespace,
     /// address, whether it is an outside host).
     fn locate(&self, end: &End, v6: bool) -> Result<(String, IpAddr, bool), String> {
         match end {
+            End::Service(svc) => {
+                let ip = self
+                    .services
+                    .get(svc)
+                    .and_then(|ips| ips.iter().find(|ip| ip.is_ipv6() == v6))
+                    .ok_or_else(|| {
+                        format!("Service {end} has no ClusterIP of the probe's family")
+                    })?;
+                Ok((self.nodes[0].netns.clone(), *ip, false))
+            }
             End::Pod(p) => {
                 let w = self
                     .pods
@@ -860,7 +898,7 @@ impl Drop for Testbed {
 pub(crate) fn probe_family_v6(probe: &Probe) -> Result<bool, String> {
     let family = |e: &End| match e {
         End::Ip(ip) => Some(ip.is_ipv6()),
-        End::Pod(_) => None,
+        End::Pod(_) | End::Service(_) => None,
     };
     match (family(&probe.from), family(&probe.to)) {
         (Some(a), Some(b)) if a != b => Err(format!(

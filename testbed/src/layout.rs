@@ -255,6 +255,17 @@ impl Layout {
             }
             match &probe.to {
                 End::Pod(pod) => layout.serve_on_pod(pod, probe.port),
+                End::Service(svc) => {
+                    let info = snapshot.services.get(svc);
+                    let sp = info.and_then(|i| i.port(probe.port, probe.protocol));
+                    if let Some(sp) = sp {
+                        for b in snapshot.backends(svc, sp) {
+                            if let Some(pod) = &b.pod {
+                                layout.serve_on_pod(pod, b.port);
+                            }
+                        }
+                    }
+                }
                 End::Ip(IpAddr::V4(ip)) => {
                     let ip = *ip;
                     if let Some(i) = layout.pod_by_ip(ip) {

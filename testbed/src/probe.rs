@@ -17,6 +17,9 @@ pub enum End {
     Pod(PodRef),
     /// A host given by its address (outside the cluster, or a pod's IP).
     Ip(IpAddr),
+    /// A Service, written `svc:namespace/name` (destination only): probed
+    /// through its ClusterIP on the Service port.
+    Service(PodRef),
 }
 
 impl fmt::Display for End {
@@ -24,6 +27,7 @@ impl fmt::Display for End {
         match self {
             End::Pod(p) => write!(f, "{}/{}", p.namespace, p.name),
             End::Ip(ip) => write!(f, "{ip}"),
+            End::Service(p) => write!(f, "svc:{}/{}", p.namespace, p.name),
         }
     }
 }
@@ -35,12 +39,17 @@ impl std::str::FromStr for End {
         if let Ok(ip) = s.parse::<IpAddr>() {
             return Ok(End::Ip(ip));
         }
-        match s.split_once('/') {
+        let (service, rest) = match s.strip_prefix("svc:") {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        match rest.split_once('/') {
             Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-                Ok(End::Pod(PodRef {
+                let r = PodRef {
                     namespace: ns.to_string(),
                     name: name.to_string(),
-                }))
+                };
+                Ok(if service { End::Service(r) } else { End::Pod(r) })
             }
             _ => Err(format!(
                 "{s:?} is neither \"namespace/pod\" nor an IP address"
@@ -159,8 +168,8 @@ pub enum ProbeError {
         /// What is wrong with it.
         reason: String,
     },
-    /// A probe names a pod the cluster manifests do not declare.
-    #[error("probe {probe}: field {field:?}: pod {pod} is not in the cluster manifests")]
+    /// A probe names a pod or Service the cluster manifests do not declare.
+    #[error("probe {probe}: field {field:?}: {pod} is not in the cluster manifests (a Service can only be a destination)")]
     UnknownPod {
         /// The probe, rendered.
         probe: String,
@@ -354,14 +363,17 @@ pub fn default_probes_v6(snapshot: &Snapshot) -> Vec<Probe> {
 pub fn validate_probes(snapshot: &Snapshot, probes: &[Probe]) -> Result<(), ProbeError> {
     for p in probes {
         for (field, end) in [("from", &p.from), ("to", &p.to)] {
-            if let End::Pod(pod) = end {
-                if !snapshot.pods.contains_key(pod) {
-                    return Err(ProbeError::UnknownPod {
-                        probe: p.to_string(),
-                        field,
-                        pod: end.to_string(),
-                    });
-                }
+            let known = match end {
+                End::Pod(pod) => snapshot.pods.contains_key(pod),
+                End::Service(svc) => field == "to" && snapshot.services.contains_key(svc),
+                End::Ip(_) => true,
+            };
+            if !known {
+                return Err(ProbeError::UnknownPod {
+                    probe: p.to_string(),
+                    field,
+                    pod: end.to_string(),
+                });
             }
         }
     }

@@ -200,6 +200,11 @@ impl KubeCluster {
         &self.node
     }
 
+    /// Each Service's ClusterIPs, as the API server assigned them.
+    pub fn service_ips(&self) -> Result<BTreeMap<PodRef, Vec<IpAddr>>, TestbedError> {
+        kubelet::service_ips(&self.cp)
+    }
+
     /// Creates `pod`'s object, from the manifests, bound to node `node`.
     pub fn create_pod(&self, pod: &PodRef, node: &str) -> Result<(), TestbedError> {
         let object = self

@@ -307,6 +307,42 @@ pub fn apply_service(cp: &ControlPlane, service: &Service) -> Result<u64, Testbe
     apply_object(cp, object, format!("Service {}", name_of(service)))
 }
 
+/// Every Service's ClusterIPs as the API server assigned them (headless
+/// Services and unparsable addresses left out), by `namespace/name`.
+pub fn service_ips(
+    cp: &ControlPlane,
+) -> Result<BTreeMap<crate::probe::PodRef, Vec<IpAddr>>, TestbedError> {
+    let client = cp.client();
+    let list = cp
+        .run(async move {
+            Api::<Service>::all(client)
+                .list(&kube::api::ListParams::default())
+                .await
+        })
+        .map_err(kube_err("listing Services".to_string()))?;
+    let mut out = BTreeMap::new();
+    for svc in list.items {
+        let spec = svc.spec.unwrap_or_default();
+        let mut ips: Vec<IpAddr> = spec
+            .cluster_ips
+            .unwrap_or_default()
+            .iter()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        ips.dedup();
+        if ips.is_empty() {
+            continue;
+        }
+        let r = crate::probe::PodRef {
+            namespace: svc.metadata.namespace.unwrap_or_else(|| "default".into()),
+            name: svc.metadata.name.unwrap_or_default(),
+        };
+        out.insert(r, ips);
+    }
+    Ok(out)
+}
+
 /// Deletes NetworkPolicy `namespace/name`.
 pub fn delete_policy(cp: &ControlPlane, namespace: &str, name: &str) -> Result<(), TestbedError> {
     let (client, ns, n) = (cp.client(), namespace.to_string(), name.to_string());
