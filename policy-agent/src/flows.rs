@@ -167,7 +167,11 @@ pub fn resolve<D: Dataplane>(agent: &Agent<D>, ev: &VerdictEvent) -> FlowRecord 
 /// ClusterIP at the backend's interface, so an egress event reported from
 /// an interface other than the pod's own is one; the Services are those
 /// that have the destination (address and port) as a backend.
-fn through_service<D: Dataplane>(agent: &Agent<D>, ev: &VerdictEvent, dst: IpAddr) -> Option<String> {
+fn through_service<D: Dataplane>(
+    agent: &Agent<D>,
+    ev: &VerdictEvent,
+    dst: IpAddr,
+) -> Option<String> {
     if ev.dir != dir::EGRESS {
         return None;
     }
@@ -181,12 +185,15 @@ fn through_service<D: Dataplane>(agent: &Agent<D>, ev: &VerdictEvent, dst: IpAdd
         .services
         .iter()
         .filter(|(r, info)| {
-            info.ports.iter().filter(|p| p.protocol == protocol).any(|sp| {
-                snapshot
-                    .backends(r, sp)
-                    .iter()
-                    .any(|b| b.ip == dst && b.port == ev.dport)
-            })
+            info.ports
+                .iter()
+                .filter(|p| p.protocol == protocol)
+                .any(|sp| {
+                    snapshot
+                        .backends(r, sp)
+                        .iter()
+                        .any(|b| b.ip == dst && b.port == ev.dport)
+                })
         })
         .map(|(r, _)| r.to_string())
         .collect();

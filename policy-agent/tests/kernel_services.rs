@@ -64,12 +64,17 @@ fn state(client_to_web: bool) -> MapState {
         )
         .port(WEB_EP, dir::INGRESS, CLIENT_ID, TCP, 8080);
     if client_to_web {
-        b = b
-            .port(CLIENT_EP, dir::EGRESS, WEB_ID, SCTP, 3868)
-            .port(CLIENT_EP, dir::EGRESS, WEB_ID, TCP, 8080);
+        b = b.port(CLIENT_EP, dir::EGRESS, WEB_ID, SCTP, 3868).port(
+            CLIENT_EP,
+            dir::EGRESS,
+            WEB_ID,
+            TCP,
+            8080,
+        );
     }
     let mut s = b.build();
-    s.services.insert(vip().mapped(), policy_common::service_flags::ALL_LOCAL);
+    s.services
+        .insert(vip().mapped(), policy_common::service_flags::ALL_LOCAL);
     s.local_addrs.insert(client().mapped(), CLIENT_EP);
     s.local_addrs.insert(web().mapped(), WEB_EP);
     s
@@ -95,42 +100,79 @@ fn cluster_ip_egress_is_judged_on_the_backend_for_sctp_and_tcp() {
         // At the client's hook the ClusterIP is deferred, whatever the port.
         for (what, l4) in [
             ("sctp INIT to the ClusterIP", sctp(7000, 3868, 1)),
-            ("sctp INIT to the ClusterIP, other port", sctp(7001, 3869, 1)),
+            (
+                "sctp INIT to the ClusterIP, other port",
+                sctp(7001, 3869, 1),
+            ),
             ("tcp SYN to the ClusterIP", tcp(40000, 80, SYN)),
         ] {
-            expect(what, run(&mut dp, PROG_POD_EGRESS, c, &frame(client(), vip(), &l4)), Allow);
+            expect(
+                what,
+                run(&mut dp, PROG_POD_EGRESS, c, &frame(client(), vip(), &l4)),
+                Allow,
+            );
         }
         // At web's hook, translated: client's egress on the target port.
         expect(
             "translated sctp/3868",
-            run(&mut dp, PROG_POD_INGRESS, w, &frame(client(), web(), &sctp(7000, 3868, 1))),
+            run(
+                &mut dp,
+                PROG_POD_INGRESS,
+                w,
+                &frame(client(), web(), &sctp(7000, 3868, 1)),
+            ),
             Allow,
         );
         expect(
             "translated sctp/3869: web accepts it, client's egress does not",
-            run(&mut dp, PROG_POD_INGRESS, w, &frame(client(), web(), &sctp(7001, 3869, 1))),
+            run(
+                &mut dp,
+                PROG_POD_INGRESS,
+                w,
+                &frame(client(), web(), &sctp(7001, 3869, 1)),
+            ),
             Drop,
         );
         expect(
             "translated tcp/8080",
-            run(&mut dp, PROG_POD_INGRESS, w, &frame(client(), web(), &tcp(40000, 8080, SYN))),
+            run(
+                &mut dp,
+                PROG_POD_INGRESS,
+                w,
+                &frame(client(), web(), &tcp(40000, 8080, SYN)),
+            ),
             Allow,
         );
         // web answers; after reverse translation the reply comes from the
         // ClusterIP and passes the client's hook as a reply.
         expect(
             "web's INIT ACK leaves web",
-            run(&mut dp, PROG_POD_EGRESS, w, &frame(web(), client(), &sctp(3868, 7000, 2))),
+            run(
+                &mut dp,
+                PROG_POD_EGRESS,
+                w,
+                &frame(web(), client(), &sctp(3868, 7000, 2)),
+            ),
             Allow,
         );
         expect(
             "INIT ACK from the ClusterIP reaches client",
-            run(&mut dp, PROG_POD_INGRESS, c, &frame(vip(), client(), &sctp(3868, 7000, 2))),
+            run(
+                &mut dp,
+                PROG_POD_INGRESS,
+                c,
+                &frame(vip(), client(), &sctp(3868, 7000, 2)),
+            ),
             Allow,
         );
         expect(
             "SYN-ACK from the ClusterIP reaches client",
-            run(&mut dp, PROG_POD_INGRESS, c, &frame(vip(), client(), &tcp(80, 40000, SYN | ACK))),
+            run(
+                &mut dp,
+                PROG_POD_INGRESS,
+                c,
+                &frame(vip(), client(), &tcp(80, 40000, SYN | ACK)),
+            ),
             Allow,
         );
     });
@@ -146,17 +188,32 @@ fn service_range_ipblock_reaches_no_backend() {
         dp.register_endpoint(w, WEB_EP).unwrap();
         expect(
             "to the ClusterIP: deferred",
-            run(&mut dp, PROG_POD_EGRESS, c, &frame(client(), vip(), &sctp(7000, 3868, 1))),
+            run(
+                &mut dp,
+                PROG_POD_EGRESS,
+                c,
+                &frame(client(), vip(), &sctp(7000, 3868, 1)),
+            ),
             Allow,
         );
         expect(
             "translated: 10.96.0.0/12 does not cover the backend",
-            run(&mut dp, PROG_POD_INGRESS, w, &frame(client(), web(), &sctp(7000, 3868, 1))),
+            run(
+                &mut dp,
+                PROG_POD_INGRESS,
+                w,
+                &frame(client(), web(), &sctp(7000, 3868, 1)),
+            ),
             Drop,
         );
         expect(
             "translated tcp",
-            run(&mut dp, PROG_POD_INGRESS, w, &frame(client(), web(), &tcp(40000, 8080, SYN))),
+            run(
+                &mut dp,
+                PROG_POD_INGRESS,
+                w,
+                &frame(client(), web(), &tcp(40000, 8080, SYN)),
+            ),
             Drop,
         );
     });
@@ -172,14 +229,48 @@ fn established_flow_through_a_cluster_ip_is_cut_by_a_change() {
         dp.register_endpoint(w, WEB_EP).unwrap();
         let to_vip = frame(client(), vip(), &sctp(7000, 3868, 0));
         let translated = frame(client(), web(), &sctp(7000, 3868, 0));
-        expect("open", run(&mut dp, PROG_POD_EGRESS, c, &frame(client(), vip(), &sctp(7000, 3868, 1))), Allow);
-        expect("open, translated", run(&mut dp, PROG_POD_INGRESS, w, &frame(client(), web(), &sctp(7000, 3868, 1))), Allow);
-        expect("DATA", run(&mut dp, PROG_POD_INGRESS, w, &translated), Allow);
+        expect(
+            "open",
+            run(
+                &mut dp,
+                PROG_POD_EGRESS,
+                c,
+                &frame(client(), vip(), &sctp(7000, 3868, 1)),
+            ),
+            Allow,
+        );
+        expect(
+            "open, translated",
+            run(
+                &mut dp,
+                PROG_POD_INGRESS,
+                w,
+                &frame(client(), web(), &sctp(7000, 3868, 1)),
+            ),
+            Allow,
+        );
+        expect(
+            "DATA",
+            run(&mut dp, PROG_POD_INGRESS, w, &translated),
+            Allow,
+        );
         // The change: client may no longer reach web.
         dp.apply(&state(false)).unwrap();
-        expect("DATA to the ClusterIP, client's hook", run(&mut dp, PROG_POD_EGRESS, c, &to_vip), Allow);
-        expect("DATA, translated, after the change", run(&mut dp, PROG_POD_INGRESS, w, &translated), Drop);
-        expect("and after", run(&mut dp, PROG_POD_INGRESS, w, &translated), Drop);
+        expect(
+            "DATA to the ClusterIP, client's hook",
+            run(&mut dp, PROG_POD_EGRESS, c, &to_vip),
+            Allow,
+        );
+        expect(
+            "DATA, translated, after the change",
+            run(&mut dp, PROG_POD_INGRESS, w, &translated),
+            Drop,
+        );
+        expect(
+            "and after",
+            run(&mut dp, PROG_POD_INGRESS, w, &translated),
+            Drop,
+        );
     });
 }
 
@@ -191,12 +282,20 @@ fn node_address_is_exempt_only_when_the_node_sent_it() {
         let (c, w) = (idx[0], idx[1]);
         dp.register_endpoint(w, WEB_EP).unwrap();
         let probe = frame(node(), web(), &tcp(40000, 9000, SYN));
-        expect("kubelet probe from the node's stack", run(&mut dp, PROG_POD_INGRESS, w, &probe), Allow);
+        expect(
+            "kubelet probe from the node's stack",
+            run(&mut dp, PROG_POD_INGRESS, w, &probe),
+            Allow,
+        );
         let masqueraded = frame(node(), web(), &tcp(40001, 8080, SYN));
         let got = dp
             .test_run_forwarded(PROG_POD_INGRESS, &masqueraded, w, c)
             .unwrap();
-        expect("NodePort client masqueraded to the node's address", got, Drop);
+        expect(
+            "NodePort client masqueraded to the node's address",
+            got,
+            Drop,
+        );
     });
 }
 
@@ -213,12 +312,22 @@ fn service_with_backends_elsewhere_fails_closed_without_the_node_hook() {
         dp.register_endpoint(w, WEB_EP).unwrap();
         expect(
             "egress-isolated client to a Service with remote backends",
-            run(&mut dp, PROG_POD_EGRESS, c, &frame(client(), remote_vip, &tcp(40000, 80, SYN))),
+            run(
+                &mut dp,
+                PROG_POD_EGRESS,
+                c,
+                &frame(client(), remote_vip, &tcp(40000, 80, SYN)),
+            ),
             Drop,
         );
         expect(
             "web (egress not isolated) to the same Service",
-            run(&mut dp, PROG_POD_EGRESS, w, &frame(web(), remote_vip, &tcp(40000, 80, SYN))),
+            run(
+                &mut dp,
+                PROG_POD_EGRESS,
+                w,
+                &frame(web(), remote_vip, &tcp(40000, 80, SYN)),
+            ),
             Allow,
         );
     });

@@ -8,10 +8,10 @@
 //! translate) is dropped: it has no backend.
 
 use aya_ebpf::programs::TcContext;
-use policy_common::{dir, reason, LAYOUT_VERSION};
+use policy_common::{dir, LAYOUT_VERSION};
 
 use crate::{
-    maps::CONFIG,
+    maps::{CONFIG, SCRATCH},
     packet::{kind, parse, Flow},
     pipeline::{self, PacketCtx, ALLOW},
     policy::Verdict,
@@ -39,8 +39,13 @@ pub fn run(ctx: &TcContext) -> i32 {
         node_hook: true,
     };
     let mut outer = Flow::empty();
-    let mut inner = Flow::empty();
-    let k = parse(ctx, &mut outer, &mut inner);
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return ALLOW;
+    };
+    // SAFETY: as in `pipeline::run`: this CPU's slot, one packet at a time.
+    let inner = unsafe { &mut *scratch };
+    *inner = Flow::empty();
+    let k = parse(ctx, &mut outer, inner);
     if k != kind::FLOW && k != kind::ICMP_ERROR {
         return ALLOW;
     }
@@ -49,9 +54,8 @@ pub fn run(ctx: &TcContext) -> i32 {
         return ALLOW;
     }
     let mut v = Verdict::empty();
-    if k == kind::ICMP_ERROR && pipeline::related(&pkt, &inner) {
+    if k == kind::ICMP_ERROR && pipeline::related(&pkt, inner) {
         return ALLOW;
     }
-    v.reason = reason::NO_RULE;
     pipeline::on_flow(&pkt, &outer, &mut v)
 }

@@ -49,7 +49,11 @@ impl std::str::FromStr for End {
                     namespace: ns.to_string(),
                     name: name.to_string(),
                 };
-                Ok(if service { End::Service(r) } else { End::Pod(r) })
+                Ok(if service {
+                    End::Service(r)
+                } else {
+                    End::Pod(r)
+                })
             }
             _ => Err(format!(
                 "{s:?} is neither \"namespace/pod\" nor an IP address"

@@ -81,13 +81,3 @@ fn apod_ignored_on_plain_bridge() {
 fn db_backup_ignored_on_plain_bridge() {
     ignored_without_palisade("db-backup");
 }
-
-#[test]
-fn dns_egress_enforced_with_palisade() {
-    enforced("dns-egress");
-}
-
-#[test]
-fn dns_egress_ignored_on_plain_bridge() {
-    ignored_without_palisade("dns-egress");
-}

@@ -157,9 +157,25 @@ const PROBES: &str = r#"
 {"from": "shop/client", "to": "shop/web", "port": 8080, "protocol": "TCP"}
 "#;
 
+/// Starts following the agent's dropped flows of `pod`.
+fn follow_drops(bed: &Testbed, pod: &str) -> std::sync::mpsc::Receiver<agent_api::FlowRecord> {
+    let socket = bed.agent_socket().expect("palisade is on").to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let request = agent_api::Request::Flows {
+        pod: Some(pod.into()),
+        verdict: Some("dropped".into()),
+    };
+    std::thread::spawn(move || {
+        let _ = agent_api::stream_flows(&socket, &request, |r| tx.send(r).is_ok());
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    rx
+}
+
 #[test]
 fn egress_to_the_service_range_reaches_no_backend() {
     let bed = start(EGRESS_SERVICE_RANGE, PROBES);
+    let drops = follow_drops(&bed.bed, "shop/client");
     bed.expect(
         r#"
 {"from": "shop/client", "to": "svc:shop/web", "port": 80, "protocol": "TCP", "allowed": false}
@@ -167,6 +183,28 @@ fn egress_to_the_service_range_reaches_no_backend() {
 {"from": "shop/other", "to": "svc:shop/web", "port": 80, "protocol": "TCP", "allowed": true}
 {"from": "shop/client", "to": "shop/web", "port": 8080, "protocol": "TCP", "allowed": false}
 "#,
+    );
+    // `flows` names the Service and the backend of the denied connection.
+    std::thread::sleep(Duration::from_millis(500));
+    let via: Vec<agent_api::FlowRecord> =
+        drops.try_iter().filter(|r| r.service.is_some()).collect();
+    let tcp = via
+        .iter()
+        .find(|r| r.protocol == "TCP")
+        .unwrap_or_else(|| panic!("no TCP drop named with its Service: {via:?}"));
+    assert_eq!(
+        (
+            tcp.direction.as_str(),
+            tcp.service.as_deref(),
+            tcp.peer.as_deref()
+        ),
+        ("egress", Some("shop/web"), Some("shop/web")),
+        "{tcp:?}"
+    );
+    assert_eq!(
+        (tcp.dst.as_str(), tcp.dport),
+        ("10.244.0.20", 8080),
+        "{tcp:?}"
     );
     // Allowing the backend pod (by its target port's name) opens the
     // ClusterIP on that protocol only.
@@ -208,10 +246,64 @@ fn established_flow_through_a_cluster_ip_is_cut_when_the_backend_is_denied() {
         "no echo through the ClusterIP while allowed\n{}",
         bed.bed.agent_log_tail(30)
     );
-    assert!(echoed(&sock, to, 9), "the established flow stopped by itself");
+    assert!(
+        echoed(&sock, to, 9),
+        "the established flow stopped by itself"
+    );
     bed.rewrite(EGRESS_SERVICE_RANGE);
     assert!(
         !echoed(&sock, to, 10) && !echoed(&sock, to, 11),
         "the established flow through the ClusterIP survived a change that denies its backend"
     );
+}
+
+/// web exposed through two NodePorts: 30080 (`Cluster`: kube-proxy
+/// masquerades the client to the node's address) and 30081 (`Local`: the
+/// client's address is kept). web accepts 203.0.113.0/24 only.
+const NODE_PORTS: &str = "
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-cluster, namespace: shop}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.21
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-local, namespace: shop}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.22
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http, nodePort: 30081}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-ingress, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{ipBlock: {cidr: 203.0.113.0/24}}], ports: [{port: http}]}]
+";
+
+#[test]
+fn node_port_clients_are_judged_on_their_own_address_or_not_exempt() {
+    // The node's address is the bed's gateway, the first of the subnet.
+    let probes = r#"
+{"from": "203.0.113.10", "to": "10.244.0.1", "port": 30081, "protocol": "TCP", "allowed": true}
+{"from": "198.51.100.7", "to": "10.244.0.1", "port": 30081, "protocol": "TCP", "allowed": false}
+{"from": "203.0.113.10", "to": "10.244.0.1", "port": 30080, "protocol": "TCP", "allowed": false}
+{"from": "198.51.100.7", "to": "10.244.0.1", "port": 30080, "protocol": "TCP", "allowed": false}
+{"from": "203.0.113.10", "to": "shop/web", "port": 8080, "protocol": "TCP", "allowed": true}
+"#;
+    let bed = start(NODE_PORTS, probes);
+    assert_eq!(
+        bed.bed.node_addr().to_string(),
+        "10.244.0.1",
+        "the probes assume the node's address"
+    );
+    bed.expect(probes);
 }

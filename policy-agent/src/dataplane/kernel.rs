@@ -332,7 +332,11 @@ impl KernelDataplane {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| kernel_error("loading the eBPF object", e))?;
-        for prog in HOOKS.map(|(p, _, _)| p).into_iter().chain([PROG_NODE_EGRESS]) {
+        for prog in HOOKS
+            .map(|(p, _, _)| p)
+            .into_iter()
+            .chain([PROG_NODE_EGRESS])
+        {
             program(&mut ebpf, prog)?
                 .load()
                 .map_err(|e| kernel_error(format!("loading program {prog}"), e))?;

@@ -41,7 +41,11 @@ pub fn fill(snapshot: &Snapshot, endpoints: &BTreeMap<PodRef, u32>, state: &mut 
                 .iter()
                 .all(|b| state.local_addrs.contains_key(&to_addr(b.ip)))
         });
-        let flags = if all_local { service_flags::ALL_LOCAL } else { 0 };
+        let flags = if all_local {
+            service_flags::ALL_LOCAL
+        } else {
+            0
+        };
         for ip in &info.cluster_ips {
             state.services.insert(to_addr(*ip), flags);
         }
@@ -82,7 +86,10 @@ spec: {clusterIP: 10.96.0.1, clusterIPs: [10.96.0.1, 'fd00:96::1'], selector: {a
         let ip = |t: &str| to_addr(t.parse().unwrap());
         assert_eq!(
             c.state.services,
-            BTreeMap::from([(ip("10.96.0.1"), service_flags::ALL_LOCAL), (ip("fd00:96::1"), service_flags::ALL_LOCAL)])
+            BTreeMap::from([
+                (ip("10.96.0.1"), service_flags::ALL_LOCAL),
+                (ip("fd00:96::1"), service_flags::ALL_LOCAL)
+            ])
         );
         // b's pod is not local: a Service in front of it is not all local.
         let mut s = s;

@@ -214,8 +214,7 @@ impl Maps {
                 self.policy.remove(&Key::new(len, data))
             }
             MapOp::SetService(addr, flags) => {
-                self.services
-                    .insert(IpcacheKey { gen: g, addr }, flags, 0)
+                self.services.insert(IpcacheKey { gen: g, addr }, flags, 0)
             }
             MapOp::DelService(addr) => self.services.remove(&IpcacheKey { gen: g, addr }),
             MapOp::SetLocalAddr(addr, ep_id) => {

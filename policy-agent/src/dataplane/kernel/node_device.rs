@@ -21,9 +21,15 @@ impl KernelDataplane {
     /// fail-closed behaviour).
     pub fn attach_node_device(&mut self, ifname: &str) -> Result<(), DataplaneError> {
         let ifindex = ifindex_of(ifname).ok_or_else(|| {
-            kernel_error(format!("attaching {PROG_NODE_EGRESS}"), format!("no interface {ifname}"))
+            kernel_error(
+                format!("attaching {PROG_NODE_EGRESS}"),
+                format!("no interface {ifname}"),
+            )
         })?;
-        let pin = self.paths.links_dir().join(format!("node_{ifname}_{ifindex}"));
+        let pin = self
+            .paths
+            .links_dir()
+            .join(format!("node_{ifname}_{ifindex}"));
         let p = program(&mut self.ebpf, PROG_NODE_EGRESS)?;
         let mut attached = false;
         if pin.exists() {
