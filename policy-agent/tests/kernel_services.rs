@@ -97,6 +97,10 @@ fn cluster_ip_egress_is_judged_on_the_backend_for_sctp_and_tcp() {
         let (c, w) = (idx[0], idx[1]);
         dp.register_endpoint(c, CLIENT_EP).unwrap();
         dp.register_endpoint(w, WEB_EP).unwrap();
+        kernel::sources(
+            &mut dp,
+            &[(CLIENT_EP, &[client().mapped()]), (WEB_EP, &[web().mapped()])],
+        );
         // At the client's hook the ClusterIP is deferred, whatever the port.
         for (what, l4) in [
             ("sctp INIT to the ClusterIP", sctp(7000, 3868, 1)),
@@ -186,6 +190,10 @@ fn service_range_ipblock_reaches_no_backend() {
         let (c, w) = (idx[0], idx[1]);
         dp.register_endpoint(c, CLIENT_EP).unwrap();
         dp.register_endpoint(w, WEB_EP).unwrap();
+        kernel::sources(
+            &mut dp,
+            &[(CLIENT_EP, &[client().mapped()]), (WEB_EP, &[web().mapped()])],
+        );
         expect(
             "to the ClusterIP: deferred",
             run(
@@ -227,6 +235,10 @@ fn established_flow_through_a_cluster_ip_is_cut_by_a_change() {
         let (c, w) = (idx[0], idx[1]);
         dp.register_endpoint(c, CLIENT_EP).unwrap();
         dp.register_endpoint(w, WEB_EP).unwrap();
+        kernel::sources(
+            &mut dp,
+            &[(CLIENT_EP, &[client().mapped()]), (WEB_EP, &[web().mapped()])],
+        );
         let to_vip = frame(client(), vip(), &sctp(7000, 3868, 0));
         let translated = frame(client(), web(), &sctp(7000, 3868, 0));
         expect(
@@ -281,6 +293,10 @@ fn node_address_is_exempt_only_when_the_node_sent_it() {
     in_netns(2, |idx| {
         let (c, w) = (idx[0], idx[1]);
         dp.register_endpoint(w, WEB_EP).unwrap();
+        kernel::sources(
+            &mut dp,
+            &[(CLIENT_EP, &[client().mapped()]), (WEB_EP, &[web().mapped()])],
+        );
         let probe = frame(node(), web(), &tcp(40000, 9000, SYN));
         expect(
             "kubelet probe from the node's stack",
@@ -310,6 +326,10 @@ fn service_with_backends_elsewhere_fails_closed_without_the_node_hook() {
         let (c, w) = (idx[0], idx[1]);
         dp.register_endpoint(c, CLIENT_EP).unwrap();
         dp.register_endpoint(w, WEB_EP).unwrap();
+        kernel::sources(
+            &mut dp,
+            &[(CLIENT_EP, &[client().mapped()]), (WEB_EP, &[web().mapped()])],
+        );
         expect(
             "egress-isolated client to a Service with remote backends",
             run(

@@ -24,7 +24,7 @@
 #![deny(missing_docs)]
 
 /// Version of every map layout in this crate; bump on any change.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Traffic direction as seen from the endpoint (the pod).
 pub mod dir {

@@ -17,7 +17,7 @@ use crate::{
     packet::{frag, Flow},
     pipeline::PacketCtx,
     policy::{judge, Query, Verdict},
-    service::{self, sender_denies, Sent},
+    service,
 };
 
 /// A reply has been seen.
@@ -137,6 +137,12 @@ pub const PASS: u8 = 1;
 /// The flow's entry was judged again and is now denied (entry removed);
 /// the verdict says why.
 pub const DENIED: u8 = 2;
+/// Judged again and allowed by the endpoint's ingress: the sender's
+/// egress (if the sender is local) must be judged again too, on the packet
+/// as it is ([`forget`] the entry if it denies).
+pub const CHECK_SENDER: u8 = 3;
+/// As [`CHECK_SENDER`], the packet being a reply of the tracked flow.
+pub const CHECK_SENDER_REPLY: u8 = 4;
 
 /// Looks `flow` up in both orientations and updates the entry found;
 /// returns [`UNTRACKED`], [`PASS`] or [`DENIED`] (then `out` holds the
@@ -162,6 +168,7 @@ fn touch(pkt: &PacketCtx, key: &CtKey, reply: bool, flow: &Flow, out: &mut Verdi
     // updates of these counters may race, which only loses an update.
     let v = unsafe { &mut *ptr };
     let t = now();
+    let mut recheck_sender = false;
     if t.saturating_sub(v.last_seen_ns) > timeout(key.proto, v.state) {
         let _ = CONNTRACK.remove(key);
         return UNTRACKED;
@@ -186,24 +193,16 @@ fn touch(pkt: &PacketCtx, key: &CtKey, reply: bool, flow: &Flow, out: &mut Verdi
             local_origin: v.state & ST_LOCAL_ORIGIN != 0,
         };
         judge(&q, out);
-        if out.allow && key.dir == dir::INGRESS {
-            let sent = Sent {
-                saddr: key.saddr,
-                daddr: key.daddr,
-                dport,
-                proto: key.proto,
-                ports_known: true,
-                gen: pkt.gen,
-            };
-            if sender_denies(&sent, out) != 0 {
-                out.allow = false;
-            }
-        }
         if !out.allow {
             let _ = CONNTRACK.remove(key);
             return DENIED;
         }
         v.revision = pkt.cfg.revision;
+        if key.dir == dir::INGRESS {
+            // The sender's egress too, if it is local (by the caller: one
+            // more nested call would not fit the verifier's stack).
+            recheck_sender = true;
+        }
     } else if v.revision != pkt.cfg.revision {
         if service::defer(pkt.gen, key.ep_id, &key.daddr, pkt.cfg.flags) == service::DENY {
             let _ = CONNTRACK.remove(key);
@@ -237,7 +236,22 @@ fn touch(pkt: &PacketCtx, key: &CtKey, reply: bool, flow: &Flow, out: &mut Verdi
         v.last_seen_ns = t;
         v.refreshes += 1;
     }
-    PASS
+    match (recheck_sender, reply) {
+        (false, _) => PASS,
+        (true, false) => CHECK_SENDER,
+        (true, true) => CHECK_SENDER_REPLY,
+    }
+}
+
+/// Removes the entry `flow` matched (`reply`: in reverse orientation).
+#[inline(never)]
+pub fn forget(pkt: &PacketCtx, flow: &Flow, reply: bool) {
+    let key = if reply {
+        reverse_key(pkt.ep_id, pkt.dir, flow)
+    } else {
+        forward_key(pkt.ep_id, pkt.dir, flow)
+    };
+    let _ = CONNTRACK.remove(&key);
 }
 
 /// Creates the entry of a new, allowed (or deferred) flow; `origin` holds

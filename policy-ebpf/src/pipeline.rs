@@ -15,7 +15,7 @@ use crate::{
     maps::{CONFIG, DROPS, ENDPOINTS, SCRATCH, SOURCES},
     packet::{kind, parse, Flow},
     policy::{judge, Query, Verdict},
-    service::{self, sender_denies, Sent},
+    service::{self, sender_denies},
 };
 
 /// Let the packet go on (the next tcx program, or the stack).
@@ -183,6 +183,17 @@ pub fn on_flow(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) -> i32 {
                 v.reason = reason::REVISION_DENIED;
                 return drop(pkt, flow, v);
             }
+            r @ (conntrack::CHECK_SENDER | conntrack::CHECK_SENDER_REPLY) => {
+                let reply = r == conntrack::CHECK_SENDER_REPLY;
+                let sender = sender_denies(pkt.gen, flow, reply, v);
+                if sender == 0 {
+                    conntrack::fragment_passed(pkt, flow);
+                    return ALLOW;
+                }
+                conntrack::forget(pkt, flow, reply);
+                v.reason = reason::REVISION_DENIED;
+                return drop_for_sender(pkt, flow, v, sender);
+            }
             _ => {}
         }
     }
@@ -203,21 +214,7 @@ pub fn on_flow(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) -> i32 {
             }
         }
     }
-    let q = Query {
-        peer: if pkt.dir == dir::EGRESS {
-            flow.daddr
-        } else {
-            flow.saddr
-        },
-        ep_id: pkt.ep_id,
-        dport: flow.policy_dport,
-        gen: pkt.gen,
-        dir: pkt.dir,
-        proto: flow.proto,
-        ports_known: flow.ports_known,
-        local_origin: pkt.local_origin,
-    };
-    judge(&q, v);
+    judge_packet(pkt, flow, v);
     if !v.allow {
         if !flow.ports_known && v.reason == reason::NO_RULE {
             v.reason = reason::FRAGMENT;
@@ -226,15 +223,7 @@ pub fn on_flow(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) -> i32 {
     }
     conntrack::fragment_passed(pkt, flow);
     if pkt.dir == dir::INGRESS {
-        let sent = Sent {
-            saddr: flow.saddr,
-            daddr: flow.daddr,
-            dport: flow.policy_dport,
-            proto: flow.proto,
-            ports_known: flow.ports_known,
-            gen: pkt.gen,
-        };
-        let sender = sender_denies(&sent, v);
+        let sender = sender_denies(pkt.gen, flow, false, v);
         if sender != 0 {
             return drop_for_sender(pkt, flow, v, sender);
         }
@@ -251,6 +240,27 @@ pub fn on_flow(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) -> i32 {
         }
     }
     ALLOW
+}
+
+/// The endpoint's own verdict on the packet (its query built here, off
+/// [`on_flow`]'s stack frame).
+#[inline(never)]
+fn judge_packet(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) {
+    let q = Query {
+        peer: if pkt.dir == dir::EGRESS {
+            flow.daddr
+        } else {
+            flow.saddr
+        },
+        ep_id: pkt.ep_id,
+        dport: flow.policy_dport,
+        gen: pkt.gen,
+        dir: pkt.dir,
+        proto: flow.proto,
+        ports_known: flow.ports_known,
+        local_origin: pkt.local_origin,
+    };
+    judge(&q, v);
 }
 
 /// Drops a packet that the sending local endpoint's egress denies (judged

@@ -9,11 +9,12 @@
 //! ClusterIP is thus never matched against an ipBlock.
 
 use policy_common::{
-    config_flags, dir, ep_flags, service_flags, Addr, EndpointPolicyKey, IpcacheKey,
+    config_flags, dir, ep_flags, proto, service_flags, Addr, EndpointPolicyKey, IpcacheKey,
 };
 
 use crate::{
     maps::{EP_POLICY, LOCAL_ADDRS, SERVICES},
+    packet::Flow,
     policy::{judge, Query, Verdict},
 };
 
@@ -63,44 +64,39 @@ pub fn local_ep(gen: u8, addr: &Addr) -> u32 {
     unsafe { LOCAL_ADDRS.get(&key) }.copied().unwrap_or(0)
 }
 
-/// One packet (or tracked flow) as the sender's egress sees it.
-pub struct Sent {
-    /// Source address (the sender, if it is a local endpoint).
-    pub saddr: Addr,
-    /// Destination address after translation.
-    pub daddr: Addr,
-    /// Destination port after translation (0 for port-less protocols).
-    pub dport: u16,
-    /// IP protocol.
-    pub proto: u8,
-    /// False for non-first fragments.
-    pub ports_known: bool,
-    /// Generation to read.
-    pub gen: u8,
-}
-
-/// Judges the egress of the local endpoint that sent `p` (when its source
-/// is a local endpoint) toward the translated destination. Returns the
-/// sender's endpoint id when its egress denies the packet (`out` then
-/// holds the verdict), 0 when it allows it or the sender is not local.
+/// Judges the egress of the local endpoint that sent `flow` (when its
+/// source is a local endpoint) toward the translated destination, in
+/// generation `gen`; with `reply`, `flow` is a reply and the sender is its
+/// destination. Returns the sender's endpoint id when its egress denies the
+/// connection (`out` then holds the verdict), 0 when it allows it or the
+/// sender is not local.
 ///
 /// For a packet the sender addressed to the pod directly this repeats the
 /// check its own hook made, with the same answer; for a packet it sent to a
 /// ClusterIP this is the only egress check.
 #[inline(never)]
-pub fn sender_denies(p: &Sent, out: &mut Verdict) -> u32 {
-    let ep_id = local_ep(p.gen, &p.saddr);
+pub fn sender_denies(gen: u8, flow: &Flow, reply: bool, out: &mut Verdict) -> u32 {
+    let (saddr, daddr, dport) = if reply {
+        let dport = match flow.proto {
+            proto::TCP | proto::UDP | proto::SCTP => flow.sport,
+            _ => 0,
+        };
+        (&flow.daddr, flow.saddr, dport)
+    } else {
+        (&flow.saddr, flow.daddr, flow.policy_dport)
+    };
+    let ep_id = local_ep(gen, saddr);
     if ep_id == 0 {
         return 0;
     }
     let q = Query {
-        peer: p.daddr,
+        peer: daddr,
         ep_id,
-        dport: p.dport,
-        gen: p.gen,
+        dport,
+        gen,
         dir: dir::EGRESS,
-        proto: p.proto,
-        ports_known: p.ports_known,
+        proto: flow.proto,
+        ports_known: flow.ports_known,
         local_origin: false,
     };
     judge(&q, out);
