@@ -69,6 +69,16 @@ pub trait Dataplane: Send {
         sources: &BTreeMap<u32, BTreeSet<Addr>>,
     ) -> Result<(), DataplaneError>;
 
+    /// Attaches the node-device check (`node_egress`) to `ifname`, the
+    /// node's overlay device toward other nodes (Flannel's `flannel.1`),
+    /// so local pods' egress to Service backends on other nodes is judged
+    /// there after kube-proxy's translation. Idempotent; a dataplane
+    /// without such a check does nothing.
+    fn attach_node_device(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        let _ = ifname;
+        Ok(())
+    }
+
     /// Packets dropped so far, by `policy_common::reason` code (exact
     /// counters, unlike the events). Empty when the dataplane keeps none.
     fn drop_counts(&self) -> BTreeMap<u8, u64> {

@@ -184,9 +184,6 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         if args.log_allowed {
             dataplane.set_events_for_allowed(true)?;
         }
-        for dev in &args.node_devices {
-            dataplane.attach_node_device(dev)?;
-        }
         let events = dataplane
             .take_event_reader()
             .map(|r| Box::new(r) as Box<dyn policy_agent::flows::EventSource>);
@@ -196,6 +193,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "dataplane ready"
         );
         let opts = policy_agent::run::RunOptions {
+            node_devices: args.node_devices.clone(),
             cni_socket: args.cni_socket.clone(),
             node_addrs,
             health_addr: args.health_addr,

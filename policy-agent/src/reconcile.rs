@@ -222,6 +222,12 @@ impl<D: Dataplane> Agent<D> {
         &self.dataplane
     }
 
+    /// Attaches the node-device check to `ifname` (see
+    /// [`Dataplane::attach_node_device`]).
+    pub fn attach_node_device(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        self.dataplane.attach_node_device(ifname)
+    }
+
     /// The local endpoints.
     pub fn endpoints(&self) -> &Registry {
         &self.registry

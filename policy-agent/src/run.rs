@@ -36,6 +36,10 @@ pub struct RunOptions {
     /// Keep `palisade-cni` chained in this node's CNI configuration while
     /// running (see [`crate::uninstall::ChainKeeper`]).
     pub chain: Option<crate::uninstall::ChainKeeper>,
+    /// The node's overlay devices toward other nodes (Flannel:
+    /// `flannel.1`): the node-device check is attached to each as soon as
+    /// it exists, and again when it is replaced.
+    pub node_devices: Vec<String>,
 }
 
 /// Runs until SIGINT/SIGTERM. Pinned programs and maps stay in place after
@@ -136,6 +140,8 @@ pub async fn run<D: Dataplane + 'static>(
         .node_name
         .is_some()
         .then(|| tokio::spawn(adopt_loop(agent.clone())));
+    let devices = (!opts.node_devices.is_empty())
+        .then(|| tokio::spawn(node_device_loop(agent.clone(), opts.node_devices.clone())));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
@@ -150,6 +156,9 @@ pub async fn run<D: Dataplane + 'static>(
     retrier.abort();
     if let Some(adopter) = adopter {
         adopter.abort();
+    }
+    if let Some(devices) = devices {
+        devices.abort();
     }
     // Nothing re-chains once the agent has stopped (an uninstall may
     // follow).
@@ -231,6 +240,41 @@ async fn adopt_loop<D: Dataplane + 'static>(agent: Arc<Mutex<Agent<D>>>) {
                         tracing::error!(%pod, error = %e, "running pod not adopted; it stays unenforced");
                     }
                 }
+            }
+        }
+    }
+}
+
+/// How often the node devices are checked (a network plugin may create or
+/// replace its overlay device after the agent started).
+pub const NODE_DEVICES_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Attaches the node-device check to each of `names` once it exists, and
+/// again whenever its interface index changes (the device was replaced).
+async fn node_device_loop<D: Dataplane + 'static>(agent: Arc<Mutex<Agent<D>>>, names: Vec<String>) {
+    let mut attached: std::collections::BTreeMap<String, u32> = Default::default();
+    let mut waiting_logged = std::collections::BTreeSet::new();
+    let mut tick = tokio::time::interval(NODE_DEVICES_EVERY);
+    loop {
+        tick.tick().await;
+        for name in &names {
+            let Ok(ifindex) = nix::net::if_::if_nametoindex(name.as_str()) else {
+                if waiting_logged.insert(name.clone()) {
+                    tracing::warn!(device = %name, "node device not there yet: Services with backends on other nodes fail closed for egress-isolated pods until it is");
+                }
+                attached.remove(name);
+                continue;
+            };
+            if attached.get(name) == Some(&ifindex) {
+                continue;
+            }
+            match agent.lock().await.attach_node_device(name) {
+                Ok(()) => {
+                    tracing::info!(device = %name, ifindex, "node device check attached");
+                    attached.insert(name.clone(), ifindex);
+                    waiting_logged.remove(name);
+                }
+                Err(e) => tracing::error!(device = %name, error = %e, "attaching the node device check failed; retrying"),
             }
         }
     }

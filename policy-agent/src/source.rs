@@ -3,8 +3,8 @@
 //!
 //! Two sources exist:
 //!
-//! - [`kube`] (`run --kube`): watches on Pods, Namespaces and
-//!   NetworkPolicies in the API server. Every watch event becomes one
+//! - [`kube`] (`run --kube`): watches on Pods, Namespaces,
+//!   NetworkPolicies, Services and Endpoints in the API server. Every watch event becomes one
 //!   [`Change`] carrying only what the compiler needs (the model's
 //!   [`PodInfo`], [`NamespaceInfo`], [`Policy`]), never the API object; a
 //!   finished list becomes [`Change::Listed`], a lost watch (an error, a
@@ -21,7 +21,10 @@ pub mod kube;
 
 use std::collections::BTreeSet;
 
-use policy_engine::model::{NamespaceInfo, PodInfo, PodRef, Policy, PolicyRef, Snapshot};
+use policy_engine::model::service::EndpointSubset;
+use policy_engine::model::{
+    NamespaceInfo, PodInfo, PodRef, Policy, PolicyRef, ServiceInfo, ServiceRef, Snapshot,
+};
 use tokio::sync::mpsc;
 
 /// How many changes a source may queue before it waits for the agent.
@@ -40,6 +43,11 @@ pub enum Change {
     Namespace(String, Option<NamespaceInfo>),
     /// A NetworkPolicy appeared or changed (`Some`), or went away (`None`).
     Policy(PolicyRef, Box<Option<Policy>>),
+    /// A Service appeared or changed (`Some`), or went away (`None`).
+    Service(ServiceRef, Option<ServiceInfo>),
+    /// A Service's Endpoints (ready backends) appeared or changed (`Some`),
+    /// or went away (`None`).
+    Endpoints(ServiceRef, Option<Vec<EndpointSubset>>),
     /// A (re)list of one kind finished: the objects of that kind not named
     /// here are gone, and the kind is in sync with the API server.
     Listed(Listed),
@@ -76,11 +84,21 @@ pub enum Kind {
     Namespaces,
     /// networking.k8s.io/v1 NetworkPolicies.
     NetworkPolicies,
+    /// core/v1 Services (their ClusterIPs are translated by kube-proxy).
+    Services,
+    /// core/v1 Endpoints (the backends kube-proxy translates to).
+    Endpoints,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 3] = [Kind::Pods, Kind::Namespaces, Kind::NetworkPolicies];
+    pub const ALL: [Kind; 5] = [
+        Kind::Pods,
+        Kind::Namespaces,
+        Kind::NetworkPolicies,
+        Kind::Services,
+        Kind::Endpoints,
+    ];
 
     /// The API resource name (as RBAC and `kubectl` spell it).
     pub fn resource(self) -> &'static str {
@@ -88,6 +106,8 @@ impl Kind {
             Kind::Pods => "pods",
             Kind::Namespaces => "namespaces",
             Kind::NetworkPolicies => "networkpolicies",
+            Kind::Services => "services",
+            Kind::Endpoints => "endpoints",
         }
     }
 }
@@ -107,6 +127,10 @@ pub enum Listed {
     Namespaces(BTreeSet<String>),
     /// The NetworkPolicies listed.
     NetworkPolicies(BTreeSet<PolicyRef>),
+    /// The Services listed.
+    Services(BTreeSet<ServiceRef>),
+    /// The Endpoints listed.
+    Endpoints(BTreeSet<ServiceRef>),
 }
 
 impl Listed {
@@ -116,6 +140,8 @@ impl Listed {
             Listed::Pods(_) => Kind::Pods,
             Listed::Namespaces(_) => Kind::Namespaces,
             Listed::NetworkPolicies(_) => Kind::NetworkPolicies,
+            Listed::Services(_) => Kind::Services,
+            Listed::Endpoints(_) => Kind::Endpoints,
         }
     }
 }

@@ -98,6 +98,9 @@ pub struct Testbed {
     /// Each Service's ClusterIPs, as the API server assigned them (what
     /// `svc:` probes connect to; kube mode only).
     services: BTreeMap<PodRef, Vec<IpAddr>>,
+    /// Kube mode `via_services`: each pod's own Service, through which
+    /// probes to the pod go.
+    pod_services: BTreeMap<PodRef, PodRef>,
 }
 
 fn bpffs_mounted() -> bool {
@@ -351,9 +354,19 @@ impl Testbed {
             );
         }
 
+        let mut pod_services = BTreeMap::new();
+        if let (Some(c), true) = (&cluster, kube.is_some_and(|k| k.via_services)) {
+            for plan in layout.pods.iter().filter(|p| !p.host_network && !p.ports.is_empty()) {
+                pod_services.insert(plan.pod.clone(), c.create_pod_service(&plan.pod, &plan.ports)?);
+            }
+        }
         // What kube-proxy translates is what the API server assigned.
         let services = match &cluster {
-            Some(c) => c.service_ips()?,
+            Some(c) => {
+                let ips = c.service_ips()?;
+                c.wait_for_services(&ips, KUBE_SYNC_TIMEOUT)?;
+                ips
+            }
             None => BTreeMap::new(),
         };
 
@@ -398,6 +411,7 @@ impl Testbed {
             added: 0,
             pending_agents,
             services,
+            pod_services,
         };
         bed.start_servers()?;
         if bed.pending_agents.is_empty() {
@@ -547,7 +561,14 @@ impl Testbed {
     fn route(&self, probe: &Probe) -> Result<Route, String> {
         let v6 = probe_family_v6(probe)?;
         let (src_ns, src_ip, outside) = self.locate(&probe.from, v6)?;
-        let (_, dst_ip, _) = self.locate(&probe.to, v6)?;
+        let to = match &probe.to {
+            End::Pod(p) => self
+                .pod_services
+                .get(p)
+                .map_or_else(|| probe.to.clone(), |svc| End::Service(svc.clone())),
+            other => other.clone(),
+        };
+        let (_, dst_ip, _) = self.locate(&to, v6)?;
         Ok(Route {
             src_ns,
             bind: outside.then_some(src_ip),
@@ -844,11 +865,46 @@ impl Testbed {
     /// Kube mode: waits until the agent has applied what the API server
     /// holds now (after changes made through [`Self::kube`]).
     pub fn wait_for_agent_sync(&self) -> Result<(), TestbedError> {
+        if self.nodes.len() > 1 {
+            self.wait_for_node_devices()?;
+        }
         for node in &self.nodes {
             if let (Some(c), Some(log), Some(socket)) =
                 (&self.cluster, &node.agent_log, &node.agent_socket)
             {
                 c.wait_for_agent(log, socket, KUBE_SYNC_TIMEOUT)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every running agent has attached its check to the
+    /// node's VXLAN device (the bed creates it after the agents start; until
+    /// then, Services with backends on other nodes fail closed).
+    fn wait_for_node_devices(&self) -> Result<(), TestbedError> {
+        let deadline = std::time::Instant::now() + KUBE_SYNC_TIMEOUT;
+        let attached = format!("device={}", crate::overlay::VXLAN_IF);
+        for log in self.nodes.iter().filter_map(|n| n.agent_log.as_ref()) {
+            loop {
+                let text = crate::controlplane::sync::strip_ansi(
+                    &std::fs::read_to_string(log).unwrap_or_default(),
+                );
+                if text
+                    .lines()
+                    .any(|l| l.contains("node device check attached") && l.contains(&attached))
+                {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(TestbedError::Layout {
+                        reason: format!(
+                            "the agent did not attach to {} within {KUBE_SYNC_TIMEOUT:?}:\n{}",
+                            crate::overlay::VXLAN_IF,
+                            log_tail(log, 20)
+                        ),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
         Ok(())

@@ -195,7 +195,17 @@ pub(crate) fn start(spec: &NodeSpec<'_>, resources: &Tracked) -> Result<Started,
             netns: netns.clone(),
             source,
             node_addrs,
-            args: spec.agent_args.to_vec(),
+            args: {
+                // As the DaemonSet says on a Flannel node: the overlay
+                // devices, attached once the bed creates them.
+                let mut args = spec.agent_args.to_vec();
+                if spec.mtu.is_some() {
+                    for dev in [crate::overlay::VXLAN_IF, crate::overlay::VXLAN6_IF] {
+                        args.extend(["--node-device".to_string(), dev.to_string()]);
+                    }
+                }
+                args
+            },
         };
         if spec.kube.is_some_and(|k| k.agent_after_pods) {
             pending = Some(later);

@@ -195,8 +195,8 @@ pub fn read_probes(path: &Path) -> Result<Vec<Probe>, ProbeError> {
 }
 
 /// [`read_probes`], leaving out the probes to `svc:` targets (their
-/// ClusterIPs are not probed by the test bed yet); returns the probes and
-/// how many were left out. Line numbers in errors stay the file's.
+/// ClusterIPs are translated by kube-proxy, which only a bed in kube mode
+/// runs); returns the probes and how many were left out. Line numbers in errors stay the file's.
 pub fn read_probes_without_services(path: &Path) -> Result<(Vec<Probe>, usize), ProbeError> {
     let text = std::fs::read_to_string(path).map_err(|source| ProbeError::Read {
         file: path.to_path_buf(),

@@ -102,8 +102,13 @@ pub fn scenarios(name: &str) -> Vec<Scenario> {
 /// probes and returns them with what was observed. Panics on setup errors,
 /// with the agent's log in the message.
 pub fn run_scenario(scenario: &Scenario, palisade: bool) -> (Vec<Probe>, Vec<Observation>) {
-    let probes =
-        read_probes(&scenario.probes).unwrap_or_else(|e| panic!("{}: {e}", scenario.label));
+    let (probes, skipped) = read_probes_without_services(&scenario.probes);
+    if skipped > 0 {
+        eprintln!(
+            "{}: {skipped} probes to svc: targets left out (kube-proxy runs in kube mode only; see tests/tests/kube.rs)",
+            scenario.label
+        );
+    }
     let bed = Testbed::start(TestbedOptions {
         manifests: vec![scenario.cluster.clone()],
         palisade,
@@ -134,8 +139,8 @@ pub fn kube_options() -> testbed::controlplane::cluster::KubeOptions {
 }
 
 /// Reads a probe file, leaving out probes to `svc:` targets (a Service's
-/// ClusterIP, judged on the backend: the Services issue, not yet run by
-/// the test bed); returns the probes and how many were left out.
+/// ClusterIP is translated by kube-proxy, which only kube mode runs);
+/// returns the probes and how many were left out.
 pub fn read_probes_without_services(path: &Path) -> (Vec<Probe>, usize) {
     testbed::read_probes_without_services(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -143,21 +148,16 @@ pub fn read_probes_without_services(path: &Path) -> (Vec<Probe>, usize) {
 
 /// A bed of `nodes` nodes for `scenario` in kube mode (the real API server, the
 /// repository's install, the agent as the Palisade ServiceAccount, run
-/// with `agent_args` besides the bed's own), serving the scenario's probes
-/// but those to Services (see [`read_probes_without_services`]); returns
-/// the bed and those probes.
+/// with `agent_args` besides the bed's own, kube-proxy in each node),
+/// serving all the scenario's probes, those to Services through their
+/// ClusterIPs too; returns the bed and the probes.
 pub fn start_kube_bed(
     scenario: &Scenario,
     nodes: usize,
     agent_args: Vec<String>,
 ) -> (Testbed, Vec<Probe>) {
-    let (probes, skipped) = read_probes_without_services(&scenario.probes);
-    if skipped > 0 {
-        eprintln!(
-            "{}: {skipped} probes to svc: targets left out (Service ClusterIPs judged on the backend are the Services issue)",
-            scenario.label
-        );
-    }
+    let probes =
+        read_probes(&scenario.probes).unwrap_or_else(|e| panic!("{}: {e}", scenario.label));
     let manifests = vec![scenario.cluster.clone()];
     let snapshot =
         testbed::load_snapshot(&manifests).unwrap_or_else(|e| panic!("{}: {e}", scenario.label));

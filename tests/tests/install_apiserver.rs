@@ -113,7 +113,13 @@ fn the_install_applies_and_grants_exactly_what_the_agent_reads() {
     }
     assert!(!ds.contains("SYS_ADMIN"), "{ds}");
 
-    for resource in ["pods", "namespaces", "networkpolicies.networking.k8s.io"] {
+    for resource in [
+        "pods",
+        "namespaces",
+        "networkpolicies.networking.k8s.io",
+        "services",
+        "endpoints",
+    ] {
         for verb in ["get", "list", "watch"] {
             assert!(
                 agent_can(&cp, verb, resource, None),
@@ -126,7 +132,9 @@ fn the_install_applies_and_grants_exactly_what_the_agent_reads() {
         ("list", "secrets"),
         ("watch", "secrets"),
         ("list", "configmaps"),
-        ("list", "services"),
+        ("create", "services"),
+        ("update", "endpoints"),
+        ("list", "endpointslices.discovery.k8s.io"),
         ("list", "nodes"),
         ("create", "pods"),
         ("delete", "pods"),

@@ -45,8 +45,8 @@ fn db_backup_enforced_through_the_api() {
     enforced_through_the_api("db-backup");
 }
 
-/// Its probes to Services are left out (the Services issue); the others
-/// run.
+/// Its probes to Services go through their ClusterIPs, translated by the
+/// real kube-proxy, and are judged on the backends.
 #[test]
 fn dns_egress_enforced_through_the_api() {
     if palisade_tests::shared_scenario("dns-egress").is_some() {
@@ -80,7 +80,13 @@ fn the_agent_service_account_reads_pods_but_not_secrets() {
     };
     for token in [false, true] {
         for verb in ["list", "watch", "get"] {
-            for what in ["pods", "namespaces", "networkpolicies.networking.k8s.io"] {
+            for what in [
+                "pods",
+                "namespaces",
+                "networkpolicies.networking.k8s.io",
+                "services",
+                "endpoints",
+            ] {
                 assert!(
                     can(&[verb, what, "--all-namespaces"], token),
                     "{verb} {what}"

@@ -188,11 +188,14 @@ fn run_probes(
     let manifests = vec![manifests.to_path_buf()];
     let snapshot = testbed::load_snapshot(&manifests)?;
     let probes = match probes {
+        // Service ClusterIPs are translated by the real kube-proxy, which
+        // only kube mode runs.
+        Some(file) if kube.is_some() => testbed::read_probes(file)?,
         Some(file) => {
             let (probes, skipped) = testbed::read_probes_without_services(file)?;
             if skipped > 0 {
                 eprintln!(
-                    "   ({skipped} probes to svc: targets left out: the test bed does not probe Service ClusterIPs yet)"
+                    "   ({skipped} probes to svc: targets left out: Services need kube-proxy, run with --kube)"
                 );
             }
             probes

@@ -864,6 +864,10 @@ impl KernelDataplane {
 }
 
 impl Dataplane for KernelDataplane {
+    fn attach_node_device(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        KernelDataplane::attach_node_device(self, ifname)
+    }
+
     fn attach_endpoint(&mut self, ifname: &str, ep_id: u32) -> Result<(), DataplaneError> {
         let ifindex = ifindex_of(ifname).ok_or_else(|| DataplaneError::NoSuchInterface {
             ifname: ifname.to_string(),

@@ -4,7 +4,10 @@
 
 use std::collections::BTreeSet;
 
-use policy_engine::model::{NamespaceInfo, PodInfo, PodRef, Policy, PolicyRef, Snapshot};
+use policy_engine::model::service::EndpointSubset;
+use policy_engine::model::{
+    NamespaceInfo, PodInfo, PodRef, Policy, PolicyRef, ServiceInfo, ServiceRef, Snapshot,
+};
 use policy_engine::state::MapOp;
 
 use super::{Agent, AgentError};
@@ -32,6 +35,8 @@ enum Touched {
     Pod(PodRef),
     Namespace(String),
     Policy(PolicyRef),
+    /// A Service or its Endpoints (only the ClusterIP maps can change).
+    Service,
 }
 
 impl<D: Dataplane> Agent<D> {
@@ -85,6 +90,10 @@ impl<D: Dataplane> Agent<D> {
                 Change::Policy(policy, spec) => {
                     self.set_policy(policy, *spec).into_iter().collect()
                 }
+                Change::Service(svc, info) => self.set_service(svc, info).into_iter().collect(),
+                Change::Endpoints(svc, subsets) => {
+                    self.set_endpoints(svc, subsets).into_iter().collect()
+                }
             };
             out.effective += touched.len();
             if self.compiled && !full {
@@ -121,6 +130,7 @@ impl<D: Dataplane> Agent<D> {
             of(Kind::Namespaces),
             of(Kind::NetworkPolicies),
         );
+        let (services, endpoints) = (of(Kind::Services), of(Kind::Endpoints));
         tracing::info!(
             pods = pods.0,
             pods_rv = pods.1,
@@ -128,6 +138,10 @@ impl<D: Dataplane> Agent<D> {
             namespaces_rv = namespaces.1,
             policies = policies.0,
             policies_rv = policies.1,
+            services = services.0,
+            services_rv = services.1,
+            endpoints = endpoints.0,
+            endpoints_rv = endpoints.1,
             "{}",
             crate::source::kube::STATE_LOG
         );
@@ -138,6 +152,7 @@ impl<D: Dataplane> Agent<D> {
             Touched::Pod(r) => self.engine.pod_changed(&self.snapshot, r),
             Touched::Namespace(n) => self.engine.namespace_changed(&self.snapshot, n),
             Touched::Policy(r) => self.engine.policy_changed(&self.snapshot, r),
+            Touched::Service => self.engine.service_changed(&self.snapshot),
         }
     }
 
@@ -211,6 +226,32 @@ impl<D: Dataplane> Agent<D> {
         Some(Touched::Policy(policy))
     }
 
+    fn set_service(&mut self, svc: ServiceRef, info: Option<ServiceInfo>) -> Option<Touched> {
+        if self.snapshot.services.get(&svc) == info.as_ref() {
+            return None;
+        }
+        match info {
+            Some(info) => self.snapshot.services.insert(svc, info),
+            None => self.snapshot.services.remove(&svc),
+        };
+        Some(Touched::Service)
+    }
+
+    fn set_endpoints(
+        &mut self,
+        svc: ServiceRef,
+        subsets: Option<Vec<EndpointSubset>>,
+    ) -> Option<Touched> {
+        if self.snapshot.service_endpoints.get(&svc) == subsets.as_ref() {
+            return None;
+        }
+        match subsets {
+            Some(subsets) => self.snapshot.service_endpoints.insert(svc, subsets),
+            None => self.snapshot.service_endpoints.remove(&svc),
+        };
+        Some(Touched::Service)
+    }
+
     /// Removes what a finished list no longer returned.
     fn unlisted(&mut self, listed: Listed) -> Vec<Touched> {
         fn absent<K: Ord + Clone, V>(
@@ -234,6 +275,14 @@ impl<D: Dataplane> Agent<D> {
             Listed::NetworkPolicies(keys) => absent(&self.snapshot.policies, &keys)
                 .into_iter()
                 .filter_map(|r| self.set_policy(r, None))
+                .collect(),
+            Listed::Services(keys) => absent(&self.snapshot.services, &keys)
+                .into_iter()
+                .filter_map(|r| self.set_service(r, None))
+                .collect(),
+            Listed::Endpoints(keys) => absent(&self.snapshot.service_endpoints, &keys)
+                .into_iter()
+                .filter_map(|r| self.set_endpoints(r, None))
                 .collect(),
         }
     }

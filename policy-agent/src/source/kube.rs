@@ -1,6 +1,8 @@
 //! Cluster state from the Kubernetes API server (`policy-agent run --kube`):
-//! one kube-rs watcher each on Pods, Namespaces and NetworkPolicies, all
-//! namespaces (peers on other nodes matter too).
+//! one kube-rs watcher each on Pods, Namespaces, NetworkPolicies, Services
+//! and Endpoints, all namespaces (peers on other nodes matter too; Services
+//! and their Endpoints tell which ClusterIPs kube-proxy translates, so a
+//! pod's egress to one is judged on the backend).
 //!
 //! Each watch event is turned into the model's entry at once (a pod
 //! becomes a [`PodInfo`]: labels, IPs, named ports, node, hostNetwork,
@@ -25,11 +27,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
-use policy_engine::model::{ModelError, NamespaceInfo, PodInfo, PodRef, Policy};
+use policy_engine::model::service::endpoints_from;
+use policy_engine::model::{ModelError, NamespaceInfo, PodInfo, PodRef, Policy, ServiceInfo};
 use serde::de::DeserializeOwned;
 
 use super::{Change, ChangeRx, ChangeTx, Kind, Listed};
@@ -61,7 +64,7 @@ pub enum KubeSourceError {
     Client(#[source] kube::Error),
 }
 
-/// Connects (in-cluster config or kubeconfig) and starts the three
+/// Connects (in-cluster config or kubeconfig) and starts the five
 /// watchers. The agent compiles nothing until each kind has been listed
 /// once.
 pub async fn spawn() -> Result<ChangeRx, KubeSourceError> {
@@ -71,12 +74,14 @@ pub async fn spawn() -> Result<ChangeRx, KubeSourceError> {
     Ok(spawn_with(client))
 }
 
-/// Starts the three watchers on `client`.
+/// Starts the five watchers on `client`.
 pub fn spawn_with(client: Client) -> ChangeRx {
     let (tx, rx) = super::channel();
     tokio::spawn(watch::<Pod>(Api::all(client.clone()), tx.clone()));
     tokio::spawn(watch::<Namespace>(Api::all(client.clone()), tx.clone()));
-    tokio::spawn(watch::<NetworkPolicy>(Api::all(client), tx));
+    tokio::spawn(watch::<NetworkPolicy>(Api::all(client.clone()), tx.clone()));
+    tokio::spawn(watch::<Service>(Api::all(client.clone()), tx.clone()));
+    tokio::spawn(watch::<Endpoints>(Api::all(client), tx));
     rx
 }
 
@@ -164,6 +169,42 @@ impl Watched for NetworkPolicy {
     }
     fn listed(keys: BTreeSet<PodRef>) -> Listed {
         Listed::NetworkPolicies(keys)
+    }
+}
+
+impl Watched for Service {
+    const KIND: Kind = Kind::Services;
+    type Key = PodRef;
+    fn key(&self) -> Option<PodRef> {
+        pod_ref(self)
+    }
+    fn upsert(&self) -> Result<(PodRef, Change), ModelError> {
+        let (r, info) = ServiceInfo::from_service(self)?;
+        Ok((r.clone(), Change::Service(r, Some(info))))
+    }
+    fn removal(key: PodRef) -> Change {
+        Change::Service(key, None)
+    }
+    fn listed(keys: BTreeSet<PodRef>) -> Listed {
+        Listed::Services(keys)
+    }
+}
+
+impl Watched for Endpoints {
+    const KIND: Kind = Kind::Endpoints;
+    type Key = PodRef;
+    fn key(&self) -> Option<PodRef> {
+        pod_ref(self)
+    }
+    fn upsert(&self) -> Result<(PodRef, Change), ModelError> {
+        let (r, subsets) = endpoints_from(self)?;
+        Ok((r.clone(), Change::Endpoints(r, Some(subsets))))
+    }
+    fn removal(key: PodRef) -> Change {
+        Change::Endpoints(key, None)
+    }
+    fn listed(keys: BTreeSet<PodRef>) -> Listed {
+        Listed::Endpoints(keys)
     }
 }
 

@@ -43,6 +43,12 @@ pub struct KubeOptions {
     /// plain network (no `palisade-cni` in the chain) and reported running,
     /// and only then does the agent start, to find them on the node.
     pub agent_after_pods: bool,
+    /// One ClusterIP Service per pod (`s-<namespace>-<pod>`, as upstream's
+    /// e2e names them, selecting the pod by its labels, with each port the
+    /// pod serves on TCP and UDP), and every probe to a pod sent through
+    /// its Service's ClusterIP instead: kube-proxy translates, Palisade
+    /// judges on the backend.
+    pub via_services: bool,
 }
 
 /// The control plane with one bed's cluster in it.
@@ -203,6 +209,117 @@ impl KubeCluster {
     /// Each Service's ClusterIPs, as the API server assigned them.
     pub fn service_ips(&self) -> Result<BTreeMap<PodRef, Vec<IpAddr>>, TestbedError> {
         kubelet::service_ips(&self.cp)
+    }
+
+    /// Creates `pod`'s own Service ([`KubeOptions::via_services`]):
+    /// `s-<namespace>-<pod>`, selecting the pod by its labels (which must
+    /// select no other pod of its namespace), with `ports` on TCP and UDP.
+    pub fn create_pod_service(
+        &self,
+        pod: &PodRef,
+        ports: &std::collections::BTreeSet<u16>,
+    ) -> Result<PodRef, TestbedError> {
+        let labels = |p: &Pod| p.metadata.labels.clone().unwrap_or_default();
+        let object = self
+            .objects
+            .pods
+            .iter()
+            .find(|p| &pod_ref(p) == pod)
+            .ok_or_else(|| TestbedError::Layout {
+                reason: format!("pod {}/{} is not in the manifests", pod.namespace, pod.name),
+            })?;
+        let selector = labels(object);
+        let shared = self.objects.pods.iter().any(|p| {
+            let r = pod_ref(p);
+            r != *pod
+                && r.namespace == pod.namespace
+                && selector.iter().all(|(k, v)| labels(p).get(k) == Some(v))
+        });
+        if selector.is_empty() || shared {
+            return Err(TestbedError::Layout {
+                reason: format!(
+                    "pod {}/{}: its labels select other pods too, so it cannot have a Service of its own",
+                    pod.namespace, pod.name
+                ),
+            });
+        }
+        let name: String = format!("s-{}-{}", pod.namespace, pod.name)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .take(63)
+            .collect();
+        let name = name.trim_end_matches('-').to_string();
+        let mut service_ports = Vec::new();
+        for port in ports {
+            for proto in ["TCP", "UDP"] {
+                service_ports.push(serde_json::json!({
+                    "name": format!("p{port}-{}", proto.to_lowercase()),
+                    "port": port,
+                    "targetPort": port,
+                    "protocol": proto,
+                }));
+            }
+        }
+        let service: k8s_openapi::api::core::v1::Service =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": pod.namespace},
+                "spec": {"selector": selector, "ports": service_ports},
+            }))
+            .map_err(|e| TestbedError::Layout {
+                reason: format!("the Service of pod {}/{}: {e}", pod.namespace, pod.name),
+            })?;
+        kubelet::apply_service(&self.cp, &service)?;
+        Ok(PodRef {
+            namespace: pod.namespace.clone(),
+            name,
+        })
+    }
+
+    /// Waits until kube-proxy on every node translates every Service whose
+    /// Endpoints hold a ready address (`ips`: each Service's ClusterIPs).
+    pub fn wait_for_services(
+        &self,
+        ips: &BTreeMap<PodRef, Vec<IpAddr>>,
+        timeout: Duration,
+    ) -> Result<(), TestbedError> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut nodes = vec![self.node.clone()];
+        nodes.extend(
+            self.others
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .cloned(),
+        );
+        loop {
+            let ready = kubelet::services_with_endpoints(&self.cp)?;
+            let wanted: Vec<IpAddr> = ips
+                .iter()
+                .filter(|(r, _)| ready.contains(r))
+                .flat_map(|(_, ips)| ips.iter().copied())
+                .collect();
+            let mut all = true;
+            for n in &nodes {
+                all &= super::proxy::translates(&n.netns, &wanted)?;
+            }
+            if all {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(TestbedError::Layout {
+                    reason: format!(
+                        "kube-proxy did not translate the Services with endpoints within {timeout:?}"
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Creates `pod`'s object, from the manifests, bound to node `node`.

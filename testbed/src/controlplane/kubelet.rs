@@ -343,6 +343,35 @@ pub fn service_ips(
     Ok(out)
 }
 
+/// The Services whose Endpoints hold at least one ready address (what
+/// kube-proxy then translates), by `namespace/name`.
+pub fn services_with_endpoints(
+    cp: &ControlPlane,
+) -> Result<std::collections::BTreeSet<crate::probe::PodRef>, TestbedError> {
+    let client = cp.client();
+    let list = cp
+        .run(async move {
+            Api::<k8s_openapi::api::core::v1::Endpoints>::all(client)
+                .list(&kube::api::ListParams::default())
+                .await
+        })
+        .map_err(kube_err("listing Endpoints".to_string()))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.subsets
+                .iter()
+                .flatten()
+                .any(|s| s.addresses.as_ref().is_some_and(|a| !a.is_empty()))
+        })
+        .map(|e| crate::probe::PodRef {
+            namespace: e.metadata.namespace.unwrap_or_else(|| "default".into()),
+            name: e.metadata.name.unwrap_or_default(),
+        })
+        .collect())
+}
+
 /// Deletes NetworkPolicy `namespace/name`.
 pub fn delete_policy(cp: &ControlPlane, namespace: &str, name: &str) -> Result<(), TestbedError> {
     let (client, ns, n) = (cp.client(), namespace.to_string(), name.to_string());

@@ -69,3 +69,25 @@ pub(super) fn services_chain_programmed(netns: &str) -> Result<bool, String> {
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// Whether kube-proxy in `netns` translates every ClusterIP of `ips`: each
+/// is in the `nat` table's `KUBE-SERVICES` chain and none is rejected in
+/// the `filter` table as having no endpoints (what kube-proxy programs for
+/// a Service until its Endpoints hold a ready address).
+pub fn translates(netns: &str, ips: &[std::net::IpAddr]) -> Result<bool, TestbedError> {
+    let nat = services_chain(netns)?;
+    let net = format!("--net={}", netns_path(netns).display());
+    // The filter chain exists once kube-proxy has synced at least once.
+    let filter = run(
+        "nsenter",
+        &[&net, "iptables", "-w", "-t", "filter", "-S", "KUBE-SERVICES"],
+    )
+    .unwrap_or_default();
+    Ok(ips.iter().filter(|ip| ip.is_ipv4()).all(|ip| {
+        let dst = format!("-d {ip}/32 ");
+        nat.contains(&dst)
+            && !filter
+                .lines()
+                .any(|l| l.contains(&dst) && l.contains("has no endpoints"))
+    }))
+}

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::ListParams;
 use kube::{Api, Client, Resource};
@@ -45,6 +45,10 @@ pub struct ClusterState {
     pub namespaces: KindState,
     /// NetworkPolicies.
     pub policies: KindState,
+    /// Services.
+    pub services: KindState,
+    /// Endpoints.
+    pub endpoints: KindState,
 }
 
 impl ClusterState {
@@ -55,6 +59,8 @@ impl ClusterState {
         kind(self.pods, api.pods)
             && kind(self.namespaces, api.namespaces)
             && kind(self.policies, api.policies)
+            && kind(self.services, api.services)
+            && kind(self.endpoints, api.endpoints)
     }
 }
 
@@ -82,10 +88,14 @@ pub fn api_state(cp: &ControlPlane) -> Result<ClusterState, TestbedError> {
         Ok(ClusterState {
             pods: kind_state(Api::<Pod>::all(client.clone())).await?,
             namespaces: kind_state(Api::<Namespace>::all(client.clone())).await?,
-            policies: kind_state(Api::<NetworkPolicy>::all(client)).await?,
+            policies: kind_state(Api::<NetworkPolicy>::all(client.clone())).await?,
+            services: kind_state(Api::<Service>::all(client.clone())).await?,
+            endpoints: kind_state(Api::<Endpoints>::all(client)).await?,
         })
     })
-    .map_err(kube_err("listing Pods, Namespaces and NetworkPolicies"))
+    .map_err(kube_err(
+        "listing Pods, Namespaces, NetworkPolicies, Services and Endpoints",
+    ))
 }
 
 /// Removes terminal colour sequences (`ESC [ ... letter`), as the agent's
@@ -141,6 +151,8 @@ pub fn agent_states_timed(log: &str) -> Vec<(String, ClusterState)> {
                 pods: kind("pods"),
                 namespaces: kind("namespaces"),
                 policies: kind("policies"),
+                services: kind("services"),
+                endpoints: kind("endpoints"),
             };
             (stamp, state)
         })

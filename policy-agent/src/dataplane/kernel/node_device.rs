@@ -26,10 +26,11 @@ impl KernelDataplane {
                 format!("no interface {ifname}"),
             )
         })?;
+        // bpffs refuses dots in names (`flannel.1`).
         let pin = self
             .paths
             .links_dir()
-            .join(format!("node_{ifname}_{ifindex}"));
+            .join(format!("node_{}_{ifindex}", ifname.replace('.', "_")));
         let p = program(&mut self.ebpf, PROG_NODE_EGRESS)?;
         let mut attached = false;
         if pin.exists() {

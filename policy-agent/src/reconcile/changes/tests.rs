@@ -35,10 +35,26 @@ fn cluster() -> Snapshot {
 /// What a watcher's first list of `s` sends, kind after kind.
 fn listing(s: &Snapshot) -> Vec<Change> {
     let mut out: Vec<Change> = s
-        .namespaces
+        .services
         .iter()
-        .map(|(n, i)| Change::Namespace(n.clone(), Some(i.clone())))
+        .map(|(r, i)| Change::Service(r.clone(), Some(i.clone())))
         .collect();
+    out.push(Change::Listed(Listed::Services(
+        s.services.keys().cloned().collect(),
+    )));
+    out.extend(
+        s.service_endpoints
+            .iter()
+            .map(|(r, e)| Change::Endpoints(r.clone(), Some(e.clone()))),
+    );
+    out.push(Change::Listed(Listed::Endpoints(
+        s.service_endpoints.keys().cloned().collect(),
+    )));
+    out.extend(
+        s.namespaces
+            .iter()
+            .map(|(n, i)| Change::Namespace(n.clone(), Some(i.clone()))),
+    );
     out.push(Change::Listed(Listed::Namespaces(
         s.namespaces.keys().cloned().collect(),
     )));
@@ -299,4 +315,62 @@ spec:
         };
         assert_eq!(v(&agent), v(&fresh), "{addr}");
     }
+}
+
+const WEB_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: a}
+  ports: [{port: 80}]
+"#;
+
+const WEB_ENDPOINTS: &str = r#"
+apiVersion: v1
+kind: Endpoints
+metadata: {name: web, namespace: default}
+subsets:
+- addresses: [{ip: 10.244.0.10}]
+  ports: [{port: 80}]
+"#;
+
+#[test]
+fn services_and_endpoints_from_the_watch_reach_the_cluster_ip_map() {
+    use policy_common::service_flags;
+    use policy_engine::model::addr::to_addr;
+    use policy_engine::model::service::endpoints_from;
+    use policy_engine::model::ServiceInfo;
+
+    let mut agent = synced();
+    let vip = to_addr("10.96.0.20".parse().unwrap());
+    let svc: k8s_openapi::api::core::v1::Service = serde_norway::from_str(WEB_SERVICE).unwrap();
+    let (r, info) = ServiceInfo::from_service(&svc).unwrap();
+    let out = agent
+        .apply_changes(vec![Change::Service(r.clone(), Some(info.clone()))])
+        .unwrap();
+    assert!(out.written);
+    // No Endpoints yet: backends computed from the selector, a is local.
+    assert_eq!(
+        agent.dataplane().state.services.get(&vip),
+        Some(&service_flags::ALL_LOCAL)
+    );
+    // The same Service again changes nothing.
+    let out = agent
+        .apply_changes(vec![Change::Service(r.clone(), Some(info))])
+        .unwrap();
+    assert_eq!(out.effective, 0);
+    let ep: k8s_openapi::api::core::v1::Endpoints =
+        serde_norway::from_str(WEB_ENDPOINTS).unwrap();
+    let (er, subsets) = endpoints_from(&ep).unwrap();
+    agent
+        .apply_changes(vec![Change::Endpoints(er, Some(subsets))])
+        .unwrap();
+    assert!(agent.dataplane().state.services.contains_key(&vip));
+    // A relist without the Service removes its ClusterIP.
+    agent
+        .apply_changes(vec![Change::Listed(Listed::Services(BTreeSet::new()))])
+        .unwrap();
+    assert!(!agent.dataplane().state.services.contains_key(&vip));
 }
