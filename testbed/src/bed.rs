@@ -576,15 +576,21 @@ impl Testbed {
         })
     }
 
-    /// [`Self::probe`], also collecting the drops node 0's agent reports on
-    /// its flow stream while the probes run (none when Palisade is off).
+    /// [`Self::probe`], also collecting the drops every node's agent
+    /// reports on its flow stream while the probes run (none when Palisade
+    /// is off).
     pub fn probe_collecting_drops(
         &self,
         probes: &[Probe],
     ) -> (Vec<Observation>, Vec<agent_api::FlowRecord>) {
         let drops = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        if let Some(socket) = self.agent_socket() {
-            let (socket, sink) = (socket.to_path_buf(), drops.clone());
+        let sockets: Vec<PathBuf> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.agent_socket.clone())
+            .collect();
+        for socket in &sockets {
+            let (socket, sink) = (socket.clone(), drops.clone());
             let request = agent_api::Request::Flows {
                 pod: None,
                 verdict: Some("dropped".into()),
@@ -594,6 +600,8 @@ impl Testbed {
                     sink.lock().map(|mut v| v.push(r)).is_ok()
                 });
             });
+        }
+        if !sockets.is_empty() {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
         let seen = self.probe(probes);

@@ -52,6 +52,7 @@ mod cleanup;
 pub mod cni;
 pub mod controlplane;
 mod daemon;
+pub mod dns;
 mod echo;
 mod error;
 pub mod layout;

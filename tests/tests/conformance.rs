@@ -427,6 +427,22 @@ fn conformance_cases_with_real_packets() {
 
 #[test]
 fn conformance_cases_through_the_api() {
+    conformance_in_kube_mode(false);
+}
+
+/// The same tables with every pod-to-pod probe sent to the destination
+/// pod's own ClusterIP Service (`s-<ns>-<pod>`, as upstream's e2e creates
+/// them): the real kube-proxy translates it on the sender's node, Palisade
+/// judges the sender's egress on the backend (at the backend's veth, or at
+/// the sender node's VXLAN device when the backend is on the other node).
+#[test]
+fn conformance_cases_through_cluster_ips() {
+    conformance_in_kube_mode(true);
+}
+
+/// Runs every case through the real API server on two nodes, probing pods
+/// directly or (`via_services`) through their own Services.
+fn conformance_in_kube_mode(via_services: bool) {
     let t0 = Instant::now();
     let dir = TempDir::new("kube");
     let base = xyz_model().build();
@@ -448,6 +464,7 @@ fn conformance_cases_through_the_api() {
         // The cases' ipBlocks name the model's pod addresses.
         &testbed::controlplane::cluster::KubeOptions {
             manifest_addresses: true,
+            via_services,
             ..palisade_tests::kube_options()
         },
     )

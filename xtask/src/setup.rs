@@ -10,7 +10,8 @@ use anyhow::{bail, Result};
 use crate::cmd::{self, probe};
 
 /// Debian packages: LLVM 22 for bpf-linker, bpftool for inspecting maps, the
-/// reference CNI plugins and iptables for the test bed; etcd, openssl (the
+/// reference CNI plugins, iptables and dnsmasq (kube-dns's part) for the
+/// test bed; etcd, openssl (the
 /// control plane's credentials), and Go 1.19, rsync and reflect2 1.0.2 to
 /// build the Kubernetes binaries (see `kube_build`).
 pub const APT_PACKAGES: &[&str] = &[
@@ -22,6 +23,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "containernetworking-plugins",
     "iptables",
+    "dnsmasq-base",
     "etcd-server",
     "openssl",
     "golang-1.19-go",

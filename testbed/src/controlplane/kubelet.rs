@@ -299,9 +299,15 @@ pub fn apply_policy(cp: &ControlPlane, policy: &NetworkPolicy) -> Result<u64, Te
 /// if the manifest names one, is kept: it must lie in the Service range).
 /// Returns the Service's new `resourceVersion`.
 pub fn apply_service(cp: &ControlPlane, service: &Service) -> Result<u64, TestbedError> {
+    let mut spec = service.spec.clone();
+    // Server-side apply of 1.20 keys Service ports by port and protocol
+    // and does not default the protocol first: say TCP, the API's default.
+    for port in spec.iter_mut().flat_map(|s| s.ports.iter_mut().flatten()) {
+        port.protocol.get_or_insert_with(|| "TCP".to_string());
+    }
     let object = Service {
         metadata: clean_meta(&service.metadata),
-        spec: service.spec.clone(),
+        spec,
         status: None,
     };
     apply_object(cp, object, format!("Service {}", name_of(service)))
