@@ -79,6 +79,15 @@ pub trait Dataplane: Send {
         Ok(())
     }
 
+    /// Attaches the external-device check (`node_ingress`) to `ifname`, one
+    /// of the node's devices toward the world (its uplink), so NodePort
+    /// clients that kube-proxy masquerades are judged as themselves.
+    /// Idempotent; a dataplane without such a check does nothing.
+    fn attach_external_device(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        let _ = ifname;
+        Ok(())
+    }
+
     /// Packets dropped so far, by `policy_common::reason` code (exact
     /// counters, unlike the events). Empty when the dataplane keeps none.
     fn drop_counts(&self) -> BTreeMap<u8, u64> {

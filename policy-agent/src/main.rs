@@ -90,6 +90,12 @@ struct RunArgs {
     /// pods. Repeatable.
     #[arg(long = "node-device")]
     node_devices: Vec<String>,
+    /// The node's device toward the world (its uplink, e.g. `eth0`), where
+    /// packets from outside the cluster arrive: a NodePort client that
+    /// kube-proxy masquerades (`externalTrafficPolicy: Cluster`, backend on
+    /// this node) is then judged on its own address. Repeatable.
+    #[arg(long = "external-device")]
+    external_devices: Vec<String>,
 }
 
 #[derive(Args)]
@@ -194,6 +200,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         let opts = policy_agent::run::RunOptions {
             node_devices: args.node_devices.clone(),
+            external_devices: args.external_devices.clone(),
             cni_socket: args.cni_socket.clone(),
             node_addrs,
             health_addr: args.health_addr,

@@ -228,6 +228,12 @@ impl<D: Dataplane> Agent<D> {
         self.dataplane.attach_node_device(ifname)
     }
 
+    /// Attaches the external-device check to `ifname` (see
+    /// [`Dataplane::attach_external_device`]).
+    pub fn attach_external_device(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        self.dataplane.attach_external_device(ifname)
+    }
+
     /// The local endpoints.
     pub fn endpoints(&self) -> &Registry {
         &self.registry

@@ -40,6 +40,9 @@ pub struct RunOptions {
     /// `flannel.1`): the node-device check is attached to each as soon as
     /// it exists, and again when it is replaced.
     pub node_devices: Vec<String>,
+    /// The node's devices toward the world (its uplink, `eth0`): the
+    /// external-device check is attached to each the same way.
+    pub external_devices: Vec<String>,
 }
 
 /// Runs until SIGINT/SIGTERM. Pinned programs and maps stay in place after
@@ -140,8 +143,18 @@ pub async fn run<D: Dataplane + 'static>(
         .node_name
         .is_some()
         .then(|| tokio::spawn(adopt_loop(agent.clone())));
-    let devices = (!opts.node_devices.is_empty())
-        .then(|| tokio::spawn(node_device_loop(agent.clone(), opts.node_devices.clone())));
+    let wanted: Vec<(String, DeviceRole)> = opts
+        .node_devices
+        .iter()
+        .map(|d| (d.clone(), DeviceRole::Overlay))
+        .chain(
+            opts.external_devices
+                .iter()
+                .map(|d| (d.clone(), DeviceRole::External)),
+        )
+        .collect();
+    let devices =
+        (!wanted.is_empty()).then(|| tokio::spawn(node_device_loop(agent.clone(), wanted)));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
@@ -249,18 +262,37 @@ async fn adopt_loop<D: Dataplane + 'static>(agent: Arc<Mutex<Agent<D>>>) {
 /// replace its overlay device after the agent started).
 pub const NODE_DEVICES_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Attaches the node-device check to each of `names` once it exists, and
-/// again whenever its interface index changes (the device was replaced).
-async fn node_device_loop<D: Dataplane + 'static>(agent: Arc<Mutex<Agent<D>>>, names: Vec<String>) {
+/// What a node device is to the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeviceRole {
+    /// Toward other nodes (`--node-device`).
+    Overlay,
+    /// Toward the world (`--external-device`).
+    External,
+}
+
+/// Attaches each device's check once the device exists, and again
+/// whenever its interface index changes (the device was replaced).
+async fn node_device_loop<D: Dataplane + 'static>(
+    agent: Arc<Mutex<Agent<D>>>,
+    devices: Vec<(String, DeviceRole)>,
+) {
     let mut attached: std::collections::BTreeMap<String, u32> = Default::default();
     let mut waiting_logged = std::collections::BTreeSet::new();
     let mut tick = tokio::time::interval(NODE_DEVICES_EVERY);
     loop {
         tick.tick().await;
-        for name in &names {
+        for (name, role) in &devices {
             let Ok(ifindex) = nix::net::if_::if_nametoindex(name.as_str()) else {
                 if waiting_logged.insert(name.clone()) {
-                    tracing::warn!(device = %name, "node device not there yet: Services with backends on other nodes fail closed for egress-isolated pods until it is");
+                    match role {
+                        DeviceRole::Overlay => {
+                            tracing::warn!(device = %name, "node device not there yet: Services with backends on other nodes fail closed for egress-isolated pods until it is")
+                        }
+                        DeviceRole::External => {
+                            tracing::warn!(device = %name, "external device not there yet: masqueraded NodePort clients are judged as the node until it is")
+                        }
+                    }
                 }
                 attached.remove(name);
                 continue;
@@ -268,13 +300,19 @@ async fn node_device_loop<D: Dataplane + 'static>(agent: Arc<Mutex<Agent<D>>>, n
             if attached.get(name) == Some(&ifindex) {
                 continue;
             }
-            match agent.lock().await.attach_node_device(name) {
+            let result = match role {
+                DeviceRole::Overlay => agent.lock().await.attach_node_device(name),
+                DeviceRole::External => agent.lock().await.attach_external_device(name),
+            };
+            match result {
                 Ok(()) => {
-                    tracing::info!(device = %name, ifindex, "node device check attached");
+                    tracing::info!(device = %name, ifindex, role = ?role, "node device check attached");
                     attached.insert(name.clone(), ifindex);
                     waiting_logged.remove(name);
                 }
-                Err(e) => tracing::error!(device = %name, error = %e, "attaching the node device check failed; retrying"),
+                Err(e) => {
+                    tracing::error!(device = %name, error = %e, "attaching the node device check failed; retrying")
+                }
             }
         }
     }

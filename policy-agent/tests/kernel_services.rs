@@ -99,7 +99,10 @@ fn cluster_ip_egress_is_judged_on_the_backend_for_sctp_and_tcp() {
         dp.register_endpoint(w, WEB_EP).unwrap();
         kernel::sources(
             &mut dp,
-            &[(CLIENT_EP, &[client().mapped()]), (WEB_EP, &[web().mapped()])],
+            &[
+                (CLIENT_EP, &[client().mapped()]),
+                (WEB_EP, &[web().mapped()]),
+            ],
         );
         // At the client's hook the ClusterIP is deferred, whatever the port.
         for (what, l4) in [
@@ -192,7 +195,10 @@ fn service_range_ipblock_reaches_no_backend() {
         dp.register_endpoint(w, WEB_EP).unwrap();
         kernel::sources(
             &mut dp,
-            &[(CLIENT_EP, &[client().mapped()]), (WEB_EP, &[web().mapped()])],
+            &[
+                (CLIENT_EP, &[client().mapped()]),
+                (WEB_EP, &[web().mapped()]),
+            ],
         );
         expect(
             "to the ClusterIP: deferred",
@@ -237,7 +243,10 @@ fn established_flow_through_a_cluster_ip_is_cut_by_a_change() {
         dp.register_endpoint(w, WEB_EP).unwrap();
         kernel::sources(
             &mut dp,
-            &[(CLIENT_EP, &[client().mapped()]), (WEB_EP, &[web().mapped()])],
+            &[
+                (CLIENT_EP, &[client().mapped()]),
+                (WEB_EP, &[web().mapped()]),
+            ],
         );
         let to_vip = frame(client(), vip(), &sctp(7000, 3868, 0));
         let translated = frame(client(), web(), &sctp(7000, 3868, 0));
@@ -295,7 +304,10 @@ fn node_address_is_exempt_only_when_the_node_sent_it() {
         dp.register_endpoint(w, WEB_EP).unwrap();
         kernel::sources(
             &mut dp,
-            &[(CLIENT_EP, &[client().mapped()]), (WEB_EP, &[web().mapped()])],
+            &[
+                (CLIENT_EP, &[client().mapped()]),
+                (WEB_EP, &[web().mapped()]),
+            ],
         );
         let probe = frame(node(), web(), &tcp(40000, 9000, SYN));
         expect(
@@ -328,7 +340,10 @@ fn service_with_backends_elsewhere_fails_closed_without_the_node_hook() {
         dp.register_endpoint(w, WEB_EP).unwrap();
         kernel::sources(
             &mut dp,
-            &[(CLIENT_EP, &[client().mapped()]), (WEB_EP, &[web().mapped()])],
+            &[
+                (CLIENT_EP, &[client().mapped()]),
+                (WEB_EP, &[web().mapped()]),
+            ],
         );
         expect(
             "egress-isolated client to a Service with remote backends",

@@ -24,7 +24,7 @@
 #![deny(missing_docs)]
 
 /// Version of every map layout in this crate; bump on any change.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Traffic direction as seen from the endpoint (the pod).
 pub mod dir {
@@ -86,6 +86,38 @@ pub mod service_flags {
     pub const ALL_LOCAL: u32 = 1 << 0;
 }
 
+/// The packet mark `node_ingress` sets on a packet arriving from outside
+/// the node, so that a pod's check can still judge it on its client's
+/// address after kube-proxy masqueraded it (NodePort, `externalTrafficPolicy:
+/// Cluster`, backend on the node that received it). kube-proxy uses bits
+/// 14 and 15; Palisade uses bits 16 to 28.
+pub mod client_mark {
+    /// Set when the bits below name a slot of [`crate::maps::CLIENTS`].
+    pub const FLAG: u32 = 1 << 28;
+    /// Where the slot index sits.
+    pub const SHIFT: u32 = 16;
+    /// Slots of [`crate::maps::CLIENTS`] (a power of two).
+    pub const SLOTS: u32 = 4096;
+    /// Every bit Palisade owns in the mark.
+    pub const MASK: u32 = FLAG | ((SLOTS - 1) << SHIFT);
+}
+
+/// Value of [`maps::CLIENTS`]: who sent a packet that arrived from
+/// outside the node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientSlot {
+    /// The client's address.
+    pub addr: Addr,
+    /// What NAT leaves alone: the IPv4 total length and identification,
+    /// or the IPv6 flow label and payload length.
+    pub check: u32,
+    /// IP protocol.
+    pub proto: u8,
+    /// Padding.
+    pub pad: [u8; 3],
+}
+
 /// Maps by name, as declared in the eBPF object and pinned under the agent's
 /// bpffs folder.
 pub mod maps {
@@ -124,6 +156,14 @@ pub mod maps {
     /// `HashMap<IpcacheKey, u32>`: address of a local endpoint → its
     /// endpoint id (to judge a translated packet's sender).
     pub const LOCAL_ADDRS: &str = "PALISADE_LOCAL";
+    /// `PerCpuArray<ClientSlot>` of [`crate::client_mark::SLOTS`]: the
+    /// client of a packet that arrived from outside, by the slot its mark
+    /// names, a ring per CPU.
+    pub const CLIENTS: &str = "PALISADE_CLIENTS";
+    /// `LruHashMap<CtKey, Addr>`: the client a conntrack entry was judged
+    /// on when it was not the packet's source (a masqueraded NodePort
+    /// client), for judging it again after a policy change.
+    pub const CT_CLIENTS: &str = "PALISADE_CT_CLIENTS";
 }
 
 /// Entries of [`maps::DROPS`] (one per possible [`reason`] code).
@@ -463,6 +503,7 @@ mod pod_impls {
     // SAFETY: all of these are #[repr(C)], Copy, and made only of integers and
     // byte arrays laid out without implicit padding.
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for ClientSlot {}
     unsafe impl aya::Pod for EndpointInfo {}
     unsafe impl aya::Pod for EndpointPolicyKey {}
     unsafe impl aya::Pod for EndpointPolicy {}

@@ -13,7 +13,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use policy_common::{dir, proto, CtKey, CtValue, FragKey};
 
 use crate::{
-    maps::{CONNTRACK, FRAGMENTS},
+    maps::{CONNTRACK, CT_CLIENTS, FRAGMENTS},
     packet::{frag, Flow},
     pipeline::PacketCtx,
     policy::{judge, Query, Verdict},
@@ -41,8 +41,11 @@ const REFRESH_NS: u64 = SEC;
 pub const ST_DEFERRED: u32 = 1 << 4;
 /// The flow's first packet came from the node's own stack.
 pub const ST_LOCAL_ORIGIN: u32 = 1 << 5;
+/// The flow was judged on a client other than its source (a NodePort
+/// client kube-proxy masqueraded), kept in [`CT_CLIENTS`].
+pub const ST_CLIENT: u32 = 1 << 6;
 /// Bits fixed when the entry is created.
-const ST_ORIGIN_BITS: u32 = ST_DEFERRED | ST_LOCAL_ORIGIN;
+const ST_ORIGIN_BITS: u32 = ST_DEFERRED | ST_LOCAL_ORIGIN | ST_CLIENT;
 
 const SEC: u64 = 1_000_000_000;
 const TIMEOUT_CONN_ESTABLISHED: u64 = 6 * 3600 * SEC;
@@ -181,6 +184,9 @@ fn touch(pkt: &PacketCtx, key: &CtKey, reply: bool, flow: &Flow, out: &mut Verdi
         let q = Query {
             peer: if key.dir == dir::EGRESS {
                 key.daddr
+            } else if v.state & ST_CLIENT != 0 {
+                // SAFETY: copied out at once.
+                unsafe { CT_CLIENTS.get(key) }.copied().unwrap_or(key.saddr)
             } else {
                 key.saddr
             },
@@ -259,17 +265,24 @@ pub fn forget(pkt: &PacketCtx, flow: &Flow, reply: bool) {
 #[inline(never)]
 pub fn create(pkt: &PacketCtx, flow: &Flow, origin: u32) {
     let key = forward_key(pkt.ep_id, pkt.dir, flow);
+    let mut origin = origin;
+    if pkt.dir == dir::INGRESS {
+        if let Some(client) = crate::client::current() {
+            origin |= ST_CLIENT;
+            let _ = CT_CLIENTS.insert(&key, &client, 0);
+        }
+    }
     let value = CtValue {
         last_seen_ns: now(),
         revision: pkt.cfg.revision,
         state: origin
             | if flow.reset {
-            ST_CLOSING
-        } else if flow.closing {
-            ST_FIN_FWD
-        } else {
-            0
-        },
+                ST_CLOSING
+            } else if flow.closing {
+                ST_FIN_FWD
+            } else {
+                0
+            },
         refreshes: 0,
     };
     let _ = CONNTRACK.insert(&key, &value, 0);

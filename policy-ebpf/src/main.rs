@@ -6,6 +6,9 @@
 //!   delivered to the pod.
 //! - `node_egress` runs at tc **egress** of the node's overlay device:
 //!   local pods' packets to other nodes, after kube-proxy's translation.
+//! - `node_ingress` runs at tc **ingress** of the node's external devices:
+//!   it remembers who sent each arriving packet, so a NodePort client
+//!   kube-proxy masquerades is still judged on its own address.
 //!
 //! Both look the endpoint up by the veth's ifindex, read the active
 //! generation from the config map, parse the packet, consult conntrack and,
@@ -19,6 +22,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod client;
 #[cfg(target_arch = "bpf")]
 mod conntrack;
 #[cfg(target_arch = "bpf")]
@@ -60,6 +65,14 @@ mod entry {
     #[classifier]
     pub fn node_egress(ctx: TcContext) -> i32 {
         crate::node::run(&ctx)
+    }
+
+    /// Packets arriving at the node from outside (tc ingress of its
+    /// external devices): their clients, for NodePort connections
+    /// kube-proxy masquerades. Never drops.
+    #[classifier]
+    pub fn node_ingress(ctx: TcContext) -> i32 {
+        crate::client::node_ingress(&ctx)
     }
 }
 

@@ -7,8 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use policy_common::{
-    CidrKey, Config, CtKey, CtValue, EndpointInfo, EndpointPolicy, EndpointPolicyKey, EventBudget,
-    FragKey, IdentityValue, IpcacheKey, PolicyKey, PolicyValue, SourceKey, DROP_REASONS,
+    client_mark, Addr, CidrKey, ClientSlot, Config, CtKey, CtValue, EndpointInfo, EndpointPolicy,
+    EndpointPolicyKey, EventBudget, FragKey, IdentityValue, IpcacheKey, PolicyKey, PolicyValue,
+    SourceKey, DROP_REASONS,
 };
 
 /// Global configuration, one entry.
@@ -47,6 +48,24 @@ pub static SERVICES: HashMap<IpcacheKey, u32> = HashMap::with_max_entries(16384,
 /// (generation, local endpoint address) → endpoint id.
 #[map(name = "PALISADE_LOCAL")]
 pub static LOCAL_ADDRS: HashMap<IpcacheKey, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Clients of packets that arrived from outside the node, a ring per CPU,
+/// by the slot their mark names (see `policy_common::client_mark`).
+#[map(name = "PALISADE_CLIENTS")]
+pub static CLIENTS: PerCpuArray<ClientSlot> = PerCpuArray::with_max_entries(client_mark::SLOTS, 0);
+
+/// This CPU's next slot of [`CLIENTS`]. Private to the object.
+#[map(name = "PALISADE_CLIENT_NEXT")]
+pub static CLIENT_NEXT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's packet's client, when it is not the packet's source
+/// (`client::note`; `proto` 0: none). Private to the object.
+#[map(name = "PALISADE_CLIENT_NOW")]
+pub static CLIENT_NOW: PerCpuArray<ClientSlot> = PerCpuArray::with_max_entries(1, 0);
+
+/// The client a conntrack entry was judged on, when not its source.
+#[map(name = "PALISADE_CT_CLIENTS")]
+pub static CT_CLIENTS: LruHashMap<CtKey, Addr> = LruHashMap::with_max_entries(16384, 0);
 
 /// Verdict events for user space.
 #[map(name = "PALISADE_EVENTS")]

@@ -90,6 +90,9 @@ pub fn run(ctx: &TcContext, d: u8) -> i32 {
         v.reason = reason::SPOOFED;
         return drop(&pkt, &outer, &v);
     }
+    if d == dir::INGRESS && k == kind::FLOW {
+        crate::client::note(ctx);
+    }
     match k {
         kind::LINK => ALLOW,
         kind::FLOW => on_flow(&pkt, &outer, &mut v),
@@ -250,7 +253,8 @@ fn judge_packet(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) {
         peer: if pkt.dir == dir::EGRESS {
             flow.daddr
         } else {
-            flow.saddr
+            // A masqueraded NodePort client is judged as itself.
+            crate::client::current().unwrap_or(flow.saddr)
         },
         ep_id: pkt.ep_id,
         dport: flow.policy_dport,

@@ -29,6 +29,8 @@ pub const PLUGIN_BINARY: &str = "palisade-cni";
 pub const AGENT_BINARY: &str = "policy-agent";
 
 /// How long the agent may take to catch up with the API server.
+/// The node's end of the outside host's link on a one-node bed.
+pub(crate) const OUTSIDE_LINK: &str = "out0";
 const KUBE_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -356,8 +358,15 @@ impl Testbed {
 
         let mut pod_services = BTreeMap::new();
         if let (Some(c), true) = (&cluster, kube.is_some_and(|k| k.via_services)) {
-            for plan in layout.pods.iter().filter(|p| !p.host_network && !p.ports.is_empty()) {
-                pod_services.insert(plan.pod.clone(), c.create_pod_service(&plan.pod, &plan.ports)?);
+            for plan in layout
+                .pods
+                .iter()
+                .filter(|p| !p.host_network && !p.ports.is_empty())
+            {
+                pod_services.insert(
+                    plan.pod.clone(),
+                    c.create_pod_service(&plan.pod, &plan.ports)?,
+                );
             }
         }
         // What kube-proxy translates is what the API server assigned.
@@ -996,10 +1005,19 @@ fn wire_outside(
     ip_in(
         node,
         &[
-            "link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", outside,
+            "link",
+            "add",
+            OUTSIDE_LINK,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            outside,
         ],
     )?;
-    ip_in(node, &["link", "set", "out0", "up"])?;
+    ip_in(node, &["link", "set", OUTSIDE_LINK, "up"])?;
     sysctl_in(node, "net.ipv4.conf.out0.proxy_arp=1")?;
     // Proxy ARP answers after a random delay of up to 0.8 s by default.
     sysctl_in(node, "net.ipv4.neigh.out0.proxy_delay=0")?;
@@ -1007,19 +1025,22 @@ fn wire_outside(
     for ip in addrs {
         let host = format!("{ip}/32");
         ip_in(outside, &["addr", "add", &host, "dev", "eth0"])?;
-        ip_in(node, &["route", "add", &host, "dev", "out0"])?;
+        ip_in(node, &["route", "add", &host, "dev", OUTSIDE_LINK])?;
     }
     ip_in(outside, &["route", "add", "default", "dev", "eth0"])?;
     if !addrs6.is_empty() {
         let gw = format!("{OUTSIDE_GATEWAY6}/64");
-        ip_in(node, &["-6", "addr", "add", &gw, "dev", "out0", "nodad"])?;
+        ip_in(
+            node,
+            &["-6", "addr", "add", &gw, "dev", OUTSIDE_LINK, "nodad"],
+        )?;
         for ip in &addrs6 {
             let host = format!("{ip}/128");
             ip_in(
                 outside,
                 &["-6", "addr", "add", &host, "dev", "eth0", "nodad"],
             )?;
-            ip_in(node, &["-6", "route", "add", &host, "dev", "out0"])?;
+            ip_in(node, &["-6", "route", "add", &host, "dev", OUTSIDE_LINK])?;
         }
         let gw = OUTSIDE_GATEWAY6.to_string();
         ip_in(

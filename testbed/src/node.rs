@@ -204,6 +204,14 @@ pub(crate) fn start(spec: &NodeSpec<'_>, resources: &Tracked) -> Result<Started,
                         args.extend(["--node-device".to_string(), dev.to_string()]);
                     }
                 }
+                // Where outside hosts' packets arrive: the underlay link on
+                // several nodes, the outside host's veth on one.
+                let external = match (spec.mtu.is_some(), spec.kube.is_some()) {
+                    (true, true) => crate::overlay::KUBE_UNDERLAY_IF,
+                    (true, false) => crate::overlay::UNDERLAY_IF,
+                    (false, _) => crate::bed::OUTSIDE_LINK,
+                };
+                args.extend(["--external-device".to_string(), external.to_string()]);
                 args
             },
         };

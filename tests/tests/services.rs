@@ -245,7 +245,10 @@ impl Bed {
     }
 
     fn resolve(&self, pod: &str, name: &str, tcp: bool) -> Result<Vec<Ipv4Addr>, String> {
-        let scratch: PathBuf = self.dir.path().join(format!("resolv-{}.conf", pod.replace('/', "-")));
+        let scratch: PathBuf = self
+            .dir
+            .path()
+            .join(format!("resolv-{}.conf", pod.replace('/', "-")));
         testbed::dns::resolve(
             &self.pod(pod).netns,
             IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)),
@@ -331,14 +334,15 @@ fn services_are_judged_on_their_backends() {
     // An established UDP flow through the ClusterIP is cut on its next
     // packet once a change denies the backend.
     let client = bed.pod("shop/client");
-    let sock = bed
-        .bed
-        .udp_socket(&"shop/client".parse().unwrap())
-        .unwrap();
+    let sock = bed.bed.udp_socket(&"shop/client".parse().unwrap()).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let to = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 20)), 80);
-    assert!(echoed(&sock, to, 1), "no echo through the ClusterIP while allowed (client on node {})", client.node);
+    assert!(
+        echoed(&sock, to, 1),
+        "no echo through the ClusterIP while allowed (client on node {})",
+        client.node
+    );
     assert!(echoed(&sock, to, 2), "the flow did not stay up");
     bed.kubectl_apply(CLIENT_WITHOUT_WEB);
     assert!(
@@ -366,22 +370,29 @@ fn echoed(sock: &std::net::UdpSocket, to: SocketAddr, n: u8) -> bool {
     false
 }
 
-/// NodePort clients from outside: through `externalTrafficPolicy: Local`
-/// on the backend's node the client's address is kept and judged (web
-/// accepts 203.0.113.0/24 on http); through `Cluster` kube-proxy
-/// masquerades the client as the node, which gets no exemption: no
-/// outside client is answered.
+/// NodePort clients from outside (web accepts 203.0.113.0/24 on http):
+/// - `externalTrafficPolicy: Local` on the backend's node: kube-proxy keeps
+///   the client's address, which is judged;
+/// - `Cluster` on the backend's node: kube-proxy masquerades the client as
+///   the node, and the agent's check on the node's external device has
+///   remembered the client, which is judged;
+/// - `Cluster` on the other node: the client is masqueraded as that node
+///   before it crosses to the backend, so the backend sees a node, which
+///   gets no exemption: no outside client is answered.
 #[test]
 fn node_port_clients_are_judged_on_their_own_address_or_not_exempt() {
     let bed = start();
     let web_node = bed.pod("shop/web").node;
-    let node_ip = bed.bed.nodes()[web_node].net.gateway;
+    let here = bed.bed.nodes()[web_node].net.gateway;
+    let there = bed.bed.nodes()[1 - web_node].net.gateway;
     let probes = format!(
         r#"
-{{"from": "203.0.113.10", "to": "{node_ip}", "port": 30081, "protocol": "TCP", "allowed": true}}
-{{"from": "198.51.100.7", "to": "{node_ip}", "port": 30081, "protocol": "TCP", "allowed": false}}
-{{"from": "203.0.113.10", "to": "{node_ip}", "port": 30080, "protocol": "TCP", "allowed": false}}
-{{"from": "198.51.100.7", "to": "{node_ip}", "port": 30080, "protocol": "TCP", "allowed": false}}
+{{"from": "203.0.113.10", "to": "{here}", "port": 30081, "protocol": "TCP", "allowed": true}}
+{{"from": "198.51.100.7", "to": "{here}", "port": 30081, "protocol": "TCP", "allowed": false}}
+{{"from": "203.0.113.10", "to": "{here}", "port": 30080, "protocol": "TCP", "allowed": true}}
+{{"from": "198.51.100.7", "to": "{here}", "port": 30080, "protocol": "TCP", "allowed": false}}
+{{"from": "203.0.113.10", "to": "{there}", "port": 30080, "protocol": "TCP", "allowed": false}}
+{{"from": "198.51.100.7", "to": "{there}", "port": 30080, "protocol": "TCP", "allowed": false}}
 {{"from": "203.0.113.10", "to": "shop/web", "port": 8080, "protocol": "TCP", "allowed": true}}
 {{"from": "198.51.100.7", "to": "shop/web", "port": 8080, "protocol": "TCP", "allowed": false}}
 "#

@@ -52,6 +52,8 @@ pub const PROG_POD_EGRESS: &str = "pod_egress";
 pub const PROG_POD_INGRESS: &str = "pod_ingress";
 /// The program at tc egress of the node's overlay device.
 pub const PROG_NODE_EGRESS: &str = "node_egress";
+/// The program at tc ingress of the node's external devices.
+pub const PROG_NODE_INGRESS: &str = "node_ingress";
 
 /// Bit of `Config::flags`: the programs also report allowed new flows.
 pub const CONFIG_FLAG_EVENTS_ALLOWED: u32 = policy_common::config_flags::EVENTS_ALLOWED;
@@ -62,7 +64,7 @@ pub const NETLINK_PRIORITY: u16 = 0x5a1;
 pub const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 0x5a1);
 
 /// Every map of the object, all pinned (under [`PinPaths::map`]).
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 16] = [
     names::CONFIG,
     names::ENDPOINTS,
     names::EP_POLICY,
@@ -77,6 +79,8 @@ pub const ALL_MAPS: [&str; 14] = [
     names::EVENT_BUDGET,
     names::SERVICES,
     names::LOCAL_ADDRS,
+    names::CLIENTS,
+    names::CT_CLIENTS,
 ];
 
 /// Source addresses the sources map holds room for, per endpoint (a
@@ -335,7 +339,7 @@ impl KernelDataplane {
         for prog in HOOKS
             .map(|(p, _, _)| p)
             .into_iter()
-            .chain([PROG_NODE_EGRESS])
+            .chain([PROG_NODE_EGRESS, PROG_NODE_INGRESS])
         {
             program(&mut ebpf, prog)?
                 .load()
@@ -866,6 +870,10 @@ impl KernelDataplane {
 impl Dataplane for KernelDataplane {
     fn attach_node_device(&mut self, ifname: &str) -> Result<(), DataplaneError> {
         KernelDataplane::attach_node_device(self, ifname)
+    }
+
+    fn attach_external_device(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        KernelDataplane::attach_external_device(self, ifname)
     }
 
     fn attach_endpoint(&mut self, ifname: &str, ep_id: u32) -> Result<(), DataplaneError> {

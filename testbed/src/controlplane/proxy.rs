@@ -80,7 +80,15 @@ pub fn translates(netns: &str, ips: &[std::net::IpAddr]) -> Result<bool, Testbed
     // The filter chain exists once kube-proxy has synced at least once.
     let filter = run(
         "nsenter",
-        &[&net, "iptables", "-w", "-t", "filter", "-S", "KUBE-SERVICES"],
+        &[
+            &net,
+            "iptables",
+            "-w",
+            "-t",
+            "filter",
+            "-S",
+            "KUBE-SERVICES",
+        ],
     )
     .unwrap_or_default();
     Ok(ips.iter().filter(|ip| ip.is_ipv4()).all(|ip| {

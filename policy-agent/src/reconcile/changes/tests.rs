@@ -361,8 +361,7 @@ fn services_and_endpoints_from_the_watch_reach_the_cluster_ip_map() {
         .apply_changes(vec![Change::Service(r.clone(), Some(info))])
         .unwrap();
     assert_eq!(out.effective, 0);
-    let ep: k8s_openapi::api::core::v1::Endpoints =
-        serde_norway::from_str(WEB_ENDPOINTS).unwrap();
+    let ep: k8s_openapi::api::core::v1::Endpoints = serde_norway::from_str(WEB_ENDPOINTS).unwrap();
     let (er, subsets) = endpoints_from(&ep).unwrap();
     agent
         .apply_changes(vec![Change::Endpoints(er, Some(subsets))])
