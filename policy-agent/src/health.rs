@@ -186,7 +186,7 @@ pub async fn readiness<D: Dataplane>(state: &HealthState<D>) -> Result<(), Strin
 /// [`METRICS_CONTENT_TYPE`]).
 pub async fn render<D: Dataplane>(state: &HealthState<D>) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("palisade");
-    let (endpoints, applies, invalid, drops, unenforced, live) = {
+    let (endpoints, applies, invalid, drops, unenforced, live, fit) = {
         let agent = state.agent.lock().await;
         let live: std::collections::BTreeSet<String> = agent
             .endpoints()
@@ -200,6 +200,7 @@ pub async fn render<D: Dataplane>(state: &HealthState<D>) -> Result<String, std:
             agent.dataplane().drop_counts(),
             agent.unenforced().len(),
             live,
+            agent.fit_report().clone(),
         )
     };
     let ready = readiness(state).await.is_ok();
@@ -254,6 +255,39 @@ pub async fn render<D: Dataplane>(state: &HealthState<D>) -> Result<String, std:
         "ready",
         "1 while every watch is in sync and the last apply succeeded",
         gauge(usize::from(ready)),
+    );
+    let full = Family::<Vec<(String, String)>, Gauge>::default();
+    let entries = Family::<Vec<(String, String)>, Gauge>::default();
+    let room = Family::<Vec<(String, String)>, Gauge>::default();
+    for map in policy_engine::capacity::MapKind::ALL {
+        let label = vec![("map".to_string(), map.name().to_string())];
+        let denied = fit.denied.values().filter(|(_, d)| d.map == map).count();
+        full.get_or_create(&label)
+            .set(i64::try_from(denied).unwrap_or(i64::MAX));
+        if let Some(n) = fit.needed.get(&map) {
+            entries
+                .get_or_create(&label)
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        if let Some(cap) = fit.capacity {
+            room.get_or_create(&label)
+                .set(i64::try_from(cap.of(map)).unwrap_or(i64::MAX));
+        }
+    }
+    registry.register(
+        "map_full_endpoints",
+        "Local pods denied all traffic because their policy does not fit a map, by map",
+        full,
+    );
+    registry.register(
+        "map_entries",
+        "Entries per generation the compiled state needs, by map",
+        entries,
+    );
+    registry.register(
+        "map_capacity",
+        "Entries per generation each map has room for",
+        room,
     );
     let applied: Counter = Counter::default();
     applied.inc_by(applies);

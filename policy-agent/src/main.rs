@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use policy_agent::dataplane::kernel::{KernelDataplane, KernelOptions, MapSizes};
 
 mod cli;
 
@@ -84,6 +85,50 @@ struct RunArgs {
     /// place for the next agent.
     #[arg(long, requires = "kube")]
     uninstall_when_deleted: Option<policy_agent::uninstall::Owner>,
+    #[command(flatten)]
+    map_sizes: MapSizeArgs,
+}
+
+/// A clap parser for a map size within `range`.
+fn size_in(range: std::ops::RangeInclusive<u32>) -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(i64::from(*range.start())..=i64::from(*range.end()))
+}
+
+/// Map sizes (entries per generation where a map holds both): set when the
+/// maps are created; a change restarts the maps and switches over like a
+/// map layout upgrade. See docs/operations.md for how to size them.
+#[derive(Args)]
+struct MapSizeArgs {
+    /// Local pods (veths) the node can enforce.
+    #[arg(long, default_value_t = MapSizes::default().endpoints, value_parser = size_in(MapSizes::ENDPOINTS))]
+    map_size_endpoints: u32,
+    /// Pod addresses of the whole cluster (every pod IP, both families):
+    /// too small and no new state is enforced (not ready).
+    #[arg(long, default_value_t = MapSizes::default().ipcache, value_parser = size_in(MapSizes::IPCACHE))]
+    map_size_ipcache: u32,
+    /// ipBlock prefixes (each cidr and except) of every policy.
+    #[arg(long, default_value_t = MapSizes::default().cidrs, value_parser = size_in(MapSizes::CIDRS))]
+    map_size_cidrs: u32,
+    /// Policy entries of all local pods together: a pod whose entries do
+    /// not fit is denied all traffic (not ready) until they do.
+    #[arg(long, default_value_t = MapSizes::default().policy, value_parser = size_in(MapSizes::POLICY))]
+    map_size_policy: u32,
+    /// Tracked connections (least recently used ones are evicted).
+    #[arg(long, default_value_t = MapSizes::default().conntrack, value_parser = size_in(MapSizes::CONNTRACK))]
+    map_size_conntrack: u32,
+}
+
+impl MapSizeArgs {
+    fn sizes(&self) -> MapSizes {
+        MapSizes {
+            endpoints: self.map_size_endpoints,
+            ipcache: self.map_size_ipcache,
+            cidrs: self.map_size_cidrs,
+            policy: self.map_size_policy,
+            conntrack: self.map_size_conntrack,
+            ..MapSizes::default()
+        }
+    }
 }
 
 #[derive(Args)]
@@ -174,7 +219,9 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         } else {
             args.node_addrs.clone()
         };
-        let mut dataplane = policy_agent::dataplane::open_kernel(&args.bpffs_dir)?;
+        let mut kernel_opts = KernelOptions::new(&args.bpffs_dir);
+        kernel_opts.sizes = args.map_sizes.sizes();
+        let mut dataplane = KernelDataplane::open(kernel_opts)?;
         if args.log_allowed {
             dataplane.set_events_for_allowed(true)?;
         }
