@@ -28,6 +28,24 @@ use crate::cni_server::SharedAgent;
 use crate::dataplane::Dataplane;
 use crate::flows::FlowHub;
 
+/// Palisade's health and metrics port in the install (`--health-addr
+/// NODE_IP:9969`): not Prometheus's 9090, Calico's 9091 or Cilium's
+/// 9962–9965.
+pub const DEFAULT_PORT: u16 = 9969;
+
+/// Parses `--health-addr`: `IP:PORT`, with an IPv6 address in brackets or
+/// bare (`fd00::1:9969`, as `$(HOST_IP):9969` gives on an IPv6 node).
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bad = || format!("{text:?} is not IP:PORT");
+    let (ip, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    Ok(SocketAddr::new(ip, port))
+}
+
 /// The content type of what [`render`] writes (prometheus-client's text
 /// encoder writes OpenMetrics 1.0, ending in `# EOF`).
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -419,6 +437,25 @@ mod tests {
             text.ends_with("# EOF\n"),
             "OpenMetrics, as the content type says: {text}"
         );
+    }
+
+    #[test]
+    fn health_addresses_parse_with_bare_ipv6() {
+        assert_eq!(
+            parse_addr("10.0.0.5:9969").unwrap(),
+            "10.0.0.5:9969".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            parse_addr("fd00::1:9969").unwrap(),
+            "[fd00::1]:9969".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            parse_addr("[fd00::1]:9969").unwrap(),
+            "[fd00::1]:9969".parse::<SocketAddr>().unwrap()
+        );
+        for bad in ["", "10.0.0.5", ":9969", "$(HOST_IP):9969", "10.0.0.5:x"] {
+            assert!(parse_addr(bad).is_err(), "{bad}");
+        }
     }
 
     fn agent_api_add_timing() {

@@ -66,8 +66,12 @@ struct RunArgs {
     /// Node name (informational in kube mode).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
-    /// Serve `/healthz`, `/readyz` and `/metrics` on this address (e.g. `0.0.0.0:9090`).
-    #[arg(long)]
+    /// Serve `/healthz`, `/readyz` and `/metrics` on this address, `IP:PORT`
+    /// (IPv6 with or without brackets). The DaemonSet binds the node's own
+    /// address (downward API `status.hostIP`) on Palisade's port,
+    /// `NODE_IP:9969` (9090 is Prometheus's; 9962–9965 Cilium's, 9091
+    /// Calico's).
+    #[arg(long, value_parser = policy_agent::health::parse_addr)]
     health_addr: Option<std::net::SocketAddr>,
     /// Also report allowed new flows (not only drops) to `flows`.
     #[arg(long)]
