@@ -318,13 +318,15 @@ spec:
 
 #[test]
 fn a_pod_whose_entries_do_not_fit_is_denied_both_ways_until_they_do() {
-    let mut dataplane = FakeDataplane::default();
-    dataplane.capacity = Some(policy_engine::capacity::Capacity {
-        endpoints: 8,
-        ipcache: 8,
-        cidrs: 8,
-        policy: 4,
-    });
+    let dataplane = FakeDataplane {
+        capacity: Some(policy_engine::capacity::Capacity {
+            endpoints: 8,
+            ipcache: 8,
+            cidrs: 8,
+            policy: 4,
+        }),
+        ..FakeDataplane::default()
+    };
     let mut agent = Agent::new(dataplane, Vec::new());
     agent.set_snapshot(cluster(&[&ports_for_a(6)])).unwrap();
     agent.add(new_ep("c1", "a", "10.244.0.10")).unwrap();
