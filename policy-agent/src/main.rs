@@ -41,7 +41,8 @@ enum Command {
     /// while an agent runs. Idempotent.
     Cleanup(CleanupArgs),
     /// What a running agent enforces: each local endpoint, and the pods of
-    /// its node it does not enforce (exit 1 if there are any).
+    /// its node it does not enforce or denies because a map is full (exit 1
+    /// if there are any).
     Status(cli::StatusArgs),
 }
 
