@@ -109,6 +109,11 @@ pub struct EndpointStatus {
     pub egress_rules: usize,
     /// The policies selecting it (`namespace/name`).
     pub policies: Vec<String>,
+    /// The map its policy entries do not fit (`policy`): it is denied all
+    /// traffic both ways until they do (isolation and rules above are then
+    /// what the datapath enforces: isolated, no allow entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_full: Option<String>,
 }
 
 /// What `policy-agent status` shows.

@@ -230,7 +230,8 @@ pub struct StatusArgs {
     output: Output,
 }
 
-/// `policy-agent status`: exit 1 when a pod of the node is not enforced.
+/// `policy-agent status`: exit 1 when a pod of the node is not enforced, or
+/// is denied all traffic because its policy does not fit a map.
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let answer = agent_api::call(
         &args.socket,
@@ -249,7 +250,19 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     for pod in &status.unenforced {
         eprintln!("policy-agent: warning: pod {pod} runs on this node without enforcement");
     }
-    Ok(ExitCode::from(u8::from(!status.unenforced.is_empty())))
+    let mut denied = false;
+    for e in &status.endpoints {
+        if let Some(map) = &e.map_full {
+            denied = true;
+            eprintln!(
+                "policy-agent: warning: pod {} is denied all traffic: its policy does not fit the {map} map",
+                e.pod
+            );
+        }
+    }
+    Ok(ExitCode::from(u8::from(
+        !status.unenforced.is_empty() || denied,
+    )))
 }
 
 fn write_status(
@@ -281,7 +294,10 @@ fn write_status(
                         e.identity.map_or("-".into(), |i| i.to_string()),
                         side(e.ingress_isolated, e.ingress_rules),
                         side(e.egress_isolated, e.egress_rules),
-                        "enforced".into(),
+                        match &e.map_full {
+                            Some(map) => format!("DENIED ({map} map full)"),
+                            None => "enforced".into(),
+                        },
                     ];
                     if wide {
                         row.extend([

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use policy_common::Addr;
+use policy_engine::capacity::Capacity;
 use policy_engine::state::MapState;
 
 pub mod kernel;
@@ -93,13 +94,27 @@ pub trait Dataplane: Send {
     fn drop_counts(&self) -> BTreeMap<u8, u64> {
         BTreeMap::new()
     }
+
+    /// Room per generation in the maps a compiled state fills, as the
+    /// maps really are (adopted maps keep the size they were created
+    /// with); `None` when unbounded. The agent fits every state into it
+    /// before [`apply`](Self::apply) (see `policy_engine::capacity`).
+    fn capacity(&self) -> Option<Capacity> {
+        None
+    }
+
+    /// Whether interface `ifname` still exists (a sandbox whose host veth
+    /// is gone is dead, whether or not its CNI DEL came).
+    fn interface_exists(&self, _ifname: &str) -> bool {
+        true
+    }
 }
 
 /// In-memory dataplane: remembers what it was told.
 pub mod fake {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use super::{Addr, Dataplane, DataplaneError, MapState};
+    use super::{Addr, Capacity, Dataplane, DataplaneError, MapState};
 
     /// Records attachments and the last applied state.
     #[derive(Debug, Default)]
@@ -117,6 +132,10 @@ pub mod fake {
         /// When set, `apply` fails with this message (and keeps the old
         /// state), as a kernel refusing a map write would.
         pub fail_applies: Option<String>,
+        /// What [`Dataplane::capacity`] reports (unbounded when `None`).
+        pub capacity: Option<Capacity>,
+        /// Interfaces [`Dataplane::interface_exists`] says are gone.
+        pub vanished: BTreeSet<String>,
     }
 
     impl Dataplane for FakeDataplane {
@@ -152,6 +171,14 @@ pub mod fake {
 
         fn drop_counts(&self) -> BTreeMap<u8, u64> {
             self.drops.clone()
+        }
+
+        fn capacity(&self) -> Option<Capacity> {
+            self.capacity
+        }
+
+        fn interface_exists(&self, ifname: &str) -> bool {
+            !self.vanished.contains(ifname)
         }
     }
 }

@@ -33,6 +33,11 @@ pub struct Endpoint {
 pub struct Registry {
     by_container: BTreeMap<String, Endpoint>,
     used_ids: BTreeSet<u32>,
+    /// When each container was recorded (a counter): of two sandboxes of
+    /// one pod the later one is the pod's. Ids are reused lowest first, so
+    /// they say nothing about age.
+    arrival: BTreeMap<String, u64>,
+    next_arrival: u64,
 }
 
 /// Endpoint ids start here (0 is never used, so a zeroed key is never valid).
@@ -64,6 +69,9 @@ impl Registry {
     /// Returns the endpoint it replaces, if the container was known.
     pub fn insert(&mut self, ep: Endpoint) -> Option<Endpoint> {
         self.used_ids.insert(ep.ep_id);
+        self.arrival
+            .insert(ep.container_id.clone(), self.next_arrival);
+        self.next_arrival += 1;
         let old = self.by_container.insert(ep.container_id.clone(), ep);
         if let Some(old) = &old {
             self.release_id(old.ep_id);
@@ -74,8 +82,30 @@ impl Registry {
     /// Forgets a container's endpoint and frees its id.
     pub fn remove(&mut self, container_id: &str) -> Option<Endpoint> {
         let ep = self.by_container.remove(container_id)?;
+        self.arrival.remove(container_id);
         self.release_id(ep.ep_id);
         Some(ep)
+    }
+
+    fn arrival(&self, container_id: &str) -> u64 {
+        self.arrival.get(container_id).copied().unwrap_or(0)
+    }
+
+    /// The pod's newest sandbox (the last one recorded) among those `keep`
+    /// accepts.
+    pub fn newest(&self, pod: &PodRef, keep: impl Fn(&Endpoint) -> bool) -> Option<&Endpoint> {
+        self.by_container
+            .values()
+            .filter(|e| &e.pod == pod && keep(e))
+            .max_by_key(|e| self.arrival(&e.container_id))
+    }
+
+    /// All endpoints, oldest first (the order they are saved in, so a
+    /// restarted agent, restoring them in order, knows which is newest).
+    pub fn iter_oldest_first(&self) -> impl Iterator<Item = &Endpoint> {
+        let mut all: Vec<&Endpoint> = self.by_container.values().collect();
+        all.sort_by_key(|e| self.arrival(&e.container_id));
+        all.into_iter()
     }
 
     /// The endpoint of a container.
@@ -89,14 +119,19 @@ impl Registry {
     }
 
     /// Pod → endpoint id, the compiler's input. A pod with two sandboxes
-    /// (restart race) keeps the newest id.
+    /// (a new one before the old one's DEL) is its newest sandbox; the
+    /// older one is in no state, so its packets are dropped until its DEL,
+    /// a CNI GC or the loss of its veth collects it.
     pub fn assignment(&self) -> BTreeMap<PodRef, u32> {
-        let mut out = BTreeMap::new();
+        let mut out: BTreeMap<PodRef, (u64, u32)> = BTreeMap::new();
         for ep in self.by_container.values() {
-            let id = out.entry(ep.pod.clone()).or_insert(ep.ep_id);
-            *id = (*id).max(ep.ep_id);
+            let arrived = self.arrival(&ep.container_id);
+            let slot = out.entry(ep.pod.clone()).or_insert((arrived, ep.ep_id));
+            if arrived >= slot.0 {
+                *slot = (arrived, ep.ep_id);
+            }
         }
-        out
+        out.into_iter().map(|(pod, (_, id))| (pod, id)).collect()
     }
 
     /// Number of endpoints.
@@ -316,6 +351,28 @@ mod tests {
         assert!(back[0].interface_unchanged());
         back[0].ifindex += 1000;
         assert!(!back[0].interface_unchanged());
+    }
+
+    #[test]
+    fn a_pods_newest_sandbox_is_the_last_recorded_even_with_a_lower_id() {
+        let mut reg = Registry::default();
+        let other = ep(&mut reg, "other", "q");
+        reg.insert(other);
+        let old = ep(&mut reg, "old", "p");
+        assert_eq!(old.ep_id, 2);
+        reg.insert(old);
+        reg.remove("other");
+        let new = ep(&mut reg, "new", "p");
+        assert_eq!(new.ep_id, 1, "the freed lower id is reused");
+        reg.insert(new);
+        let p = PodRef::new("default", "p");
+        assert_eq!(reg.assignment()[&p], 1, "the old sandbox's id won");
+        assert_eq!(reg.newest(&p, |_| true).map(|e| e.ep_id), Some(1));
+        let order: Vec<&str> = reg
+            .iter_oldest_first()
+            .map(|e| e.container_id.as_str())
+            .collect();
+        assert_eq!(order, ["old", "new"]);
     }
 
     #[test]

@@ -28,6 +28,24 @@ use crate::cni_server::SharedAgent;
 use crate::dataplane::Dataplane;
 use crate::flows::FlowHub;
 
+/// Palisade's health and metrics port in the install (`--health-addr
+/// NODE_IP:9969`): not Prometheus's 9090, Calico's 9091 or Cilium's
+/// 9962–9965.
+pub const DEFAULT_PORT: u16 = 9969;
+
+/// Parses `--health-addr`: `IP:PORT`, with an IPv6 address in brackets or
+/// bare (`fd00::1:9969`, as `$(HOST_IP):9969` gives on an IPv6 node).
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bad = || format!("{text:?} is not IP:PORT");
+    let (ip, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    Ok(SocketAddr::new(ip, port))
+}
+
 /// The content type of what [`render`] writes (prometheus-client's text
 /// encoder writes OpenMetrics 1.0, ending in `# EOF`).
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -186,7 +204,7 @@ pub async fn readiness<D: Dataplane>(state: &HealthState<D>) -> Result<(), Strin
 /// [`METRICS_CONTENT_TYPE`]).
 pub async fn render<D: Dataplane>(state: &HealthState<D>) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("palisade");
-    let (endpoints, applies, invalid, drops, unenforced, live) = {
+    let (endpoints, applies, invalid, drops, unenforced, live, fit) = {
         let agent = state.agent.lock().await;
         let live: std::collections::BTreeSet<String> = agent
             .endpoints()
@@ -200,6 +218,7 @@ pub async fn render<D: Dataplane>(state: &HealthState<D>) -> Result<String, std:
             agent.dataplane().drop_counts(),
             agent.unenforced().len(),
             live,
+            agent.fit_report().clone(),
         )
     };
     let ready = readiness(state).await.is_ok();
@@ -254,6 +273,39 @@ pub async fn render<D: Dataplane>(state: &HealthState<D>) -> Result<String, std:
         "ready",
         "1 while every watch is in sync and the last apply succeeded",
         gauge(usize::from(ready)),
+    );
+    let full = Family::<Vec<(String, String)>, Gauge>::default();
+    let entries = Family::<Vec<(String, String)>, Gauge>::default();
+    let room = Family::<Vec<(String, String)>, Gauge>::default();
+    for map in policy_engine::capacity::MapKind::ALL {
+        let label = vec![("map".to_string(), map.name().to_string())];
+        let denied = fit.denied.values().filter(|(_, d)| d.map == map).count();
+        full.get_or_create(&label)
+            .set(i64::try_from(denied).unwrap_or(i64::MAX));
+        if let Some(n) = fit.needed.get(&map) {
+            entries
+                .get_or_create(&label)
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        if let Some(cap) = fit.capacity {
+            room.get_or_create(&label)
+                .set(i64::try_from(cap.of(map)).unwrap_or(i64::MAX));
+        }
+    }
+    registry.register(
+        "map_full_endpoints",
+        "Local pods denied all traffic because their policy does not fit a map, by map",
+        full,
+    );
+    registry.register(
+        "map_entries",
+        "Entries per generation the compiled state needs, by map",
+        entries,
+    );
+    registry.register(
+        "map_capacity",
+        "Entries per generation each map has room for",
+        room,
     );
     let applied: Counter = Counter::default();
     applied.inc_by(applies);
@@ -386,6 +438,25 @@ mod tests {
             text.ends_with("# EOF\n"),
             "OpenMetrics, as the content type says: {text}"
         );
+    }
+
+    #[test]
+    fn health_addresses_parse_with_bare_ipv6() {
+        assert_eq!(
+            parse_addr("10.0.0.5:9969").unwrap(),
+            "10.0.0.5:9969".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            parse_addr("fd00::1:9969").unwrap(),
+            "[fd00::1]:9969".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            parse_addr("[fd00::1]:9969").unwrap(),
+            "[fd00::1]:9969".parse::<SocketAddr>().unwrap()
+        );
+        for bad in ["", "10.0.0.5", ":9969", "$(HOST_IP):9969", "10.0.0.5:x"] {
+            assert!(parse_addr(bad).is_err(), "{bad}");
+        }
     }
 
     fn agent_api_add_timing() {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use policy_agent::dataplane::kernel::{KernelDataplane, KernelOptions, MapSizes};
 
 mod cli;
 
@@ -40,7 +41,8 @@ enum Command {
     /// while an agent runs. Idempotent.
     Cleanup(CleanupArgs),
     /// What a running agent enforces: each local endpoint, and the pods of
-    /// its node it does not enforce (exit 1 if there are any).
+    /// its node it does not enforce or denies because a map is full (exit 1
+    /// if there are any).
     Status(cli::StatusArgs),
 }
 
@@ -65,8 +67,12 @@ struct RunArgs {
     /// Node name (informational in kube mode).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
-    /// Serve `/healthz`, `/readyz` and `/metrics` on this address (e.g. `0.0.0.0:9090`).
-    #[arg(long)]
+    /// Serve `/healthz`, `/readyz` and `/metrics` on this address, `IP:PORT`
+    /// (IPv6 with or without brackets). The DaemonSet binds the node's own
+    /// address (downward API `status.hostIP`) on Palisade's port,
+    /// `NODE_IP:9969` (9090 is Prometheus's; 9962–9965 Cilium's, 9091
+    /// Calico's).
+    #[arg(long, value_parser = policy_agent::health::parse_addr)]
     health_addr: Option<std::net::SocketAddr>,
     /// Also report allowed new flows (not only drops) to `flows`.
     #[arg(long)]
@@ -96,6 +102,50 @@ struct RunArgs {
     /// this node) is then judged on its own address. Repeatable.
     #[arg(long = "external-device")]
     external_devices: Vec<String>,
+    #[command(flatten)]
+    map_sizes: MapSizeArgs,
+}
+
+/// A clap parser for a map size within `range`.
+fn size_in(range: std::ops::RangeInclusive<u32>) -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(i64::from(*range.start())..=i64::from(*range.end()))
+}
+
+/// Map sizes (entries per generation where a map holds both): set when the
+/// maps are created; a change restarts the maps and switches over like a
+/// map layout upgrade. See docs/operations.md for how to size them.
+#[derive(Args)]
+struct MapSizeArgs {
+    /// Local pods (veths) the node can enforce.
+    #[arg(long, default_value_t = MapSizes::default().endpoints, value_parser = size_in(MapSizes::ENDPOINTS))]
+    map_size_endpoints: u32,
+    /// Pod addresses of the whole cluster (every pod IP, both families):
+    /// too small and no new state is enforced (not ready).
+    #[arg(long, default_value_t = MapSizes::default().ipcache, value_parser = size_in(MapSizes::IPCACHE))]
+    map_size_ipcache: u32,
+    /// ipBlock prefixes (each cidr and except) of every policy.
+    #[arg(long, default_value_t = MapSizes::default().cidrs, value_parser = size_in(MapSizes::CIDRS))]
+    map_size_cidrs: u32,
+    /// Policy entries of all local pods together: a pod whose entries do
+    /// not fit is denied all traffic (not ready) until they do.
+    #[arg(long, default_value_t = MapSizes::default().policy, value_parser = size_in(MapSizes::POLICY))]
+    map_size_policy: u32,
+    /// Tracked connections (least recently used ones are evicted).
+    #[arg(long, default_value_t = MapSizes::default().conntrack, value_parser = size_in(MapSizes::CONNTRACK))]
+    map_size_conntrack: u32,
+}
+
+impl MapSizeArgs {
+    fn sizes(&self) -> MapSizes {
+        MapSizes {
+            endpoints: self.map_size_endpoints,
+            ipcache: self.map_size_ipcache,
+            cidrs: self.map_size_cidrs,
+            policy: self.map_size_policy,
+            conntrack: self.map_size_conntrack,
+            ..MapSizes::default()
+        }
+    }
 }
 
 #[derive(Args)]
@@ -186,7 +236,9 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         } else {
             args.node_addrs.clone()
         };
-        let mut dataplane = policy_agent::dataplane::open_kernel(&args.bpffs_dir)?;
+        let mut kernel_opts = KernelOptions::new(&args.bpffs_dir);
+        kernel_opts.sizes = args.map_sizes.sizes();
+        let mut dataplane = KernelDataplane::open(kernel_opts)?;
         if args.log_allowed {
             dataplane.set_events_for_allowed(true)?;
         }

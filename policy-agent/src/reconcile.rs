@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use policy_engine::capacity::{self, Denied, Exceeded, MapKind};
 use policy_engine::model::addr::to_addr;
 use policy_engine::model::{PodRef, Snapshot};
 use policy_engine::state::MapOp;
@@ -55,6 +56,10 @@ pub enum AgentError {
         /// The text.
         value: String,
     },
+    /// A map every endpoint shares is too small for the cluster state:
+    /// nothing was written, the last good state stays enforced.
+    #[error("{0}; the last good state stays enforced")]
+    MapFull(#[from] Exceeded),
     /// The kernel side failed.
     #[error("pod {pod}: {source}")]
     Dataplane {
@@ -107,6 +112,25 @@ pub struct Agent<D: Dataplane> {
     /// Per kind, the source's last [`Change::Seen`](crate::source::Change::Seen):
     /// objects in the API server and newest resourceVersion.
     progress: std::collections::BTreeMap<crate::source::Kind, (usize, u64)>,
+    /// How the last written state fitted the maps.
+    fit: FitReport,
+}
+
+/// How the compiled state fitted the dataplane's maps (see
+/// [`policy_engine::capacity`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FitReport {
+    /// Room per generation, when the dataplane has bounds.
+    pub capacity: Option<capacity::Capacity>,
+    /// Entries per generation the last compiled state needs, per map.
+    pub needed: BTreeMap<MapKind, usize>,
+    /// Endpoints denied all traffic because their entries do not fit, with
+    /// their pod.
+    pub denied: BTreeMap<u32, (PodRef, Denied)>,
+    /// Endpoints whose policy entries are in the maps.
+    pub admitted: BTreeSet<u32>,
+    /// A shared map too small for the state (nothing written).
+    pub exceeded: Option<Exceeded>,
 }
 
 impl<D: Dataplane> Agent<D> {
@@ -130,6 +154,7 @@ impl<D: Dataplane> Agent<D> {
             compiled: false,
             apply_failed: None,
             progress: Default::default(),
+            fit: FitReport::default(),
             node: None,
             coverage: crate::coverage::Coverage::default(),
         }
@@ -211,7 +236,7 @@ impl<D: Dataplane> Agent<D> {
 
     fn persist(&self) {
         if let Some(path) = &self.state_file {
-            if let Err(e) = crate::endpoints::save(path, self.registry.iter()) {
+            if let Err(e) = crate::endpoints::save(path, self.registry.iter_oldest_first()) {
                 tracing::error!(error = %e, "cannot save the endpoint list");
             }
         }
@@ -232,6 +257,11 @@ impl<D: Dataplane> Agent<D> {
     /// [`Dataplane::attach_external_device`]).
     pub fn attach_external_device(&mut self, ifname: &str) -> Result<(), DataplaneError> {
         self.dataplane.attach_external_device(ifname)
+    }
+
+    /// The dataplane, mutably (for tests).
+    pub fn dataplane_mut(&mut self) -> &mut D {
+        &mut self.dataplane
     }
 
     /// The local endpoints.
@@ -273,6 +303,23 @@ impl<D: Dataplane> Agent<D> {
         if let Some(e) = &self.apply_failed {
             why.push(format!("the last apply failed: {e}"));
         }
+        if !self.fit.denied.is_empty() {
+            let names: Vec<String> = self
+                .fit
+                .denied
+                .values()
+                .map(|(pod, d)| {
+                    format!(
+                        "{pod} (the {} map is full: needs {} entries, {} free; raise {})",
+                        d.map,
+                        d.needed,
+                        d.free,
+                        d.map.flag()
+                    )
+                })
+                .collect();
+            why.push(format!("pods denied all traffic: {}", names.join(", ")));
+        }
         let overdue = self.overdue_unenforced();
         if !overdue.is_empty() {
             let names: Vec<String> = overdue.iter().map(ToString::to_string).collect();
@@ -300,6 +347,9 @@ impl<D: Dataplane> Agent<D> {
     /// Enforces policy on a newly wired pod; returns once its policy is in
     /// the maps. Until then its packets are dropped.
     pub fn add(&mut self, new: NewEndpoint) -> Result<(), AgentError> {
+        // Sandboxes that died without a DEL (an earlier sandbox of this
+        // pod, typically) go first.
+        self.forget_vanished()?;
         if !self.compiled {
             return Err(AgentError::NotSynced {
                 pod: new.pod,
@@ -403,6 +453,29 @@ impl<D: Dataplane> Agent<D> {
         Ok(stale.len())
     }
 
+    /// Forgets every endpoint whose host veth is gone (its sandbox died
+    /// and the DEL was lost), detaching what is left of it, then enforces
+    /// the rest. Returns how many were forgotten.
+    pub fn forget_vanished(&mut self) -> Result<usize, AgentError> {
+        let gone: Vec<Endpoint> = self
+            .registry
+            .iter()
+            .filter(|ep| !self.dataplane.interface_exists(&ep.ifname))
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        for ep in &gone {
+            tracing::info!(pod = %ep.pod, container = %ep.container_id, ifname = %ep.ifname, "host veth gone without a CNI DEL: endpoint forgotten");
+            self.detach(ep);
+            self.registry.remove(&ep.container_id);
+        }
+        self.persist();
+        self.recompile()?;
+        Ok(gone.len())
+    }
+
     /// True when the sandbox has an enforced endpoint.
     pub fn check(&self, container_id: &str) -> bool {
         self.registry.get(container_id).is_some()
@@ -418,9 +491,7 @@ impl<D: Dataplane> Agent<D> {
     /// (the newest sandbox's, as in [`Registry::assignment`]).
     fn cni_ips(&self, pod: &PodRef) -> Option<&Vec<IpAddr>> {
         self.registry
-            .iter()
-            .filter(|ep| &ep.pod == pod && !ep.ips.is_empty())
-            .max_by_key(|ep| ep.ep_id)
+            .newest(pod, |ep| !ep.ips.is_empty())
             .map(|ep| &ep.ips)
     }
 
@@ -453,6 +524,12 @@ impl<D: Dataplane> Agent<D> {
             .engine
             .update(&self.snapshot, &self.registry.assignment());
         self.apply(&ops)
+    }
+
+    /// How the last compiled state fitted the maps: the endpoints denied
+    /// because a map is full, entries needed per map, room per map.
+    pub fn fit_report(&self) -> &FitReport {
+        &self.fit
     }
 
     /// Whether the last apply failed (the last good state stays
@@ -497,8 +574,60 @@ impl<D: Dataplane> Agent<D> {
             now.insert(text);
         }
         self.reported = now;
-        match self.dataplane.apply(&compiled.state) {
+        let cap = self.dataplane.capacity();
+        self.fit.capacity = cap;
+        let fitted = match cap {
+            Some(cap) => capacity::fit(&compiled.state, &cap, &self.fit.admitted),
+            None => Ok(capacity::Fitted {
+                state: std::borrow::Cow::Borrowed(&compiled.state),
+                denied: BTreeMap::new(),
+                needed: BTreeMap::new(),
+            }),
+        };
+        let fitted = match fitted {
+            Ok(f) => f,
+            Err(e) => {
+                if self.fit.exceeded != Some(e) {
+                    tracing::error!(map = %e.map, needed = e.needed, capacity = e.capacity, "{e}: nothing written, the last good state stays enforced");
+                }
+                self.fit.exceeded = Some(e);
+                self.fit.needed.insert(e.map, e.needed);
+                self.apply_failed = Some(e.to_string());
+                return Err(AgentError::MapFull(e));
+            }
+        };
+        match self.dataplane.apply(&fitted.state) {
             Ok(()) => {
+                let mut denied = BTreeMap::new();
+                for (ep_id, d) in &fitted.denied {
+                    let pod = self
+                        .registry
+                        .iter()
+                        .find(|e| e.ep_id == *ep_id)
+                        .map(|e| e.pod.clone())
+                        .unwrap_or_else(|| PodRef::new("-", format!("endpoint-{ep_id}")));
+                    if !self.fit.denied.contains_key(ep_id) {
+                        tracing::error!(%pod, map = %d.map, needed = d.needed, free = d.free, flag = d.map.flag(), "the pod's policy does not fit the {} map: it is denied all traffic both ways until it does", d.map);
+                    }
+                    denied.insert(*ep_id, (pod, *d));
+                }
+                for (ep_id, (pod, d)) in &self.fit.denied {
+                    if !denied.contains_key(ep_id) {
+                        tracing::info!(%pod, map = %d.map, "the pod's policy fits again: enforced");
+                    }
+                }
+                if self.fit.exceeded.take().is_some() {
+                    tracing::info!("the cluster state fits the maps again");
+                }
+                self.fit.admitted = compiled
+                    .state
+                    .policy
+                    .keys()
+                    .map(|e| e.ep_id)
+                    .filter(|ep| !denied.contains_key(ep))
+                    .collect();
+                self.fit.denied = denied;
+                self.fit.needed = fitted.needed;
                 if self.apply_failed.take().is_some() {
                     tracing::info!("apply succeeded again");
                 }

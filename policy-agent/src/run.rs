@@ -221,7 +221,8 @@ pub const ADOPT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Finds the host veth of every local pod running without an endpoint and
 /// adopts it (see [`crate::reconcile::adopt`]); forgets adopted endpoints
-/// whose pod no longer runs here. Every [`ADOPT_EVERY`].
+/// whose pod no longer runs here, and endpoints whose host veth is gone
+/// (a lost CNI DEL). Every [`ADOPT_EVERY`].
 async fn adopt_loop<D: Dataplane + 'static>(agent: Arc<Mutex<Agent<D>>>) {
     let mut tick = tokio::time::interval(ADOPT_EVERY);
     let mut refused = std::collections::BTreeSet::new();
@@ -229,6 +230,9 @@ async fn adopt_loop<D: Dataplane + 'static>(agent: Arc<Mutex<Agent<D>>>) {
         tick.tick().await;
         if let Err(e) = agent.lock().await.prune_adopted() {
             tracing::error!(error = %e, "forgetting adopted endpoints failed");
+        }
+        if let Err(e) = agent.lock().await.forget_vanished() {
+            tracing::error!(error = %e, "forgetting endpoints whose veth is gone failed");
         }
         let candidates = agent.lock().await.adoption_candidates();
         if candidates.is_empty() {

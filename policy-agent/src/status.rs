@@ -20,7 +20,24 @@ pub fn status<D: Dataplane>(agent: &Agent<D>) -> AgentStatus {
         .endpoints()
         .iter()
         .map(|ep| {
-            let flags = state.endpoints.get(&ep.ep_id).copied().unwrap_or(0);
+            // A pod denied because a map is full: what the datapath has.
+            let map_full = agent
+                .fit_report()
+                .denied
+                .get(&ep.ep_id)
+                .map(|(_, d)| d.map.name().to_string());
+            let flags = if map_full.is_some() {
+                Direction::Ingress.isolation_flag() | Direction::Egress.isolation_flag()
+            } else {
+                state.endpoints.get(&ep.ep_id).copied().unwrap_or(0)
+            };
+            let rules = |d| {
+                if map_full.is_some() {
+                    0
+                } else {
+                    state.entries(ep.ep_id, d).count()
+                }
+            };
             let labels = snapshot.pods.get(&ep.pod).map(|p| &p.labels);
             let policies = snapshot
                 .policies
@@ -41,9 +58,10 @@ pub fn status<D: Dataplane>(agent: &Agent<D>) -> AgentStatus {
                 identity: identities.get(&ep.pod).copied(),
                 ingress_isolated: flags & Direction::Ingress.isolation_flag() != 0,
                 egress_isolated: flags & Direction::Egress.isolation_flag() != 0,
-                ingress_rules: state.entries(ep.ep_id, dir::INGRESS).count(),
-                egress_rules: state.entries(ep.ep_id, dir::EGRESS).count(),
+                ingress_rules: rules(dir::INGRESS),
+                egress_rules: rules(dir::EGRESS),
                 policies,
+                map_full,
             }
         })
         .collect();
@@ -109,5 +127,39 @@ mod tests {
         assert!(ep.identity.is_some());
         // b runs on this node without an endpoint: an alarm.
         assert_eq!(st.unenforced, ["default/b"]);
+    }
+
+    #[test]
+    fn a_pod_denied_because_a_map_is_full_shows_what_the_datapath_enforces() {
+        let snap = ClusterBuilder::new()
+            .ns("default", &[])
+            .pod("default/a", &[("app", "a")], &["10.244.0.10"])
+            .pod("default/b", &[("app", "b")], &["10.244.0.11"])
+            .policy("metadata: {name: p, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: b}}}], ports: [{port: 80}, {port: 81}]}]\n")
+            .build();
+        let dataplane = FakeDataplane {
+            capacity: Some(policy_engine::capacity::Capacity {
+                endpoints: 8,
+                ipcache: 8,
+                cidrs: 8,
+                policy: 1,
+            }),
+            ..FakeDataplane::default()
+        };
+        let mut agent = Agent::new(dataplane, vec![]);
+        agent.set_snapshot(snap).unwrap();
+        agent
+            .add(NewEndpoint {
+                container_id: "c1".into(),
+                pod: PodRef::new("default", "a"),
+                ifname: "veth-a".into(),
+                pod_ifname: "eth0".into(),
+                ips: vec!["10.244.0.10".parse().unwrap()],
+            })
+            .unwrap();
+        let ep = &status(&agent).endpoints[0];
+        assert_eq!(ep.map_full.as_deref(), Some("policy"));
+        assert!(ep.ingress_isolated && ep.egress_isolated);
+        assert_eq!((ep.ingress_rules, ep.egress_rules), (0, 0));
     }
 }

@@ -22,8 +22,8 @@ use std::{
 use aya::programs::{SchedClassifier, TcAttachType};
 use kernel::{PinDir, StateBuilder};
 use netns::{
-    rcvbuf_errors_at_stop, send_paced, serve_udp_in, udp_gets_through, veth, NetNs, Received,
-    StopOnDrop, VethSpec,
+    in_ns, rcvbuf_errors_at_stop, send_paced, serve_udp_in, udp_gets_through, veth, NetNs,
+    Received, StopOnDrop, VethSpec,
 };
 use packets::{v4, UDP};
 use policy_agent::dataplane::{
@@ -73,18 +73,6 @@ fn state(open_y: bool) -> MapState {
         b = b.port(EP_SERVER, dir::INGRESS, ID_CLIENT, UDP, Y);
     }
     b.build()
-}
-
-/// Runs `f` on a thread inside `ns`.
-fn in_ns<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            ns.enter();
-            f()
-        })
-        .join()
-        .expect("namespace thread panicked")
-    })
 }
 
 /// Ids of the programs on the two host veths (ingress, egress each); call

@@ -51,6 +51,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod capacity;
 pub mod compile;
 pub mod lookup;
 pub mod manifest;

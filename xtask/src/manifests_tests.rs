@@ -303,6 +303,33 @@ fn the_agent_is_probed_and_told_its_node() {
         agent["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
         "spec.nodeName"
     );
+    // Health and metrics on the node's own address and Palisade's port,
+    // not every interface of the host network and not Prometheus's 9090.
+    assert!(
+        cmd.windows(2)
+            .any(|w| w == ["--health-addr", "$(HOST_IP):9969"]),
+        "{cmd:?}"
+    );
+    let host_ip = agent["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "HOST_IP")
+        .expect("HOST_IP from the downward API");
+    assert_eq!(
+        host_ip["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.hostIP"
+    );
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(agent[probe]["httpGet"]["port"], 9969, "{probe}");
+    }
+    assert_eq!(agent["ports"][0]["containerPort"], 9969);
+    let text =
+        std::fs::read_to_string(workspace_root().join("manifests/20-daemonset.yaml")).unwrap();
+    assert!(
+        !text.contains("0.0.0.0") && !text.contains("9090"),
+        "the agent binds every interface or Prometheus's port"
+    );
     let ds = of_kind(&docs, "DaemonSet")[0];
     assert_eq!(ds["spec"]["updateStrategy"]["type"], "RollingUpdate");
     // The chain installer runs first; the agent keeps the entry chained

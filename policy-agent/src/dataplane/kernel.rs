@@ -12,11 +12,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod carry;
 pub mod events;
 pub mod maps;
 mod node_device;
 pub mod pins;
 pub mod rcu;
+mod resize;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -35,7 +37,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use policy_common::{maps as names, Addr, Config, EndpointInfo, LAYOUT_VERSION};
-use policy_engine::state::{diff, MapState};
+use policy_engine::capacity::Capacity;
+use policy_engine::state::{diff, MapOp, MapState};
 
 pub use self::{events::EventReader, maps::MapCounts, pins::PinPaths};
 use self::{maps::Maps, rcu::GraceWaiter};
@@ -160,6 +163,73 @@ impl Default for MapSizes {
     }
 }
 
+impl MapSizes {
+    /// Sizes `endpoints` accepts (`--map-size-endpoints`).
+    pub const ENDPOINTS: std::ops::RangeInclusive<u32> = 4..=16_384;
+    /// Sizes `ipcache` accepts (`--map-size-ipcache`).
+    pub const IPCACHE: std::ops::RangeInclusive<u32> = 16..=1_048_576;
+    /// Sizes `cidrs` accepts (`--map-size-cidrs`).
+    pub const CIDRS: std::ops::RangeInclusive<u32> = 16..=4_194_304;
+    /// Sizes `policy` accepts (`--map-size-policy`).
+    pub const POLICY: std::ops::RangeInclusive<u32> = 16..=4_194_304;
+    /// Sizes `conntrack` accepts (`--map-size-conntrack`).
+    pub const CONNTRACK: std::ops::RangeInclusive<u32> = 1_024..=4_194_304;
+
+    /// Every bounded size: (what, value, accepted range).
+    fn bounded(&self) -> [(&'static str, u32, std::ops::RangeInclusive<u32>); 5] {
+        [
+            ("endpoints", self.endpoints, Self::ENDPOINTS),
+            ("ipcache", self.ipcache, Self::IPCACHE),
+            ("cidrs", self.cidrs, Self::CIDRS),
+            ("policy", self.policy, Self::POLICY),
+            ("conntrack", self.conntrack, Self::CONNTRACK),
+        ]
+    }
+
+    /// Checks every size against its bounds (and the ring buffer: a power
+    /// of two of at least one page).
+    pub fn validate(&self) -> Result<(), String> {
+        for (what, v, range) in self.bounded() {
+            if !range.contains(&v) {
+                return Err(format!(
+                    "{what} map size {v} is out of bounds ({}..={})",
+                    range.start(),
+                    range.end()
+                ));
+            }
+        }
+        if !self.events_bytes.is_power_of_two() || self.events_bytes < 4096 {
+            return Err(format!(
+                "event ring buffer size {} is not a power of two of at least 4096 bytes",
+                self.events_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// max_entries of each map these sizes create, by map name (the ring
+    /// buffer left out: its size is not an entry count).
+    pub fn max_entries(&self) -> [(&'static str, u32); 10] {
+        [
+            (names::ENDPOINTS, self.endpoints),
+            (names::EP_POLICY, self.endpoints.saturating_mul(2)),
+            (names::IPCACHE, self.ipcache.saturating_mul(2)),
+            (names::CIDRS, self.cidrs.saturating_mul(2)),
+            (names::POLICY, self.policy.saturating_mul(2)),
+            (names::CONNTRACK, self.conntrack),
+            (
+                names::SOURCES,
+                self.endpoints.saturating_mul(SOURCES_PER_ENDPOINT),
+            ),
+            (names::EVENT_BUDGET, self.endpoints),
+            // Per generation: every ClusterIP (at most one per pod address
+            // would be a lot), and each local pod's addresses.
+            (names::SERVICES, self.ipcache.saturating_mul(2)),
+            (names::LOCAL_ADDRS, self.endpoints.saturating_mul(4)),
+        ]
+    }
+}
+
 /// Options of [`KernelDataplane::open`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelOptions {
@@ -280,6 +350,10 @@ pub struct KernelDataplane {
     flipped_since_grace: bool,
     /// Grace periods waited for and their cost.
     grace_stats: GraceStats,
+    /// Room per generation, from the maps as they are.
+    capacity: Capacity,
+    /// Test hook: see [`KernelDataplane::fail_next_attach_after`].
+    fail_attach_after: Option<usize>,
 }
 
 /// Grace periods [`KernelDataplane::apply`] waited for before writing the
@@ -314,25 +388,29 @@ impl KernelDataplane {
         check_pinned_layout(&paths)?;
 
         let s = opts.sizes;
+        s.validate()
+            .map_err(|e| kernel_error("checking the map sizes", e))?;
+        // Pinned maps of other sizes would be reused as they are (the
+        // loader opens a pin without comparing): move them aside and take
+        // over from them as from another layout.
+        if let Some(resized) = resize::set_aside(&paths, &s)? {
+            tracing::info!(
+                from = %resized.version_dir().display(),
+                "pinned maps have other sizes than asked for: new maps, switching over after the first apply"
+            );
+            for dir in [paths.maps_dir(), paths.links_dir()] {
+                fs::create_dir_all(&dir)
+                    .map_err(|e| kernel_error(format!("creating {}", dir.display()), e))?;
+            }
+        }
         let mut loader = EbpfLoader::new();
         for name in ALL_MAPS {
             loader.map_pin_path(name, paths.map(name));
         }
-        loader
-            .map_max_entries(names::ENDPOINTS, s.endpoints)
-            .map_max_entries(names::EP_POLICY, s.endpoints.saturating_mul(2))
-            .map_max_entries(names::IPCACHE, s.ipcache.saturating_mul(2))
-            .map_max_entries(names::CIDRS, s.cidrs.saturating_mul(2))
-            .map_max_entries(names::POLICY, s.policy.saturating_mul(2))
-            .map_max_entries(names::SERVICES, s.ipcache.saturating_mul(2))
-            .map_max_entries(names::LOCAL_ADDRS, s.endpoints.saturating_mul(4))
-            .map_max_entries(names::CONNTRACK, s.conntrack)
-            .map_max_entries(
-                names::SOURCES,
-                s.endpoints.saturating_mul(SOURCES_PER_ENDPOINT),
-            )
-            .map_max_entries(names::EVENT_BUDGET, s.endpoints)
-            .map_max_entries(names::EVENTS, s.events_bytes);
+        for (name, max) in s.max_entries() {
+            loader.map_max_entries(name, max);
+        }
+        loader.map_max_entries(names::EVENTS, s.events_bytes);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| kernel_error("loading the eBPF object", e))?;
@@ -346,6 +424,7 @@ impl KernelDataplane {
                 .map_err(|e| kernel_error(format!("loading program {prog}"), e))?;
         }
         let maps = Maps::take(&mut ebpf)?;
+        let capacity = resize::capacity(&paths)?;
         let events = match ebpf.take_map(names::EVENTS) {
             Some(m) => Some(
                 RingBuf::try_from(m)
@@ -369,6 +448,8 @@ impl KernelDataplane {
             grace: GraceWaiter::new(),
             flipped_since_grace: false,
             grace_stats: GraceStats::default(),
+            capacity,
+            fail_attach_after: None,
         };
         let flags = if opts.events_for_allowed {
             CONFIG_FLAG_EVENTS_ALLOWED
@@ -438,6 +519,10 @@ impl KernelDataplane {
             return Ok(());
         };
         let mut failure = None;
+        // Tracked flows first, so the new programs know every established
+        // flow from their first packet; again once all are switched, for
+        // flows the old programs started meanwhile.
+        let carried = self.carry_conntrack(&up.old);
         for (ifname, ep) in std::mem::take(&mut up.pending) {
             match self.attach_endpoint(&ifname, ep.ep_id) {
                 Ok(()) => {
@@ -465,6 +550,8 @@ impl KernelDataplane {
                 }
             }
         }
+        let carried = carried + self.carry_conntrack(&up.old);
+        tracing::info!(carried, "tracked flows carried over to the new maps");
         if failure.is_none() {
             for old in &up.old {
                 if let Err(e) = remove_version_folder(old) {
@@ -480,6 +567,20 @@ impl KernelDataplane {
         }
         tracing::info!("map layout upgrade finished: old links detached, old pins removed");
         Ok(())
+    }
+
+    /// Copies the old folders' tracked flows into the new conntrack map
+    /// (see [`carry`]); a failure is logged, not fatal (those flows' replies
+    /// are then judged as new packets).
+    fn carry_conntrack(&mut self, old: &[PinPaths]) -> usize {
+        let mut n = 0;
+        for folder in old {
+            match carry::conntrack(folder, &mut self.maps.conntrack, self.cfg.revision) {
+                Ok(copied) => n += copied,
+                Err(e) => tracing::warn!(error = %e, "tracked flows not carried over"),
+            }
+        }
+        n
     }
 
     /// Whether [`open`](Self::open) found and adopted pinned maps.
@@ -793,6 +894,13 @@ impl KernelDataplane {
         probe: bool,
     ) -> Result<bool, DataplaneError> {
         for (n, (prog, attach_type, hook)) in HOOKS.into_iter().enumerate() {
+            if self.fail_attach_after == Some(n) {
+                self.fail_attach_after = None;
+                return Err(kernel_error(
+                    format!("attaching {prog} to {ifname}"),
+                    "injected failure (test)",
+                ));
+            }
             let pin = self.paths.link(ifindex, hook);
             let p = program(&mut self.ebpf, prog)?;
             if pin.exists() {
@@ -825,6 +933,62 @@ impl KernelDataplane {
                 .map_err(|e| kernel_error(format!("pinning {}", pin.display()), e))?;
         }
         Ok(true)
+    }
+
+    /// Registers `ifname` as `ep_id` and attaches both hooks (see
+    /// [`Dataplane::attach_endpoint`], which undoes a failed first attach).
+    fn attach_endpoint_inner(&mut self, ifname: &str, ep_id: u32) -> Result<(), DataplaneError> {
+        let ifindex = ifindex_of(ifname).ok_or_else(|| DataplaneError::NoSuchInterface {
+            ifname: ifname.to_string(),
+        })?;
+        // The endpoint is known before the programs see its first packet;
+        // until a state with `ep_id` is applied its packets are dropped.
+        self.maps
+            .endpoints
+            .insert(ifindex, EndpointInfo { ep_id, flags: 0 }, 0)
+            .map_err(|e| kernel_error(format!("registering {ifname} as endpoint {ep_id}"), e))?;
+        match self.mode {
+            AttachMode::Tcx => {
+                self.attach_tcx(ifname, ifindex, false)?;
+            }
+            AttachMode::Netlink => self.attach_netlink(ifname)?,
+            AttachMode::Auto if self.tcx_refused => self.attach_netlink(ifname)?,
+            AttachMode::Auto => {
+                if !self.attach_tcx(ifname, ifindex, true)? {
+                    tracing::warn!(
+                        %ifname,
+                        "the kernel refuses TCX links: attaching with netlink (cls_bpf) from now on"
+                    );
+                    self.tcx_refused = true;
+                    self.attach_netlink(ifname)?;
+                }
+            }
+        }
+        self.attached
+            .insert(ifname.to_string(), AttachedEndpoint { ifindex, ep_id });
+        Ok(())
+    }
+
+    /// Takes off whatever a failed first attach of `ifname` put in place:
+    /// its links and pins, its netlink filters, its endpoint entry.
+    fn undo_attach(&mut self, ifname: &str, ifindex: u32) {
+        if let Err(e) = self.detach_tcx(ifindex) {
+            tracing::warn!(%ifname, error = %e, "undoing a failed attach: links");
+        }
+        if self.mode != AttachMode::Tcx {
+            if let Err(e) = detach_netlink(ifname) {
+                tracing::debug!(%ifname, error = %e, "undoing a failed attach: no netlink filter");
+            }
+        }
+        let _ = self.maps.endpoints.remove(&ifindex);
+    }
+
+    /// Makes the next attach fail after `hooks` of its two hooks are
+    /// attached, as a veth vanishing mid-attach would: only for tests of
+    /// what a failed attach leaves behind.
+    #[doc(hidden)]
+    pub fn fail_next_attach_after(&mut self, hooks: usize) {
+        self.fail_attach_after = Some(hooks);
     }
 
     fn attach_netlink(&mut self, ifname: &str) -> Result<(), DataplaneError> {
@@ -876,36 +1040,29 @@ impl Dataplane for KernelDataplane {
         KernelDataplane::attach_external_device(self, ifname)
     }
 
+    /// A first attach that fails part way (the veth vanished between the
+    /// two hooks, say) is undone: no endpoint entry, no link, no pin is
+    /// left. A failed re-attach of an interface already enforced leaves
+    /// what enforces it.
     fn attach_endpoint(&mut self, ifname: &str, ep_id: u32) -> Result<(), DataplaneError> {
-        let ifindex = ifindex_of(ifname).ok_or_else(|| DataplaneError::NoSuchInterface {
-            ifname: ifname.to_string(),
-        })?;
-        // The endpoint is known before the programs see its first packet;
-        // until a state with `ep_id` is applied its packets are dropped.
-        self.maps
-            .endpoints
-            .insert(ifindex, EndpointInfo { ep_id, flags: 0 }, 0)
-            .map_err(|e| kernel_error(format!("registering {ifname} as endpoint {ep_id}"), e))?;
-        match self.mode {
-            AttachMode::Tcx => {
-                self.attach_tcx(ifname, ifindex, false)?;
-            }
-            AttachMode::Netlink => self.attach_netlink(ifname)?,
-            AttachMode::Auto if self.tcx_refused => self.attach_netlink(ifname)?,
-            AttachMode::Auto => {
-                if !self.attach_tcx(ifname, ifindex, true)? {
-                    tracing::warn!(
-                        %ifname,
-                        "the kernel refuses TCX links: attaching with netlink (cls_bpf) from now on"
-                    );
-                    self.tcx_refused = true;
-                    self.attach_netlink(ifname)?;
-                }
+        let fresh = !self.attached.contains_key(ifname);
+        let result = self.attach_endpoint_inner(ifname, ep_id);
+        if let (Err(e), true) = (&result, fresh) {
+            if let Some(ifindex) = ifindex_of(ifname) {
+                tracing::warn!(%ifname, error = %e, "attach failed: undoing what it did");
+                self.undo_attach(ifname, ifindex);
             }
         }
-        self.attached
-            .insert(ifname.to_string(), AttachedEndpoint { ifindex, ep_id });
-        Ok(())
+        result
+    }
+
+    fn interface_exists(&self, ifname: &str) -> bool {
+        match (self.attached.get(ifname), ifindex_of(ifname)) {
+            (_, None) => false,
+            // Same name, another interface: the one attached is gone.
+            (Some(a), Some(now)) => a.ifindex == now,
+            (None, Some(_)) => true,
+        }
     }
 
     fn restore_endpoint(&mut self, ifname: &str, ep_id: u32) -> Result<(), DataplaneError> {
@@ -980,6 +1137,10 @@ impl Dataplane for KernelDataplane {
         self.maps.drop_counts()
     }
 
+    fn capacity(&self) -> Option<Capacity> {
+        Some(self.capacity)
+    }
+
     /// Writes the inactive generation, then flips to it with one write of
     /// `Config`. If a flip happened since the last grace period, first
     /// waits for one (see [`rcu`]): a packet judged against the generation
@@ -990,7 +1151,11 @@ impl Dataplane for KernelDataplane {
         // 32-bit read): the next revision names the target generation.
         let revision = self.cfg.revision.wrapping_add(1);
         let target = (revision & 1) as u8;
-        let ops = diff(self.generation(target)?, state);
+        let mut ops = diff(self.generation(target)?, state);
+        // Removals first: the target generation then never holds more than
+        // the larger of its old and new contents, so a state that fits its
+        // half of a map can be written while the other half is live.
+        ops.sort_by_key(|op| !is_removal(op));
         let slot = usize::from(target);
         if let Err(e) = self.maps.write(target, &ops) {
             self.mirrors[slot] = None;
@@ -1017,6 +1182,13 @@ impl Dataplane for KernelDataplane {
         }
         Ok(())
     }
+}
+
+fn is_removal(op: &MapOp) -> bool {
+    matches!(
+        op,
+        MapOp::DelEndpoint(_) | MapOp::DelIpcache(_) | MapOp::DelCidr(_) | MapOp::DelPolicy(_)
+    )
 }
 
 /// Removes Palisade's netlink filters from `ifname` if it still exists (a

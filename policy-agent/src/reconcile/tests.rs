@@ -296,3 +296,76 @@ fn a_failed_apply_is_retried_and_the_state_reaches_the_dataplane() {
     agent.retry_apply().unwrap();
     assert_eq!(agent.dataplane().applies, applies);
 }
+
+/// `a` admits `b` on `ports` ports (one policy entry each).
+fn ports_for_a(ports: u16) -> String {
+    let list: String = (0..ports)
+        .map(|i| format!("    - port: {}\n", 8000 + i))
+        .collect();
+    format!(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: a-in, namespace: default}}
+spec:
+  podSelector: {{matchLabels: {{app: a}}}}
+  ingress:
+  - from:
+    - podSelector: {{matchLabels: {{app: b}}}}
+    ports:
+{list}"
+    )
+}
+
+#[test]
+fn a_pod_whose_entries_do_not_fit_is_denied_both_ways_until_they_do() {
+    let dataplane = FakeDataplane {
+        capacity: Some(policy_engine::capacity::Capacity {
+            endpoints: 8,
+            ipcache: 8,
+            cidrs: 8,
+            policy: 4,
+        }),
+        ..FakeDataplane::default()
+    };
+    let mut agent = Agent::new(dataplane, Vec::new());
+    agent.set_snapshot(cluster(&[&ports_for_a(6)])).unwrap();
+    agent.add(new_ep("c1", "a", "10.244.0.10")).unwrap();
+    agent.add(new_ep("c2", "b", "10.244.0.11")).unwrap();
+    let a = agent.dataplane().endpoints["veth-a"];
+    let b = agent.dataplane().endpoints["veth-b"];
+    let state = &agent.dataplane().state;
+    assert_eq!(
+        state.endpoints[&a],
+        ep_flags::ISOLATED_INGRESS | ep_flags::ISOLATED_EGRESS,
+        "denied, and never allowed all"
+    );
+    assert!(state.policy.keys().all(|e| e.ep_id != a));
+    assert_eq!(state.endpoints[&b], 0, "b keeps its (open) policy");
+    let why = agent.readiness().unwrap_err();
+    assert!(
+        why.contains("default/a") && why.contains("policy map is full"),
+        "{why}"
+    );
+    // The policy shrinks: a is enforced as written, the agent ready.
+    agent.set_snapshot(cluster(&[&ports_for_a(2)])).unwrap();
+    assert!(agent.fit_report().denied.is_empty());
+    assert_eq!(
+        agent.dataplane().state.endpoints[&a],
+        ep_flags::ISOLATED_INGRESS
+    );
+    assert_eq!(agent.readiness(), Ok(()));
+}
+
+#[test]
+fn endpoints_whose_veth_vanished_are_forgotten() {
+    let mut agent = Agent::new(FakeDataplane::default(), Vec::new());
+    agent.set_snapshot(cluster(&[])).unwrap();
+    agent.add(new_ep("c1", "a", "10.244.0.10")).unwrap();
+    agent.add(new_ep("c2", "b", "10.244.0.11")).unwrap();
+    assert_eq!(agent.forget_vanished().unwrap(), 0);
+    agent.dataplane.vanished.insert("veth-a".into());
+    assert_eq!(agent.forget_vanished().unwrap(), 1);
+    assert!(agent.registry.get("c1").is_none());
+    assert!(!agent.dataplane().endpoints.contains_key("veth-a"));
+    assert_eq!(agent.dataplane().state.endpoints.len(), 1);
+}

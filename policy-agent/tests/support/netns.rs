@@ -61,6 +61,18 @@ impl Drop for NetNs {
     }
 }
 
+/// Runs `f` on a thread inside `ns` and returns its result.
+pub fn in_ns<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            ns.enter();
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    })
+}
+
 /// Moves the calling thread into the network namespace at `path`.
 pub fn enter(path: &str) {
     let f = File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));

@@ -8,7 +8,9 @@
 //! ```
 //!
 //! The layout version in the path means an agent never adopts maps of a
-//! layout it does not understand: a new layout starts a new folder. The
+//! layout it does not understand: a new layout starts a new folder. Maps
+//! of this layout but other sizes than the agent asks for are moved aside
+//! to `v<LAYOUT_VERSION>-<tag>` and taken over from in the same way. The
 //! old folder's links keep enforcing until the new agent's first apply has
 //! filled the new maps; then the new programs are attached, the old links
 //! detached and the old folder removed (`KernelDataplane::finish_upgrade`).
@@ -35,6 +37,9 @@ pub const HOOK_TC_EGRESS: &str = "tc_egress";
 pub struct PinPaths {
     base: PathBuf,
     version: u32,
+    /// Set on a folder moved aside (`v<version>-<tag>`; bpffs refuses
+    /// names with a dot).
+    tag: Option<String>,
 }
 
 impl PinPaths {
@@ -51,6 +56,24 @@ impl PinPaths {
         Self {
             base: base.into(),
             version,
+            tag: None,
+        }
+    }
+
+    /// The same version folder moved aside under `v<version>-<tag>`
+    /// (`tag` of ASCII letters, digits and `-`).
+    pub fn tagged(&self, tag: &str) -> Self {
+        Self {
+            tag: Some(tag.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// The folder's name under the base.
+    pub fn dir_name(&self) -> String {
+        match &self.tag {
+            None => format!("v{}", self.version),
+            Some(tag) => format!("v{}-{tag}", self.version),
         }
     }
 
@@ -59,13 +82,27 @@ impl PinPaths {
         self.version
     }
 
-    /// Parses a version folder name (`v<N>`) back into `N`.
+    /// Parses a version folder name (`v<N>`, or `v<N>-<tag>` for one
+    /// moved aside) back into `N`.
     pub fn parse_version_dir(name: &str) -> Option<u32> {
-        let digits = name.strip_prefix('v')?;
+        Self::parse_dir_name(name).map(|(v, _)| v)
+    }
+
+    fn parse_dir_name(name: &str) -> Option<(u32, Option<&str>)> {
+        let rest = name.strip_prefix('v')?;
+        let (digits, tag) = match rest.split_once('-') {
+            Some((d, t)) => (d, Some(t)),
+            None => (rest, None),
+        };
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        digits.parse().ok()
+        if let Some(t) = tag {
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return None;
+            }
+        }
+        Some((digits.parse().ok()?, tag))
     }
 
     /// Version folders under the base other than this one (left by an
@@ -83,14 +120,19 @@ impl PinPaths {
                 continue;
             }
             let name = entry.file_name();
-            let Some(v) = name.to_str().and_then(Self::parse_version_dir) else {
+            let Some((v, tag)) = name.to_str().and_then(Self::parse_dir_name) else {
                 continue;
             };
-            if v != self.version {
-                out.push(Self::with_version(self.base.clone(), v));
+            let other = Self {
+                base: self.base.clone(),
+                version: v,
+                tag: tag.map(str::to_string),
+            };
+            if other.dir_name() != self.dir_name() {
+                out.push(other);
             }
         }
-        out.sort_by_key(|p| p.version);
+        out.sort_by(|a, b| (a.version, &a.tag).cmp(&(b.version, &b.tag)));
         Ok(out)
     }
 
@@ -102,7 +144,7 @@ impl PinPaths {
     /// `<base>/v<LAYOUT_VERSION>` (or the version given to
     /// [`with_version`](Self::with_version)).
     pub fn version_dir(&self) -> PathBuf {
-        self.base.join(format!("v{}", self.version))
+        self.base.join(self.dir_name())
     }
 
     /// Folder of the pinned maps.
@@ -180,6 +222,11 @@ mod tests {
         assert_eq!(PinPaths::parse_version_dir("v1x"), None);
         assert_eq!(PinPaths::parse_version_dir("v+1"), None);
         assert_eq!(PinPaths::parse_version_dir("maps"), None);
+        assert_eq!(PinPaths::parse_version_dir("v2-resized-1-2"), Some(2));
+        assert_eq!(PinPaths::parse_version_dir("v2-"), None);
+        assert_eq!(PinPaths::parse_version_dir("v2-a.b"), None);
+        let aside = PinPaths::with_version("/b", 2).tagged("resized-1");
+        assert_eq!(aside.map("M"), PathBuf::from("/b/v2-resized-1/maps/M"));
         let old = PinPaths::with_version("/b", 0);
         assert_eq!(old.map("M"), PathBuf::from("/b/v0/maps/M"));
         assert_eq!(old.version(), 0);
@@ -189,19 +236,25 @@ mod tests {
     fn other_versions_lists_sibling_version_folders() {
         let tmp = std::env::temp_dir().join(format!("palisade-pins-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        for d in ["v0", "v7", "vx", &format!("v{LAYOUT_VERSION}")] {
+        let aside = format!("v{LAYOUT_VERSION}-resized-9");
+        for d in ["v0", "v7", "vx", &format!("v{LAYOUT_VERSION}"), &aside] {
             std::fs::create_dir_all(tmp.join(d)).unwrap();
         }
         std::fs::write(tmp.join("v9"), b"").unwrap();
-        let found: Vec<u32> = PinPaths::new(&tmp)
+        let found: Vec<String> = PinPaths::new(&tmp)
             .other_versions()
             .unwrap()
             .iter()
-            .map(PinPaths::version)
+            .map(PinPaths::dir_name)
             .collect();
         std::fs::remove_dir_all(&tmp).unwrap();
-        let mut want = vec![0, 7];
-        want.retain(|v| *v != LAYOUT_VERSION);
+        let mut want: Vec<String> = ["v0", "v7"]
+            .into_iter()
+            .map(String::from)
+            .filter(|d| *d != format!("v{LAYOUT_VERSION}"))
+            .collect();
+        want.push(aside);
+        want.sort_by_key(|d| PinPaths::parse_version_dir(d));
         assert_eq!(found, want);
         assert!(PinPaths::new(tmp.join("none"))
             .other_versions()
