@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent: watch cluster state, serve the CNI plugin, enforce.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Would these connections be allowed? Verdicts from the compiled maps.
     Simulate(cli::SimulateArgs),
     /// Why is a connection allowed or denied?
@@ -204,7 +204,7 @@ fn main() -> ExitCode {
         logs.init();
     }
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Simulate(args) => Ok(cli::simulate(args)),
         Command::Explain(args) => Ok(cli::explain(args)),
         Command::Lint(args) => Ok(cli::lint(args)),
