@@ -14,7 +14,7 @@ mod packets;
 use kernel::{in_netns, open, StateBuilder};
 use packets::*;
 use policy_agent::dataplane::{
-    kernel::{KernelDataplane, TestVerdict, PROG_POD_EGRESS, PROG_POD_INGRESS},
+    kernel::{KernelDataplane, TestVerdict, PROG_NODE_EGRESS, PROG_POD_EGRESS, PROG_POD_INGRESS},
     Dataplane,
 };
 use policy_common::{dir, ep_flags, identity};
@@ -362,6 +362,173 @@ fn service_with_backends_elsewhere_fails_closed_without_the_node_hook() {
                 PROG_POD_EGRESS,
                 w,
                 &frame(web(), remote_vip, &tcp(40000, 80, SYN)),
+            ),
+            Allow,
+        );
+    });
+}
+
+/// The same over IPv6 (a dual-stack Service's IPv6 ClusterIP): deferred at
+/// the client's hook whatever the port, the client's egress judged on the
+/// backend's address and target port at the backend's hook, the reply from
+/// the ClusterIP passing as a reply.
+#[test]
+fn cluster_ip_egress_is_judged_on_the_backend_over_ipv6() {
+    let (client6, web6, vip6) = (v6(10), v6(20), v6(0x9620));
+    let mut s = StateBuilder::default()
+        .endpoint(CLIENT_EP, ep_flags::ISOLATED_EGRESS)
+        .endpoint(WEB_EP, ep_flags::ISOLATED_INGRESS)
+        .ip(client6.mapped(), CLIENT_ID)
+        .ip(web6.mapped(), WEB_ID)
+        .cidr([0; 16], 0, identity::WORLD)
+        .allow(
+            WEB_EP,
+            dir::INGRESS,
+            CLIENT_ID,
+            PortMatch::AnyPort { proto: TCP },
+            2,
+        )
+        .port(CLIENT_EP, dir::EGRESS, WEB_ID, TCP, 8080)
+        .build();
+    s.services
+        .insert(vip6.mapped(), policy_common::service_flags::ALL_LOCAL);
+    s.local_addrs.insert(client6.mapped(), CLIENT_EP);
+    s.local_addrs.insert(web6.mapped(), WEB_EP);
+    let (mut dp, _pins) = open("svc-v6");
+    dp.apply(&s).unwrap();
+    in_netns(2, |idx| {
+        let (c, w) = (idx[0], idx[1]);
+        dp.register_endpoint(c, CLIENT_EP).unwrap();
+        dp.register_endpoint(w, WEB_EP).unwrap();
+        kernel::sources(
+            &mut dp,
+            &[(CLIENT_EP, &[client6.mapped()]), (WEB_EP, &[web6.mapped()])],
+        );
+        for (what, l4) in [
+            ("SYN to the IPv6 ClusterIP", tcp(40000, 80, SYN)),
+            ("SYN to another port of it", tcp(40001, 81, SYN)),
+        ] {
+            expect(
+                what,
+                run(&mut dp, PROG_POD_EGRESS, c, &frame(client6, vip6, &l4)),
+                Allow,
+            );
+        }
+        expect(
+            "translated to 8080: client's egress allows it",
+            run(
+                &mut dp,
+                PROG_POD_INGRESS,
+                w,
+                &frame(client6, web6, &tcp(40000, 8080, SYN)),
+            ),
+            Allow,
+        );
+        expect(
+            "translated to 9090: web accepts it, client's egress does not",
+            run(
+                &mut dp,
+                PROG_POD_INGRESS,
+                w,
+                &frame(client6, web6, &tcp(40001, 9090, SYN)),
+            ),
+            Drop,
+        );
+        expect(
+            "web's SYN-ACK leaves web",
+            run(
+                &mut dp,
+                PROG_POD_EGRESS,
+                w,
+                &frame(web6, client6, &tcp(8080, 40000, SYN | ACK)),
+            ),
+            Allow,
+        );
+        expect(
+            "SYN-ACK from the IPv6 ClusterIP reaches client",
+            run(
+                &mut dp,
+                PROG_POD_INGRESS,
+                c,
+                &frame(vip6, client6, &tcp(80, 40000, SYN | ACK)),
+            ),
+            Allow,
+        );
+    });
+}
+
+/// A backend on another node: with the overlay device's check attached
+/// (`NODE_HOOK`), the client's packet to the ClusterIP is deferred at its
+/// own hook and its egress judged at `node_egress` on the translated
+/// packet (backend address and target port, TCP and SCTP); a packet still
+/// addressed to the ClusterIP there is dropped, and packets whose source is
+/// no local pod pass untouched.
+#[test]
+fn remote_backends_are_judged_at_the_overlay_device() {
+    let (mut dp, _pins) = open("svc-overlay");
+    let remote_vip = v4(10, 96, 0, 30);
+    let remote_web = v4(10, 244, 1, 20);
+    let mut s = state(true);
+    s.services.insert(remote_vip.mapped(), 0);
+    s.ipcache.insert(remote_web.mapped(), WEB_ID);
+    dp.apply(&s).unwrap();
+    in_netns(3, |idx| {
+        let (c, w, overlay) = (idx[0], idx[1], idx[2]);
+        dp.register_endpoint(c, CLIENT_EP).unwrap();
+        dp.register_endpoint(w, WEB_EP).unwrap();
+        kernel::sources(
+            &mut dp,
+            &[
+                (CLIENT_EP, &[client().mapped()]),
+                (WEB_EP, &[web().mapped()]),
+            ],
+        );
+        let name = nix::net::if_::if_indextoname(overlay).unwrap();
+        dp.attach_node_device(name.to_str().unwrap()).unwrap();
+        expect(
+            "egress-isolated client to a remote-backed ClusterIP, node hook on",
+            run(
+                &mut dp,
+                PROG_POD_EGRESS,
+                c,
+                &frame(client(), remote_vip, &tcp(40000, 80, SYN)),
+            ),
+            Allow,
+        );
+        for (what, l4, want) in [
+            ("translated tcp/8080", tcp(40000, 8080, SYN), Allow),
+            ("translated tcp/9090", tcp(40002, 9090, SYN), Drop),
+            ("translated sctp/3868", sctp(7000, 3868, 1), Allow),
+            ("translated sctp/3869", sctp(7001, 3869, 1), Drop),
+        ] {
+            expect(
+                what,
+                run(
+                    &mut dp,
+                    PROG_NODE_EGRESS,
+                    overlay,
+                    &frame(client(), remote_web, &l4),
+                ),
+                want,
+            );
+        }
+        expect(
+            "still addressed to the ClusterIP at the overlay",
+            run(
+                &mut dp,
+                PROG_NODE_EGRESS,
+                overlay,
+                &frame(client(), remote_vip, &tcp(40003, 80, SYN)),
+            ),
+            Drop,
+        );
+        expect(
+            "a forwarded packet of no local pod",
+            run(
+                &mut dp,
+                PROG_NODE_EGRESS,
+                overlay,
+                &frame(v4(10, 244, 2, 9), remote_web, &tcp(40004, 9090, SYN)),
             ),
             Allow,
         );

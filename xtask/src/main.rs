@@ -72,6 +72,11 @@ enum Command {
         /// whose ipBlocks name those addresses.
         #[arg(long, requires = "kube")]
         manifest_addresses: bool,
+        /// With `--kube`: give every pod a ClusterIP Service of its own
+        /// (`s-<namespace>-<pod>`) and send every probe to a pod through
+        /// it (kube-proxy translates, Palisade judges on the backend).
+        #[arg(long, requires = "kube")]
+        via_services: bool,
     },
     /// For each example under examples/, probe without Palisade (the plain
     /// bridge), then on a real control plane with Palisade once the
@@ -135,6 +140,7 @@ fn main() -> ExitCode {
             release,
             kube,
             manifest_addresses,
+            via_services,
         } => tasks::testbed(tasks::TestbedArgs {
             manifests,
             probes,
@@ -144,6 +150,7 @@ fn main() -> ExitCode {
             release,
             kube,
             manifest_addresses,
+            via_services,
         }),
         Command::Demo { example, release } => tasks::demo(example.as_deref(), release),
         Command::Bench { kube, quick, args } => tasks::bench(kube, quick, &args),

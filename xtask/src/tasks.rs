@@ -125,6 +125,8 @@ pub struct TestbedArgs {
     pub kube: bool,
     /// Kube mode: pods get their manifest addresses.
     pub manifest_addresses: bool,
+    /// Kube mode: probes to pods go through each pod's own Service.
+    pub via_services: bool,
 }
 
 /// `cargo xtask testbed`: exit 1 if an observation contradicts an
@@ -135,6 +137,7 @@ pub fn testbed(args: TestbedArgs) -> Result<ExitCode> {
     testbed::install_signal_cleanup().context("cannot install the Ctrl-C cleanup")?;
     let kube = args.kube.then(|| KubeOptions {
         manifest_addresses: args.manifest_addresses,
+        via_services: args.via_services,
         ..kube_options()
     });
     let seen = match run_probes(
