@@ -20,7 +20,13 @@ use super::{kernel_error, DataplaneError, PinPaths};
 /// not listed together with the current one are not carried (replies of
 /// flows established before such an upgrade are then judged as new
 /// packets).
-pub const CONNTRACK_LAYOUTS: &[u32] = &[1, 2];
+///
+/// Layouts 3 and 4 (Services) only added state bits: an entry carried from
+/// 1 or 2 has none of them, so it is neither deferred (it was judged on
+/// its destination, as 1 and 2 judged everything) nor marked as sent by
+/// the node's own stack; a flow from the node is then judged without the
+/// node's exemption the next time a policy change re-judges it.
+pub const CONNTRACK_LAYOUTS: &[u32] = &[1, 2, 3, 4];
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
