@@ -13,7 +13,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     time::{Duration, Instant},
 };
 
@@ -183,40 +183,17 @@ fn update_u32(map: &OwnedFd, key: u32, value: u32) -> io::Result<()> {
         flags: BPF_ANY,
     };
     // SAFETY: `attr` is a valid `bpf_attr` prefix for BPF_MAP_UPDATE_ELEM,
-    // its pointers point at `key` and `value`, which outlive the call, and
-    // the size passed is the size of `attr`. The kernel only reads them.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_ELEM,
-            &attr as *const MapElemAttr,
-            std::mem::size_of::<MapElemAttr>(),
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // its pointers point at `key` and `value`, which outlive the call. The
+    // kernel only reads them.
+    unsafe { super::sys::bpf(BPF_MAP_UPDATE_ELEM, &attr) }.map(drop)
 }
 
 /// Runs `BPF_MAP_CREATE` with `attr`.
 fn create_map(attr: &MapCreateAttr) -> io::Result<OwnedFd> {
     // SAFETY: `attr` is a valid `bpf_attr` prefix for BPF_MAP_CREATE (no
-    // pointers in it) and the size passed is its size.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            attr as *const MapCreateAttr,
-            std::mem::size_of::<MapCreateAttr>(),
-        )
-    };
-    let raw = i32::try_from(r).map_err(|_| io::Error::other("fd out of range"))?;
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    // pointers in it).
+    let r = unsafe { super::sys::bpf(BPF_MAP_CREATE, attr) }?;
+    super::sys::owned_fd(r)
 }
 
 #[cfg(test)]
