@@ -88,18 +88,9 @@ impl KernelDataplane {
             }
             let pin = self.paths.link(ifindex, hook);
             let p = program(&mut self.ebpf, prog)?;
-            if pin.exists() {
-                let updated = PinnedLink::from_pin(&pin)
-                    .ok()
-                    .and_then(|l| SchedClassifierLink::try_from(FdLink::from(l)).ok())
-                    .and_then(|l| p.attach_to_link(l).ok());
-                if let Some(id) = updated {
-                    drop(p.take_link(id));
-                    continue;
-                }
-                remove_file(&pin)?;
+            if repoint_pinned(p, &pin)? {
+                continue;
             }
-            let what = || format!("attaching {prog} to {ifname}");
             let id = match p.attach_with_options(
                 ifname,
                 attach_type,
@@ -110,12 +101,9 @@ impl KernelDataplane {
                     tracing::debug!(%ifname, error = %e, "TCX link refused");
                     return Ok(false);
                 }
-                Err(e) => return Err(kernel_error(what(), e)),
+                Err(e) => return Err(kernel_error(format!("attaching {prog} to {ifname}"), e)),
             };
-            let link = p.take_link(id).map_err(|e| kernel_error(what(), e))?;
-            let fd = FdLink::try_from(link).map_err(|e| kernel_error(what(), e))?;
-            fd.pin(&pin)
-                .map_err(|e| kernel_error(format!("pinning {}", pin.display()), e))?;
+            pin_link(p, id, &pin)?;
         }
         Ok(true)
     }
@@ -218,6 +206,43 @@ impl KernelDataplane {
         }
         Ok(())
     }
+}
+
+/// Re-points the TCX link pinned at `pin` (a previous agent's, or ours
+/// before a restart) to `p`. False when there is none to re-point; a pin
+/// that no longer holds a usable link is removed then.
+pub(super) fn repoint_pinned(p: &mut SchedClassifier, pin: &Path) -> Result<bool, DataplaneError> {
+    if !pin.exists() {
+        return Ok(false);
+    }
+    let updated = PinnedLink::from_pin(pin)
+        .ok()
+        .and_then(|l| SchedClassifierLink::try_from(FdLink::from(l)).ok())
+        .and_then(|l| p.attach_to_link(l).ok());
+    match updated {
+        Some(id) => {
+            drop(p.take_link(id));
+            Ok(true)
+        }
+        None => {
+            remove_file(pin)?;
+            Ok(false)
+        }
+    }
+}
+
+/// Takes `p`'s new TCX link `id` and pins it at `pin`, so it outlives the
+/// agent.
+pub(super) fn pin_link(
+    p: &mut SchedClassifier,
+    id: tc::SchedClassifierLinkId,
+    pin: &Path,
+) -> Result<(), DataplaneError> {
+    let what = || format!("pinning {}", pin.display());
+    let link = p.take_link(id).map_err(|e| kernel_error(what(), e))?;
+    let fd = FdLink::try_from(link).map_err(|e| kernel_error(what(), e))?;
+    fd.pin(pin).map_err(|e| kernel_error(what(), e))?;
+    Ok(())
 }
 
 /// Whether a TCX link create failed because the kernel has no TCX (a

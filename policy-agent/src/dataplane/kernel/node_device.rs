@@ -10,16 +10,12 @@
 //!   NodePort client that kube-proxy masquerades is judged as itself at the
 //!   backend's veth (see `policy-ebpf/src/client.rs`).
 
-use aya::programs::{
-    links::{FdLink, LinkOrder, PinnedLink},
-    tc::{SchedClassifierLink, TcAttachOptions},
-    TcAttachType,
-};
+use aya::programs::{links::LinkOrder, tc::TcAttachOptions, TcAttachType};
 use policy_common::{config_flags, Config};
 
+use super::attach::{pin_link, repoint_pinned};
 use super::{
-    ifindex_of, kernel_error, program, remove_file, KernelDataplane, PROG_NODE_EGRESS,
-    PROG_NODE_INGRESS,
+    ifindex_of, kernel_error, program, KernelDataplane, PROG_NODE_EGRESS, PROG_NODE_INGRESS,
 };
 use crate::dataplane::DataplaneError;
 
@@ -67,33 +63,15 @@ impl KernelDataplane {
             .links_dir()
             .join(format!("{prefix}_{}_{ifindex}", ifname.replace('.', "_")));
         let p = program(&mut self.ebpf, prog)?;
-        let mut attached = false;
-        if pin.exists() {
-            let updated = PinnedLink::from_pin(&pin)
-                .ok()
-                .and_then(|l| SchedClassifierLink::try_from(FdLink::from(l)).ok())
-                .and_then(|l| p.attach_to_link(l).ok());
-            match updated {
-                Some(id) => {
-                    drop(p.take_link(id));
-                    attached = true;
-                }
-                None => remove_file(&pin)?,
-            }
-        }
-        if !attached {
-            let what = || format!("attaching {prog} to {ifname}");
+        if !repoint_pinned(p, &pin)? {
             let id = p
                 .attach_with_options(
                     ifname,
                     attach_type,
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
-                .map_err(|e| kernel_error(what(), e))?;
-            let link = p.take_link(id).map_err(|e| kernel_error(what(), e))?;
-            let fd = FdLink::try_from(link).map_err(|e| kernel_error(what(), e))?;
-            fd.pin(&pin)
-                .map_err(|e| kernel_error(format!("pinning {}", pin.display()), e))?;
+                .map_err(|e| kernel_error(format!("attaching {prog} to {ifname}"), e))?;
+            pin_link(p, id, &pin)?;
         }
         Ok(())
     }
