@@ -205,36 +205,17 @@ impl<D: Dataplane> Agent<D> {
     }
 
     fn set_namespace(&mut self, name: String, info: Option<NamespaceInfo>) -> Option<Touched> {
-        if self.snapshot.namespaces.get(&name) == info.as_ref() {
-            return None;
-        }
-        match info {
-            Some(info) => self.snapshot.namespaces.insert(name.clone(), info),
-            None => self.snapshot.namespaces.remove(&name),
-        };
-        Some(Touched::Namespace(name))
+        set_entry(&mut self.snapshot.namespaces, name.clone(), info)
+            .then_some(Touched::Namespace(name))
     }
 
     fn set_policy(&mut self, policy: PolicyRef, spec: Option<Policy>) -> Option<Touched> {
-        if self.snapshot.policies.get(&policy) == spec.as_ref() {
-            return None;
-        }
-        match spec {
-            Some(spec) => self.snapshot.policies.insert(policy.clone(), spec),
-            None => self.snapshot.policies.remove(&policy),
-        };
-        Some(Touched::Policy(policy))
+        set_entry(&mut self.snapshot.policies, policy.clone(), spec)
+            .then_some(Touched::Policy(policy))
     }
 
     fn set_service(&mut self, svc: ServiceRef, info: Option<ServiceInfo>) -> Option<Touched> {
-        if self.snapshot.services.get(&svc) == info.as_ref() {
-            return None;
-        }
-        match info {
-            Some(info) => self.snapshot.services.insert(svc, info),
-            None => self.snapshot.services.remove(&svc),
-        };
-        Some(Touched::Service)
+        set_entry(&mut self.snapshot.services, svc, info).then_some(Touched::Service)
     }
 
     fn set_endpoints(
@@ -242,14 +223,7 @@ impl<D: Dataplane> Agent<D> {
         svc: ServiceRef,
         subsets: Option<Vec<EndpointSubset>>,
     ) -> Option<Touched> {
-        if self.snapshot.service_endpoints.get(&svc) == subsets.as_ref() {
-            return None;
-        }
-        match subsets {
-            Some(subsets) => self.snapshot.service_endpoints.insert(svc, subsets),
-            None => self.snapshot.service_endpoints.remove(&svc),
-        };
-        Some(Touched::Service)
+        set_entry(&mut self.snapshot.service_endpoints, svc, subsets).then_some(Touched::Service)
     }
 
     /// Removes what a finished list no longer returned.
@@ -286,6 +260,22 @@ impl<D: Dataplane> Agent<D> {
                 .collect(),
         }
     }
+}
+
+/// Makes `map[key]` `value` (`None`: absent); whether that changed it.
+fn set_entry<K: Ord, V: PartialEq>(
+    map: &mut std::collections::BTreeMap<K, V>,
+    key: K,
+    value: Option<V>,
+) -> bool {
+    if map.get(&key) == value.as_ref() {
+        return false;
+    }
+    match value {
+        Some(v) => map.insert(key, v),
+        None => map.remove(&key),
+    };
+    true
 }
 
 #[cfg(test)]
