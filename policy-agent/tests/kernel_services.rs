@@ -80,6 +80,23 @@ fn state(client_to_web: bool) -> MapState {
     s
 }
 
+/// Registers client's and web's veths (`c`, `w`) with their addresses as
+/// the only sources they may send from.
+fn client_and_web(dp: &mut KernelDataplane, c: u32, w: u32) {
+    endpoints(dp, (c, client()), (w, web()));
+}
+
+/// Registers veth `c` as client and `w` as web, each sending from its
+/// address only.
+fn endpoints(dp: &mut KernelDataplane, (c, client): (u32, Ip), (w, web): (u32, Ip)) {
+    dp.register_endpoint(c, CLIENT_EP).unwrap();
+    dp.register_endpoint(w, WEB_EP).unwrap();
+    kernel::sources(
+        dp,
+        &[(CLIENT_EP, &[client.mapped()]), (WEB_EP, &[web.mapped()])],
+    );
+}
+
 fn run(dp: &mut KernelDataplane, prog: &str, ifindex: u32, f: &[u8]) -> TestVerdict {
     dp.test_run(prog, f, ifindex)
         .unwrap_or_else(|e| panic!("test run: {e}"))
@@ -95,15 +112,7 @@ fn cluster_ip_egress_is_judged_on_the_backend_for_sctp_and_tcp() {
     dp.apply(&state(true)).unwrap();
     in_netns(2, |idx| {
         let (c, w) = (idx[0], idx[1]);
-        dp.register_endpoint(c, CLIENT_EP).unwrap();
-        dp.register_endpoint(w, WEB_EP).unwrap();
-        kernel::sources(
-            &mut dp,
-            &[
-                (CLIENT_EP, &[client().mapped()]),
-                (WEB_EP, &[web().mapped()]),
-            ],
-        );
+        client_and_web(&mut dp, c, w);
         // At the client's hook the ClusterIP is deferred, whatever the port.
         for (what, l4) in [
             ("sctp INIT to the ClusterIP", sctp(7000, 3868, 1)),
@@ -191,15 +200,7 @@ fn service_range_ipblock_reaches_no_backend() {
     dp.apply(&state(false)).unwrap();
     in_netns(2, |idx| {
         let (c, w) = (idx[0], idx[1]);
-        dp.register_endpoint(c, CLIENT_EP).unwrap();
-        dp.register_endpoint(w, WEB_EP).unwrap();
-        kernel::sources(
-            &mut dp,
-            &[
-                (CLIENT_EP, &[client().mapped()]),
-                (WEB_EP, &[web().mapped()]),
-            ],
-        );
+        client_and_web(&mut dp, c, w);
         expect(
             "to the ClusterIP: deferred",
             run(
@@ -239,15 +240,7 @@ fn established_flow_through_a_cluster_ip_is_cut_by_a_change() {
     dp.apply(&state(true)).unwrap();
     in_netns(2, |idx| {
         let (c, w) = (idx[0], idx[1]);
-        dp.register_endpoint(c, CLIENT_EP).unwrap();
-        dp.register_endpoint(w, WEB_EP).unwrap();
-        kernel::sources(
-            &mut dp,
-            &[
-                (CLIENT_EP, &[client().mapped()]),
-                (WEB_EP, &[web().mapped()]),
-            ],
-        );
+        client_and_web(&mut dp, c, w);
         let to_vip = frame(client(), vip(), &sctp(7000, 3868, 0));
         let translated = frame(client(), web(), &sctp(7000, 3868, 0));
         expect(
@@ -336,15 +329,7 @@ fn service_with_backends_elsewhere_fails_closed_without_the_node_hook() {
     dp.apply(&s).unwrap();
     in_netns(2, |idx| {
         let (c, w) = (idx[0], idx[1]);
-        dp.register_endpoint(c, CLIENT_EP).unwrap();
-        dp.register_endpoint(w, WEB_EP).unwrap();
-        kernel::sources(
-            &mut dp,
-            &[
-                (CLIENT_EP, &[client().mapped()]),
-                (WEB_EP, &[web().mapped()]),
-            ],
-        );
+        client_and_web(&mut dp, c, w);
         expect(
             "egress-isolated client to a Service with remote backends",
             run(
@@ -398,12 +383,7 @@ fn cluster_ip_egress_is_judged_on_the_backend_over_ipv6() {
     dp.apply(&s).unwrap();
     in_netns(2, |idx| {
         let (c, w) = (idx[0], idx[1]);
-        dp.register_endpoint(c, CLIENT_EP).unwrap();
-        dp.register_endpoint(w, WEB_EP).unwrap();
-        kernel::sources(
-            &mut dp,
-            &[(CLIENT_EP, &[client6.mapped()]), (WEB_EP, &[web6.mapped()])],
-        );
+        endpoints(&mut dp, (c, client6), (w, web6));
         for (what, l4) in [
             ("SYN to the IPv6 ClusterIP", tcp(40000, 80, SYN)),
             ("SYN to another port of it", tcp(40001, 81, SYN)),
@@ -474,15 +454,7 @@ fn remote_backends_are_judged_at_the_overlay_device() {
     dp.apply(&s).unwrap();
     in_netns(3, |idx| {
         let (c, w, overlay) = (idx[0], idx[1], idx[2]);
-        dp.register_endpoint(c, CLIENT_EP).unwrap();
-        dp.register_endpoint(w, WEB_EP).unwrap();
-        kernel::sources(
-            &mut dp,
-            &[
-                (CLIENT_EP, &[client().mapped()]),
-                (WEB_EP, &[web().mapped()]),
-            ],
-        );
+        client_and_web(&mut dp, c, w);
         let name = nix::net::if_::if_indextoname(overlay).unwrap();
         dp.attach_node_device(name.to_str().unwrap()).unwrap();
         expect(
