@@ -15,6 +15,7 @@
 //! - Invalid policies still isolate the pods they select but allow nothing
 //!   (fail closed); their problems come back as [`CompileError`]s.
 
+mod cidr_classes;
 mod engine;
 pub mod identity;
 pub mod ports;
@@ -26,7 +27,7 @@ use ipnet::IpNet;
 use policy_common::identity::{ANY, HOST};
 use policy_common::PolicyValue;
 
-use crate::model::addr::{net_within, to_addr, to_prefix, world_v4, world_v6};
+use crate::model::addr::{net_within, to_addr, world_v4, world_v6};
 use crate::model::{
     Direction, Peer, PodInfo, PodRef, Policy, PolicyRef, PortRef, PortSpec, Protocol, Rule,
     Snapshot,
@@ -298,10 +299,7 @@ struct Index {
     /// Pod → its identity and addresses.
     pods: BTreeMap<PodRef, (u32, Vec<std::net::IpAddr>)>,
     /// CIDR identities.
-    cidrs: Vec<(IpNet, u32)>,
-    /// CIDR identities of single pod addresses → that pod (named ports of
-    /// ipBlock peers resolve against it).
-    host_pods: BTreeMap<u32, PodRef>,
+    cidrs: cidr_classes::CidrIndex,
 }
 
 /// The identity key of a pod.
@@ -384,33 +382,20 @@ impl Index {
                 nets.extend(named_port_hosts(rule, &pod_by_ip));
             }
         }
-        let mut cidrs = Vec::with_capacity(nets.len());
-        let mut host_pods = BTreeMap::new();
-        for net in nets {
-            let id = alloc.cidr_identity(net);
-            out.state.cidrs.insert(to_prefix(&net), id);
-            out.identities.insert(id, IdentityDesc::Cidr(net));
-            cidrs.push((net, id));
-            if net.prefix_len() == net.max_prefix_len() {
-                if let Some((r, _)) = pod_by_ip.get(&net.addr()) {
-                    host_pods.insert(id, (*r).clone());
-                }
-            }
-        }
+        let cidrs = cidr_classes::build(snapshot, nets, &pod_by_ip, alloc, out);
         Index {
             by_ns,
             groups,
             members,
             pods,
             cidrs,
-            host_pods,
         }
     }
 
     /// Whether some egress rule resolves named ports behind ipBlock peers
     /// (then pod changes can move host prefixes: the engine recompiles).
     fn has_host_prefixes(&self) -> bool {
-        !self.host_pods.is_empty()
+        !self.cidrs.host_pods.is_empty()
     }
 
     fn peers(&self, snapshot: &Snapshot, namespace: &str, rule: &Rule) -> Peers {
@@ -452,14 +437,9 @@ impl Index {
                         }
                     }
                 }
-                Peer::IpBlock(b) => ids.extend(
-                    self.cidrs
-                        .iter()
-                        .filter(|(p, _)| {
-                            net_within(p, &b.cidr) && !b.except.iter().any(|e| net_within(p, e))
-                        })
-                        .map(|(_, id)| *id),
-                ),
+                Peer::IpBlock(b) => {
+                    ids.extend(self.cidrs.by_block.get(b).into_iter().flatten().copied())
+                }
             }
         }
         Peers::Ids(ids.into_iter().collect())
@@ -537,7 +517,11 @@ impl Index {
                         Peers::Ids(ids) => Box::new(ids.iter()),
                     };
                     for id in dests {
-                        if let Some(pod) = self.host_pods.get(id).and_then(|r| snapshot.pods.get(r))
+                        if let Some(pod) = self
+                            .cidrs
+                            .host_pods
+                            .get(id)
+                            .and_then(|r| snapshot.pods.get(r))
                         {
                             for (name, proto) in &named {
                                 for port in pod.named_port(name, *proto) {

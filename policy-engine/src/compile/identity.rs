@@ -48,6 +48,17 @@ impl std::fmt::Display for RuleRef {
     }
 }
 
+/// What the prefixes sharing one CIDR identity have in common: the rules
+/// whose ipBlocks cover them, and the pod behind a single pod address
+/// (named ports resolve against it).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CidrClass {
+    /// The covering rules, sorted.
+    pub rules: Vec<RuleRef>,
+    /// The pod whose address the prefix is, for host prefixes of pods.
+    pub host: Option<PodRef>,
+}
+
 /// What an identity number stands for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IdentityDesc {
@@ -60,8 +71,9 @@ pub enum IdentityDesc {
         /// Its members.
         members: Vec<PodRef>,
     },
-    /// Addresses whose longest matching prefix is this one.
-    Cidr(IpNet),
+    /// Addresses whose longest matching prefix is one of these (sorted;
+    /// prefixes the same rules allow share an identity).
+    Cidrs(Vec<IpNet>),
 }
 
 impl std::fmt::Display for IdentityDesc {
@@ -82,10 +94,18 @@ impl std::fmt::Display for IdentityDesc {
                     members.len()
                 )
             }
-            IdentityDesc::Cidr(net) if net.prefix_len() == 0 => {
-                write!(f, "addresses outside the cluster ({net})")
+            IdentityDesc::Cidrs(nets) => {
+                let shown: Vec<String> = nets.iter().take(3).map(ToString::to_string).collect();
+                let more = match nets.len().saturating_sub(3) {
+                    0 => String::new(),
+                    n => format!(" and {n} more prefixes"),
+                };
+                if nets.iter().all(|n| n.prefix_len() == 0) {
+                    write!(f, "addresses outside the cluster ({})", shown.join(", "))
+                } else {
+                    write!(f, "addresses in {}{more}", shown.join(", "))
+                }
             }
-            IdentityDesc::Cidr(net) => write!(f, "addresses in {net}"),
         }
     }
 }
@@ -96,7 +116,7 @@ pub struct Allocator {
     next_identity: u32,
     next_rule: u32,
     pods: BTreeMap<PodGroup, u32>,
-    cidrs: BTreeMap<IpNet, u32>,
+    cidrs: BTreeMap<CidrClass, u32>,
     rules: BTreeMap<RuleRef, u32>,
     used_pods: BTreeSet<u32>,
     used_cidrs: BTreeSet<u32>,
@@ -139,10 +159,10 @@ impl Allocator {
         id
     }
 
-    /// Identity of a CIDR prefix.
-    pub fn cidr_identity(&mut self, net: IpNet) -> u32 {
+    /// Identity of a class of CIDR prefixes.
+    pub fn cidr_identity(&mut self, class: CidrClass) -> u32 {
         let next = &mut self.next_identity;
-        let id = *self.cidrs.entry(net).or_insert_with(|| {
+        let id = *self.cidrs.entry(class).or_insert_with(|| {
             let id = *next;
             *next = next.saturating_add(1);
             id

@@ -373,3 +373,39 @@ fn engine_diffs_are_small_and_reach_the_full_compile() {
     assert!(ops.len() <= 4, "{ops:?}");
     let _: BTreeMap<PodRef, u32> = eps;
 }
+
+/// Prefixes that exactly the same rules allow share one identity: a rule
+/// with a thousand ipBlocks costs one identity and one entry per port, and
+/// every one of its prefixes is still in the CIDR map (longest-prefix
+/// match), while a prefix another rule also allows stays apart.
+#[test]
+fn prefixes_allowed_by_the_same_rules_share_an_identity() {
+    let mut from = String::new();
+    for i in 0..1000u32 {
+        let [_, _, c, d] = (i * 4).to_be_bytes();
+        from += &format!("{{ipBlock: {{cidr: 100.64.{c}.{d}/30}}}},");
+    }
+    let p = format!(
+        "metadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{app: a}}}}\n  ingress:\n  - from: [{from}]\n    ports: [{{port: 80}}, {{port: 443}}]\n  - from: [{{ipBlock: {{cidr: 100.64.0.0/30}}}}]\n    ports: [{{port: 8080}}]\n"
+    );
+    let sim = base().policy(&p).sim();
+    let st = &sim.compiled.state;
+    let id_of = |s: &str| st.cidrs[&to_prefix(&s.parse().unwrap())];
+    let shared = id_of("100.64.0.4/30");
+    assert_eq!(id_of("100.64.15.156/30"), shared);
+    assert_ne!(
+        id_of("100.64.0.0/30"),
+        shared,
+        "also allowed by the second rule"
+    );
+    assert_eq!(st.cidrs.len(), 1000 + 2, "every prefix plus the two worlds");
+    let ep_a = sim.endpoints[&"x/a".parse().unwrap()];
+    let entries = st.policy.keys().filter(|e| e.ep_id == ep_a).count();
+    // Shared identity: 80 and 443; 100.64.0.0/30: 80, 443 and 8080.
+    assert_eq!(entries, 5);
+    assert!(sim.tcp("100.64.10.1", "x/a", 443));
+    assert!(!sim.tcp("100.64.10.1", "x/a", 8080));
+    assert!(sim.tcp("100.64.0.1", "x/a", 8080));
+    let desc = sim.compiled.identities[&shared].to_string();
+    assert!(desc.contains("and 996 more prefixes"), "{desc}");
+}
