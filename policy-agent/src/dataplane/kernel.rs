@@ -49,7 +49,7 @@ use policy_engine::state::{diff, MapOp, MapState};
 pub use self::attach::tcx_refused;
 use self::attach::{detach_netlink, detach_pinned_link, program};
 pub use self::sizes::MapSizes;
-pub use self::testrun::TestVerdict;
+pub use self::testrun::{empty_classifier_cost, TestVerdict};
 use self::upgrade::check_pinned_layout;
 pub use self::{events::EventReader, maps::MapCounts, pins::PinPaths};
 use self::{maps::Maps, rcu::GraceWaiter};

@@ -50,11 +50,13 @@ impl<D: Dataplane> Agent<D> {
         let mut full = changes.len() > FULL_COMPILE_ABOVE;
         let mut out = Applied::default();
         let mut progressed = false;
+        let mut replaced = false;
         let mut ops: Vec<MapOp> = Vec::new();
         for change in changes {
             let touched = match change {
                 Change::Replace(snapshot) => {
                     self.replace(snapshot);
+                    replaced = true;
                     for kind in Kind::ALL {
                         self.sync.listed(kind);
                     }
@@ -116,6 +118,14 @@ impl<D: Dataplane> Agent<D> {
         let before = self.applies;
         self.apply(&ops)?;
         out.written = self.applies > before;
+        if replaced {
+            tracing::info!(
+                policies = self.snapshot.policies.len(),
+                ops = out.ops,
+                "{}",
+                crate::source::file::APPLIED_LOG
+            );
+        }
         if progressed {
             self.log_progress();
         }

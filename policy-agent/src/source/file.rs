@@ -13,6 +13,10 @@ use policy_engine::model::Snapshot;
 
 use super::Change;
 
+/// The message the agent logs once a state read from the files is in the
+/// maps (benchmarks wait for it after rewriting a file).
+pub const APPLIED_LOG: &str = "manifests applied";
+
 /// How often the files are checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 

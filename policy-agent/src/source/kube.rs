@@ -50,7 +50,7 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(15);
 pub const STATE_LOG: &str = "cluster state from the API server";
 
 /// Objects per list page, client-go's default. Measured at 10,000 pods
-/// and 2,000 policies (`cargo xtask bench --kube`): pages of 2,000 doubled
+/// and 2,000 policies (`cargo xtask bench --only kube`): pages of 2,000 doubled
 /// the agent's peak memory (115 against 63 MiB) and slowed its first sync
 /// (2.4 against 1.1 s); pages of 250 saved 10 MiB more but cost round
 /// trips (1.8 s).

@@ -109,3 +109,91 @@ impl TestVerdict {
         }
     }
 }
+
+/// What one `BPF_PROG_TEST_RUN` of `frame` costs with a classifier that
+/// does nothing (`r0 = TC_ACT_UNSPEC; exit`), as the mean over `repeat`
+/// runs: the fixed cost of the test run itself (context set-up, the skb,
+/// the loop), which a benchmark subtracts from a program's figure to get
+/// the cost of its verdict alone.
+pub fn empty_classifier_cost(
+    frame: &[u8],
+    repeat: u32,
+) -> Result<std::time::Duration, DataplaneError> {
+    let fail = |e| kernel_error("the empty classifier".to_string(), e);
+    let prog = load_empty_classifier().map_err(fail)?;
+    let mut ctx = [0u8; 44];
+    ctx[40..44].copy_from_slice(&1u32.to_ne_bytes());
+    let mut attr = TestRunAttr {
+        prog_fd: std::os::fd::AsRawFd::as_raw_fd(&prog) as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat: repeat.max(1),
+        ctx_size_in: ctx.len() as u32,
+        ctx_in: ctx.as_ptr() as u64,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` prefix for BPF_PROG_TEST_RUN;
+    // `data_in` and `ctx_in` point at `frame` and `ctx`, which outlive the
+    // call and are only read (no output buffers are given).
+    unsafe { super::sys::bpf_mut(BPF_PROG_TEST_RUN, &mut attr) }.map_err(fail)?;
+    Ok(std::time::Duration::from_nanos(u64::from(attr.duration)))
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+
+/// The `BPF_PROG_LOAD` part of `union bpf_attr`, up to `prog_flags`.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+}
+
+/// The `BPF_PROG_TEST_RUN` part of `union bpf_attr`, up to `ctx_out`.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+}
+
+/// Loads `mov64 r0, -1; exit` as a tc classifier.
+fn load_empty_classifier() -> std::io::Result<std::os::fd::OwnedFd> {
+    // code, dst/src registers, offset, immediate.
+    let insns: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = b"GPL\0";
+    let attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_SCHED_CLS,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..ProgLoadAttr::default()
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` prefix for BPF_PROG_LOAD; its
+    // pointers point at `insns` and `license`, which outlive the call and
+    // are only read.
+    let r = unsafe { super::sys::bpf(BPF_PROG_LOAD, &attr) }?;
+    super::sys::owned_fd(r)
+}
