@@ -21,6 +21,8 @@ use crate::overlay;
 use crate::probe::{validate_probes, End, Observation, PodRef, Probe, Snapshot};
 use crate::prober::{self, Route};
 
+mod timing;
+
 /// Where Palisade's bpffs folders go (one per test bed).
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// Name of the chained plugin binary in `bin_dir`.

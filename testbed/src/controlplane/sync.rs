@@ -23,6 +23,11 @@ use crate::error::TestbedError;
 /// `source::kube::STATE_LOG`).
 pub const AGENT_STATE_LOG: &str = "cluster state from the API server";
 
+/// What the agent logs once the state of its `--manifests` files is in the
+/// maps (`policy-agent`'s `source::file::APPLIED_LOG`): file mode's
+/// counterpart of [`AGENT_STATE_LOG`].
+pub const AGENT_APPLIED_LOG: &str = "manifests applied";
+
 /// How long a settled state may take to reach the kernel after the agent
 /// logged it (the CHECK barrier follows).
 const SETTLE: Duration = Duration::from_millis(150);
