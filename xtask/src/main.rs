@@ -3,10 +3,10 @@
 //! Every command except `setup` runs `setup` first, so a fresh Debian 12
 //! machine needs nothing but `cargo xtask test`.
 
+mod bench;
 mod cmd;
 mod image;
 mod kind_e2e;
-mod kube_bench;
 mod kube_build;
 mod prereq;
 mod setup;
@@ -99,18 +99,34 @@ enum Command {
     /// The connectivity matrix on a kind cluster with Flannel and Palisade
     /// (needs Docker, kind and kubectl; says which are missing).
     KindE2e(kind_e2e::Options),
-    /// Run the policy engine's benchmarks (`cargo bench -p policy-engine`),
-    /// or with `--kube` the kube path's figures against a real API server.
+    /// Benchmarks: Palisade against no enforcement and iptables/ipset
+    /// enforcers (throughput, latency, connection rate, a CIDR sweep, CNI
+    /// ADD, a ClusterIP and the control plane), as ratios to a baseline of
+    /// the same run; needs root.
     Bench {
-        /// Change→enforced latency, full sync and agent memory against the
-        /// test bed's API server (needs root), instead of the engine's.
-        #[arg(long)]
-        kube: bool,
-        /// With `--kube`: fewer samples and a tenth of the cluster.
+        /// Fewer rounds, shorter runs, smaller sweeps and clusters.
         #[arg(long)]
         quick: bool,
-        /// Arguments passed to the benchmark harness (after `--`).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        /// Only one section.
+        #[arg(long, value_enum)]
+        only: Option<bench::Section>,
+        /// Write the figures as JSON here (else they are printed).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write an SVG plot of verdict cost and connection rate against
+        /// the number of CIDRs here.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Run the policy engine's criterion benchmarks instead
+        /// (`cargo bench -p policy-engine`, arguments after `--`).
+        #[arg(long, conflicts_with_all = ["only", "json", "plot"])]
+        engine: bool,
+        /// Arguments passed to the engine's benchmark harness.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            requires = "engine"
+        )]
         args: Vec<String>,
     },
 }
@@ -153,7 +169,23 @@ fn main() -> ExitCode {
             via_services,
         }),
         Command::Demo { example, release } => tasks::demo(example.as_deref(), release),
-        Command::Bench { kube, quick, args } => tasks::bench(kube, quick, &args),
+        Command::Bench {
+            quick,
+            only,
+            json,
+            plot,
+            engine,
+            args,
+        } => tasks::bench(
+            engine,
+            &bench::Options {
+                quick,
+                only,
+                json,
+                plot,
+            },
+            &args,
+        ),
         Command::Image { tag } => image::run(&tag),
         Command::KindE2e(opts) => kind_e2e::run(&opts),
     };

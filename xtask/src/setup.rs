@@ -29,6 +29,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "golang-1.19-go",
     "rsync",
     "golang-github-modern-go-reflect2-dev",
+    // `cargo xtask bench`: the load tools and the ipset comparator.
+    "iperf3",
+    "sockperf",
+    "ipset",
 ];
 
 /// The nightly that builds the eBPF object (LLVM 22; a newer nightly's LLVM 23

@@ -366,19 +366,19 @@ pub fn demo(only: Option<&str>, release: bool) -> Result<ExitCode> {
 }
 
 /// `cargo xtask bench`.
-pub fn bench(kube: bool, quick: bool, args: &[String]) -> Result<ExitCode> {
+pub fn bench(engine: bool, opts: &crate::bench::Options, args: &[String]) -> Result<ExitCode> {
     setup::run()?;
-    if kube {
-        let bin_dir = build_binaries(true)?;
-        crate::kube_bench::run(&bin_dir, quick)?;
+    if engine {
+        let mut c = cargo();
+        c.args(["bench", "-p", "policy-engine"]);
+        if !args.is_empty() {
+            c.arg("--").args(args);
+        }
+        cmd::run(&mut c)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut c = cargo();
-    c.args(["bench", "-p", "policy-engine"]);
-    if !args.is_empty() {
-        c.arg("--").args(args);
-    }
-    cmd::run(&mut c)?;
+    let bin_dir = build_binaries(true)?;
+    crate::bench::run(&bin_dir, opts)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,6 +1,8 @@
-//! `cargo xtask bench --kube`: the kube path's figures against the test
-//! bed's real API server, each next to its target.
+//! `cargo xtask bench --only kube`: the figures against the test bed's
+//! real API server and kube-proxy, each next to its target.
 //!
+//! - through a ClusterIP: throughput, latency and connection rate with
+//!   Palisade and with Palisade removed, in turn;
 //! - change → enforced: from just before the API write (a pod relabel, a
 //!   policy created) to the agent's log line saying the state holding that
 //!   write is in the maps (it is logged after the apply, and the maps flip
@@ -15,9 +17,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde_json::{json, Map, Value};
 use testbed::controlplane::{bulk, kubelet, sync};
 use testbed::{Testbed, TestbedOptions};
 
+use super::stats::{percentile, ratio};
+use super::{cluster, datapath, load};
 use crate::cmd;
 
 /// Sizes of one run.
@@ -27,8 +32,17 @@ struct Sizes {
     policies: usize,
 }
 
-/// Runs the figures (`quick`: fewer samples, a tenth of the cluster).
-pub fn run(bin_dir: &Path, quick: bool) -> Result<()> {
+/// Rounds and run length of the ClusterIP figures.
+pub struct Plan {
+    /// Rounds (each: with Palisade, then without).
+    pub rounds: usize,
+    /// Seconds per run.
+    pub secs: u32,
+}
+
+/// Runs the figures (`quick`: fewer samples, a tenth of the cluster),
+/// printing a table and adding their keys to `out`.
+pub fn run(bin_dir: &Path, quick: bool, plan: &Plan, out: &mut Map<String, Value>) -> Result<()> {
     let sizes = if quick {
         Sizes {
             samples: 20,
@@ -43,7 +57,15 @@ pub fn run(bin_dir: &Path, quick: bool) -> Result<()> {
         }
     };
     testbed::install_signal_cleanup().context("cannot install the Ctrl-C cleanup")?;
-    let manifests = vec![cmd::workspace_root().join("examples/apod/cluster.yaml")];
+    let scratch = tempfile::Builder::new()
+        .prefix("palisade-bench")
+        .tempdir()?;
+    let bench = scratch.path().join("bench.yaml");
+    std::fs::write(&bench, cluster::manifest(10) + &cluster::service())?;
+    let manifests = vec![
+        cmd::workspace_root().join("examples/apod/cluster.yaml"),
+        bench,
+    ];
     let snapshot = testbed::load_snapshot(&manifests)?;
     let bed = Testbed::start_with_kube(
         TestbedOptions {
@@ -57,11 +79,15 @@ pub fn run(bin_dir: &Path, quick: bool) -> Result<()> {
         &snapshot,
         &crate::tasks::kube_options(),
     )?;
+    cluster_ip(&bed, bin_dir, plan, out)?;
     let relabel = change_to_enforced(&bed, sizes.samples, Change::Relabel)?;
     let policy = change_to_enforced(&bed, sizes.samples, Change::Policy)?;
     let (sync_ms, rss_mib) = full_sync(&bed, &sizes)?;
     println!();
-    println!("{:<44} {:>10} {:>10}", "figure", "measured", "target");
+    println!(
+        "{:<44} {:>10} {:>10}",
+        "control plane", "measured", "target"
+    );
     let row = |name: &str, v: f64, target: &str| println!("{name:<44} {v:>10.1} {target:>10}");
     for (what, ms) in [("pod relabel", &relabel), ("policy add", &policy)] {
         row(
@@ -85,9 +111,104 @@ pub fn run(bin_dir: &Path, quick: bool) -> Result<()> {
     );
     row("agent RSS MiB (peak, after the full sync)", rss_mib, "< 64");
     let all = [relabel, policy].concat();
+    out.insert(
+        "change_to_enforced_p99_ms".into(),
+        json!(super::round3(percentile(&all, 99))),
+    );
+    out.insert("full_sync_ms".into(), json!(super::round3(sync_ms)));
+    out.insert("agent_rss_mib".into(), json!(super::round3(rss_mib)));
+    Ok(())
+}
+
+/// Throughput, latency and connection rate from the bench client to the
+/// server's ClusterIP (kube-proxy's DNAT in the path), with Palisade
+/// enforcing the server's policy and with Palisade removed from the node
+/// (agent stopped, `policy-agent cleanup`: programs detached, pins gone),
+/// in turn; the agent is restarted after each baseline run and adopts the
+/// running pods again.
+fn cluster_ip(
+    bed: &Testbed,
+    bin_dir: &Path,
+    plan: &Plan,
+    out: &mut Map<String, Value>,
+) -> Result<()> {
+    let vip = bed
+        .cluster_ip(&cluster::server())
+        .ok_or_else(|| anyhow!("the bench Service has no ClusterIP"))?;
+    let (client, server) = (
+        bed.pods().get(&cluster::client()).cloned(),
+        bed.pods().get(&cluster::server()).cloned(),
+    );
+    let (Some(client), Some(server)) = (client, server) else {
+        bail!("the kube bed lacks the bench client or server");
+    };
+    datapath::prepare_client(&client.netns)?;
+    let _servers = load::start_servers(
+        &server.netns,
+        server.ip,
+        cluster::IPERF_PORT,
+        cluster::SOCKPERF_PORT,
+    )?;
+    let node = &bed.nodes()[0];
+    let (Some(pins), Some(socket)) = (&node.bpffs_dir, &node.agent_socket) else {
+        bail!("the kube bed's node has no agent");
+    };
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for round in 0..plan.rounds {
+        with.push(datapath::sample(bed, &client.netns, vip, plan.secs, true)?);
+        bed.stop_agents();
+        let cleaned = std::process::Command::new("ip")
+            .args(["netns", "exec", &node.netns])
+            .arg(bin_dir.join(testbed::AGENT_BINARY))
+            .arg("cleanup")
+            .arg("--bpffs-dir")
+            .arg(pins)
+            .arg("--cni-socket")
+            .arg(socket)
+            .output()?;
+        if !cleaned.status.success() {
+            bail!(
+                "policy-agent cleanup failed: {}",
+                String::from_utf8_lossy(&cleaned.stderr)
+            );
+        }
+        without.push(datapath::sample(bed, &client.netns, vip, plan.secs, true)?);
+        bed.restart_agents()?;
+        bed.wait_for_agent_sync()?;
+        eprintln!(
+            "bench: ClusterIP round {round}: {:.0} conn/s with Palisade, {:.0} without",
+            with[round].conn_rate, without[round].conn_rate
+        );
+    }
+    let (w, o) = (datapath::medians(&with), datapath::medians(&without));
+    println!();
+    println!("through a ClusterIP (kube-proxy DNAT; medians; ratio to Palisade removed)");
     println!(
-        "{{\"change_to_enforced_p99_ms\": {:.1}, \"full_sync_ms\": {sync_ms:.1}, \"agent_rss_mib\": {rss_mib:.1}}}",
-        percentile(&all, 99)
+        "{:<12} {:>16} {:>16} {:>16} {:>18}",
+        "", "Gbit/s", "rr p50 µs", "rr p99 µs", "connections/s"
+    );
+    for (name, s) in [("removed", &o), ("palisade", &w)] {
+        let r = |v: f64, b: f64| format!("{v:.1} ({:.2})", ratio(v, b));
+        println!(
+            "{name:<12} {:>16} {:>16} {:>16} {:>18}",
+            r(s.throughput, o.throughput),
+            r(s.rr_p50, o.rr_p50),
+            r(s.rr_p99, o.rr_p99),
+            format!(
+                "{:.0} ({:.2})",
+                s.conn_rate,
+                ratio(s.conn_rate, o.conn_rate)
+            )
+        );
+    }
+    out.insert(
+        "cluster_ip".into(),
+        json!({
+            "throughput_ratio": {"palisade": super::round3(ratio(w.throughput, o.throughput))},
+            "rr_p50_ratio": {"palisade": super::round3(ratio(w.rr_p50, o.rr_p50))},
+            "rr_p99_ratio": {"palisade": super::round3(ratio(w.rr_p99, o.rr_p99))},
+            "conn_rate_ratio": {"palisade": super::round3(ratio(w.conn_rate, o.conn_rate))},
+        }),
     );
     Ok(())
 }
@@ -216,29 +337,4 @@ fn full_sync(bed: &Testbed, sizes: &Sizes) -> Result<(f64, f64)> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .ok_or_else(|| anyhow!("no VmHWM in /proc/{pid}/status"))?;
     Ok((sync_ms, hwm_kib / 1024.0))
-}
-
-/// The `p`th percentile (nearest rank) of `values`.
-fn percentile(values: &[f64], p: usize) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p * v.len()).div_ceil(100).clamp(1, v.len());
-    v[rank - 1]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percentile;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50), 50.0);
-        assert_eq!(percentile(&v, 99), 99.0);
-        assert_eq!(percentile(&[3.0, 1.0, 2.0], 50), 2.0);
-        assert!(percentile(&[], 50).is_nan());
-    }
 }

@@ -1,0 +1,347 @@
+//! `cargo xtask bench`: Palisade next to no enforcement and to two
+//! iptables enforcers, every figure a ratio against a baseline measured in
+//! the same run, variants interleaved and medians reported.
+//!
+//! Sections (all by default, or one with `--only`):
+//! - `datapath`: two pods through the test bed — iperf3 throughput,
+//!   sockperf ping-pong p50/p99, connection rate (see [`datapath`]);
+//! - `sweep`: the connection rate as the policy grows to 10, 10,000 and
+//!   1,000,000 ipBlock CIDRs, and the cost of one verdict in the kernel as
+//!   CIDRs, policy entries and identities grow (`policy-agent`'s
+//!   `verdict_sweep` benchmark);
+//! - `cni`: CNI ADD latency with and without `palisade-cni` in the chain;
+//! - `kube`: against the real control plane, through a ClusterIP with
+//!   kube-proxy's DNAT in the path, and the control-plane figures
+//!   (change → enforced, full sync, agent memory; see [`kube`]).
+//!
+//! Results: a table on stdout, `--json FILE` with the keys the README
+//! lists, `--plot FILE` an SVG of verdict cost and connection rate against
+//! the number of CIDRs.
+
+mod cluster;
+mod cni;
+mod datapath;
+pub mod kube;
+mod load;
+mod plot;
+mod rules;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use clap::ValueEnum;
+use serde_json::{json, Map, Value};
+
+use datapath::{Enforcer, Lanes, Medians};
+use stats::{percentile, ratio};
+
+/// A section of the benchmarks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Section {
+    /// Throughput, latency and connection rate between two pods.
+    Datapath,
+    /// Connection rate and verdict cost against policy size.
+    Sweep,
+    /// CNI ADD latency.
+    Cni,
+    /// Through a ClusterIP, and the control-plane figures.
+    Kube,
+}
+
+/// What to run.
+pub struct Options {
+    /// Fewer rounds, shorter runs, smaller clusters.
+    pub quick: bool,
+    /// Only this section.
+    pub only: Option<Section>,
+    /// Where to write the JSON figures.
+    pub json: Option<PathBuf>,
+    /// Where to write the SVG plot.
+    pub plot: Option<PathBuf>,
+}
+
+/// Sizes of one run.
+struct Plan {
+    rounds: usize,
+    secs: u32,
+    cidr_steps: Vec<usize>,
+    cni_pods: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Plan {
+                rounds: 4,
+                secs: 1,
+                cidr_steps: vec![10, 10_000, 100_000],
+                cni_pods: 50,
+            }
+        } else {
+            Plan {
+                rounds: 5,
+                secs: 2,
+                cidr_steps: vec![10, 10_000, 1_000_000],
+                cni_pods: 200,
+            }
+        }
+    }
+}
+
+/// A comparator whose rules take longer than this to load is left out of
+/// the larger sweep steps.
+const RULE_LOAD_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs the benchmarks.
+pub fn run(bin_dir: &Path, opts: &Options) -> Result<()> {
+    testbed::install_signal_cleanup().context("cannot install the Ctrl-C cleanup")?;
+    let plan = Plan::new(opts.quick);
+    let wants = |s: Section| opts.only.is_none_or(|o| o == s);
+    let mut out = Map::new();
+    let mut sweep_points = Vec::new();
+    if wants(Section::Datapath) || wants(Section::Sweep) || wants(Section::Cni) {
+        let mut lanes = Lanes::start(bin_dir, plan.cidr_steps[0])?;
+        if wants(Section::Datapath) {
+            let m = lanes.measure(plan.rounds, plan.secs, true)?;
+            datapath_figures(&m, &mut out);
+            print_datapath(&m);
+        }
+        if wants(Section::Sweep) {
+            sweep_points = sweep(&mut lanes, &plan, &mut out)?;
+        }
+        if wants(Section::Cni) {
+            let (with, without) = lanes.palisade_bed()?.time_cni_adds(plan.cni_pods)?;
+            cni::figures(&with, &without, &mut out);
+        }
+    }
+    if wants(Section::Sweep) {
+        let verdicts = verdict_sweep(opts.quick)?;
+        print_verdicts(&verdicts);
+        out.insert("per_verdict_ns".into(), per_verdict_json(&verdicts));
+        if let Some(path) = &opts.plot {
+            std::fs::write(path, plot::svg(&verdicts, &sweep_points))
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("plot: {}", path.display());
+        }
+    }
+    if wants(Section::Kube) {
+        kube::run(bin_dir, opts.quick, &plan_kube(&plan), &mut out)?;
+    }
+    let text = serde_json::to_string_pretty(&Value::Object(out))?;
+    if let Some(path) = &opts.json {
+        std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+        println!("figures: {}", path.display());
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
+fn plan_kube(plan: &Plan) -> kube::Plan {
+    kube::Plan {
+        rounds: plan.rounds,
+        secs: plan.secs,
+    }
+}
+
+/// The enforcers other than the baseline, as JSON object keys.
+fn per_enforcer(m: &Medians, f: impl Fn(&datapath::Sample) -> f64) -> Value {
+    let base = m.get(&Enforcer::None).map(&f).unwrap_or(f64::NAN);
+    let mut o = Map::new();
+    for (e, s) in m {
+        if *e != Enforcer::None {
+            o.insert(e.name().into(), json!(round3(ratio(f(s), base))));
+        }
+    }
+    Value::Object(o)
+}
+
+/// Rounded to three decimals (NaN becomes null in JSON).
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn datapath_figures(m: &Medians, out: &mut Map<String, Value>) {
+    out.insert("throughput_ratio".into(), per_enforcer(m, |s| s.throughput));
+    out.insert("rr_p50_ratio".into(), per_enforcer(m, |s| s.rr_p50));
+    out.insert("rr_p99_ratio".into(), per_enforcer(m, |s| s.rr_p99));
+    out.insert("conn_rate_ratio".into(), per_enforcer(m, |s| s.conn_rate));
+    let mut raw = Map::new();
+    for (e, s) in m {
+        raw.insert(
+            e.name().into(),
+            json!({
+                "throughput_gbps": round3(s.throughput),
+                "rr_p50_us": round3(s.rr_p50),
+                "rr_p99_us": round3(s.rr_p99),
+                "conn_per_s": s.conn_rate.round(),
+                "conn_p50_us": round3(percentile(&s.conn_latencies, 50)),
+                "conn_p99_us": round3(percentile(&s.conn_latencies, 99)),
+            }),
+        );
+    }
+    out.insert("datapath".into(), Value::Object(raw));
+}
+
+fn print_datapath(m: &Medians) {
+    let base = m.get(&Enforcer::None).cloned().unwrap_or_default();
+    println!();
+    println!("two pods, one node (medians; ratio to no enforcement)");
+    println!(
+        "{:<10} {:>16} {:>16} {:>16} {:>18} {:>14}",
+        "enforcer", "Gbit/s", "rr p50 µs", "rr p99 µs", "connections/s", "conn p99 µs"
+    );
+    for (e, s) in m {
+        let r = |v: f64, b: f64| format!("{v:.1} ({:.2})", ratio(v, b));
+        println!(
+            "{:<10} {:>16} {:>16} {:>16} {:>18} {:>14.0}",
+            e.name(),
+            r(s.throughput, base.throughput),
+            r(s.rr_p50, base.rr_p50),
+            r(s.rr_p99, base.rr_p99),
+            format!(
+                "{:.0} ({:.2})",
+                s.conn_rate,
+                ratio(s.conn_rate, base.conn_rate)
+            ),
+            percentile(&s.conn_latencies, 99)
+        );
+    }
+}
+
+/// One step of the connection-rate sweep, for the plot.
+pub struct SweepPoint {
+    /// CIDRs in the policy.
+    pub cidrs: usize,
+    /// Connections per second, per enforcer (absent: skipped).
+    pub rates: Vec<(Enforcer, f64)>,
+}
+
+fn sweep(lanes: &mut Lanes, plan: &Plan, out: &mut Map<String, Value>) -> Result<Vec<SweepPoint>> {
+    let mut points = Vec::new();
+    let mut steps = Map::new();
+    println!();
+    println!("connection rate against ipBlock CIDRs (medians; ratio to no enforcement)");
+    println!(
+        "{:>10} {:>18} {:>18} {:>18} {:>18}",
+        "CIDRs", "none", "palisade", "iptables", "ipset"
+    );
+    for (i, &cidrs) in plan.cidr_steps.iter().enumerate() {
+        let loads = if i == 0 {
+            Default::default()
+        } else {
+            lanes.set_cidrs(cidrs, RULE_LOAD_LIMIT)?
+        };
+        let m = lanes.measure(plan.rounds, plan.secs, false)?;
+        let base = m.get(&Enforcer::None).map_or(f64::NAN, |s| s.conn_rate);
+        let mut row = format!("{cidrs:>10}");
+        let mut step = Map::new();
+        let mut rates = Vec::new();
+        for e in Enforcer::ALL {
+            match m.get(&e) {
+                Some(s) => {
+                    row += &format!(
+                        " {:>18}",
+                        format!("{:.0} ({:.2})", s.conn_rate, ratio(s.conn_rate, base))
+                    );
+                    rates.push((e, s.conn_rate));
+                    let mut o = json!({
+                        "conn_per_s": s.conn_rate.round(),
+                        "conn_rate_ratio": round3(ratio(s.conn_rate, base)),
+                        "conn_p99_us": round3(percentile(&s.conn_latencies, 99)),
+                    });
+                    if let Some(t) = loads.get(&e) {
+                        o["load_s"] = json!(round3(*t));
+                    }
+                    step.insert(e.name().into(), o);
+                }
+                None => {
+                    row += &format!(" {:>18}", "skipped");
+                    if let Some(why) = lanes.skipped(e) {
+                        step.insert(e.name().into(), json!({ "skipped": why }));
+                    }
+                }
+            }
+        }
+        println!("{row}");
+        steps.insert(format!("cidrs_{cidrs}"), Value::Object(step));
+        points.push(SweepPoint { cidrs, rates });
+    }
+    out.insert("conn_rate_sweep".into(), Value::Object(steps));
+    Ok(points)
+}
+
+/// One line of `verdict_sweep`'s output.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct Verdict {
+    /// `cidrs`, `entries` or `identities`.
+    pub swept: String,
+    /// Its size at this step.
+    pub n: u64,
+    /// A denied new flow, judged in full (ns, test-run overhead removed).
+    pub new_flow_ns: f64,
+    /// A packet of an established flow (ns).
+    pub established_ns: f64,
+    /// The empty classifier's cost that was subtracted (ns).
+    pub empty_ns: f64,
+}
+
+fn verdict_sweep(quick: bool) -> Result<Vec<Verdict>> {
+    let mut c = crate::cmd::cargo();
+    c.args([
+        "bench",
+        "-p",
+        "policy-agent",
+        "--bench",
+        "verdict_sweep",
+        "--",
+    ]);
+    if quick {
+        c.arg("--quick");
+    }
+    eprintln!("$ cargo bench -p policy-agent --bench verdict_sweep");
+    let out = c
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot run cargo bench")?;
+    if !out.status.success() {
+        return Err(anyhow!("verdict_sweep failed ({})", out.status));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).with_context(|| format!("verdict_sweep line {l:?}")))
+        .collect()
+}
+
+fn per_verdict_json(v: &[Verdict]) -> Value {
+    let mut o = Map::new();
+    for s in v {
+        o.insert(
+            format!("{}_{}", s.swept, s.n),
+            json!({
+                "palisade": round3(s.new_flow_ns),
+                "palisade_established": round3(s.established_ns),
+                "empty_classifier": round3(s.empty_ns),
+            }),
+        );
+    }
+    Value::Object(o)
+}
+
+fn print_verdicts(v: &[Verdict]) {
+    println!();
+    println!("one verdict of the ingress program (BPF_PROG_TEST_RUN, an empty classifier's cost subtracted)");
+    println!(
+        "{:<12} {:>10} {:>16} {:>16} {:>18}",
+        "swept", "n", "new flow ns", "established ns", "(subtracted ns)"
+    );
+    for s in v {
+        println!(
+            "{:<12} {:>10} {:>16.1} {:>16.1} {:>18.1}",
+            s.swept, s.n, s.new_flow_ns, s.established_ns, s.empty_ns
+        );
+    }
+}
