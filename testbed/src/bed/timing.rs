@@ -26,7 +26,8 @@ impl Testbed {
     }
 
     /// Times `count` CNI ADDs on node 0, each of a fresh pod namespace
-    /// (`bench/cni-<i>`), through the bed's chain (`palisade: true`, with
+    /// (`bench/cni-w<i>` through Palisade's chain, `bench/cni-o<i>`
+    /// without: the agent must know the first ones), through the bed's chain (`palisade: true`, with
     /// `palisade-cni` when the bed runs Palisade) or through the chain
     /// without `palisade-cni`, alternately: the two figures share the
     /// machine's noise. Each pod is DELeted and its namespace removed

@@ -80,6 +80,29 @@ pub fn cidr(i: usize) -> String {
     format!("{}/30", Ipv4Addr::from(a))
 }
 
+/// Pods `bench/<name>` without an address yet (what the API server holds
+/// before their CNI ADD), to append to a manifest.
+pub fn pending_pods(names: &[String]) -> String {
+    let mut y = String::new();
+    for name in names {
+        let _ = write!(
+            y,
+            "---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {NAMESPACE}
+spec:
+  containers:
+  - name: main
+    image: bench
+"
+        );
+    }
+    y
+}
+
 /// The manifest with `cidrs` ipBlocks before the client's podSelector.
 pub fn manifest(cidrs: usize) -> String {
     let mut y = String::with_capacity(64 * cidrs + 2048);

@@ -86,6 +86,8 @@ impl Drop for Lane {
 pub struct Lanes {
     lanes: Vec<Lane>,
     manifest: PathBuf,
+    /// CIDRs in the policy now.
+    cidrs: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -164,6 +166,7 @@ impl Lanes {
         let mut me = Lanes {
             lanes,
             manifest,
+            cidrs,
             _dir: dir,
         };
         me.load_comparators(cidrs, None)?;
@@ -177,37 +180,50 @@ impl Lanes {
     /// `limit` is skipped from then on). Returns each comparator's load
     /// time in seconds.
     pub fn set_cidrs(&mut self, cidrs: usize, limit: Duration) -> Result<BTreeMap<Enforcer, f64>> {
-        let palisade = self
-            .lanes
-            .iter()
-            .find(|l| l.enforcer == Enforcer::Palisade)
-            .ok_or_else(|| anyhow!("no palisade lane"))?;
-        let log = palisade
-            .bed
+        let took = self.rewrite_palisade(&cluster::manifest(cidrs))?;
+        self.cidrs = cidrs;
+        let mut times = BTreeMap::from([(Enforcer::Palisade, took)]);
+        times.extend(self.load_comparators(cidrs, Some(limit))?);
+        self.check_enforced()?;
+        Ok(times)
+    }
+
+    /// Times `count` CNI ADDs on the Palisade bed with and without
+    /// `palisade-cni` (see `Testbed::time_cni_adds`). The pods are added
+    /// to the manifest first, without addresses, as the API server holds
+    /// them before their ADD: the agent refuses pods it does not know.
+    pub fn time_cni_adds(&mut self, count: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
+        let names: Vec<String> = (0..count).map(|i| format!("cni-w{i}")).collect();
+        self.rewrite_palisade(&(cluster::manifest(self.cidrs) + &cluster::pending_pods(&names)))?;
+        let times = self.palisade_bed()?.time_cni_adds(count)?;
+        self.rewrite_palisade(&cluster::manifest(self.cidrs))?;
+        Ok(times)
+    }
+
+    /// Rewrites the manifest Palisade's agent reads and waits until the
+    /// agent has applied it; returns the seconds that took.
+    fn rewrite_palisade(&mut self, text: &str) -> Result<f64> {
+        let bed = self.palisade_bed()?;
+        let log = bed
             .agent_log()
             .ok_or_else(|| anyhow!("no agent log"))?
             .to_path_buf();
         let applied = |text: &str| text.matches(AGENT_APPLIED_LOG).count();
         let before = applied(&std::fs::read_to_string(&log).unwrap_or_default());
         let started = Instant::now();
-        write_atomic(&self.manifest, &cluster::manifest(cidrs))?;
+        write_atomic(&self.manifest, text)?;
         loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if applied(&text) > before {
-                break;
+            if applied(&std::fs::read_to_string(&log).unwrap_or_default()) > before {
+                return Ok(started.elapsed().as_secs_f64());
             }
             if started.elapsed() > Duration::from_secs(600) {
                 bail!(
-                    "the agent did not apply {cidrs} CIDRs in 10 min:\n{}",
-                    palisade.bed.agent_log_tail(20)
+                    "the agent did not apply the rewritten manifest in 10 min:\n{}",
+                    bed.agent_log_tail(20)
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let mut times = BTreeMap::from([(Enforcer::Palisade, started.elapsed().as_secs_f64())]);
-        times.extend(self.load_comparators(cidrs, Some(limit))?);
-        self.check_enforced()?;
-        Ok(times)
     }
 
     /// Checks that each bed enforces what it should: the client reaches

@@ -112,7 +112,7 @@ pub fn run(bin_dir: &Path, opts: &Options) -> Result<()> {
             sweep_points = sweep(&mut lanes, &plan, &mut out)?;
         }
         if wants(Section::Cni) {
-            let (with, without) = lanes.palisade_bed()?.time_cni_adds(plan.cni_pods)?;
+            let (with, without) = lanes.time_cni_adds(plan.cni_pods)?;
             cni::figures(&with, &without, &mut out);
         }
     }
