@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_api::{Attachment, Request, Response};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Mutex;
 
@@ -69,19 +69,8 @@ async fn handle_connection<D: Dataplane>(
     agent: SharedAgent<D>,
     hub: Arc<FlowHub>,
 ) -> std::io::Result<()> {
-    use tokio::io::AsyncReadExt;
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(read.take(MAX_REQUEST_BYTES))
-        .read_line(&mut line)
-        .await?;
-    let too_long = !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST_BYTES;
-    let parsed = if too_long {
-        Err(format!("request larger than {MAX_REQUEST_BYTES} bytes"))
-    } else {
-        serde_json::from_str::<Request>(&line).map_err(|e| format!("unreadable request: {e}"))
-    };
-    let response = match parsed {
+    let response = match read_request(read).await? {
         Ok(Request::Flows { pod, verdict }) => {
             return stream_flows(&mut write, &hub, pod.as_deref(), verdict.as_deref()).await;
         }
@@ -109,6 +98,25 @@ async fn handle_connection<D: Dataplane>(
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
     out.push(b'\n');
     write.write_all(&out).await
+}
+
+/// Reads one request line (at most [`MAX_REQUEST_BYTES`]) and decodes it:
+/// `Ok(Err(message))` for a request that is too long or not a [`Request`]
+/// (the client is answered with the message), `Err` when reading fails
+/// (the connection is dropped).
+pub async fn read_request<R: AsyncRead + Unpin>(
+    read: R,
+) -> std::io::Result<Result<Request, String>> {
+    let mut line = String::new();
+    BufReader::new(read.take(MAX_REQUEST_BYTES))
+        .read_line(&mut line)
+        .await?;
+    let too_long = !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST_BYTES;
+    Ok(if too_long {
+        Err(format!("request larger than {MAX_REQUEST_BYTES} bytes"))
+    } else {
+        serde_json::from_str::<Request>(&line).map_err(|e| format!("unreadable request: {e}"))
+    })
 }
 
 /// Accepts connections from root and from the agent's own user only
