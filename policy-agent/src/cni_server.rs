@@ -261,3 +261,29 @@ async fn host_veth(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &[u8] = b"{\"op\":\"status\"}\n";
+
+    #[tokio::test]
+    async fn one_line_is_one_request_up_to_the_size_limit() {
+        let two = [STATUS, b"{\"op\":\"counters\"}\n"].concat();
+        assert_eq!(read_request(&two[..]).await.unwrap(), Ok(Request::Status));
+        let limit = usize::try_from(MAX_REQUEST_BYTES).unwrap();
+        // Exactly the limit, newline included: read.
+        let edge = [vec![b' '; limit - STATUS.len()].as_slice(), STATUS].concat();
+        assert_eq!(read_request(&edge[..]).await.unwrap(), Ok(Request::Status));
+        // One byte more: refused unread, with a reason.
+        let over = [vec![b' '; limit + 1 - STATUS.len()].as_slice(), STATUS].concat();
+        let refused = read_request(&over[..]).await.unwrap().unwrap_err();
+        assert!(refused.contains("larger than"), "{refused}");
+        // Not UTF-8: the connection fails.
+        assert!(read_request(&b"\xff\n"[..]).await.is_err());
+        // Not a request: answered with why.
+        let junk = read_request(&b"{\"op\":\"reboot\"}\n"[..]).await.unwrap();
+        assert!(junk.unwrap_err().starts_with("unreadable request"));
+    }
+}
