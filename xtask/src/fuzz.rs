@@ -122,14 +122,14 @@ fn target_dir(root: &Path) -> PathBuf {
 const FUZZ_CACHE: &str = "/var/cache/palisade/fuzz-target";
 
 fn build(target_dir: &Path) -> Result<()> {
-    // rustup's `cargo` (not the toolchain's own, which `CARGO` names) is
-    // what understands `+toolchain`.
-    let mut c = Command::new("cargo");
+    // `rustup run`, not `cargo +toolchain`: the `cargo` first on our PATH
+    // may be the stable toolchain's own binary, which knows no `+`.
+    let mut c = Command::new("rustup");
     c.current_dir(cmd::workspace_root())
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("RUSTC");
     cmd::run(
-        c.arg(format!("+{EBPF_TOOLCHAIN}"))
+        c.args(["run", EBPF_TOOLCHAIN, "cargo"])
             .args(["fuzz", "build", "--sanitizer", "none"])
             // Faster builds of the big crates; the run-time cost is small.
             .args(["--codegen-units", "16"])
