@@ -81,6 +81,19 @@ mod tests {
         assert!(c.prev_result.is_none());
     }
 
+    /// Found by the `cni_input` fuzz target: bytes that are not UTF-8 in a
+    /// field the plugin ignores do not stop it from reading its own (serde
+    /// skips ignored strings unchecked); what it passes on, `prevResult`,
+    /// is still checked.
+    #[test]
+    fn non_utf8_in_an_ignored_field_is_read_and_in_prev_result_refused() {
+        let ignored = b"{\"cniVersion\":\"1.0.0\",\"type\":\"pali\x9b\xd2sade\",\"prevResult\":{}}";
+        let c: NetConf = serde_json::from_slice(ignored).unwrap();
+        assert!(c.prev_result.is_some());
+        let passed_on = b"{\"cniVersion\":\"1.0.0\",\"prevResult\":{\"name\":\"\x9b\"}}";
+        assert!(serde_json::from_slice::<NetConf>(passed_on).is_err());
+    }
+
     #[test]
     fn socket_timeout_and_unknown_version() {
         let c: NetConf = serde_json::from_str(

@@ -36,4 +36,4 @@ pub mod plugin;
 
 pub use env::Environment;
 pub use error::PluginError;
-pub use plugin::{run, Streams};
+pub use plugin::{run, run_with, AgentClient, SocketAgent, Streams};

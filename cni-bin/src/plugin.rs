@@ -3,8 +3,10 @@
 
 use std::io::{Read, Write};
 use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
 
-use agent_api::{Attachment, Request, Response};
+use agent_api::{Attachment, ClientError, Request, Response};
 use serde_json::{json, Value};
 
 use crate::config::{NetConf, LATEST_VERSION, SUPPORTED_VERSIONS};
@@ -50,12 +52,45 @@ impl Command {
     }
 }
 
+/// How the plugin reaches the agent: [`SocketAgent`] in the real plugin,
+/// something else in tests and fuzzing.
+pub trait AgentClient {
+    /// Sends `request` to the agent at `socket` and waits up to `timeout`
+    /// for its answer.
+    fn call(
+        &self,
+        socket: &Path,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, ClientError>;
+}
+
+/// The agent behind its unix socket ([`agent_api::call`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketAgent;
+
+impl AgentClient for SocketAgent {
+    fn call(
+        &self,
+        socket: &Path,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        agent_api::call(socket, request, timeout)
+    }
+}
+
 /// Runs one CNI invocation and returns the process exit code: 0 on success
 /// (with the result, if any, on stdout), 1 with a CNI error document on
 /// stdout otherwise.
 pub fn run(env: &dyn Environment, streams: Streams<'_>) -> i32 {
+    run_with(env, streams, &SocketAgent)
+}
+
+/// [`run`], reaching the agent through `agent`.
+pub fn run_with(env: &dyn Environment, streams: Streams<'_>, agent: &dyn AgentClient) -> i32 {
     let mut version = LATEST_VERSION.to_string();
-    let outcome = dispatch(env, streams.stdin, streams.stderr, &mut version);
+    let outcome = dispatch(env, streams.stdin, streams.stderr, agent, &mut version);
     let (code, doc) = match outcome {
         Ok(None) => return 0,
         Ok(Some(doc)) => (0, doc),
@@ -90,6 +125,7 @@ fn dispatch(
     env: &dyn Environment,
     stdin: &mut dyn Read,
     stderr: &mut dyn Write,
+    agent: &dyn AgentClient,
     version: &mut String,
 ) -> Result<Option<Value>, PluginError> {
     let command = Command::parse(&required(env, "CNI_COMMAND")?)?;
@@ -108,11 +144,11 @@ fn dispatch(
     }
     version.clone_from(&conf.cni_version);
     match command {
-        Command::Add => add(env, &conf).map(Some),
-        Command::Del => del(env, &conf, stderr).map(|()| None),
-        Command::Check => check(env, &conf).map(|()| None),
-        Command::Status => status(&conf).map(|()| None),
-        Command::Gc => gc(&conf, stderr).map(|()| None),
+        Command::Add => add(env, &conf, agent).map(Some),
+        Command::Del => del(env, &conf, agent, stderr).map(|()| None),
+        Command::Check => check(env, &conf, agent).map(|()| None),
+        Command::Status => status(&conf, agent).map(|()| None),
+        Command::Gc => gc(&conf, agent, stderr).map(|()| None),
         Command::Version => Ok(None),
     }
 }
@@ -132,7 +168,11 @@ fn required(env: &dyn Environment, name: &'static str) -> Result<String, PluginE
 }
 
 /// ADD: tell the agent, wait until it enforces, pass `prevResult` on.
-fn add(env: &dyn Environment, conf: &NetConf) -> Result<Value, PluginError> {
+fn add(
+    env: &dyn Environment,
+    conf: &NetConf,
+    agent: &dyn AgentClient,
+) -> Result<Value, PluginError> {
     let container_id = required(env, "CNI_CONTAINERID")?;
     let netns = required(env, "CNI_NETNS")?;
     let ifname = required(env, "CNI_IFNAME")?;
@@ -155,7 +195,7 @@ fn add(env: &dyn Environment, conf: &NetConf) -> Result<Value, PluginError> {
         host_interfaces: host_interfaces(prev),
         ips: pod_ips(prev)?,
     };
-    ask_agent(conf, &Request::Add(attachment))?;
+    ask_agent(conf, agent, &Request::Add(attachment))?;
     let mut result = prev.clone();
     if let Some(obj) = result.as_object_mut() {
         obj.insert("cniVersion".into(), Value::String(conf.cni_version.clone()));
@@ -165,10 +205,16 @@ fn add(env: &dyn Environment, conf: &NetConf) -> Result<Value, PluginError> {
 
 /// DEL: best effort. The agent also forgets endpoints whose pods are gone, and
 /// DEL must succeed when repeated, so an unreachable agent is only logged.
-fn del(env: &dyn Environment, conf: &NetConf, stderr: &mut dyn Write) -> Result<(), PluginError> {
+fn del(
+    env: &dyn Environment,
+    conf: &NetConf,
+    agent: &dyn AgentClient,
+    stderr: &mut dyn Write,
+) -> Result<(), PluginError> {
     let container_id = required(env, "CNI_CONTAINERID")?;
     if let Err(e) = ask_agent(
         conf,
+        agent,
         &Request::Del {
             container_id: container_id.clone(),
         },
@@ -182,23 +228,27 @@ fn del(env: &dyn Environment, conf: &NetConf, stderr: &mut dyn Write) -> Result<
 }
 
 /// CHECK: the agent confirms the endpoint is still enforced.
-fn check(env: &dyn Environment, conf: &NetConf) -> Result<(), PluginError> {
+fn check(
+    env: &dyn Environment,
+    conf: &NetConf,
+    agent: &dyn AgentClient,
+) -> Result<(), PluginError> {
     let container_id = required(env, "CNI_CONTAINERID")?;
     prev_result(conf)?;
-    ask_agent(conf, &Request::Check { container_id })
+    ask_agent(conf, agent, &Request::Check { container_id })
 }
 
 /// GC: the agent forgets every endpoint whose sandbox the runtime no
 /// longer lists. An unreachable agent is only logged, as for DEL: a
 /// starting agent drops endpoints whose interface is gone on its own.
-fn gc(conf: &NetConf, stderr: &mut dyn Write) -> Result<(), PluginError> {
+fn gc(conf: &NetConf, agent: &dyn AgentClient, stderr: &mut dyn Write) -> Result<(), PluginError> {
     let valid = conf
         .valid_attachments
         .clone()
         .ok_or_else(|| PluginError::InvalidConfig {
             reason: "GC without cni.dev/valid-attachments".into(),
         })?;
-    match ask_agent(conf, &Request::Gc { valid }) {
+    match ask_agent(conf, agent, &Request::Gc { valid }) {
         Err(PluginError::AgentUnavailable { source }) => {
             let _ = writeln!(
                 stderr,
@@ -211,8 +261,8 @@ fn gc(conf: &NetConf, stderr: &mut dyn Write) -> Result<(), PluginError> {
 }
 
 /// STATUS: ready iff the agent says so.
-fn status(conf: &NetConf) -> Result<(), PluginError> {
-    ask_agent(conf, &Request::Status).map_err(|e| PluginError::NotReady {
+fn status(conf: &NetConf, agent: &dyn AgentClient) -> Result<(), PluginError> {
+    ask_agent(conf, agent, &Request::Status).map_err(|e| PluginError::NotReady {
         reason: match e {
             PluginError::AgentRefused { message } => message,
             other => other.to_string(),
@@ -220,8 +270,13 @@ fn status(conf: &NetConf) -> Result<(), PluginError> {
     })
 }
 
-fn ask_agent(conf: &NetConf, request: &Request) -> Result<(), PluginError> {
-    let answer = agent_api::call(&conf.socket(), request, conf.timeout())
+fn ask_agent(
+    conf: &NetConf,
+    agent: &dyn AgentClient,
+    request: &Request,
+) -> Result<(), PluginError> {
+    let answer = agent
+        .call(&conf.socket(), request, conf.timeout())
         .map_err(|source| PluginError::AgentUnavailable { source })?;
     match answer {
         Response::Ok => Ok(()),

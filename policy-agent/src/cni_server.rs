@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_api::{Attachment, Request, Response};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Mutex;
 
@@ -69,19 +69,8 @@ async fn handle_connection<D: Dataplane>(
     agent: SharedAgent<D>,
     hub: Arc<FlowHub>,
 ) -> std::io::Result<()> {
-    use tokio::io::AsyncReadExt;
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(read.take(MAX_REQUEST_BYTES))
-        .read_line(&mut line)
-        .await?;
-    let too_long = !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST_BYTES;
-    let parsed = if too_long {
-        Err(format!("request larger than {MAX_REQUEST_BYTES} bytes"))
-    } else {
-        serde_json::from_str::<Request>(&line).map_err(|e| format!("unreadable request: {e}"))
-    };
-    let response = match parsed {
+    let response = match read_request(read).await? {
         Ok(Request::Flows { pod, verdict }) => {
             return stream_flows(&mut write, &hub, pod.as_deref(), verdict.as_deref()).await;
         }
@@ -109,6 +98,25 @@ async fn handle_connection<D: Dataplane>(
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
     out.push(b'\n');
     write.write_all(&out).await
+}
+
+/// Reads one request line (at most [`MAX_REQUEST_BYTES`]) and decodes it:
+/// `Ok(Err(message))` for a request that is too long or not a [`Request`]
+/// (the client is answered with the message), `Err` when reading fails
+/// (the connection is dropped).
+pub async fn read_request<R: AsyncRead + Unpin>(
+    read: R,
+) -> std::io::Result<Result<Request, String>> {
+    let mut line = String::new();
+    BufReader::new(read.take(MAX_REQUEST_BYTES))
+        .read_line(&mut line)
+        .await?;
+    let too_long = !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST_BYTES;
+    Ok(if too_long {
+        Err(format!("request larger than {MAX_REQUEST_BYTES} bytes"))
+    } else {
+        serde_json::from_str::<Request>(&line).map_err(|e| format!("unreadable request: {e}"))
+    })
 }
 
 /// Accepts connections from root and from the agent's own user only
@@ -251,5 +259,31 @@ async fn host_veth(
         None => Err(format!(
             "pod {pod}: no host veth leads to a namespace holding {ips:?}"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &[u8] = b"{\"op\":\"status\"}\n";
+
+    #[tokio::test]
+    async fn one_line_is_one_request_up_to_the_size_limit() {
+        let two = [STATUS, b"{\"op\":\"counters\"}\n"].concat();
+        assert_eq!(read_request(&two[..]).await.unwrap(), Ok(Request::Status));
+        let limit = usize::try_from(MAX_REQUEST_BYTES).unwrap();
+        // Exactly the limit, newline included: read.
+        let edge = [vec![b' '; limit - STATUS.len()].as_slice(), STATUS].concat();
+        assert_eq!(read_request(&edge[..]).await.unwrap(), Ok(Request::Status));
+        // One byte more: refused unread, with a reason.
+        let over = [vec![b' '; limit + 1 - STATUS.len()].as_slice(), STATUS].concat();
+        let refused = read_request(&over[..]).await.unwrap().unwrap_err();
+        assert!(refused.contains("larger than"), "{refused}");
+        // Not UTF-8: the connection fails.
+        assert!(read_request(&b"\xff\n"[..]).await.is_err());
+        // Not a request: answered with why.
+        let junk = read_request(&b"{\"op\":\"reboot\"}\n"[..]).await.unwrap();
+        assert!(junk.unwrap_err().starts_with("unreadable request"));
     }
 }

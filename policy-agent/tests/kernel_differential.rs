@@ -268,3 +268,148 @@ fn kernel_agrees_with_the_lookup_model() {
         }
     }
 }
+
+/// Frames the parser must get right beyond the plain ones above: IPv4
+/// options and fragments, IPv6 extension headers (up to and past the
+/// limit) and fragments, ICMP errors, link control, other ethertypes and
+/// every truncation of a TCP packet, each judged as the first packet of
+/// its flow (`policy_engine::packet::first_packet`, the model the packet
+/// fuzz target uses too): what each frame leaves in conntrack is removed
+/// after it.
+#[test]
+fn odd_frames_agree_with_the_packet_model() {
+    let (mut dp, _pins) = open("differential-odd");
+    let peers = peer_pool();
+    let ports: Vec<u16> = vec![22, 53, 80, 443, 8080];
+    let mut r = Rng(0x0ddf_4a3e_5eed_0001);
+    in_netns(EPS.len(), |idx| {
+        for (ep, ifindex) in EPS.iter().zip(idx) {
+            dp.register_endpoint(*ifindex, *ep).unwrap();
+        }
+        let addrs: Vec<(u32, [[u8; 16]; 2])> = EPS
+            .iter()
+            .map(|ep| {
+                (
+                    *ep,
+                    [pod_addr(*ep, false).mapped(), pod_addr(*ep, true).mapped()],
+                )
+            })
+            .collect();
+        let eps: Vec<(u32, &[[u8; 16]])> = addrs.iter().map(|(ep, a)| (*ep, &a[..])).collect();
+        kernel::sources(&mut dp, &eps);
+        let sources: std::collections::BTreeMap<u32, std::collections::BTreeSet<[u8; 16]>> = addrs
+            .iter()
+            .map(|(ep, a)| (*ep, a.iter().copied().collect()))
+            .collect();
+        let mut checked = 0usize;
+        for round in 0..10 {
+            let state = random_state(&mut r, &peers, &ports);
+            dp.apply(&state).unwrap();
+            for (k, ep) in EPS.iter().enumerate() {
+                for d in [dir::INGRESS, dir::EGRESS] {
+                    let peer = to_ip(r.pick(&peers));
+                    let v6 = matches!(peer, Ip::V6(_));
+                    let pod = pod_addr(*ep, v6);
+                    let (src, dst) = if d == dir::INGRESS {
+                        (peer, pod)
+                    } else {
+                        (pod, peer)
+                    };
+                    let prog = if d == dir::INGRESS {
+                        PROG_POD_INGRESS
+                    } else {
+                        PROG_POD_EGRESS
+                    };
+                    for frame in odd_frames(src, dst, r.pick(&ports)) {
+                        let got = match dp.test_run(prog, &frame, idx[k]) {
+                            Ok(v) => v,
+                            // The test run refuses IP frames shorter than
+                            // their IP header.
+                            Err(_) if frame.len() < 14 + if v6 { 40 } else { 20 } => continue,
+                            Err(e) => panic!("test run: {e}"),
+                        };
+                        dp.forget_flow(*ep, d, &frame).unwrap();
+                        let (allowed, why) = policy_engine::packet::first_packet(
+                            &state,
+                            &sources[ep],
+                            *ep,
+                            d,
+                            &frame,
+                        );
+                        let want = if allowed {
+                            TestVerdict::Allow
+                        } else {
+                            TestVerdict::Drop
+                        };
+                        assert_eq!(
+                            got, want,
+                            "round {round} ep {ep} dir {d} frame {frame:02x?}: model {why:?}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
+    });
+}
+
+fn odd_frames(src: Ip, dst: Ip, dport: u16) -> Vec<Vec<u8>> {
+    let syn = tcp(40_000, dport, SYN);
+    let mut out = Vec::new();
+    match (src, dst) {
+        (Ip::V4(s), Ip::V4(d)) => {
+            // Options: IHL 7, the TCP header after 8 bytes of options.
+            let mut opt = ipv4(s, d, TCP, &[[0u8; 8].as_slice(), &syn.1].concat(), 0);
+            opt[0] = 0x47;
+            out.push(eth(&opt));
+            let mut bad_ihl = ipv4(s, d, TCP, &syn.1, 0);
+            bad_ihl[0] = 0x44;
+            out.push(eth(&bad_ihl));
+            out.push(eth(&ipv4(s, d, UDP, &udp(40_000, dport).1, 0x2000)));
+            out.push(eth(&ipv4(s, d, UDP, &[0u8; 16], 0x0004)));
+            out.push(eth(&ipv4(s, d, TCP, &[0u8; 16], 0x2010)));
+            let quoted = ipv4(d, s, TCP, &tcp(dport, 40_000, ACK).1[..8], 0);
+            out.push(frame(src, dst, &icmp_error(false, 3, 1, &quoted)));
+            out.push(frame(src, dst, &icmp(false, 13, 0, &[0; 16])));
+            let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1];
+            arp.extend_from_slice(&s);
+            arp.extend_from_slice(&[0; 6]);
+            arp.extend_from_slice(&d);
+            out.push(eth_raw(0x0806, &arp));
+        }
+        (Ip::V6(s), Ip::V6(d)) => {
+            for ext in [
+                vec![(0u8, 8usize)],
+                vec![(43, 16), (60, 8)],
+                vec![(60, 8); 7],
+                vec![(60, 8); 8],
+                vec![(51, 16)],
+            ] {
+                out.push(eth(&ipv6(s, d, &ext, TCP, &syn.1)));
+            }
+            out.push(eth(&ipv6_fragment(
+                s,
+                d,
+                UDP,
+                0x0001,
+                &udp(40_000, dport).1,
+            )));
+            out.push(eth(&ipv6_fragment(s, d, UDP, 0x0010, &[0u8; 8])));
+            let quoted = ipv6(d, s, &[], UDP, &udp(dport, 40_000).1);
+            out.push(frame(src, dst, &icmp_error(true, 1, 0, &quoted)));
+            out.push(frame(src, dst, &icmp(true, 135, 0, &[0; 20])));
+            out.push(frame(src, dst, &icmp(true, 143, 0, &[0; 20])));
+        }
+        _ => {}
+    }
+    let full = frame(src, dst, &syn);
+    for len in 14..full.len() {
+        out.push(full[..len].to_vec());
+    }
+    out.push(eth_raw(0x88cc, &[0; 46]));
+    let mut wrong_version = full.clone();
+    wrong_version[14] = 0x55;
+    out.push(wrong_version);
+    out
+}

@@ -56,6 +56,7 @@ pub mod compile;
 pub mod lookup;
 pub mod manifest;
 pub mod model;
+pub mod packet;
 pub mod state;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testutil;

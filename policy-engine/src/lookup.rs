@@ -128,7 +128,16 @@ pub fn verdict(
     dport: u16,
 ) -> Verdict {
     let ids = peer_identities(state, peer);
-    judge(state, ep_id, dir, Some(peer), &ids, proto, dport)
+    judge(state, ep_id, dir, Some(peer), &ids, proto, Some(dport))
+}
+
+/// [`verdict`] for a packet without ports: a later fragment of a datagram
+/// (no L4 header), which the datapath judges with the port part of the
+/// key left out, so only entries allowing every port of `proto` (or every
+/// protocol) match.
+pub fn verdict_any_port(state: &MapState, ep_id: u32, dir: u8, peer: IpAddr, proto: u8) -> Verdict {
+    let ids = peer_identities(state, peer);
+    judge(state, ep_id, dir, Some(peer), &ids, proto, None)
 }
 
 /// The verdict for a peer known only by its identity (a pod without an
@@ -143,7 +152,7 @@ pub fn verdict_for_identity(
     dport: u16,
 ) -> Verdict {
     let ids: Vec<u32> = identity.into_iter().chain([ANY]).collect();
-    judge(state, ep_id, dir, None, &ids, proto, dport)
+    judge(state, ep_id, dir, None, &ids, proto, Some(dport))
 }
 
 fn judge(
@@ -153,7 +162,7 @@ fn judge(
     peer: Option<IpAddr>,
     identities: &[u32],
     proto: u8,
-    dport: u16,
+    dport: Option<u16>,
 ) -> Verdict {
     let Some(flags) = state.endpoints.get(&ep_id) else {
         return Verdict::plain(false, Reason::NotReady);
@@ -181,7 +190,13 @@ fn judge(
             key(PortMatch::AnyProtocol),
             key(PortMatch::AnyPort { proto }),
         ];
-        for prefix_len in (0..=16u8).rev() {
+        // Without a port only the block of every port (prefix 0, which
+        // the datapath's key cannot tell from "any port") can match.
+        let (blocks, dport) = match dport {
+            Some(p) => (0..=16u8, p),
+            None => (0..=0, 0),
+        };
+        for prefix_len in blocks.rev() {
             let shift = 16 - u32::from(prefix_len);
             let port = if shift >= 16 {
                 0

@@ -13,6 +13,7 @@ use crate::model::{ContainerPort, PodInfo, PodRef, Protocol, Snapshot};
 use crate::tools::probe::{self, End};
 
 pub mod conformance;
+pub mod reference;
 
 /// Parses a NetworkPolicy written in YAML. Panics on bad YAML.
 pub fn policy_yaml(text: &str) -> NetworkPolicy {

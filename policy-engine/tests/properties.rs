@@ -1,6 +1,8 @@
 //! Property tests over random small clusters:
 //! - the simulated (compiled + lookup model) verdict equals a direct
-//!   reference evaluation of the policies, written here independently;
+//!   reference evaluation of the policies, written independently of the
+//!   compiler (`policy_engine::testutil::reference`, shared with the fuzz
+//!   targets);
 //! - the result does not depend on policy order or identity numbering;
 //! - adding a policy never removes a connection unless it newly isolates
 //!   an end (additivity);
@@ -9,13 +11,11 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use policy_engine::compile::{all_endpoints, compile, Allocator, Engine};
-use policy_engine::model::{
-    ContainerPort, Direction, Peer, PodInfo, PodRef, Policy, PortRef, Protocol, Rule, Snapshot,
-};
+use policy_engine::model::{ContainerPort, PodInfo, PodRef, Protocol, Snapshot};
 use policy_engine::state::MapState;
+use policy_engine::testutil::reference::reference;
 use policy_engine::tools::probe::{connection, End};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -184,145 +184,6 @@ fn build(
         s.upsert_policy(p).unwrap();
     }
     s
-}
-
-// ---------- reference evaluation, straight from the policies ----------
-
-fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
-    match (net, ip) {
-        (IpNet::V4(n), IpAddr::V4(a)) => n.contains(&a),
-        (IpNet::V6(n), IpAddr::V6(a)) => n.contains(&a),
-        _ => false,
-    }
-}
-
-/// Who the peer is: a pod (with its namespace labels) or just an address.
-struct PeerView<'a> {
-    pod: Option<(&'a PodRef, &'a PodInfo)>,
-    ip: IpAddr,
-}
-
-fn peer_matches(s: &Snapshot, policy_ns: &str, peer: &Peer, who: &PeerView) -> bool {
-    match peer {
-        Peer::IpBlock(b) => {
-            net_contains(&b.cidr, who.ip) && !b.except.iter().any(|e| net_contains(e, who.ip))
-        }
-        Peer::Pods { namespaces, pods } => {
-            let Some((r, info)) = who.pod else {
-                return false;
-            };
-            let ns_ok = match namespaces {
-                None => r.namespace == policy_ns,
-                Some(sel) => sel.matches(&s.namespace_labels(&r.namespace)),
-            };
-            ns_ok && pods.as_ref().is_none_or(|sel| sel.matches(&info.labels))
-        }
-    }
-}
-
-fn port_matches(rule: &Rule, dest: Option<&PodInfo>, proto: Protocol, port: u16) -> bool {
-    rule.ports.is_empty()
-        || rule.ports.iter().any(|p| {
-            p.protocol == proto
-                && match (&p.port, p.end_port) {
-                    (None, _) => true,
-                    (Some(PortRef::Number(n)), None) => *n == port,
-                    (Some(PortRef::Number(n)), Some(e)) => *n <= port && port <= e,
-                    (Some(PortRef::Name(name)), _) => dest.is_some_and(|d| {
-                        d.ports.iter().any(|cp| {
-                            cp.name.as_deref() == Some(name)
-                                && cp.protocol == proto
-                                && cp.port == port
-                        })
-                    }),
-                }
-        })
-}
-
-fn selecting<'a>(s: &'a Snapshot, pod: &PodRef, info: &PodInfo, dir: Direction) -> Vec<&'a Policy> {
-    s.policies
-        .iter()
-        .filter(|(r, p)| {
-            r.namespace == pod.namespace
-                && p.rules(dir).is_some()
-                && p.pod_selector
-                    .as_ref()
-                    .is_none_or(|sel| sel.matches(&info.labels))
-        })
-        .map(|(_, p)| p)
-        .collect()
-}
-
-#[allow(clippy::too_many_arguments)]
-fn direction_allows(
-    s: &Snapshot,
-    pod: &PodRef,
-    info: &PodInfo,
-    dir: Direction,
-    peer: &PeerView,
-    dest: Option<&PodInfo>,
-    proto: Protocol,
-    port: u16,
-) -> bool {
-    let pols = selecting(s, pod, info, dir);
-    pols.is_empty()
-        || pols.iter().any(|p| {
-            p.is_valid()
-                && p.rules(dir).unwrap_or_default().iter().any(|rule| {
-                    (rule.peers.is_empty()
-                        || rule
-                            .peers
-                            .iter()
-                            .any(|pe| peer_matches(s, &pod.namespace, pe, peer)))
-                        && port_matches(rule, dest, proto, port)
-                })
-        })
-}
-
-fn reference(s: &Snapshot, from: &End, to: &End, proto: Protocol, port: u16) -> Option<bool> {
-    let resolve = |e: &End| -> (Option<(&PodRef, &PodInfo)>, Vec<IpAddr>) {
-        match e {
-            End::Pod(r) => {
-                let (r, i) = s.pods.get_key_value(r).unwrap();
-                (Some((r, i)), i.ips.clone())
-            }
-            End::Ip(ip) => (s.pods.iter().find(|(_, i)| i.ips.contains(ip)), vec![*ip]),
-            End::Service(_) => panic!("the property probes name no Service"),
-        }
-    };
-    let (src, src_ips) = resolve(from);
-    let (dst, dst_ips) = resolve(to);
-    let (sip, dip) = [true, false].into_iter().find_map(|v4| {
-        let a = src_ips.iter().find(|i| i.is_ipv4() == v4)?;
-        let b = dst_ips.iter().find(|i| i.is_ipv4() == v4)?;
-        Some((*a, *b))
-    })?;
-    let dest_info = dst.map(|(_, i)| i);
-    let egress = src.is_none_or(|(r, i)| {
-        direction_allows(
-            s,
-            r,
-            i,
-            Direction::Egress,
-            &PeerView { pod: dst, ip: dip },
-            dest_info,
-            proto,
-            port,
-        )
-    });
-    let ingress = dst.is_none_or(|(r, i)| {
-        direction_allows(
-            s,
-            r,
-            i,
-            Direction::Ingress,
-            &PeerView { pod: src, ip: sip },
-            dest_info,
-            proto,
-            port,
-        )
-    });
-    Some(egress && ingress)
 }
 
 // ---------- helpers ----------

@@ -5,6 +5,7 @@
 
 mod bench;
 mod cmd;
+mod fuzz;
 mod image;
 mod kind_e2e;
 mod kube_build;
@@ -37,8 +38,8 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
-    /// Check formatting and lints, build the binaries, run every test of the
-    /// workspace.
+    /// Check formatting and lints, build the binaries, fuzz each target for a
+    /// few seconds, run every test of the workspace.
     Test,
     /// Run probes against a cluster manifest in the network-namespace test bed.
     Testbed {
@@ -99,6 +100,18 @@ enum Command {
     /// The connectivity matrix on a kind cluster with Flannel and Palisade
     /// (needs Docker, kind and kubectl; says which are missing).
     KindE2e(kind_e2e::Options),
+    /// Fuzz every input (CNI plugin, agent socket, manifests, packets)
+    /// with cargo-fuzz, one target after another; fails if one finds a
+    /// crash or a mismatch (needs root for the packet target).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Only this target (cni_input, agent_socket, manifest_simulate,
+        /// packet_verdict).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Benchmarks: Palisade against no enforcement and iptables/ipset
     /// enforcers (throughput, latency, connection rate, a CIDR sweep, CNI
     /// ADD, a ClusterIP and the control plane), as ratios to a baseline of
@@ -186,6 +199,7 @@ fn main() -> ExitCode {
             },
             &args,
         ),
+        Command::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
         Command::Image { tag } => image::run(&tag),
         Command::KindE2e(opts) => kind_e2e::run(&opts),
     };

@@ -84,6 +84,11 @@ const STEPS: &[Step] = &[
         fix: install_nextest,
     },
     Step {
+        name: "cargo-fuzz",
+        check: cargo_fuzz_missing,
+        fix: install_cargo_fuzz,
+    },
+    Step {
         name: "kubernetes",
         check: crate::kube_build::missing,
         fix: crate::kube_build::build,
@@ -125,7 +130,8 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn is_root() -> bool {
+/// Whether we run as root.
+pub(crate) fn is_root() -> bool {
     probe(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0")
 }
 
@@ -260,4 +266,16 @@ fn nextest_missing() -> Result<Option<String>> {
 
 fn install_nextest(_: &str) -> Result<()> {
     cmd::run_to_stderr(cmd::cargo().args(["install", "cargo-nextest", "--locked"]))
+}
+
+fn cargo_fuzz_missing() -> Result<Option<String>> {
+    Ok(probe(cmd::cargo().args(["fuzz", "--version"]))
+        .is_none()
+        .then(|| "cargo-fuzz".to_string()))
+}
+
+/// cargo-fuzz itself builds on stable; the targets it builds need the
+/// pinned nightly (`cargo xtask fuzz` asks for it).
+fn install_cargo_fuzz(_: &str) -> Result<()> {
+    cmd::run_to_stderr(cmd::cargo().args(["install", "cargo-fuzz", "--locked"]))
 }

@@ -98,6 +98,21 @@ pub fn test() -> Result<ExitCode> {
             .args(["test", "--workspace", "--doc"])
             .env("PALISADE_BIN_DIR", &bin_dir),
     )?;
+    // A short fuzz run of every target, before the suite so that the
+    // test runner's summary stays the last thing printed. A crash fails
+    // the command; `cargo xtask fuzz` runs them for longer.
+    let smoke = crate::fuzz::fuzz(crate::fuzz::SMOKE_SECONDS, None)?;
+    let found: Vec<&str> = smoke
+        .iter()
+        .filter(|r| r.finding.is_some())
+        .map(|r| r.target.as_str())
+        .collect();
+    if !found.is_empty() {
+        bail!(
+            "fuzz smoke run: {} found a crash or a mismatch",
+            found.join(", ")
+        );
+    }
     cmd::run(
         cargo()
             .args(["nextest", "run", "--workspace", "--no-fail-fast"])

@@ -2,6 +2,8 @@
 //! for tests and benchmarks, without attaching them anywhere.
 
 use super::*;
+use aya::maps::{Map, MapData};
+use policy_common::{CtKey, FragKey};
 
 impl KernelDataplane {
     /// Maps `ifindex` to `ep_id` without attaching anything: for frames run
@@ -60,6 +62,52 @@ impl KernelDataplane {
         repeat: u32,
     ) -> Result<(TestVerdict, std::time::Duration), DataplaneError> {
         self.run_ctx(prog, frame, ifindex, 0, repeat)
+    }
+
+    /// Forgets what running `frame` through endpoint `ep_id`'s program for
+    /// direction `d` left behind as the first packet of its flow: its
+    /// conntrack entry and, for a first fragment, its datagram's fragment
+    /// entry (the frame parsed as the programs do,
+    /// `policy_engine::packet::parse`). The next frame of that flow is then
+    /// judged as a first packet again, as the packet fuzz target's model
+    /// assumes. Only for frames run through [`test_run`](Self::test_run):
+    /// live traffic would lose its reply path.
+    pub fn forget_flow(&mut self, ep_id: u32, d: u8, frame: &[u8]) -> Result<(), DataplaneError> {
+        use policy_engine::packet::{parse, Frag, Parsed};
+        let flow = match parse(frame) {
+            Parsed::Flow(f) | Parsed::IcmpError { outer: f, .. } => f,
+            Parsed::Link { .. } | Parsed::Malformed => return Ok(()),
+        };
+        let key = CtKey {
+            ep_id,
+            dir: d,
+            proto: flow.proto,
+            sport: flow.sport.to_be_bytes(),
+            dport: flow.dport.to_be_bytes(),
+            pad: [0; 2],
+            saddr: flow.saddr,
+            daddr: flow.daddr,
+        };
+        // Absent (never made, or evicted) is as good as removed.
+        let _ = self.maps.conntrack.remove(&key);
+        if flow.frag == Frag::First {
+            let path = self.paths().map(names::FRAGMENTS);
+            let what = || format!("opening pinned map {}", path.display());
+            let data = MapData::from_pin(&path).map_err(|e| kernel_error(what(), e))?;
+            let mut frags: aya::maps::HashMap<MapData, FragKey, u32> =
+                aya::maps::HashMap::try_from(Map::LruHashMap(data))
+                    .map_err(|e| kernel_error(what(), e))?;
+            let _ = frags.remove(&FragKey {
+                ep_id,
+                id: flow.frag_id,
+                dir: d,
+                proto: flow.proto,
+                pad: [0; 2],
+                saddr: flow.saddr,
+                daddr: flow.daddr,
+            });
+        }
+        Ok(())
     }
 
     pub(super) fn run_ctx(
