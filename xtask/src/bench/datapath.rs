@@ -297,15 +297,17 @@ impl Lanes {
                 deadline.saturating_sub(started.elapsed()),
             )?;
             let took = started.elapsed();
-            lane.loaded = Some(ruleset);
             if !ok {
-                unload(&lane.node_ns, &mut lane.loaded);
+                // iptables-restore commits at its end: killed before, it
+                // left nothing; only the sets are there.
+                destroy_sets(&lane.node_ns, &ruleset.set_names);
                 lane.skipped = Some(format!(
                     "skipped from {cidrs} CIDRs on: loading its rules took over {:.0} s",
                     deadline.as_secs_f64()
                 ));
                 continue;
             }
+            lane.loaded = Some(ruleset);
             times.insert(lane.enforcer, took.as_secs_f64());
         }
         Ok(times)
@@ -434,7 +436,13 @@ fn unload(node_ns: &str, loaded: &mut Option<rules::Ruleset>) {
     ) {
         eprintln!("bench: removing rules: {e:#}");
     }
-    for name in &r.set_names {
+    destroy_sets(node_ns, &r.set_names);
+}
+
+/// Destroys ipsets of the node namespace (failures ignored: the namespace
+/// goes with the bed anyway).
+fn destroy_sets(node_ns: &str, names: &[String]) {
+    for name in names {
         let _ = Command::new("ip")
             .args(["netns", "exec", node_ns, "ipset", "destroy", name])
             .status();
