@@ -85,38 +85,81 @@ pub fn translate(snap: &Snapshot, flavour: Flavour) -> Result<Ruleset> {
                 if rule.peers.is_empty() {
                     sources.push(String::new());
                 }
-                let (mut nets, mut pods, mut excepts) = (Vec::new(), BTreeSet::new(), Vec::new());
-                for peer in &rule.peers {
-                    match peer {
-                        Peer::IpBlock(b) => {
-                            nets.push(v4(&b.cidr)?);
-                            for e in &b.except {
-                                excepts.push(v4(e)?);
-                            }
-                        }
-                        Peer::Pods { .. } => {
-                            pods.extend(peer_pods(snap, &pref.namespace, peer));
-                        }
-                    }
-                }
                 match flavour {
                     Flavour::Linear => {
-                        // Pods first: an `except` returns from the rule's
-                        // chain, and must not hide a pod peer. (It does
-                        // hide an address that another ipBlock of the same
-                        // rule allows; the benchmark's policies have no
-                        // `except`.)
-                        for ip in &pods {
-                            for port in &ports {
-                                allow(&mut body, &rchain, &format!("-{peer_dir} {ip}/32 {port}"));
+                        // In the policy's order, as kube-router walks a
+                        // rule's peers (the benchmark's client, a pod peer
+                        // listed after the ipBlocks, is found after every
+                        // CIDR rule). An ipBlock with excepts gets a chain
+                        // of its own, so an except skips that block only.
+                        for (k, peer) in rule.peers.iter().enumerate() {
+                            match peer {
+                                Peer::IpBlock(b) if b.except.is_empty() => {
+                                    let n = v4(&b.cidr)?;
+                                    for port in &ports {
+                                        allow(
+                                            &mut body,
+                                            &rchain,
+                                            &format!("-{peer_dir} {n} {port}"),
+                                        );
+                                    }
+                                }
+                                Peer::IpBlock(b) => {
+                                    let n = v4(&b.cidr)?;
+                                    let bchain = format!("{rchain}-B{k}");
+                                    chains.push(bchain.clone());
+                                    line(
+                                        &mut body,
+                                        format!("-A {rchain} -{peer_dir} {n} -j {bchain}"),
+                                    );
+                                    line(
+                                        &mut body,
+                                        format!("-A {rchain} -m mark --mark {MARK} -j RETURN"),
+                                    );
+                                    for e in &b.except {
+                                        line(
+                                            &mut body,
+                                            format!("-A {bchain} -{peer_dir} {} -j RETURN", v4(e)?),
+                                        );
+                                    }
+                                    for port in &ports {
+                                        allow(&mut body, &bchain, port);
+                                    }
+                                }
+                                Peer::Pods { .. } => {
+                                    for ip in peer_pods(snap, &pref.namespace, peer) {
+                                        for port in &ports {
+                                            allow(
+                                                &mut body,
+                                                &rchain,
+                                                &format!("-{peer_dir} {ip}/32 {port}"),
+                                            );
+                                        }
+                                    }
+                                }
                             }
                         }
-                        for e in &excepts {
-                            line(&mut body, format!("-A {rchain} -{peer_dir} {e} -j RETURN"));
-                        }
-                        sources.extend(nets.iter().map(|n| format!("-{peer_dir} {n} ")));
                     }
                     Flavour::Ipset => {
+                        let (mut nets, mut pods, mut excepts) =
+                            (Vec::new(), BTreeSet::new(), Vec::new());
+                        for peer in &rule.peers {
+                            match peer {
+                                Peer::IpBlock(b) => {
+                                    nets.push(v4(&b.cidr)?);
+                                    for e in &b.except {
+                                        excepts.push(v4(e)?);
+                                    }
+                                }
+                                Peer::Pods { .. } => {
+                                    pods.extend(peer_pods(snap, &pref.namespace, peer))
+                                }
+                            }
+                        }
+                        // One set per peer kind and rule: an except of one
+                        // ipBlock (a `nomatch` entry) also hides what
+                        // another ipBlock of the rule allows, as it does in
+                        // kube-router's sets.
                         if !nets.is_empty() {
                             let name = format!("PAL-{pi}{}{ri}-NET", tag(dir));
                             let _ = writeln!(
@@ -380,6 +423,38 @@ mod tests {
         assert!(est < r.install.find("-A PAL-POD-1-I -j PAL-NWPLCY").unwrap());
         assert!(r.sets.is_empty());
         assert!(r.remove.contains("-D FORWARD -j PAL-FWD"));
+    }
+
+    #[test]
+    fn linear_rules_keep_the_policy_order_and_scope_excepts_to_their_block() {
+        let r = translate(&snapshot(5), Flavour::Linear).unwrap();
+        let cidr = r.install.find("-s 100.64.0.16/30").unwrap();
+        let client = r.install.find("-s 10.244.0.10/32").unwrap();
+        assert!(cidr < client, "the client's rules come after the CIDRs'");
+        let mut snap = snapshot(0);
+        let policy = snap.policies.values_mut().next().unwrap();
+        policy.ingress.as_mut().unwrap()[0].peers.insert(
+            0,
+            Peer::IpBlock(policy_engine::model::IpBlock {
+                cidr: "10.0.0.0/8".parse().unwrap(),
+                except: vec!["10.244.0.0/24".parse().unwrap()],
+            }),
+        );
+        let r = translate(&snap, Flavour::Linear).unwrap();
+        let jump = r
+            .install
+            .find("-s 10.0.0.0/8 -j PAL-NWPLCY-0-I-R0-B0")
+            .unwrap();
+        let except = r
+            .install
+            .find("-A PAL-NWPLCY-0-I-R0-B0 -s 10.244.0.0/24 -j RETURN")
+            .unwrap();
+        let client = r
+            .install
+            .find("-A PAL-NWPLCY-0-I-R0 -s 10.244.0.10/32")
+            .unwrap();
+        assert!(jump < client && except > 0);
+        assert!(r.install.contains(":PAL-NWPLCY-0-I-R0-B0 - [0:0]"));
     }
 
     #[test]
