@@ -83,24 +83,32 @@ pub fn cidr(i: usize) -> String {
 /// Pods `bench/<name>` without an address yet (what the API server holds
 /// before their CNI ADD), to append to a manifest.
 pub fn pending_pods(names: &[String]) -> String {
-    let mut y = String::new();
-    for name in names {
-        let _ = write!(
-            y,
-            "---
+    names.iter().map(|n| pod(n, None, None)).collect()
+}
+
+/// One Pod document; with an address, labelled `app: <name>` and
+/// running at it; with a port, declaring it.
+fn pod(name: &str, ip: Option<Ipv4Addr>, port: Option<u16>) -> String {
+    let labels = ip.map_or(String::new(), |_| format!("\n  labels:\n    app: {name}"));
+    let ports = port.map_or(String::new(), |p| {
+        format!("\n    ports:\n    - containerPort: {p}\n      protocol: TCP")
+    });
+    let status = ip.map_or(String::new(), |ip| {
+        format!("status:\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n")
+    });
+    format!(
+        "---
 apiVersion: v1
 kind: Pod
 metadata:
   name: {name}
-  namespace: {NAMESPACE}
+  namespace: {NAMESPACE}{labels}
 spec:
   containers:
   - name: main
-    image: bench
-"
-        );
-    }
-    y
+    image: bench{ports}
+{status}"
+    )
 }
 
 /// The manifest with `cidrs` ipBlocks before the client's podSelector.
@@ -121,29 +129,7 @@ metadata:
         (SERVER, SERVER_IP, Some(ECHO_PORT)),
         (STRANGER, STRANGER_IP, None),
     ] {
-        let ports = port.map_or(String::new(), |p| {
-            format!("\n    ports:\n    - containerPort: {p}\n      protocol: TCP")
-        });
-        let _ = write!(
-            y,
-            "---
-apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: {NAMESPACE}
-  labels:
-    app: {name}
-spec:
-  containers:
-  - name: main
-    image: bench{ports}
-status:
-  podIP: {ip}
-  podIPs:
-  - ip: {ip}
-"
-        );
+        y += &pod(name, Some(ip), port);
     }
     let _ = write!(
         y,
@@ -194,6 +180,11 @@ mod tests {
         let rules = policy.ingress.as_ref().unwrap();
         assert_eq!(rules[0].peers.len(), 4);
         assert_eq!(rules[0].ports.len(), 3);
+        let mut with_pending = policy_engine::manifest::Loaded::default();
+        let text = manifest(3) + &pending_pods(&["cni-w0".to_string()]);
+        policy_engine::manifest::load_str(&text, "bench.yaml".as_ref(), &mut with_pending).unwrap();
+        let pending = &with_pending.snapshot.pods[&"bench/cni-w0".parse().unwrap()];
+        assert!(pending.ips.is_empty() && pending.labels.is_empty());
         assert_eq!(cidr(0), "100.64.0.0/30");
         assert_eq!(cidr((1 << 20) - 1), "100.127.255.252/30");
     }

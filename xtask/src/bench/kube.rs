@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 use testbed::controlplane::{bulk, kubelet, sync};
 use testbed::{Testbed, TestbedOptions};
 
-use super::stats::{percentile, ratio};
+use super::stats::percentile;
 use super::{cluster, datapath, load};
 use crate::cmd;
 
@@ -180,36 +180,19 @@ fn cluster_ip(
             with[round].conn_rate, without[round].conn_rate
         );
     }
-    let (w, o) = (datapath::medians(&with), datapath::medians(&without));
-    println!();
-    println!("through a ClusterIP (kube-proxy DNAT; medians; ratio to Palisade removed)");
-    println!(
-        "{:<12} {:>16} {:>16} {:>16} {:>18}",
-        "", "Gbit/s", "rr p50 µs", "rr p99 µs", "connections/s"
+    let m: datapath::Medians = [
+        (datapath::Enforcer::None, datapath::medians(&without)),
+        (datapath::Enforcer::Palisade, datapath::medians(&with)),
+    ]
+    .into();
+    super::print_samples(
+        "through a ClusterIP (kube-proxy DNAT; medians; ratio to Palisade removed)",
+        &m,
+        "removed",
     );
-    for (name, s) in [("removed", &o), ("palisade", &w)] {
-        let r = |v: f64, b: f64| format!("{v:.1} ({:.2})", ratio(v, b));
-        println!(
-            "{name:<12} {:>16} {:>16} {:>16} {:>18}",
-            r(s.throughput, o.throughput),
-            r(s.rr_p50, o.rr_p50),
-            r(s.rr_p99, o.rr_p99),
-            format!(
-                "{:.0} ({:.2})",
-                s.conn_rate,
-                ratio(s.conn_rate, o.conn_rate)
-            )
-        );
-    }
-    out.insert(
-        "cluster_ip".into(),
-        json!({
-            "throughput_ratio": {"palisade": super::round3(ratio(w.throughput, o.throughput))},
-            "rr_p50_ratio": {"palisade": super::round3(ratio(w.rr_p50, o.rr_p50))},
-            "rr_p99_ratio": {"palisade": super::round3(ratio(w.rr_p99, o.rr_p99))},
-            "conn_rate_ratio": {"palisade": super::round3(ratio(w.conn_rate, o.conn_rate))},
-        }),
-    );
+    let mut figures = Map::new();
+    super::ratio_figures(&m, &mut figures);
+    out.insert("cluster_ip".into(), Value::Object(figures));
     Ok(())
 }
 

@@ -106,7 +106,11 @@ pub fn run(bin_dir: &Path, opts: &Options) -> Result<()> {
         if wants(Section::Datapath) {
             let m = lanes.measure(plan.rounds, plan.secs, true)?;
             datapath_figures(&m, &mut out);
-            print_datapath(&m);
+            print_samples(
+                "two pods, one node (medians; ratio to no enforcement)",
+                &m,
+                "none",
+            );
         }
         // Before the sweep: each ADD recompiles the whole state, so its
         // latency grows with the policy (see the README).
@@ -165,11 +169,16 @@ fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-fn datapath_figures(m: &Medians, out: &mut Map<String, Value>) {
+/// The four ratio keys of `m` (each enforcer against `none`).
+fn ratio_figures(m: &Medians, out: &mut Map<String, Value>) {
     out.insert("throughput_ratio".into(), per_enforcer(m, |s| s.throughput));
     out.insert("rr_p50_ratio".into(), per_enforcer(m, |s| s.rr_p50));
     out.insert("rr_p99_ratio".into(), per_enforcer(m, |s| s.rr_p99));
     out.insert("conn_rate_ratio".into(), per_enforcer(m, |s| s.conn_rate));
+}
+
+fn datapath_figures(m: &Medians, out: &mut Map<String, Value>) {
+    ratio_figures(m, out);
     let mut raw = Map::new();
     for (e, s) in m {
         raw.insert(
@@ -187,19 +196,26 @@ fn datapath_figures(m: &Medians, out: &mut Map<String, Value>) {
     out.insert("datapath".into(), Value::Object(raw));
 }
 
-fn print_datapath(m: &Medians) {
+/// A table of `m`'s medians, each with its ratio to the baseline
+/// (`Enforcer::None`, shown as `baseline`).
+fn print_samples(title: &str, m: &Medians, baseline: &str) {
     let base = m.get(&Enforcer::None).cloned().unwrap_or_default();
     println!();
-    println!("two pods, one node (medians; ratio to no enforcement)");
+    println!("{title}");
     println!(
         "{:<10} {:>16} {:>16} {:>16} {:>18} {:>14}",
         "enforcer", "Gbit/s", "rr p50 µs", "rr p99 µs", "connections/s", "conn p99 µs"
     );
     for (e, s) in m {
         let r = |v: f64, b: f64| format!("{v:.1} ({:.2})", ratio(v, b));
+        let name = if *e == Enforcer::None {
+            baseline
+        } else {
+            e.name()
+        };
         println!(
             "{:<10} {:>16} {:>16} {:>16} {:>18} {:>14.0}",
-            e.name(),
+            name,
             r(s.throughput, base.throughput),
             r(s.rr_p50, base.rr_p50),
             r(s.rr_p99, base.rr_p99),
