@@ -119,12 +119,7 @@ impl KernelDataplane {
         repeat: u32,
     ) -> Result<(TestVerdict, std::time::Duration), DataplaneError> {
         use aya::{TestRun, TestRunOptions};
-        // `struct __sk_buff` up to and including `ifindex` (offset 40);
-        // the kernel takes the device from it when it is above 1, and
-        // `ingress_ifindex` (offset 36) becomes the packet's input device.
-        let mut ctx = [0u8; 44];
-        ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let ctx = skb_ctx(ifindex, ingress_ifindex);
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.ctx_in = Some(&ctx);
@@ -169,8 +164,7 @@ pub fn empty_classifier_cost(
 ) -> Result<std::time::Duration, DataplaneError> {
     let fail = |e| kernel_error("the empty classifier".to_string(), e);
     let prog = load_empty_classifier().map_err(fail)?;
-    let mut ctx = [0u8; 44];
-    ctx[40..44].copy_from_slice(&1u32.to_ne_bytes());
+    let ctx = skb_ctx(1, 0);
     let mut attr = TestRunAttr {
         prog_fd: std::os::fd::AsRawFd::as_raw_fd(&prog) as u32,
         data_size_in: frame.len() as u32,
@@ -185,6 +179,16 @@ pub fn empty_classifier_cost(
     // call and are only read (no output buffers are given).
     unsafe { super::sys::bpf_mut(BPF_PROG_TEST_RUN, &mut attr) }.map_err(fail)?;
     Ok(std::time::Duration::from_nanos(u64::from(attr.duration)))
+}
+
+/// `struct __sk_buff` up to and including `ifindex` (offset 40): the
+/// kernel takes the device from it when it is above 1, and
+/// `ingress_ifindex` (offset 36) becomes the packet's input device.
+fn skb_ctx(ifindex: u32, ingress_ifindex: u32) -> [u8; 44] {
+    let mut ctx = [0u8; 44];
+    ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
 }
 
 const BPF_PROG_LOAD: libc::c_long = 5;
