@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use kernel::{in_netns, open};
 use packets::*;
 use policy_agent::dataplane::{
-    kernel::{TestVerdict, PROG_POD_EGRESS, PROG_POD_INGRESS},
+    kernel::{KernelDataplane, TestVerdict, PROG_POD_EGRESS, PROG_POD_INGRESS},
     Dataplane,
 };
 use policy_common::{dir, identity, PolicyValue};
@@ -174,6 +174,26 @@ fn to_ip(a: IpAddr) -> Ip {
     }
 }
 
+/// Registers every endpoint of `EPS` on its interface of `idx`, each
+/// sending from its IPv4 and IPv6 pod address; returns those addresses.
+fn register_all(dp: &mut KernelDataplane, idx: &[u32]) -> Vec<(u32, [[u8; 16]; 2])> {
+    for (ep, ifindex) in EPS.iter().zip(idx) {
+        dp.register_endpoint(*ifindex, *ep).unwrap();
+    }
+    let addrs: Vec<(u32, [[u8; 16]; 2])> = EPS
+        .iter()
+        .map(|ep| {
+            (
+                *ep,
+                [pod_addr(*ep, false).mapped(), pod_addr(*ep, true).mapped()],
+            )
+        })
+        .collect();
+    let eps: Vec<(u32, &[[u8; 16]])> = addrs.iter().map(|(ep, a)| (*ep, &a[..])).collect();
+    kernel::sources(dp, &eps);
+    addrs
+}
+
 #[test]
 fn kernel_agrees_with_the_lookup_model() {
     let (mut dp, _pins) = open("differential");
@@ -184,20 +204,7 @@ fn kernel_agrees_with_the_lookup_model() {
     let mut checked = 0usize;
     let mut reasons = std::collections::BTreeMap::new();
     in_netns(EPS.len(), |idx| {
-        for (ep, ifindex) in EPS.iter().zip(idx) {
-            dp.register_endpoint(*ifindex, *ep).unwrap();
-        }
-        let addrs: Vec<(u32, [[u8; 16]; 2])> = EPS
-            .iter()
-            .map(|ep| {
-                (
-                    *ep,
-                    [pod_addr(*ep, false).mapped(), pod_addr(*ep, true).mapped()],
-                )
-            })
-            .collect();
-        let eps: Vec<(u32, &[[u8; 16]])> = addrs.iter().map(|(ep, a)| (*ep, &a[..])).collect();
-        kernel::sources(&mut dp, &eps);
+        register_all(&mut dp, idx);
         for round in 0..40 {
             let state = random_state(&mut r, &peers, &ports);
             dp.apply(&state).unwrap();
@@ -283,20 +290,7 @@ fn odd_frames_agree_with_the_packet_model() {
     let ports: Vec<u16> = vec![22, 53, 80, 443, 8080];
     let mut r = Rng(0x0ddf_4a3e_5eed_0001);
     in_netns(EPS.len(), |idx| {
-        for (ep, ifindex) in EPS.iter().zip(idx) {
-            dp.register_endpoint(*ifindex, *ep).unwrap();
-        }
-        let addrs: Vec<(u32, [[u8; 16]; 2])> = EPS
-            .iter()
-            .map(|ep| {
-                (
-                    *ep,
-                    [pod_addr(*ep, false).mapped(), pod_addr(*ep, true).mapped()],
-                )
-            })
-            .collect();
-        let eps: Vec<(u32, &[[u8; 16]])> = addrs.iter().map(|(ep, a)| (*ep, &a[..])).collect();
-        kernel::sources(&mut dp, &eps);
+        let addrs = register_all(&mut dp, idx);
         let sources: std::collections::BTreeMap<u32, std::collections::BTreeSet<[u8; 16]>> = addrs
             .iter()
             .map(|(ep, a)| (*ep, a.iter().copied().collect()))
