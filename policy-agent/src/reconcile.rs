@@ -391,10 +391,21 @@ impl<D: Dataplane> Agent<D> {
             ips: new.ips,
         };
         self.record_and_attach(&ep)?;
+        let mut ops = Vec::new();
         if !ep.ips.is_empty() {
+            let before = self.snapshot.pods.get(&ep.pod).map(|p| p.ips.clone());
             self.snapshot.set_pod_ips(&ep.pod, ep.ips.clone());
+            let after = self.snapshot.pods.get(&ep.pod).map(|p| &p.ips);
+            if before.as_ref() != after {
+                // CNI knew the addresses before the API server did.
+                ops = self.engine.pod_changed(&self.snapshot, &ep.pod);
+            }
         }
-        self.recompile()
+        ops.extend(
+            self.engine
+                .endpoints_changed(&self.snapshot, &self.registry.assignment()),
+        );
+        self.apply(&ops)
     }
 
     /// Records `ep` (saved before the attach, see [`Self::add`]) and
@@ -514,15 +525,15 @@ impl<D: Dataplane> Agent<D> {
             .collect()
     }
 
-    /// Full compile for the current endpoint set (the engine has no
-    /// incremental path for endpoints), then apply.
+    /// Compiles what the current endpoint set changed (only the endpoints
+    /// that came or went), then applies it.
     fn recompile(&mut self) -> Result<(), AgentError> {
         if !self.compiled {
             return Ok(());
         }
         let ops = self
             .engine
-            .update(&self.snapshot, &self.registry.assignment());
+            .endpoints_changed(&self.snapshot, &self.registry.assignment());
         self.apply(&ops)
     }
 

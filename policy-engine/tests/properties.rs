@@ -331,10 +331,10 @@ proptest! {
     #[test]
     fn incremental_equals_full(
         (pods, policies, blue) in cluster(),
-        steps in prop::collection::vec((0..6u8, 0..8usize, arb_policy()), 1..6),
+        steps in prop::collection::vec((0..8u8, 0..8usize, arb_policy()), 1..6),
     ) {
         let mut s = build(&pods, &policies, blue);
-        let eps = all_endpoints(&s);
+        let mut eps = all_endpoints(&s);
         let mut engine = Engine::new();
         let mut state = MapState::default();
         state.apply(&engine.update(&s, &eps));
@@ -366,6 +366,26 @@ proptest! {
                         ns.labels.insert("team".into(), "blue".into());
                     }
                     engine.namespace_changed(&s, NAMESPACES[i % 2])
+                }
+                (6, Some(k)) => {
+                    // The pod stops being a local endpoint (DEL, GC), or
+                    // becomes one again under a fresh id.
+                    if eps.remove(&k).is_none() {
+                        let next = eps.values().max().copied().unwrap_or(0) + 1;
+                        eps.insert(k, next);
+                    }
+                    engine.endpoints_changed(&s, &eps)
+                }
+                (7, Some(k)) => {
+                    // A new sandbox: the pod's endpoint id changes, and the
+                    // freed id goes to another pod that had none.
+                    let old = eps.insert(k.clone(), eps.values().max().copied().unwrap_or(0) + 1);
+                    if let Some(old) = old {
+                        if let Some(other) = keys.iter().find(|r| **r != k && !eps.contains_key(*r)) {
+                            eps.insert(other.clone(), old);
+                        }
+                    }
+                    engine.endpoints_changed(&s, &eps)
                 }
                 (4, _) => {
                     let keys: Vec<PodRef> = s.policies.keys().cloned().collect();

@@ -369,3 +369,48 @@ fn endpoints_whose_veth_vanished_are_forgotten() {
     assert!(!agent.dataplane().endpoints.contains_key("veth-a"));
     assert_eq!(agent.dataplane().state.endpoints.len(), 1);
 }
+
+#[test]
+fn endpoint_changes_write_what_a_full_compile_gives() {
+    let allow_b_to_a = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-from-b, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: b}}}]}]
+"#;
+    let mut agent = Agent::new(
+        FakeDataplane::default(),
+        vec!["10.244.0.1".parse().unwrap()],
+    );
+    agent.set_snapshot(cluster(&[allow_b_to_a])).unwrap();
+    let full = |agent: &Agent<FakeDataplane>| {
+        policy_engine::compile::compile(
+            &agent.snapshot,
+            &agent.registry.assignment(),
+            &mut agent.engine.allocator().clone(),
+        )
+        .state
+    };
+    // b's CNI address is not the one the cluster state had yet.
+    type Step<'s> = &'s dyn Fn(&mut Agent<FakeDataplane>);
+    let steps: [Step; 5] = [
+        &|a| a.add(new_ep("c1", "a", "10.244.0.10")).unwrap(),
+        &|a| a.add(new_ep("c2", "b", "10.244.0.60")).unwrap(),
+        &|a| a.del("c1").unwrap(),
+        &|a| a.add(new_ep("c3", "a", "10.244.0.10")).unwrap(),
+        &|a| {
+            a.gc(&[]).unwrap();
+        },
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        step(&mut agent);
+        assert_eq!(agent.dataplane().state, full(&agent), "after step {i}");
+    }
+    // The incremental path was exact and still enforces the policy.
+    agent.add(new_ep("c4", "a", "10.244.0.10")).unwrap();
+    agent.add(new_ep("c5", "b", "10.244.0.60")).unwrap();
+    assert!(ingress_allowed(&agent, "veth-a", "10.244.0.60"));
+    assert!(!ingress_allowed(&agent, "veth-a", "10.244.0.99"));
+}

@@ -5,9 +5,9 @@
 //! Each change method returns exactly the operations [`diff`] gives between
 //! the previous state and a full compile of the new snapshot with the same
 //! allocator (property-tested). Changes it does not handle incrementally —
-//! host addresses, the endpoint set, policies with ipBlocks, pods while
-//! named ports resolve behind ipBlock peers — fall back to a full compile
-//! and a diff, which is always correct, only slower.
+//! host addresses, policies with ipBlocks, pods while named ports resolve
+//! behind ipBlock peers — fall back to a full compile and a diff, which is
+//! always correct, only slower.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -212,8 +212,8 @@ impl Engine {
     }
 
     /// Full compile of `snapshot` for `endpoints` (also the way to change
-    /// the endpoint set or host addresses); returns the operations that turn
-    /// the previous state into the new one.
+    /// host addresses); returns the operations that turn the previous state
+    /// into the new one.
     pub fn update(&mut self, snapshot: &Snapshot, endpoints: &BTreeMap<PodRef, u32>) -> Vec<MapOp> {
         // Free what the new compile replaces before compiling (only the old
         // map state is needed, for the diff): lower peak memory, and the
@@ -504,8 +504,83 @@ impl Engine {
             }
         }
         self.recompute(snapshot, &policies, &mut j);
-        let ops = self.finish(j);
-        self.with_services(snapshot, ops)
+        self.with_services(snapshot, j)
+    }
+
+    /// The local endpoint set became `endpoints` (a CNI ADD, DEL or GC, an
+    /// adoption, a lost sandbox collected). Only the endpoints that came,
+    /// went or changed id are recompiled: the policies of their namespaces
+    /// that select them, old or new. Identities, the ipcache and the CIDR
+    /// map do not depend on which pods are local, so they stay as they are.
+    pub fn endpoints_changed(
+        &mut self,
+        snapshot: &Snapshot,
+        endpoints: &BTreeMap<PodRef, u32>,
+    ) -> Vec<MapOp> {
+        if !self.compiled_once {
+            return self.update(snapshot, endpoints);
+        }
+        let changed: BTreeSet<PodRef> = self
+            .endpoints
+            .iter()
+            .filter(|(r, ep)| endpoints.get(*r) != Some(ep))
+            .chain(
+                endpoints
+                    .iter()
+                    .filter(|(r, ep)| self.endpoints.get(*r) != Some(ep)),
+            )
+            .map(|(r, _)| r.clone())
+            .collect();
+        if changed.is_empty() {
+            return Vec::new();
+        }
+        let mut j = Journal::default();
+        let mut policies = BTreeSet::new();
+        for pod in &changed {
+            // What the old endpoint was given goes: the policies whose
+            // contribution names it.
+            if let Some(ep) = self.endpoints.get(pod).copied() {
+                self.set_endpoint(&mut j, ep, None);
+                policies.extend(
+                    in_namespace(&self.contrib, &pod.namespace)
+                        .filter(|(_, c)| c.flags.contains_key(&ep))
+                        .map(|(r, _)| r.clone()),
+                );
+            }
+            // The new one gets what the policies selecting its pod give.
+            if endpoints.contains_key(pod) {
+                if let Some(info) = snapshot.pods.get(pod).filter(|p| !p.host_network) {
+                    policies.extend(
+                        in_namespace(&snapshot.policies, &pod.namespace)
+                            .filter(|(_, p)| {
+                                p.pod_selector
+                                    .as_ref()
+                                    .is_none_or(|s| s.matches(&info.labels))
+                            })
+                            .map(|(r, _)| r.clone()),
+                    );
+                }
+            }
+        }
+        self.endpoints = endpoints.clone();
+        let namespaces: BTreeSet<&str> = changed.iter().map(|r| r.namespace.as_str()).collect();
+        for ns in namespaces {
+            self.refresh_local(snapshot, ns);
+        }
+        let arrived: Vec<u32> = changed
+            .iter()
+            .filter(|r| snapshot.pods.get(*r).is_some_and(|p| !p.host_network))
+            .filter_map(|r| endpoints.get(r).copied())
+            .collect();
+        for ep in &arrived {
+            self.set_endpoint(&mut j, *ep, Some(0));
+        }
+        self.recompute(snapshot, &policies, &mut j);
+        for ep in &arrived {
+            let f = self.flags_of(*ep);
+            self.set_endpoint(&mut j, *ep, Some(f));
+        }
+        self.with_services(snapshot, j)
     }
 
     /// A Service or its Endpoints changed in `snapshot`: only the
@@ -514,22 +589,19 @@ impl Engine {
         if !self.compiled_once {
             return self.fallback(snapshot);
         }
-        self.with_services(snapshot, Vec::new())
+        self.with_services(snapshot, Journal::default())
     }
 
-    /// `ops` with the changes of the service-related parts of the state
-    /// (sets first, removals last, as [`diff`] orders them).
-    fn with_services(&mut self, snapshot: &Snapshot, ops: Vec<MapOp>) -> Vec<MapOp> {
+    /// The operations for everything `j` recorded plus the changes of the
+    /// service-related parts of the state, in [`diff`]'s order (every set
+    /// before every removal, services after the other maps in each).
+    fn with_services(&mut self, snapshot: &Snapshot, j: Journal) -> Vec<MapOp> {
+        let (mut sets, mut dels) = self.journal_ops(j);
         let mut next = MapState::default();
         super::services::fill(snapshot, &self.endpoints, &mut next);
-        let (mut sets, mut dels) = (Vec::new(), Vec::new());
         crate::state::diff_services(&self.current.state, &next, &mut sets, &mut dels);
         self.current.state.services = next.services;
         self.current.state.local_addrs = next.local_addrs;
-        if sets.is_empty() && dels.is_empty() {
-            return ops;
-        }
-        sets.extend(ops);
         sets.extend(dels);
         sets
     }
@@ -583,6 +655,14 @@ impl Engine {
 
     /// The operations for everything `j` recorded, in [`diff`]'s order.
     fn finish(&self, j: Journal) -> Vec<MapOp> {
+        let (mut sets, dels) = self.journal_ops(j);
+        sets.extend(dels);
+        sets
+    }
+
+    /// The sets and the removals for everything `j` recorded, each in
+    /// [`diff`]'s order.
+    fn journal_ops(&self, j: Journal) -> (Vec<MapOp>, Vec<MapOp>) {
         let st = &self.current.state;
         let mut sets = Vec::new();
         let mut dels = Vec::new();
@@ -607,7 +687,6 @@ impl Engine {
                 _ => {}
             }
         }
-        sets.extend(dels);
-        sets
+        (sets, dels)
     }
 }
