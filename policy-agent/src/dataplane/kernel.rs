@@ -214,10 +214,11 @@ pub struct KernelDataplane {
     tcx_refused: bool,
     /// Waits for the RCU grace period that makes a generation reusable.
     grace: GraceWaiter,
-    /// The active generation may have changed since the last grace period
-    /// waited for: programs may still read the inactive one.
-    flipped_since_grace: bool,
-    /// Grace periods waited for and their cost.
+    /// The grace period begun after the last flip (the active generation
+    /// may have changed since the last one waited for: programs may still
+    /// read the inactive one until it has passed).
+    pending_grace: Option<rcu::PendingGrace>,
+    /// Grace periods waited for and what they cost the writer.
     grace_stats: GraceStats,
     /// Room per generation, from the maps as they are.
     capacity: Capacity,
@@ -226,14 +227,14 @@ pub struct KernelDataplane {
 }
 
 /// Grace periods [`KernelDataplane::apply`] waited for before writing the
-/// inactive generation.
+/// inactive generation (each begun in the background at the flip before).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GraceStats {
     /// How many.
     pub waits: u64,
-    /// Their total time.
+    /// How long the writer was blocked on them in total.
     pub total: std::time::Duration,
-    /// The longest.
+    /// The longest block.
     pub max: std::time::Duration,
 }
 
@@ -315,7 +316,7 @@ impl KernelDataplane {
             upgrade: None,
             tcx_refused: false,
             grace: GraceWaiter::new(),
-            flipped_since_grace: false,
+            pending_grace: None,
             grace_stats: GraceStats::default(),
             capacity,
             fail_attach_after: None,
@@ -329,7 +330,7 @@ impl KernelDataplane {
         if cfg.layout_version == LAYOUT_VERSION {
             dp.adopted = true;
             // The previous agent may have flipped just before it stopped.
-            dp.flipped_since_grace = true;
+            dp.pending_grace = Some(dp.grace.start());
             dp.cfg = cfg;
             dp.adopt_links()?;
         } else {

@@ -6,29 +6,27 @@
 use super::*;
 
 impl KernelDataplane {
-    /// Waits for an RCU grace period if the active generation may have
-    /// changed since the last one: then no program still reads the
-    /// inactive generation (tc programs run in an RCU read-side section,
-    /// and read `Config` once per packet).
+    /// Waits for the RCU grace period begun at the last flip, if any: then
+    /// no program still reads the inactive generation (tc programs run in
+    /// an RCU read-side section, and read `Config` once per packet).
     pub(super) fn wait_until_inactive_unused(&mut self) {
-        if !self.flipped_since_grace {
+        let Some(pending) = self.pending_grace.take() else {
             return;
-        }
-        match self.grace.wait() {
-            Ok(took) => {
+        };
+        match pending.wait() {
+            Ok(blocked) => {
                 tracing::debug!(
-                    ?took,
+                    ?blocked,
                     "RCU grace period before writing the inactive generation"
                 );
                 let s = &mut self.grace_stats;
                 s.waits += 1;
-                s.total += took;
-                s.max = s.max.max(took);
+                s.total += blocked;
+                s.max = s.max.max(blocked);
             }
             // `wait` slept instead: good enough to go on.
             Err(e) => tracing::warn!(error = %e, "waiting for an RCU grace period"),
         }
-        self.flipped_since_grace = false;
     }
 
     /// The state the active generation holds (read back from the maps if
@@ -89,9 +87,12 @@ impl KernelDataplane {
             revision,
             flags: self.cfg.flags,
         };
-        // Even a failed write may have flipped.
-        self.flipped_since_grace = true;
-        self.maps.set_config(cfg)?;
+        let flipped = self.maps.set_config(cfg);
+        // Even a failed write may have flipped: the grace period that makes
+        // the generation left reusable begins after the write either way,
+        // and runs while the agent does other work.
+        self.pending_grace = Some(self.grace.start());
+        flipped?;
         self.cfg = cfg;
         if self.upgrade.is_some() {
             // The state is applied either way; what did not switch over
