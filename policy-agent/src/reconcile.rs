@@ -114,6 +114,20 @@ pub struct Agent<D: Dataplane> {
     progress: std::collections::BTreeMap<crate::source::Kind, (usize, u64)>,
     /// How the last written state fitted the maps.
     fit: FitReport,
+    /// Where the last successful [`Agent::add`] spent its time.
+    last_add: AddTimings,
+}
+
+/// Where one [`Agent::add`] spent its time (logged with each CNI ADD, and
+/// read by the benchmarks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddTimings {
+    /// Recording the endpoint and attaching the programs to its veth.
+    pub attach: std::time::Duration,
+    /// Compiling what the endpoint changes.
+    pub compile: std::time::Duration,
+    /// Writing the maps and flipping to them.
+    pub apply: std::time::Duration,
 }
 
 /// How the compiled state fitted the dataplane's maps (see
@@ -155,6 +169,7 @@ impl<D: Dataplane> Agent<D> {
             apply_failed: None,
             progress: Default::default(),
             fit: FitReport::default(),
+            last_add: AddTimings::default(),
             node: None,
             coverage: crate::coverage::Coverage::default(),
         }
@@ -390,7 +405,9 @@ impl<D: Dataplane> Agent<D> {
             ep_id,
             ips: new.ips,
         };
+        let started = std::time::Instant::now();
         self.record_and_attach(&ep)?;
+        let attached = std::time::Instant::now();
         let mut ops = Vec::new();
         if !ep.ips.is_empty() {
             let before = self.snapshot.pods.get(&ep.pod).map(|p| p.ips.clone());
@@ -405,7 +422,19 @@ impl<D: Dataplane> Agent<D> {
             self.engine
                 .endpoints_changed(&self.snapshot, &self.registry.assignment()),
         );
-        self.apply(&ops)
+        let compiled = std::time::Instant::now();
+        self.apply(&ops)?;
+        self.last_add = AddTimings {
+            attach: attached - started,
+            compile: compiled - attached,
+            apply: compiled.elapsed(),
+        };
+        Ok(())
+    }
+
+    /// Where the last successful [`Agent::add`] spent its time.
+    pub fn last_add_timings(&self) -> AddTimings {
+        self.last_add
     }
 
     /// Records `ep` (saved before the attach, see [`Self::add`]) and

@@ -28,6 +28,10 @@ pub const AGENT_STATE_LOG: &str = "cluster state from the API server";
 /// counterpart of [`AGENT_STATE_LOG`].
 pub const AGENT_APPLIED_LOG: &str = "manifests applied";
 
+/// What the agent logs once a CNI ADD's endpoint is enforced, with where
+/// the time went (`policy-agent`'s `cni_server::ENDPOINT_ENFORCED_LOG`).
+pub const AGENT_ENDPOINT_ENFORCED_LOG: &str = "endpoint enforced";
+
 /// How long a settled state may take to reach the kernel after the agent
 /// logged it (the CHECK barrier follows).
 const SETTLE: Duration = Duration::from_millis(150);

@@ -41,3 +41,75 @@ pub fn figures(with: &[Duration], without: &[Duration], out: &mut Map<String, Va
         }),
     );
 }
+
+/// The fields of the agent's ADD log line, in the order a request meets
+/// them.
+const PARTS: [&str; 6] = [
+    "veth_us",
+    "lock_us",
+    "attach_us",
+    "compile_us",
+    "apply_us",
+    "total_us",
+];
+
+/// Prints where the agent spent each ADD (p50/p99 of the fields of its
+/// log lines in `logged`) and adds them as `cni_add_agent_us`.
+pub fn agent_breakdown(logged: &str, out: &mut Map<String, Value>) {
+    let lines: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains(testbed::controlplane::sync::AGENT_ENDPOINT_ENFORCED_LOG))
+        .collect();
+    if lines.is_empty() {
+        println!("(the agent logged no ADD timings)");
+        return;
+    }
+    println!("inside the agent, per ADD (µs, {} ADDs)", lines.len());
+    println!("{:<28} {:>10} {:>10}", "part", "p50", "p99");
+    let mut json_parts = Map::new();
+    for part in PARTS {
+        let values: Vec<f64> = lines.iter().filter_map(|l| field(l, part)).collect();
+        if values.is_empty() {
+            continue;
+        }
+        let (p50, p99) = (percentile(&values, 50), percentile(&values, 99));
+        println!(
+            "{:<28} {:>10.0} {:>10.0}",
+            part.trim_end_matches("_us"),
+            p50,
+            p99
+        );
+        json_parts.insert(part.into(), json!({"p50": p50, "p99": p99}));
+    }
+    out.insert("cni_add_agent_us".into(), Value::Object(json_parts));
+}
+
+/// The number after `name=` in a log line (ANSI colour codes around the
+/// name, as a terminal log has them, are skipped).
+fn field(line: &str, name: &str) -> Option<f64> {
+    let plain = testbed::controlplane::sync::strip_ansi(line);
+    let at = plain.find(&format!("{name}="))?;
+    let rest = &plain[at + name.len() + 1..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timings_are_read_from_the_agents_log_lines() {
+        let line = "2026-12-01T21:00:00Z  INFO policy_agent::cni_server: endpoint enforced \
+                    pod=bench/cni-w0 ifname=veth1 veth_us=120 lock_us=3 attach_us=900 \
+                    compile_us=40 apply_us=2100 total_us=3200";
+        assert_eq!(field(line, "apply_us"), Some(2100.0));
+        assert_eq!(field(line, "total_us"), Some(3200.0));
+        assert_eq!(field(line, "missing_us"), None);
+        let mut out = Map::new();
+        agent_breakdown(&format!("other line\n{line}\n"), &mut out);
+        assert_eq!(out["cni_add_agent_us"]["attach_us"]["p50"], json!(900.0));
+    }
+}

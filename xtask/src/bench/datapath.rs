@@ -192,12 +192,26 @@ impl Lanes {
     /// `palisade-cni` (see `Testbed::time_cni_adds`). The pods are added
     /// to the manifest first, without addresses, as the API server holds
     /// them before their ADD: the agent refuses pods it does not know.
-    pub fn time_cni_adds(&mut self, count: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    /// Also returns what the agent logged meanwhile (its timing of each
+    /// ADD).
+    pub fn time_cni_adds(
+        &mut self,
+        count: usize,
+    ) -> Result<(Vec<Duration>, Vec<Duration>, String)> {
         let names: Vec<String> = (0..count).map(|i| format!("cni-w{i}")).collect();
         self.rewrite_palisade(&(cluster::manifest(self.cidrs) + &cluster::pending_pods(&names)))?;
-        let times = self.palisade_bed()?.time_cni_adds(count)?;
+        let bed = self.palisade_bed()?;
+        let log = bed.agent_log().map(|p| p.to_path_buf());
+        let read = || {
+            log.as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default()
+        };
+        let before = read().len();
+        let (with, without) = bed.time_cni_adds(count)?;
+        let logged = read().get(before..).unwrap_or_default().to_string();
         self.rewrite_palisade(&cluster::manifest(self.cidrs))?;
-        Ok(times)
+        Ok((with, without, logged))
     }
 
     /// Rewrites the manifest Palisade's agent reads and waits until the

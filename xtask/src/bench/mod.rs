@@ -112,11 +112,10 @@ pub fn run(bin_dir: &Path, opts: &Options) -> Result<()> {
                 "none",
             );
         }
-        // Before the sweep: each ADD recompiles the whole state, so its
-        // latency grows with the policy (see the README).
         if wants(Section::Cni) {
-            let (with, without) = lanes.time_cni_adds(plan.cni_pods)?;
+            let (with, without, logged) = lanes.time_cni_adds(plan.cni_pods)?;
             cni::figures(&with, &without, &mut out);
+            cni::agent_breakdown(&logged, &mut out);
         }
         if wants(Section::Sweep) {
             sweep_points = sweep(&mut lanes, &plan, &mut out)?;
