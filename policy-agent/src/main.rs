@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use policy_agent::dataplane::kernel::{KernelDataplane, KernelOptions, MapSizes};
+use policy_agent::dataplane::kernel::{AttachMode, KernelDataplane, KernelOptions, MapSizes};
 
 mod cli;
 
@@ -102,8 +102,38 @@ struct RunArgs {
     /// this node) is then judged on its own address. Repeatable.
     #[arg(long = "external-device")]
     external_devices: Vec<String>,
+    /// How the programs are attached to pods' veths: `tcx` links (kernel
+    /// 6.6 or later; a tc user deleting the clsact qdisc cannot remove
+    /// them, but each link makes the kernel wait for an RCU grace period,
+    /// some 10 ms, twice per CNI ADD), `netlink` cls_bpf filters (well
+    /// under a millisecond per ADD), or `auto`: TCX where the kernel has
+    /// it. Switching mode re-attaches each pod the new way on its next
+    /// attach and removes the old way's programs.
+    #[arg(long, value_enum, default_value_t = AttachArg::Auto)]
+    attach_mode: AttachArg,
     #[command(flatten)]
     map_sizes: MapSizeArgs,
+}
+
+/// `--attach-mode` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum AttachArg {
+    /// TCX where the kernel has it, netlink otherwise.
+    Auto,
+    /// TCX links only.
+    Tcx,
+    /// Netlink cls_bpf filters only.
+    Netlink,
+}
+
+impl From<AttachArg> for AttachMode {
+    fn from(a: AttachArg) -> Self {
+        match a {
+            AttachArg::Auto => AttachMode::Auto,
+            AttachArg::Tcx => AttachMode::Tcx,
+            AttachArg::Netlink => AttachMode::Netlink,
+        }
+    }
 }
 
 /// A clap parser for a map size within `range`.
@@ -238,6 +268,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         let mut kernel_opts = KernelOptions::new(&args.bpffs_dir);
         kernel_opts.sizes = args.map_sizes.sizes();
+        kernel_opts.attach_mode = args.attach_mode.into();
         let mut dataplane = KernelDataplane::open(kernel_opts)?;
         if args.log_allowed {
             dataplane.set_events_for_allowed(true)?;

@@ -58,3 +58,53 @@ fn netlink_attach_replace_detach() {
         assert_eq!(filters(&ifname, "egress", "pod_ingress"), 0);
     });
 }
+
+/// TCX link pins of the test's pin folder.
+fn tcx_pins(pins: &std::path::Path) -> usize {
+    let Ok(versions) = std::fs::read_dir(pins) else {
+        return 0;
+    };
+    versions
+        .flatten()
+        .filter_map(|v| std::fs::read_dir(v.path().join("links")).ok())
+        .map(|links| links.count())
+        .sum()
+}
+
+#[test]
+fn switching_attach_mode_leaves_only_the_new_modes_programs() {
+    kernel::require_root();
+    let pins = PinDir::new("switch-mode");
+    in_netns(1, |idx| {
+        let ifname = policy_agent::dataplane::kernel::ifname_of(idx[0]).expect("ifname");
+        let open = |mode| {
+            let mut opts = KernelOptions::new(&pins.0);
+            opts.attach_mode = mode;
+            KernelDataplane::open(opts).unwrap()
+        };
+        let mut dp = open(AttachMode::Tcx);
+        dp.attach_endpoint(&ifname, 4).unwrap();
+        assert_eq!(tcx_pins(&pins.0), 2);
+        assert_eq!(filters(&ifname, "ingress", "pod_egress"), 0);
+        drop(dp);
+
+        // The next agent attaches with netlink: the TCX links go.
+        let mut dp = open(AttachMode::Netlink);
+        dp.attach_endpoint(&ifname, 4).unwrap();
+        assert_eq!(filters(&ifname, "ingress", "pod_egress"), 1);
+        assert_eq!(filters(&ifname, "egress", "pod_ingress"), 1);
+        assert_eq!(tcx_pins(&pins.0), 0, "TCX links left beside the filters");
+        drop(dp);
+
+        // And back: the filters go.
+        let mut dp = open(AttachMode::Auto);
+        dp.attach_endpoint(&ifname, 4).unwrap();
+        assert_eq!(tcx_pins(&pins.0), 2);
+        assert_eq!(
+            filters(&ifname, "ingress", "pod_egress"),
+            0,
+            "filters left beside the links"
+        );
+        assert_eq!(filters(&ifname, "egress", "pod_ingress"), 0);
+    });
+}

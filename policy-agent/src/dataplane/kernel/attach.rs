@@ -124,12 +124,19 @@ impl KernelDataplane {
             .endpoints
             .insert(ifindex, EndpointInfo { ep_id, flags: 0 }, 0)
             .map_err(|e| kernel_error(format!("registering {ifname} as endpoint {ep_id}"), e))?;
-        match self.mode {
+        let tcx = match self.mode {
             AttachMode::Tcx => {
                 self.attach_tcx(ifname, ifindex, false)?;
+                true
             }
-            AttachMode::Netlink => self.attach_netlink(ifname)?,
-            AttachMode::Auto if self.tcx_refused => self.attach_netlink(ifname)?,
+            AttachMode::Netlink => {
+                self.attach_netlink(ifname)?;
+                false
+            }
+            AttachMode::Auto if self.tcx_refused => {
+                self.attach_netlink(ifname)?;
+                false
+            }
             AttachMode::Auto => {
                 if !self.attach_tcx(ifname, ifindex, true)? {
                     tracing::warn!(
@@ -138,8 +145,21 @@ impl KernelDataplane {
                     );
                     self.tcx_refused = true;
                     self.attach_netlink(ifname)?;
+                    false
+                } else {
+                    true
                 }
             }
+        };
+        // An agent of the other attach mode may have attached this veth:
+        // its programs go once ours are in place (both judge alike, so the
+        // overlap is harmless; a gap would not be).
+        if tcx {
+            if let Err(e) = detach_netlink(ifname) {
+                tracing::debug!(%ifname, error = %e, "no netlink filters to take off");
+            }
+        } else if let Err(e) = self.detach_tcx(ifindex) {
+            tracing::warn!(%ifname, error = %e, "taking off the TCX links of an earlier attach mode");
         }
         self.attached
             .insert(ifname.to_string(), AttachedEndpoint { ifindex, ep_id });
