@@ -2,9 +2,12 @@
 //! bridge and host-local plugins (the bed's own chain, timed alternately by
 //! `Testbed::time_cni_adds`).
 
+use std::path::Path;
 use std::time::Duration;
 
+use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
+use testbed::{Testbed, TestbedOptions};
 
 use super::stats::percentile;
 
@@ -40,6 +43,44 @@ pub fn figures(with: &[Duration], without: &[Duration], out: &mut Map<String, Va
             "without_palisade": {"p50": super::round3(o50), "p99": super::round3(o99)},
         }),
     );
+}
+
+/// Times `count` ADDs on a bed of its own whose agent attaches with
+/// netlink filters (`--attach-mode netlink`) instead of TCX links; prints
+/// the row and adds `cni_add_ms.with_palisade_netlink`.
+pub fn netlink_mode(bin_dir: &Path, count: usize, out: &mut Map<String, Value>) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("palisade-bench-netlink")
+        .tempdir()?;
+    let manifest = dir.path().join("cluster.yaml");
+    let names: Vec<String> = (0..count).map(|i| format!("cni-w{i}")).collect();
+    std::fs::write(
+        &manifest,
+        super::cluster::manifest(10) + &super::cluster::pending_pods(&names),
+    )?;
+    let bed = Testbed::start(TestbedOptions {
+        manifests: vec![manifest],
+        palisade: true,
+        bin_dir: bin_dir.to_path_buf(),
+        probes: Vec::new(),
+        nodes: 1,
+        agent_args: vec!["--attach-mode".into(), "netlink".into()],
+    })
+    .context("starting the netlink-mode bed")?;
+    let (with, _) = bed.time_cni_adds(count)?;
+    let ms: Vec<f64> = with.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    let (p50, p99) = (percentile(&ms, 50), percentile(&ms, 99));
+    println!(
+        "{:<28} {:>10.2} {:>10.2}",
+        "… --attach-mode netlink", p50, p99
+    );
+    if let Some(o) = out.get_mut("cni_add_ms").and_then(Value::as_object_mut) {
+        o.insert(
+            "with_palisade_netlink".into(),
+            json!({"p50": super::round3(p50), "p99": super::round3(p99)}),
+        );
+    }
+    Ok(())
 }
 
 /// The fields of the agent's ADD log line, in the order a request meets

@@ -115,6 +115,7 @@ pub fn run(bin_dir: &Path, opts: &Options) -> Result<()> {
         if wants(Section::Cni) {
             let (with, without, logged) = lanes.time_cni_adds(plan.cni_pods)?;
             cni::figures(&with, &without, &mut out);
+            cni::netlink_mode(bin_dir, plan.cni_pods, &mut out)?;
             cni::agent_breakdown(&logged, &mut out);
         }
         if wants(Section::Sweep) {
