@@ -111,6 +111,52 @@ const HOOKS: [(&str, TcAttachType, &str); 2] = [
     (PROG_POD_INGRESS, TcAttachType::Egress, pins::HOOK_TC_EGRESS),
 ];
 
+/// Loads the four programs, each on a thread of its own: the kernel's
+/// verifier takes most of the agent's start (about a second here when
+/// done one after another) and runs on the calling CPU, so the loads
+/// share the node's cores.
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let wanted: Vec<&str> = HOOKS
+        .map(|(p, _, _)| p)
+        .into_iter()
+        .chain([PROG_NODE_EGRESS, PROG_NODE_INGRESS])
+        .collect();
+    let mut progs = Vec::new();
+    for (name, p) in ebpf.programs_mut() {
+        if wanted.contains(&name) {
+            let c: &mut SchedClassifier = p
+                .try_into()
+                .map_err(|e| kernel_error(format!("program {name} is not a classifier"), e))?;
+            progs.push((name, c));
+        }
+    }
+    if progs.len() != wanted.len() {
+        return Err(kernel_error(
+            "loading the eBPF object",
+            format!("it lacks one of the programs {wanted:?}"),
+        ));
+    }
+    std::thread::scope(|scope| {
+        let loads: Vec<_> = progs
+            .into_iter()
+            .map(|(name, p)| (name, scope.spawn(move || p.load())))
+            .collect();
+        for (name, load) in loads {
+            match load.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(kernel_error(format!("loading program {name}"), e)),
+                Err(_) => {
+                    return Err(kernel_error(
+                        format!("loading program {name}"),
+                        "the loading thread panicked",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Wraps any error into [`DataplaneError::Kernel`].
 pub(crate) fn kernel_error(
     what: impl Into<String>,
@@ -284,15 +330,7 @@ impl KernelDataplane {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| kernel_error("loading the eBPF object", e))?;
-        for prog in HOOKS
-            .map(|(p, _, _)| p)
-            .into_iter()
-            .chain([PROG_NODE_EGRESS, PROG_NODE_INGRESS])
-        {
-            program(&mut ebpf, prog)?
-                .load()
-                .map_err(|e| kernel_error(format!("loading program {prog}"), e))?;
-        }
+        load_programs(&mut ebpf)?;
         let maps = Maps::take(&mut ebpf)?;
         let capacity = resize::capacity(&paths)?;
         let events = match ebpf.take_map(names::EVENTS) {
