@@ -150,6 +150,9 @@ pub(crate) fn run_with_input(
             .map(|p| Box::new(p) as Box<dyn Read + Send>),
     );
     let deadline = Instant::now() + timeout;
+    // Short first waits: a CNI plugin takes milliseconds, and a fixed 10 ms
+    // poll added up to 10 ms to every timed ADD.
+    let mut nap = Duration::from_micros(200);
     let status = loop {
         match child.try_wait().map_err(spawn_err)? {
             Some(status) => break status,
@@ -161,7 +164,10 @@ pub(crate) fn run_with_input(
                     after: timeout,
                 });
             }
-            None => std::thread::sleep(Duration::from_millis(10)),
+            None => {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(10));
+            }
         }
     };
     Ok(Finished {

@@ -47,8 +47,9 @@ pub fn figures(with: &[Duration], without: &[Duration], out: &mut Map<String, Va
 
 /// Times `count` ADDs on a bed of its own whose agent attaches with
 /// netlink filters (`--attach-mode netlink`) instead of TCX links; prints
-/// the row and adds `cni_add_ms.with_palisade_netlink`.
-pub fn netlink_mode(bin_dir: &Path, count: usize, out: &mut Map<String, Value>) -> Result<()> {
+/// the row, adds `cni_add_ms.with_palisade_netlink`, and returns what its
+/// agent logged.
+pub fn netlink_mode(bin_dir: &Path, count: usize, out: &mut Map<String, Value>) -> Result<String> {
     let dir = tempfile::Builder::new()
         .prefix("palisade-bench-netlink")
         .tempdir()?;
@@ -68,6 +69,10 @@ pub fn netlink_mode(bin_dir: &Path, count: usize, out: &mut Map<String, Value>) 
     })
     .context("starting the netlink-mode bed")?;
     let (with, _) = bed.time_cni_adds(count)?;
+    let logged = bed
+        .agent_log()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
     let ms: Vec<f64> = with.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     let (p50, p99) = (percentile(&ms, 50), percentile(&ms, 99));
     println!(
@@ -80,7 +85,7 @@ pub fn netlink_mode(bin_dir: &Path, count: usize, out: &mut Map<String, Value>) 
             json!({"p50": super::round3(p50), "p99": super::round3(p99)}),
         );
     }
-    Ok(())
+    Ok(logged)
 }
 
 /// The fields of the agent's ADD log line, in the order a request meets
@@ -95,8 +100,8 @@ const PARTS: [&str; 6] = [
 ];
 
 /// Prints where the agent spent each ADD (p50/p99 of the fields of its
-/// log lines in `logged`) and adds them as `cni_add_agent_us`.
-pub fn agent_breakdown(logged: &str, out: &mut Map<String, Value>) {
+/// log lines in `logged`) and adds them as `key`.
+pub fn agent_breakdown(logged: &str, key: &str, out: &mut Map<String, Value>) {
     let lines: Vec<&str> = logged
         .lines()
         .filter(|l| l.contains(testbed::controlplane::sync::AGENT_ENDPOINT_ENFORCED_LOG))
@@ -105,7 +110,10 @@ pub fn agent_breakdown(logged: &str, out: &mut Map<String, Value>) {
         println!("(the agent logged no ADD timings)");
         return;
     }
-    println!("inside the agent, per ADD (µs, {} ADDs)", lines.len());
+    println!(
+        "inside the agent, per ADD ({key}, µs, {} ADDs)",
+        lines.len()
+    );
     println!("{:<28} {:>10} {:>10}", "part", "p50", "p99");
     let mut json_parts = Map::new();
     for part in PARTS {
@@ -122,7 +130,7 @@ pub fn agent_breakdown(logged: &str, out: &mut Map<String, Value>) {
         );
         json_parts.insert(part.into(), json!({"p50": p50, "p99": p99}));
     }
-    out.insert("cni_add_agent_us".into(), Value::Object(json_parts));
+    out.insert(key.into(), Value::Object(json_parts));
 }
 
 /// The number after `name=` in a log line (ANSI colour codes around the
@@ -150,7 +158,11 @@ mod tests {
         assert_eq!(field(line, "total_us"), Some(3200.0));
         assert_eq!(field(line, "missing_us"), None);
         let mut out = Map::new();
-        agent_breakdown(&format!("other line\n{line}\n"), &mut out);
+        agent_breakdown(
+            &format!("other line\n{line}\n"),
+            "cni_add_agent_us",
+            &mut out,
+        );
         assert_eq!(out["cni_add_agent_us"]["attach_us"]["p50"], json!(900.0));
     }
 }

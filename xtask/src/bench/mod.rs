@@ -115,8 +115,9 @@ pub fn run(bin_dir: &Path, opts: &Options) -> Result<()> {
         if wants(Section::Cni) {
             let (with, without, logged) = lanes.time_cni_adds(plan.cni_pods)?;
             cni::figures(&with, &without, &mut out);
-            cni::netlink_mode(bin_dir, plan.cni_pods, &mut out)?;
-            cni::agent_breakdown(&logged, &mut out);
+            let netlink_logged = cni::netlink_mode(bin_dir, plan.cni_pods, &mut out)?;
+            cni::agent_breakdown(&logged, "cni_add_agent_us", &mut out);
+            cni::agent_breakdown(&netlink_logged, "cni_add_agent_netlink_us", &mut out);
         }
         if wants(Section::Sweep) {
             sweep_points = sweep(&mut lanes, &plan, &mut out)?;
