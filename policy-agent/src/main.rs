@@ -143,7 +143,7 @@ fn size_in(range: std::ops::RangeInclusive<u32>) -> clap::builder::RangedI64Valu
 
 /// Map sizes (entries per generation where a map holds both): set when the
 /// maps are created; a change restarts the maps and switches over like a
-/// map layout upgrade. See docs/operations.md for how to size them.
+/// map layout upgrade. See docs/install.md ("Map sizes") for how to size them.
 #[derive(Args)]
 struct MapSizeArgs {
     /// Local pods (veths) the node can enforce.
