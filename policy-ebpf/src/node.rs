@@ -7,6 +7,8 @@
 //! packet still addressed to a ClusterIP (a port kube-proxy does not
 //! translate) is dropped: it has no backend.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::programs::TcContext;
 use policy_common::{dir, LAYOUT_VERSION};
 
@@ -38,14 +40,15 @@ pub fn run(ctx: &TcContext) -> i32 {
         local_origin: false,
         node_hook: true,
     };
-    let mut outer = Flow::empty();
+    let mut outer = MaybeUninit::<Flow>::uninit();
+    let outer = Flow::init(&mut outer);
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return ALLOW;
     };
-    // SAFETY: as in `pipeline::run`: this CPU's slot, one packet at a time.
+    // SAFETY: as in `pipeline::run`: this CPU's slot, one packet at a time
+    // (`parse` clears it when it has a quoted packet to write).
     let inner = unsafe { &mut *scratch };
-    *inner = Flow::empty();
-    let k = parse(ctx, &mut outer, inner);
+    let k = parse(ctx, outer, inner);
     if k != kind::FLOW && k != kind::ICMP_ERROR {
         return ALLOW;
     }
@@ -57,5 +60,5 @@ pub fn run(ctx: &TcContext) -> i32 {
     if k == kind::ICMP_ERROR && pipeline::related(&pkt, inner) {
         return ALLOW;
     }
-    pipeline::on_flow(&pkt, &outer, &mut v)
+    pipeline::on_flow(&pkt, outer, &mut v)
 }

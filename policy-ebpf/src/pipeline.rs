@@ -1,6 +1,8 @@
 //! One packet's way through a classifier: endpoint, config, parse,
 //! conntrack, verdict, events.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     programs::TcContext,
@@ -52,75 +54,96 @@ pub fn run(ctx: &TcContext, d: u8) -> i32 {
     // SAFETY: reading fields of the context the kernel passed us.
     let (ifindex, ingress_ifindex) =
         unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
-    let mut pkt = PacketCtx {
-        cfg: Config::default(),
+    // The endpoint and the configuration are read before the context is
+    // built, so that it is built from them in one go: clearing it first
+    // and filling it in would be a `memset` call.
+    // SAFETY: copied out at once.
+    let ep_id = unsafe { ENDPOINTS.get(&ifindex) }.map(|ep| ep.ep_id);
+    let cfg = match ep_id {
+        Some(_) => read_config(),
+        None => None,
+    };
+    let (Some(ep_id), Some(cfg)) = (ep_id, cfg) else {
+        return not_ready(ifindex, ep_id.unwrap_or(0), d, ingress_ifindex == 0);
+    };
+    let pkt = PacketCtx {
+        cfg,
         ifindex,
-        ep_id: 0,
+        ep_id,
         dir: d,
-        gen: 0,
+        gen: (cfg.revision & 1) as u8,
         local_origin: ingress_ifindex == 0,
         node_hook: false,
     };
-    let mut outer = Flow::empty();
+    let mut outer = MaybeUninit::<Flow>::uninit();
+    let outer = Flow::init(&mut outer);
     let mut v = Verdict::empty();
-    // SAFETY: copied out at once.
-    match unsafe { ENDPOINTS.get(&ifindex) } {
-        Some(ep) => pkt.ep_id = ep.ep_id,
-        None => {
-            v.reason = reason::NOT_READY;
-            return drop(&pkt, &outer, &v);
-        }
-    }
-    if !read_config(&mut pkt) {
-        v.reason = reason::NOT_READY;
-        return drop(&pkt, &outer, &v);
-    }
     // The quoted packet of an ICMP error lives in per-CPU scratch space,
     // not on the stack: the verifier's 512-byte limit covers the deepest
-    // call chain (this frame, `on_flow`, conntrack, `judge`).
+    // call chain (this frame, `on_flow`, conntrack, `judge`). `parse`
+    // clears it when it has one to write.
     let Some(inner) = SCRATCH.get_ptr_mut(0) else {
         v.reason = reason::MALFORMED;
-        return drop(&pkt, &outer, &v);
+        return drop(&pkt, outer, &v);
     };
     // SAFETY: this CPU's scratch entry; tc programs do not nest on a CPU.
     let inner = unsafe { &mut *inner };
-    *inner = Flow::empty();
-    let k = parse(ctx, &mut outer, inner);
+    let k = parse(ctx, outer, inner);
     if d == dir::EGRESS && k != kind::MALFORMED && !source_ok(pkt.ep_id, &outer.saddr, k) {
         v.reason = reason::SPOOFED;
-        return drop(&pkt, &outer, &v);
+        return drop(&pkt, outer, &v);
     }
     if d == dir::INGRESS && k == kind::FLOW {
         crate::client::note(ctx);
     }
     match k {
         kind::LINK => ALLOW,
-        kind::FLOW => on_flow(&pkt, &outer, &mut v),
+        kind::FLOW => on_flow(&pkt, outer, &mut v),
         kind::ICMP_ERROR => {
             if related(&pkt, inner) {
                 ALLOW
             } else {
-                on_flow(&pkt, &outer, &mut v)
+                on_flow(&pkt, outer, &mut v)
             }
         }
         _ => {
             v.reason = reason::MALFORMED;
-            drop(&pkt, &outer, &v)
+            drop(&pkt, outer, &v)
         }
     }
 }
 
-/// Reads the configuration into `pkt`; false when the maps are not
-/// configured for this layout. The generation is derived from the revision
+/// Drops a packet of an endpoint that is not ready (no endpoint entry:
+/// `ep_id` 0; or the maps not configured for this layout), reported with
+/// an empty flow and configuration.
+#[inline(never)]
+fn not_ready(ifindex: u32, ep_id: u32, d: u8, local_origin: bool) -> i32 {
+    let pkt = PacketCtx {
+        cfg: Config::default(),
+        ifindex,
+        ep_id,
+        dir: d,
+        gen: 0,
+        local_origin,
+        node_hook: false,
+    };
+    let outer = Flow::empty();
+    let mut v = Verdict::empty();
+    v.reason = reason::NOT_READY;
+    drop(&pkt, &outer, &v)
+}
+
+/// Reads the configuration; `None` when the maps are not configured for
+/// this layout. Only `revision` and `flags` are meaningful in what it
+/// returns (`layout_version` is [`LAYOUT_VERSION`], `active_gen` the
+/// generation): the generation is derived from the revision
 /// (`revision & 1`, which user space keeps equal to `active_gen`), so the
 /// pair a packet uses comes from one aligned 32-bit load and can never mix
 /// an old generation with a new revision, even if user space's write of
 /// the entry is not atomic as a whole.
 #[inline(always)]
-fn read_config(pkt: &mut PacketCtx) -> bool {
-    let Some(c) = CONFIG.get_ptr(0) else {
-        return false;
-    };
+fn read_config() -> Option<Config> {
+    let c = CONFIG.get_ptr(0)?;
     // SAFETY: a pointer to the array's single, always present entry; each
     // field is read once with its own aligned load.
     let (layout, revision, flags) = unsafe {
@@ -131,12 +154,14 @@ fn read_config(pkt: &mut PacketCtx) -> bool {
         )
     };
     if layout != LAYOUT_VERSION {
-        return false;
+        return None;
     }
-    pkt.cfg.revision = revision;
-    pkt.cfg.flags = flags;
-    pkt.gen = (revision & 1) as u8;
-    true
+    Some(Config {
+        layout_version: layout,
+        active_gen: revision & 1,
+        revision,
+        flags,
+    })
 }
 
 /// Source validation of a packet leaving the pod: its source must be one

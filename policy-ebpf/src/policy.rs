@@ -109,7 +109,8 @@ pub fn judge(q: &Query, out: &mut Verdict) {
         CIDR_KEY_HEAD_BITS + 128,
         CidrKey {
             gen,
-            pad: [0; 3],
+            // Not `[0; 3]`, which becomes a `memset` call.
+            pad: [0, 0, 0],
             addr: q.peer,
         },
     );
