@@ -345,10 +345,13 @@ impl Lanes {
             .as_deref()
     }
 
-    /// `rounds` rounds of every figure on every enforcer, in turn.
+    /// `rounds` rounds of every figure on every enforcer, in turn, after
+    /// one warm-up round that is discarded.
     pub fn measure(&self, rounds: usize, secs: u32, full: bool) -> Result<Medians> {
         let mut all: BTreeMap<Enforcer, Vec<Sample>> = BTreeMap::new();
-        for round in 0..rounds {
+        // Round 0 warms caches, sockets and CPU frequency up and is
+        // discarded: it was the slowest round of every variant.
+        for round in 0..=rounds {
             for lane in &self.lanes {
                 if lane.skipped.is_some() {
                     continue;
@@ -357,14 +360,17 @@ impl Lanes {
                     .sample(secs, full)
                     .with_context(|| format!("round {round}, {}", lane.enforcer.name()))?;
                 eprintln!(
-                    "bench: round {round} {:<8} {:>6.2} Gbit/s  rr p50 {:>6.1} µs p99 {:>6.1} µs  {:>6.0} conn/s",
+                    "bench: round {round} {:<8} {:>6.2} Gbit/s  rr p50 {:>6.1} µs p99 {:>6.1} µs  {:>6.0} conn/s{}",
                     lane.enforcer.name(),
                     s.throughput,
                     s.rr_p50,
                     s.rr_p99,
-                    s.conn_rate
+                    s.conn_rate,
+                    if round == 0 { "  (warm-up, discarded)" } else { "" }
                 );
-                all.entry(lane.enforcer).or_default().push(s);
+                if round > 0 {
+                    all.entry(lane.enforcer).or_default().push(s);
+                }
             }
         }
         Ok(all.into_iter().map(|(e, v)| (e, medians(&v))).collect())
