@@ -107,8 +107,9 @@ struct RunArgs {
     /// them, but each link makes the kernel wait for an RCU grace period,
     /// some 10 ms, twice per CNI ADD), `netlink` cls_bpf filters (well
     /// under a millisecond per ADD), or `auto`: TCX where the kernel has
-    /// it. Switching mode re-attaches each pod the new way on its next
-    /// attach and removes the old way's programs.
+    /// it. An agent started in another mode than the last re-attaches
+    /// each pod it restores the new way, then removes the old way's
+    /// programs.
     #[arg(long, value_enum, default_value_t = AttachArg::Auto)]
     attach_mode: AttachArg,
     #[command(flatten)]

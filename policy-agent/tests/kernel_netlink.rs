@@ -88,9 +88,10 @@ fn switching_attach_mode_leaves_only_the_new_modes_programs() {
         assert_eq!(filters(&ifname, "ingress", "pod_egress"), 0);
         drop(dp);
 
-        // The next agent attaches with netlink: the TCX links go.
+        // The next agent restores the endpoint with netlink: the TCX links
+        // go.
         let mut dp = open(AttachMode::Netlink);
-        dp.attach_endpoint(&ifname, 4).unwrap();
+        dp.restore_endpoint(&ifname, 4).unwrap();
         assert_eq!(filters(&ifname, "ingress", "pod_egress"), 1);
         assert_eq!(filters(&ifname, "egress", "pod_ingress"), 1);
         assert_eq!(tcx_pins(&pins.0), 0, "TCX links left beside the filters");
@@ -98,7 +99,7 @@ fn switching_attach_mode_leaves_only_the_new_modes_programs() {
 
         // And back: the filters go.
         let mut dp = open(AttachMode::Auto);
-        dp.attach_endpoint(&ifname, 4).unwrap();
+        dp.restore_endpoint(&ifname, 4).unwrap();
         assert_eq!(tcx_pins(&pins.0), 2);
         assert_eq!(
             filters(&ifname, "ingress", "pod_egress"),

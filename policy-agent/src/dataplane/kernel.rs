@@ -537,8 +537,11 @@ impl Dataplane for KernelDataplane {
 
     fn restore_endpoint(&mut self, ifname: &str, ep_id: u32) -> Result<(), DataplaneError> {
         if self.upgrade.is_none() || self.attached.contains_key(ifname) {
-            // Same layout (or links of this layout already there): adopt.
-            return self.attach_endpoint(ifname, ep_id);
+            // Same layout (or links of this layout already there): adopt,
+            // in this agent's attach mode only.
+            self.attach_endpoint(ifname, ep_id)?;
+            self.detach_other_mode(ifname);
+            return Ok(());
         }
         let ifindex = ifindex_of(ifname).ok_or_else(|| DataplaneError::NoSuchInterface {
             ifname: ifname.to_string(),

@@ -124,19 +124,12 @@ impl KernelDataplane {
             .endpoints
             .insert(ifindex, EndpointInfo { ep_id, flags: 0 }, 0)
             .map_err(|e| kernel_error(format!("registering {ifname} as endpoint {ep_id}"), e))?;
-        let tcx = match self.mode {
+        match self.mode {
             AttachMode::Tcx => {
                 self.attach_tcx(ifname, ifindex, false)?;
-                true
             }
-            AttachMode::Netlink => {
-                self.attach_netlink(ifname)?;
-                false
-            }
-            AttachMode::Auto if self.tcx_refused => {
-                self.attach_netlink(ifname)?;
-                false
-            }
+            AttachMode::Netlink => self.attach_netlink(ifname)?,
+            AttachMode::Auto if self.tcx_refused => self.attach_netlink(ifname)?,
             AttachMode::Auto => {
                 if !self.attach_tcx(ifname, ifindex, true)? {
                     tracing::warn!(
@@ -145,25 +138,38 @@ impl KernelDataplane {
                     );
                     self.tcx_refused = true;
                     self.attach_netlink(ifname)?;
-                    false
-                } else {
-                    true
                 }
             }
-        };
-        // An agent of the other attach mode may have attached this veth:
-        // its programs go once ours are in place (both judge alike, so the
-        // overlap is harmless; a gap would not be).
-        if tcx {
-            if let Err(e) = detach_netlink(ifname) {
-                tracing::debug!(%ifname, error = %e, "no netlink filters to take off");
-            }
-        } else if let Err(e) = self.detach_tcx(ifindex) {
-            tracing::warn!(%ifname, error = %e, "taking off the TCX links of an earlier attach mode");
         }
         self.attached
             .insert(ifname.to_string(), AttachedEndpoint { ifindex, ep_id });
         Ok(())
+    }
+
+    /// Whether this dataplane attaches with TCX links (else netlink
+    /// filters), as far as it knows yet.
+    fn uses_tcx(&self) -> bool {
+        match self.mode {
+            AttachMode::Tcx => true,
+            AttachMode::Netlink => false,
+            AttachMode::Auto => !self.tcx_refused,
+        }
+    }
+
+    /// Takes off the programs an agent of the other attach mode put on
+    /// `ifname`, once ours are there (both judge alike, so the overlap is
+    /// harmless; a gap would not be). Only a veth that outlived an agent
+    /// can carry them: a restored endpoint's, never a new sandbox's.
+    pub(super) fn detach_other_mode(&self, ifname: &str) {
+        if self.uses_tcx() {
+            if let Err(e) = detach_netlink(ifname) {
+                tracing::debug!(%ifname, error = %e, "no netlink filters to take off");
+            }
+        } else if let Some(ifindex) = ifindex_of(ifname) {
+            if let Err(e) = self.detach_tcx(ifindex) {
+                tracing::warn!(%ifname, error = %e, "taking off the TCX links of an earlier attach mode");
+            }
+        }
     }
 
     /// Takes off whatever a failed first attach of `ifname` put in place:
