@@ -47,7 +47,7 @@ use policy_engine::capacity::Capacity;
 use policy_engine::state::{diff, MapOp, MapState};
 
 pub use self::attach::tcx_refused;
-use self::attach::{detach_netlink, detach_pinned_link, program};
+use self::attach::{classifier, detach_netlink, detach_pinned_link, program};
 pub use self::sizes::MapSizes;
 pub use self::testrun::{empty_classifier_cost, TestVerdict};
 use self::upgrade::check_pinned_layout;
@@ -124,10 +124,7 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     let mut progs = Vec::new();
     for (name, p) in ebpf.programs_mut() {
         if wanted.contains(&name) {
-            let c: &mut SchedClassifier = p
-                .try_into()
-                .map_err(|e| kernel_error(format!("program {name} is not a classifier"), e))?;
-            progs.push((name, c));
+            progs.push((name, classifier(name, p)?));
         }
     }
     if progs.len() != wanted.len() {

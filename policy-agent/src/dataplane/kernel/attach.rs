@@ -316,6 +316,15 @@ pub(super) fn program<'a>(
             "missing program",
         )
     })?;
+    classifier(name, prog)
+}
+
+/// Program `name` of the object as the classifier every Palisade program
+/// is.
+pub(super) fn classifier<'a>(
+    name: &str,
+    prog: &'a mut aya::programs::Program,
+) -> Result<&'a mut SchedClassifier, DataplaneError> {
     prog.try_into()
         .map_err(|e| kernel_error(format!("program {name} is not a classifier"), e))
 }
