@@ -32,6 +32,20 @@ pub const AGENT_APPLIED_LOG: &str = "manifests applied";
 /// the time went (`policy-agent`'s `cni_server::ENDPOINT_ENFORCED_LOG`).
 pub const AGENT_ENDPOINT_ENFORCED_LOG: &str = "endpoint enforced";
 
+/// What the agent logs once its programs and maps are loaded
+/// (`policy-agent run`).
+pub const AGENT_DATAPLANE_READY_LOG: &str = "dataplane ready";
+
+/// The timestamp of one line of the agent's log: its first word, RFC 3339,
+/// as the agent writes it (colour codes removed).
+pub fn log_stamp(line: &str) -> String {
+    strip_ansi(line)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// How long a settled state may take to reach the kernel after the agent
 /// logged it (the CHECK barrier follows).
 const SETTLE: Duration = Duration::from_millis(150);
@@ -140,12 +154,8 @@ pub fn agent_states_timed(log: &str) -> Vec<(String, ClusterState)> {
     log.lines()
         .filter(|l| l.contains(AGENT_STATE_LOG))
         .map(|line| {
+            let stamp = log_stamp(line);
             let line = strip_ansi(line);
-            let stamp = line
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
             let field = |key: &str| -> u64 {
                 line.split_whitespace()
                     .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))

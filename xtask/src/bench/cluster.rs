@@ -86,6 +86,14 @@ pub fn pending_pods(names: &[String]) -> String {
     names.iter().map(|n| pod(n, None, None)).collect()
 }
 
+/// [`manifest`] with the `count` pods `Testbed::time_cni_adds` adds
+/// through Palisade's chain (`cni-w0`, `cni-w1`, ...), pending: the agent
+/// refuses an ADD for a pod it does not know.
+pub fn with_cni_pods(cidrs: usize, count: usize) -> String {
+    let names: Vec<String> = (0..count).map(|i| format!("cni-w{i}")).collect();
+    manifest(cidrs) + &pending_pods(&names)
+}
+
 /// One Pod document; with an address, labelled `app: <name>` and
 /// running at it; with a port, declaring it.
 fn pod(name: &str, ip: Option<Ipv4Addr>, port: Option<u16>) -> String {

@@ -45,6 +45,20 @@ pub fn figures(with: &[Duration], without: &[Duration], out: &mut Map<String, Va
     );
 }
 
+/// `Testbed::time_cni_adds` on `bed`, with what its agent logged during
+/// the ADDs (its timing of each; not the ADDs of the bed's own pods).
+pub fn timed_adds(bed: &Testbed, count: usize) -> Result<(Vec<Duration>, Vec<Duration>, String)> {
+    let read = || {
+        bed.agent_log()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    };
+    let before = read().len();
+    let (with, without) = bed.time_cni_adds(count)?;
+    let logged = read().get(before..).unwrap_or_default().to_string();
+    Ok((with, without, logged))
+}
+
 /// Times `count` ADDs on a bed of its own whose agent attaches with
 /// netlink filters (`--attach-mode netlink`) instead of TCX links; prints
 /// the row, adds `cni_add_ms.with_palisade_netlink`, and returns what its
@@ -54,11 +68,7 @@ pub fn netlink_mode(bin_dir: &Path, count: usize, out: &mut Map<String, Value>) 
         .prefix("palisade-bench-netlink")
         .tempdir()?;
     let manifest = dir.path().join("cluster.yaml");
-    let names: Vec<String> = (0..count).map(|i| format!("cni-w{i}")).collect();
-    std::fs::write(
-        &manifest,
-        super::cluster::manifest(10) + &super::cluster::pending_pods(&names),
-    )?;
+    std::fs::write(&manifest, super::cluster::with_cni_pods(10, count))?;
     let bed = Testbed::start(TestbedOptions {
         manifests: vec![manifest],
         palisade: true,
@@ -68,11 +78,7 @@ pub fn netlink_mode(bin_dir: &Path, count: usize, out: &mut Map<String, Value>) 
         agent_args: vec!["--attach-mode".into(), "netlink".into()],
     })
     .context("starting the netlink-mode bed")?;
-    let (with, _) = bed.time_cni_adds(count)?;
-    let logged = bed
-        .agent_log()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .unwrap_or_default();
+    let (with, _, logged) = timed_adds(&bed, count)?;
     let ms: Vec<f64> = with.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     let (p50, p99) = (percentile(&ms, 50), percentile(&ms, 99));
     println!(

@@ -198,20 +198,10 @@ impl Lanes {
         &mut self,
         count: usize,
     ) -> Result<(Vec<Duration>, Vec<Duration>, String)> {
-        let names: Vec<String> = (0..count).map(|i| format!("cni-w{i}")).collect();
-        self.rewrite_palisade(&(cluster::manifest(self.cidrs) + &cluster::pending_pods(&names)))?;
-        let bed = self.palisade_bed()?;
-        let log = bed.agent_log().map(|p| p.to_path_buf());
-        let read = || {
-            log.as_ref()
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .unwrap_or_default()
-        };
-        let before = read().len();
-        let (with, without) = bed.time_cni_adds(count)?;
-        let logged = read().get(before..).unwrap_or_default().to_string();
+        self.rewrite_palisade(&cluster::with_cni_pods(self.cidrs, count))?;
+        let timed = super::cni::timed_adds(self.palisade_bed()?, count)?;
         self.rewrite_palisade(&cluster::manifest(self.cidrs))?;
-        Ok((with, without, logged))
+        Ok(timed)
     }
 
     /// Rewrites the manifest Palisade's agent reads and waits until the

@@ -291,9 +291,6 @@ fn wait_for_state(
     }
 }
 
-/// What the agent logs once its programs and maps are loaded.
-const DATAPLANE_READY_LOG: &str = "dataplane ready";
-
 /// Fills the cluster, restarts the agent, and measures its first sync:
 /// milliseconds from the start to the state logged, and to the dataplane
 /// loaded (the rest is listing and compiling), and the peak RSS in MiB.
@@ -328,15 +325,8 @@ fn full_sync(bed: &Testbed, sizes: &Sizes) -> Result<(f64, f64, f64)> {
     let ready_ms = text
         .lines()
         .rev()
-        .find(|l| l.contains(DATAPLANE_READY_LOG))
-        .and_then(|l| {
-            let plain = sync::strip_ansi(l);
-            plain
-                .split_whitespace()
-                .next()?
-                .parse::<jiff::Timestamp>()
-                .ok()
-        })
+        .find(|l| l.contains(sync::AGENT_DATAPLANE_READY_LOG))
+        .and_then(|l| sync::log_stamp(l).parse::<jiff::Timestamp>().ok())
         .map_or(f64::NAN, |t| {
             t.duration_since(started).as_secs_f64() * 1000.0
         });
