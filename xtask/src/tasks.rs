@@ -27,15 +27,36 @@ pub fn build(release: bool) -> Result<ExitCode> {
 
 /// Builds [`BINARIES`] and returns the directory holding them.
 pub fn build_binaries(release: bool) -> Result<PathBuf> {
+    Ok(cargo_build(release, None)?.bin_dir)
+}
+
+/// What one `cargo build` produced.
+pub struct Built {
+    /// The directory holding [`BINARIES`].
+    pub bin_dir: PathBuf,
+    /// The executable of the benchmark target asked for, if one was.
+    pub bench: Option<PathBuf>,
+}
+
+/// Builds [`BINARIES`] and, with `bench`, that benchmark target of
+/// `policy-agent` too, in one cargo invocation: `cargo bench` would build
+/// the crate again under the bench profile, eBPF object included.
+pub fn cargo_build(release: bool, bench: Option<&str>) -> Result<Built> {
     let mut c = cargo();
     c.args(["build", "-p", "policy-agent", "-p", "cni-bin"])
         .arg("--message-format=json-render-diagnostics");
     if release {
         c.arg("--release");
     }
+    if let Some(b) = bench {
+        c.args(["--bins", "--bench", b]);
+    }
     eprintln!(
-        "$ cargo build -p policy-agent -p cni-bin{}",
-        if release { " --release" } else { "" }
+        "$ cargo build -p policy-agent -p cni-bin{}{}",
+        if release { " --release" } else { "" },
+        bench
+            .map(|b| format!(" --bins --bench {b}"))
+            .unwrap_or_default()
     );
     let out = c
         .stdout(Stdio::piped())
@@ -45,12 +66,17 @@ pub fn build_binaries(release: bool) -> Result<PathBuf> {
     if !out.status.success() {
         bail!("cargo build failed ({})", out.status);
     }
-    bin_dir_from_messages(&String::from_utf8_lossy(&out.stdout))
+    let messages = String::from_utf8_lossy(&out.stdout);
+    let bin_dir = bin_dir_from_messages(&messages)?;
+    let bench = match bench {
+        Some(b) => Some(bench_from_messages(&messages, b)?),
+        None => None,
+    };
+    Ok(Built { bin_dir, bench })
 }
 
-/// The directory of the built executables, read from cargo's JSON messages.
-fn bin_dir_from_messages(messages: &str) -> Result<PathBuf> {
-    let mut dir: Option<PathBuf> = None;
+/// Executables of cargo's JSON messages: (target name, target kinds, path).
+fn executables(messages: &str) -> Vec<(String, Vec<String>, PathBuf)> {
     let mut found = Vec::new();
     for line in messages.lines() {
         let Ok(msg) = serde_json::from_str::<Value>(line) else {
@@ -59,7 +85,41 @@ fn bin_dir_from_messages(messages: &str) -> Result<PathBuf> {
         let Some(exe) = msg.get("executable").and_then(Value::as_str) else {
             continue;
         };
-        let exe = Path::new(exe);
+        let target = msg.get("target");
+        let name = target
+            .and_then(|t| t.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let kinds = target
+            .and_then(|t| t.get("kind"))
+            .and_then(Value::as_array)
+            .map(|k| {
+                k.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.push((name.to_string(), kinds, PathBuf::from(exe)));
+    }
+    found
+}
+
+/// The executable of benchmark target `name`, read from cargo's JSON
+/// messages.
+fn bench_from_messages(messages: &str, name: &str) -> Result<PathBuf> {
+    executables(messages)
+        .into_iter()
+        .find(|(n, kinds, _)| n == name && kinds.iter().any(|k| k == "bench"))
+        .map(|(_, _, exe)| exe)
+        .with_context(|| format!("cargo build did not report the benchmark {name}"))
+}
+
+/// The directory of the built executables, read from cargo's JSON messages.
+fn bin_dir_from_messages(messages: &str) -> Result<PathBuf> {
+    let mut dir: Option<PathBuf> = None;
+    let mut found = Vec::new();
+    for (_, _, exe) in executables(messages) {
         let Some(name) = exe.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
@@ -392,8 +452,11 @@ pub fn bench(engine: bool, opts: &crate::bench::Options, args: &[String]) -> Res
         cmd::run(&mut c)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let bin_dir = build_binaries(true)?;
-    crate::bench::run(&bin_dir, opts)?;
+    let built = cargo_build(true, Some(crate::bench::VERDICT_SWEEP))?;
+    let sweep = built
+        .bench
+        .context("the verdict sweep benchmark was not built")?;
+    crate::bench::run(&built.bin_dir, &sweep, opts)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -414,6 +477,17 @@ not json
         );
         let partial = r#"{"reason":"compiler-artifact","executable":"/t/debug/palisade-cni"}"#;
         assert!(bin_dir_from_messages(partial).is_err());
+    }
+
+    #[test]
+    fn the_bench_executable_comes_from_cargo_messages() {
+        let messages = r#"{"reason":"compiler-artifact","target":{"name":"policy-agent","kind":["bin"]},"executable":"/t/release/policy-agent"}
+{"reason":"compiler-artifact","target":{"name":"verdict_sweep","kind":["bench"]},"executable":"/t/release/deps/verdict_sweep-0a1b"}"#;
+        assert_eq!(
+            bench_from_messages(messages, "verdict_sweep").unwrap(),
+            PathBuf::from("/t/release/deps/verdict_sweep-0a1b")
+        );
+        assert!(bench_from_messages(messages, "policy-agent").is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ mod rules;
 mod stats;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use clap::ValueEnum;
@@ -94,15 +94,23 @@ impl Plan {
 /// the larger sweep steps.
 const RULE_LOAD_LIMIT: Duration = Duration::from_secs(60);
 
-/// Runs the benchmarks.
-pub fn run(bin_dir: &Path, opts: &Options) -> Result<()> {
+/// `policy-agent`'s benchmark target that times single verdicts.
+pub const VERDICT_SWEEP: &str = "verdict_sweep";
+
+/// Runs the benchmarks; `verdict_sweep` is the built [`VERDICT_SWEEP`]
+/// executable. Each section's wall time is printed after it, and the
+/// whole run's at the end.
+pub fn run(bin_dir: &Path, verdict_sweep: &Path, opts: &Options) -> Result<()> {
     testbed::install_signal_cleanup().context("cannot install the Ctrl-C cleanup")?;
+    let started = Instant::now();
     let plan = Plan::new(opts.quick);
     let wants = |s: Section| opts.only.is_none_or(|o| o == s);
     let mut out = Map::new();
     let mut sweep_points = Vec::new();
     if wants(Section::Datapath) || wants(Section::Sweep) || wants(Section::Cni) {
+        let mut clock = Instant::now();
         let mut lanes = Lanes::start(bin_dir, plan.cidr_steps[0])?;
+        took("bed set-up", &mut clock);
         if wants(Section::Datapath) {
             let m = lanes.measure(plan.rounds, plan.secs, true)?;
             datapath_figures(&m, &mut out);
@@ -111,6 +119,7 @@ pub fn run(bin_dir: &Path, opts: &Options) -> Result<()> {
                 &m,
                 "none",
             );
+            took("datapath", &mut clock);
         }
         if wants(Section::Cni) {
             let (with, without, logged) = lanes.time_cni_adds(plan.cni_pods)?;
@@ -118,13 +127,16 @@ pub fn run(bin_dir: &Path, opts: &Options) -> Result<()> {
             let netlink_logged = cni::netlink_mode(bin_dir, plan.cni_pods, &mut out)?;
             cni::agent_breakdown(&logged, "cni_add_agent_us", &mut out);
             cni::agent_breakdown(&netlink_logged, "cni_add_agent_netlink_us", &mut out);
+            took("cni", &mut clock);
         }
         if wants(Section::Sweep) {
             sweep_points = sweep(&mut lanes, &plan, &mut out)?;
+            took("connection-rate sweep", &mut clock);
         }
     }
     if wants(Section::Sweep) {
-        let verdicts = verdict_sweep(opts.quick)?;
+        let mut clock = Instant::now();
+        let verdicts = run_verdict_sweep(verdict_sweep, opts.quick)?;
         print_verdicts(&verdicts);
         out.insert("per_verdict_ns".into(), per_verdict_json(&verdicts));
         if let Some(path) = &opts.plot {
@@ -132,9 +144,12 @@ pub fn run(bin_dir: &Path, opts: &Options) -> Result<()> {
                 .with_context(|| format!("writing {}", path.display()))?;
             println!("plot: {}", path.display());
         }
+        took("verdict sweep", &mut clock);
     }
     if wants(Section::Kube) {
+        let mut clock = Instant::now();
         kube::run(bin_dir, opts.quick, &plan_kube(&plan), &mut out)?;
+        took("kube", &mut clock);
     }
     let text = serde_json::to_string_pretty(&Value::Object(out))?;
     if let Some(path) = &opts.json {
@@ -143,7 +158,17 @@ pub fn run(bin_dir: &Path, opts: &Options) -> Result<()> {
     } else {
         println!("{text}");
     }
+    eprintln!(
+        "bench: done in {:.0} s (the build before it not counted)",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
+}
+
+/// Prints the time since `clock` against `what` and restarts it.
+fn took(what: &str, clock: &mut Instant) {
+    eprintln!("bench: {what} took {:.0} s", clock.elapsed().as_secs_f64());
+    *clock = Instant::now();
 }
 
 fn plan_kube(plan: &Plan) -> kube::Plan {
@@ -307,31 +332,23 @@ pub struct Verdict {
     pub empty_ns: f64,
 }
 
-fn verdict_sweep(quick: bool) -> Result<Vec<Verdict>> {
-    let mut c = crate::cmd::cargo();
-    c.args([
-        "bench",
-        "-p",
-        "policy-agent",
-        "--bench",
-        "verdict_sweep",
-        "--",
-    ]);
+fn run_verdict_sweep(exe: &Path, quick: bool) -> Result<Vec<Verdict>> {
+    let mut c = std::process::Command::new(exe);
     if quick {
         c.arg("--quick");
     }
-    eprintln!("$ cargo bench -p policy-agent --bench verdict_sweep");
+    eprintln!("$ {}{}", exe.display(), if quick { " --quick" } else { "" });
     let out = c
         .stderr(std::process::Stdio::inherit())
         .output()
-        .context("cannot run cargo bench")?;
+        .with_context(|| format!("cannot run {}", exe.display()))?;
     if !out.status.success() {
-        return Err(anyhow!("verdict_sweep failed ({})", out.status));
+        return Err(anyhow!("{VERDICT_SWEEP} failed ({})", out.status));
     }
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).with_context(|| format!("verdict_sweep line {l:?}")))
+        .map(|l| serde_json::from_str(l).with_context(|| format!("{VERDICT_SWEEP} line {l:?}")))
         .collect()
 }
 
