@@ -19,6 +19,7 @@ mod generations;
 pub mod maps;
 mod node_device;
 pub mod pins;
+mod programs;
 pub mod rcu;
 mod resize;
 mod sizes;
@@ -47,7 +48,8 @@ use policy_engine::capacity::Capacity;
 use policy_engine::state::{diff, MapOp, MapState};
 
 pub use self::attach::tcx_refused;
-use self::attach::{classifier, detach_netlink, detach_pinned_link, program};
+use self::attach::{detach_netlink, detach_pinned_link};
+use self::programs::{program, Programs};
 pub use self::sizes::MapSizes;
 pub use self::testrun::{empty_classifier_cost, TestVerdict};
 use self::upgrade::check_pinned_layout;
@@ -110,49 +112,6 @@ const HOOKS: [(&str, TcAttachType, &str); 2] = [
     ),
     (PROG_POD_INGRESS, TcAttachType::Egress, pins::HOOK_TC_EGRESS),
 ];
-
-/// Loads the four programs, each on a thread of its own: the kernel's
-/// verifier takes most of the agent's start (about a second here when
-/// done one after another) and runs on the calling CPU, so the loads
-/// share the node's cores.
-fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
-    let wanted: Vec<&str> = HOOKS
-        .map(|(p, _, _)| p)
-        .into_iter()
-        .chain([PROG_NODE_EGRESS, PROG_NODE_INGRESS])
-        .collect();
-    let mut progs = Vec::new();
-    for (name, p) in ebpf.programs_mut() {
-        if wanted.contains(&name) {
-            progs.push((name, classifier(name, p)?));
-        }
-    }
-    if progs.len() != wanted.len() {
-        return Err(kernel_error(
-            "loading the eBPF object",
-            format!("it lacks one of the programs {wanted:?}"),
-        ));
-    }
-    std::thread::scope(|scope| {
-        let loads: Vec<_> = progs
-            .into_iter()
-            .map(|(name, p)| (name, scope.spawn(move || p.load())))
-            .collect();
-        for (name, load) in loads {
-            match load.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(kernel_error(format!("loading program {name}"), e)),
-                Err(_) => {
-                    return Err(kernel_error(
-                        format!("loading program {name}"),
-                        "the loading thread panicked",
-                    ))
-                }
-            }
-        }
-        Ok(())
-    })
-}
 
 /// Wraps any error into [`DataplaneError::Kernel`].
 pub(crate) fn kernel_error(
@@ -242,7 +201,11 @@ struct Upgrade {
 
 /// The aya-backed [`Dataplane`].
 pub struct KernelDataplane {
-    ebpf: Ebpf,
+    /// The loaded object: never read again, but it holds the object's
+    /// unpinned maps (read-only data) and the programs' first handles.
+    _ebpf: Ebpf,
+    /// The programs, loaded from `ebpf` or taken over from their pins.
+    programs: Programs,
     maps: Maps,
     events: Option<RingBuf<MapData>>,
     paths: PinPaths,
@@ -285,7 +248,9 @@ impl KernelDataplane {
     /// Loads the programs and opens (or creates) the pinned maps under
     /// `opts.pin_dir`. Maps already pinned there with the same layout are
     /// adopted: reused as they are, their active generation and contents
-    /// read back, and pinned links re-pointed at the new programs.
+    /// read back, and pinned links re-pointed at the new programs. The
+    /// programs a previous agent of the same build pinned are taken over
+    /// instead of being loaded again (module `programs`).
     ///
     /// Version folders of another layout under the same base start an
     /// upgrade: [`restore_endpoint`](Dataplane::restore_endpoint) then only
@@ -327,7 +292,8 @@ impl KernelDataplane {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| kernel_error("loading the eBPF object", e))?;
-        load_programs(&mut ebpf)?;
+        let build = programs::build_id(EBPF_OBJECT);
+        let (programs, _) = programs::open(&mut ebpf, &paths, &build)?;
         let maps = Maps::take(&mut ebpf)?;
         let capacity = resize::capacity(&paths)?;
         let events = match ebpf.take_map(names::EVENTS) {
@@ -339,7 +305,8 @@ impl KernelDataplane {
         };
 
         let mut dp = Self {
-            ebpf,
+            _ebpf: ebpf,
+            programs,
             maps,
             events,
             paths,
@@ -431,6 +398,19 @@ impl KernelDataplane {
             let info = aya::maps::MapInfo::from_pin(&path)
                 .map_err(|e| kernel_error(format!("reading {}", path.display()), e))?;
             ids.insert(name, info.id());
+        }
+        Ok(ids)
+    }
+
+    /// Kernel ids of the programs in use, by name (the same after a
+    /// restart of the same build: see [`open`](Self::open)).
+    pub fn program_ids(&self) -> Result<BTreeMap<&'static str, u32>, DataplaneError> {
+        let mut ids = BTreeMap::new();
+        for (name, p) in &self.programs {
+            let info = p
+                .info()
+                .map_err(|e| kernel_error(format!("reading program {name}"), e))?;
+            ids.insert(*name, info.id());
         }
         Ok(ids)
     }

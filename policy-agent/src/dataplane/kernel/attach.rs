@@ -31,7 +31,7 @@ impl KernelDataplane {
                 .and_then(|pinned| {
                     let link = SchedClassifierLink::try_from(FdLink::from(pinned))
                         .map_err(|e| kernel_error(format!("adopting {}", path.display()), e))?;
-                    let p = program(&mut self.ebpf, prog)?;
+                    let p = program(&mut self.programs, prog)?;
                     let id = p
                         .attach_to_link(link)
                         .map_err(|e| kernel_error(format!("updating {}", path.display()), e))?;
@@ -87,7 +87,7 @@ impl KernelDataplane {
                 ));
             }
             let pin = self.paths.link(ifindex, hook);
-            let p = program(&mut self.ebpf, prog)?;
+            let p = program(&mut self.programs, prog)?;
             if repoint_pinned(p, &pin)? {
                 continue;
             }
@@ -200,7 +200,7 @@ impl KernelDataplane {
         let _ = tc::qdisc_add_clsact(ifname);
         for (prog, attach_type, _) in HOOKS {
             let what = || format!("attaching {prog} to {ifname} (netlink)");
-            let p = program(&mut self.ebpf, prog)?;
+            let p = program(&mut self.programs, prog)?;
             let opts = || {
                 TcAttachOptions::Netlink(NlOptions {
                     priority: NETLINK_PRIORITY,
@@ -304,19 +304,6 @@ pub(super) fn detach_netlink(ifname: &str) -> Result<(), DataplaneError> {
         }
     }
     Ok(())
-}
-
-pub(super) fn program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &str,
-) -> Result<&'a mut SchedClassifier, DataplaneError> {
-    let prog = ebpf.program_mut(name).ok_or_else(|| {
-        kernel_error(
-            format!("eBPF object has no program {name}"),
-            "missing program",
-        )
-    })?;
-    classifier(name, prog)
 }
 
 /// Program `name` of the object as the classifier every Palisade program

@@ -62,7 +62,7 @@ impl KernelDataplane {
             .paths
             .links_dir()
             .join(format!("{prefix}_{}_{ifindex}", ifname.replace('.', "_")));
-        let p = program(&mut self.ebpf, prog)?;
+        let p = program(&mut self.programs, prog)?;
         if !repoint_pinned(p, &pin)? {
             let id = p
                 .attach_with_options(

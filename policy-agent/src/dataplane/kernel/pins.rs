@@ -5,7 +5,11 @@
 //! ```text
 //! <base>/v<LAYOUT_VERSION>/maps/<MAP NAME>          every map (policy_common::maps)
 //! <base>/v<LAYOUT_VERSION>/links/<ifindex>_<hook>   one TCX link per veth and hook
+//! <base>/v<LAYOUT_VERSION>/programs/<build>/<PROG>  the loaded programs, per build of the object
 //! ```
+//!
+//! A restarted agent of the same build takes the pinned programs over
+//! instead of loading (and verifying) them again (`kernel::programs`).
 //!
 //! The layout version in the path means an agent never adopts maps of a
 //! layout it does not understand: a new layout starts a new folder. Maps
@@ -25,6 +29,9 @@ pub const DEFAULT_BASE: &str = "/sys/fs/bpf/palisade/default";
 pub const MAPS_DIR: &str = "maps";
 /// Sub-folder of the version folder holding the pinned links.
 pub const LINKS_DIR: &str = "links";
+/// Sub-folder of the version folder holding the pinned programs, one
+/// folder per build of the eBPF object.
+pub const PROGRAMS_DIR: &str = "programs";
 /// Link pin suffix of the program checking packets that leave the pod
 /// (tc ingress of the host-side veth).
 pub const HOOK_TC_INGRESS: &str = "tc_ingress";
@@ -157,6 +164,17 @@ impl PinPaths {
         self.version_dir().join(LINKS_DIR)
     }
 
+    /// Folder of the pinned programs (one sub-folder per build).
+    pub fn programs_dir(&self) -> PathBuf {
+        self.version_dir().join(PROGRAMS_DIR)
+    }
+
+    /// Pin path of program `name` of eBPF object build `build` (a hex
+    /// digest of the object).
+    pub fn program(&self, build: &str, name: &str) -> PathBuf {
+        self.programs_dir().join(build).join(name)
+    }
+
     /// Pin path of map `name` (one of `policy_common::maps`).
     pub fn map(&self, name: &str) -> PathBuf {
         self.maps_dir().join(name)
@@ -201,6 +219,10 @@ mod tests {
         assert_eq!(
             p.link(7, HOOK_TC_EGRESS),
             PathBuf::from(format!("{v}/links/7_tc_egress"))
+        );
+        assert_eq!(
+            p.program("00ff", "pod_egress"),
+            PathBuf::from(format!("{v}/programs/00ff/pod_egress"))
         );
     }
 

@@ -124,7 +124,7 @@ impl KernelDataplane {
         opts.data_in = Some(frame);
         opts.ctx_in = Some(&ctx);
         opts.repeat = repeat.max(1);
-        let p = program(&mut self.ebpf, prog)?;
+        let p = program(&mut self.programs, prog)?;
         let r = p
             .test_run(opts)
             .map_err(|e| kernel_error(format!("test run of {prog}"), e))?;
