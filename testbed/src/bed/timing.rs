@@ -32,10 +32,12 @@ impl Testbed {
     /// without `palisade-cni`, alternately: the two figures share the
     /// machine's noise. Each pod is DELeted and its namespace removed
     /// right after its ADD (not timed), so the pod range never fills.
-    /// Returns the ADD latencies `(with, without)`.
+    /// Returns the ADD latencies `(with, without)`; without `baseline`,
+    /// only the first are timed (`without` is empty).
     pub fn time_cni_adds(
         &self,
         count: usize,
+        baseline: bool,
     ) -> Result<(Vec<Duration>, Vec<Duration>), TestbedError> {
         let network = self
             .resources
@@ -48,6 +50,7 @@ impl Testbed {
             plugins.retain(|p| p["type"] != crate::PLUGIN_BINARY);
         }
         let chains = [("w", &network), ("o", &without)];
+        let chains = &chains[..if baseline { 2 } else { 1 }];
         let mut times = [Vec::with_capacity(count), Vec::with_capacity(count)];
         for i in 0..count {
             for (k, (tag, net)) in chains.iter().enumerate() {

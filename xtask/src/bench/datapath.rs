@@ -8,7 +8,8 @@
 //! each sweep step), `iptables` and `ipset` (the plain bridge with the
 //! [`super::rules`] translation of the manifest in the node's FORWARD
 //! chain). Measurements go round the beds in turn, several rounds, and
-//! each figure is the median of its rounds.
+//! each figure is the median of its rounds; each ratio the median of the
+//! rounds' ratios ([`Rounds::ratio`]).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -24,7 +25,7 @@ use testbed::{Testbed, TestbedOptions};
 use super::cluster::{self, ECHO_PORT, IPERF_PORT, SERVER_IP, SOCKPERF_PORT};
 use super::load::{self, Server};
 use super::rules::{self, Flavour};
-use super::stats::median;
+use super::stats::{median, ratio};
 
 /// The enforcers compared, baseline first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -74,6 +75,8 @@ struct Lane {
     _servers: Vec<Server>,
     /// Whether the comparator gave up (its load took too long).
     skipped: Option<String>,
+    /// The last load of its rules: (CIDRs, seconds).
+    last_load: Option<(usize, f64)>,
 }
 
 impl Drop for Lane {
@@ -108,6 +111,35 @@ pub struct Sample {
 
 /// Medians over rounds, per enforcer.
 pub type Medians = BTreeMap<Enforcer, Sample>;
+
+/// Every round's sample, per enforcer, in round order.
+#[derive(Clone, Debug, Default)]
+pub struct Rounds(pub BTreeMap<Enforcer, Vec<Sample>>);
+
+impl Rounds {
+    /// Medians over rounds, per enforcer.
+    pub fn medians(&self) -> Medians {
+        self.0.iter().map(|(e, v)| (*e, medians(v))).collect()
+    }
+
+    /// Figure `f` of `e` against the baseline ([`Enforcer::None`]): the
+    /// median over rounds of the ratio within each round. A slow spell of
+    /// the machine touches the variants of one round alike, so it cancels
+    /// out of that round's ratio, where a ratio of medians would compare
+    /// samples taken at different times.
+    pub fn ratio(&self, e: Enforcer, f: impl Fn(&Sample) -> f64) -> f64 {
+        let (Some(a), Some(b)) = (self.0.get(&e), self.0.get(&Enforcer::None)) else {
+            return f64::NAN;
+        };
+        let per_round: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| ratio(f(x), f(y)))
+            .filter(|r| !r.is_nan())
+            .collect();
+        median(&per_round)
+    }
+}
 
 impl Lanes {
     /// Starts the four beds with `cidrs` ipBlocks in the policy.
@@ -161,6 +193,7 @@ impl Lanes {
                 node_ns,
                 _servers: servers,
                 skipped: None,
+                last_load: None,
             });
         }
         let mut me = Lanes {
@@ -199,7 +232,7 @@ impl Lanes {
         count: usize,
     ) -> Result<(Vec<Duration>, Vec<Duration>, String)> {
         self.rewrite_palisade(&cluster::with_cni_pods(self.cidrs, count))?;
-        let timed = super::cni::timed_adds(self.palisade_bed()?, count)?;
+        let timed = super::cni::timed_adds(self.palisade_bed()?, count, true)?;
         self.rewrite_palisade(&cluster::manifest(self.cidrs))?;
         Ok(timed)
     }
@@ -282,10 +315,18 @@ impl Lanes {
             if lane.skipped.is_some() {
                 continue;
             }
+            let deadline = limit.unwrap_or(Duration::from_secs(3600));
+            if let Some(why) = lane
+                .last_load
+                .and_then(|last| load_bound_exceeds(last, cidrs, deadline))
+            {
+                unload(&lane.node_ns, &mut lane.loaded);
+                lane.skipped = Some(why);
+                continue;
+            }
             unload(&lane.node_ns, &mut lane.loaded);
             let ruleset = rules::translate(&snapshot, flavour)?;
             let started = Instant::now();
-            let deadline = limit.unwrap_or(Duration::from_secs(3600));
             if !ruleset.sets.is_empty() {
                 feed(
                     &lane.node_ns,
@@ -312,6 +353,7 @@ impl Lanes {
                 continue;
             }
             lane.loaded = Some(ruleset);
+            lane.last_load = Some((cidrs, took.as_secs_f64()));
             times.insert(lane.enforcer, took.as_secs_f64());
         }
         Ok(times)
@@ -337,11 +379,13 @@ impl Lanes {
 
     /// `rounds` rounds of every figure on every enforcer, in turn, after
     /// one warm-up round that is discarded.
-    pub fn measure(&self, rounds: usize, secs: u32, full: bool) -> Result<Medians> {
+    pub fn measure(&self, rounds: usize, secs: u32, full: bool) -> Result<Rounds> {
         let mut all: BTreeMap<Enforcer, Vec<Sample>> = BTreeMap::new();
         // Round 0 warms caches, sockets and CPU frequency up and is
-        // discarded: it was the slowest round of every variant.
+        // discarded: it was the slowest round of every variant. One second
+        // a figure is enough for that.
         for round in 0..=rounds {
+            let secs = if round == 0 { 1 } else { secs };
             for lane in &self.lanes {
                 if lane.skipped.is_some() {
                     continue;
@@ -363,7 +407,7 @@ impl Lanes {
                 }
             }
         }
-        Ok(all.into_iter().map(|(e, v)| (e, medians(&v))).collect())
+        Ok(Rounds(all))
     }
 }
 
@@ -418,6 +462,26 @@ pub fn medians(samples: &[Sample]) -> Sample {
             .flat_map(|s| s.conn_latencies.iter().copied())
             .collect(),
     }
+}
+
+/// Why a comparator whose rules took `secs` to load at `at` CIDRs is
+/// skipped at `cidrs` without trying: its load time grows at least in
+/// proportion to the rules (each CIDR is a rule or a set entry, parsed
+/// and committed), so a proportional estimate above `limit` is a lower
+/// bound above it. `None`: try it. Only estimates from 1,000 CIDRs up
+/// count, where the load is more than its start-up cost.
+fn load_bound_exceeds((at, secs): (usize, f64), cidrs: usize, limit: Duration) -> Option<String> {
+    if at < 1_000 || cidrs <= at {
+        return None;
+    }
+    let bound = secs * cidrs as f64 / at as f64;
+    (bound > limit.as_secs_f64()).then(|| {
+        format!(
+            "skipped from {cidrs} CIDRs on: its rules took {secs:.1} s to load at {at} CIDRs, \
+             so at least {bound:.0} s at {cidrs}, over the {:.0} s limit",
+            limit.as_secs_f64()
+        )
+    })
 }
 
 /// Prepares a pod namespace for the connection-rate client: TIME_WAIT
@@ -516,4 +580,51 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(rate: f64) -> Sample {
+        Sample {
+            conn_rate: rate,
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn ratios_are_taken_round_by_round() {
+        // The machine slows down in rounds 2 and 3 for both variants.
+        let r = Rounds(
+            [
+                (
+                    Enforcer::None,
+                    [100.0, 100.0, 30.0, 30.0, 100.0].map(conn).to_vec(),
+                ),
+                (
+                    Enforcer::Palisade,
+                    [96.0, 95.0, 29.0, 28.0, 97.0].map(conn).to_vec(),
+                ),
+            ]
+            .into(),
+        );
+        // Round ratios 0.96, 0.95, 0.967, 0.933, 0.97: their median.
+        assert_eq!(r.ratio(Enforcer::Palisade, |s| s.conn_rate), 0.96);
+        assert_eq!(r.ratio(Enforcer::None, |s| s.conn_rate), 1.0);
+        assert!(r.ratio(Enforcer::Iptables, |s| s.conn_rate).is_nan());
+        assert_eq!(r.medians()[&Enforcer::Palisade].conn_rate, 95.0);
+    }
+
+    #[test]
+    fn a_load_is_skipped_only_when_its_lower_bound_is_over_the_limit() {
+        let limit = Duration::from_secs(60);
+        // 2.6 s at 10,000: at least 260 s at 1,000,000.
+        let why = load_bound_exceeds((10_000, 2.6), 1_000_000, limit).unwrap();
+        assert!(why.contains("at least 260 s"), "{why}");
+        // 0.1 s at 10,000: 10 s at 1,000,000, tried.
+        assert!(load_bound_exceeds((10_000, 0.1), 1_000_000, limit).is_none());
+        // Estimates from start-up-bound small loads do not count.
+        assert!(load_bound_exceeds((10, 0.5), 10_000, limit).is_none());
+    }
 }

@@ -185,13 +185,15 @@ fn cluster_ip(
             with[round].conn_rate, without[round].conn_rate
         );
     }
-    let m: datapath::Medians = [
-        (datapath::Enforcer::None, datapath::medians(&without)),
-        (datapath::Enforcer::Palisade, datapath::medians(&with)),
-    ]
-    .into();
+    let m = datapath::Rounds(
+        [
+            (datapath::Enforcer::None, without),
+            (datapath::Enforcer::Palisade, with),
+        ]
+        .into(),
+    );
     super::print_samples(
-        "through a ClusterIP (kube-proxy DNAT; medians; ratio to Palisade removed)",
+        "through a ClusterIP (kube-proxy DNAT; medians; median ratio to Palisade removed, round by round)",
         &m,
         "removed",
     );

@@ -34,8 +34,8 @@ use anyhow::{anyhow, Context, Result};
 use clap::ValueEnum;
 use serde_json::{json, Map, Value};
 
-use datapath::{Enforcer, Lanes, Medians};
-use stats::{percentile, ratio};
+use datapath::{Enforcer, Lanes, Rounds};
+use stats::percentile;
 
 /// A section of the benchmarks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -115,7 +115,7 @@ pub fn run(bin_dir: &Path, verdict_sweep: &Path, opts: &Options) -> Result<()> {
             let m = lanes.measure(plan.rounds, plan.secs, true)?;
             datapath_figures(&m, &mut out);
             print_samples(
-                "two pods, one node (medians; ratio to no enforcement)",
+                "two pods, one node (medians; median ratio to no enforcement, round by round)",
                 &m,
                 "none",
             );
@@ -178,13 +178,13 @@ fn plan_kube(plan: &Plan) -> kube::Plan {
     }
 }
 
-/// The enforcers other than the baseline, as JSON object keys.
-fn per_enforcer(m: &Medians, f: impl Fn(&datapath::Sample) -> f64) -> Value {
-    let base = m.get(&Enforcer::None).map(&f).unwrap_or(f64::NAN);
+/// The enforcers other than the baseline, as JSON object keys, each with
+/// its ratio to the baseline ([`Rounds::ratio`]).
+fn per_enforcer(m: &Rounds, f: impl Fn(&datapath::Sample) -> f64 + Copy) -> Value {
     let mut o = Map::new();
-    for (e, s) in m {
+    for e in m.0.keys() {
         if *e != Enforcer::None {
-            o.insert(e.name().into(), json!(round3(ratio(f(s), base))));
+            o.insert(e.name().into(), json!(round3(m.ratio(*e, f))));
         }
     }
     Value::Object(o)
@@ -196,17 +196,17 @@ fn round3(v: f64) -> f64 {
 }
 
 /// The four ratio keys of `m` (each enforcer against `none`).
-fn ratio_figures(m: &Medians, out: &mut Map<String, Value>) {
+fn ratio_figures(m: &Rounds, out: &mut Map<String, Value>) {
     out.insert("throughput_ratio".into(), per_enforcer(m, |s| s.throughput));
     out.insert("rr_p50_ratio".into(), per_enforcer(m, |s| s.rr_p50));
     out.insert("rr_p99_ratio".into(), per_enforcer(m, |s| s.rr_p99));
     out.insert("conn_rate_ratio".into(), per_enforcer(m, |s| s.conn_rate));
 }
 
-fn datapath_figures(m: &Medians, out: &mut Map<String, Value>) {
+fn datapath_figures(m: &Rounds, out: &mut Map<String, Value>) {
     ratio_figures(m, out);
     let mut raw = Map::new();
-    for (e, s) in m {
+    for (e, s) in &m.medians() {
         raw.insert(
             e.name().into(),
             json!({
@@ -223,17 +223,16 @@ fn datapath_figures(m: &Medians, out: &mut Map<String, Value>) {
 }
 
 /// A table of `m`'s medians, each with its ratio to the baseline
-/// (`Enforcer::None`, shown as `baseline`).
-fn print_samples(title: &str, m: &Medians, baseline: &str) {
-    let base = m.get(&Enforcer::None).cloned().unwrap_or_default();
+/// (`Enforcer::None`, shown as `baseline`; [`Rounds::ratio`]).
+fn print_samples(title: &str, m: &Rounds, baseline: &str) {
     println!();
     println!("{title}");
     println!(
         "{:<10} {:>16} {:>16} {:>16} {:>18} {:>14}",
         "enforcer", "Gbit/s", "rr p50 µs", "rr p99 µs", "connections/s", "conn p99 µs"
     );
-    for (e, s) in m {
-        let r = |v: f64, b: f64| format!("{v:.1} ({:.2})", ratio(v, b));
+    for (e, s) in &m.medians() {
+        let r = |v: f64, f: fn(&datapath::Sample) -> f64| format!("{v:.1} ({:.2})", m.ratio(*e, f));
         let name = if *e == Enforcer::None {
             baseline
         } else {
@@ -242,14 +241,10 @@ fn print_samples(title: &str, m: &Medians, baseline: &str) {
         println!(
             "{:<10} {:>16} {:>16} {:>16} {:>18} {:>14.0}",
             name,
-            r(s.throughput, base.throughput),
-            r(s.rr_p50, base.rr_p50),
-            r(s.rr_p99, base.rr_p99),
-            format!(
-                "{:.0} ({:.2})",
-                s.conn_rate,
-                ratio(s.conn_rate, base.conn_rate)
-            ),
+            r(s.throughput, |s| s.throughput),
+            r(s.rr_p50, |s| s.rr_p50),
+            r(s.rr_p99, |s| s.rr_p99),
+            format!("{:.0} ({:.2})", s.conn_rate, m.ratio(*e, |s| s.conn_rate)),
             percentile(&s.conn_latencies, 99)
         );
     }
@@ -267,7 +262,7 @@ fn sweep(lanes: &mut Lanes, plan: &Plan, out: &mut Map<String, Value>) -> Result
     let mut points = Vec::new();
     let mut steps = Map::new();
     println!();
-    println!("connection rate against ipBlock CIDRs (medians; ratio to no enforcement)");
+    println!("connection rate against ipBlock CIDRs (medians; median ratio to no enforcement, round by round)");
     println!(
         "{:>10} {:>18} {:>18} {:>18} {:>18}",
         "CIDRs", "none", "palisade", "iptables", "ipset"
@@ -278,8 +273,8 @@ fn sweep(lanes: &mut Lanes, plan: &Plan, out: &mut Map<String, Value>) -> Result
         } else {
             lanes.set_cidrs(cidrs, RULE_LOAD_LIMIT)?
         };
-        let m = lanes.measure(plan.rounds, plan.secs, false)?;
-        let base = m.get(&Enforcer::None).map_or(f64::NAN, |s| s.conn_rate);
+        let rounds = lanes.measure(plan.rounds, plan.secs, false)?;
+        let m = rounds.medians();
         let mut row = format!("{cidrs:>10}");
         let mut step = Map::new();
         let mut rates = Vec::new();
@@ -288,12 +283,16 @@ fn sweep(lanes: &mut Lanes, plan: &Plan, out: &mut Map<String, Value>) -> Result
                 Some(s) => {
                     row += &format!(
                         " {:>18}",
-                        format!("{:.0} ({:.2})", s.conn_rate, ratio(s.conn_rate, base))
+                        format!(
+                            "{:.0} ({:.2})",
+                            s.conn_rate,
+                            rounds.ratio(e, |s| s.conn_rate)
+                        )
                     );
                     rates.push((e, s.conn_rate));
                     let mut o = json!({
                         "conn_per_s": s.conn_rate.round(),
-                        "conn_rate_ratio": round3(ratio(s.conn_rate, base)),
+                        "conn_rate_ratio": round3(rounds.ratio(e, |s| s.conn_rate)),
                         "conn_p99_us": round3(percentile(&s.conn_latencies, 99)),
                     });
                     if let Some(t) = loads.get(&e) {
