@@ -19,6 +19,11 @@ use crate::source::{Change, Kind, Listed};
 /// than thousands of incremental ones, and as exact.
 pub const FULL_COMPILE_ABOVE: usize = 2000;
 
+/// What the agent logs after each full compile, with how long the
+/// compile and the write to the dataplane took (`compile_ms`,
+/// `apply_ms`).
+pub const FULL_COMPILE_LOG: &str = "full compile applied";
+
 /// What a batch of changes did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -107,7 +112,8 @@ impl<D: Dataplane> Agent<D> {
         if !self.sync.ever_complete() {
             return Ok(out);
         }
-        if full || !self.compiled {
+        let full_compile = (full || !self.compiled).then(std::time::Instant::now);
+        if full_compile.is_some() {
             ops.extend(
                 self.engine
                     .update(&self.snapshot, &self.registry.assignment()),
@@ -116,8 +122,19 @@ impl<D: Dataplane> Agent<D> {
         }
         out.ops = ops.len();
         let before = self.applies;
+        let applying = std::time::Instant::now();
         self.apply(&ops)?;
         out.written = self.applies > before;
+        if let Some(started) = full_compile {
+            tracing::info!(
+                pods = self.snapshot.pods.len(),
+                policies = self.snapshot.policies.len(),
+                ops = out.ops,
+                compile_ms = (applying - started).as_millis() as u64,
+                apply_ms = applying.elapsed().as_millis() as u64,
+                "{FULL_COMPILE_LOG}"
+            );
+        }
         if replaced {
             tracing::info!(
                 policies = self.snapshot.policies.len(),

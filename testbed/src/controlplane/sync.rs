@@ -36,6 +36,22 @@ pub const AGENT_ENDPOINT_ENFORCED_LOG: &str = "endpoint enforced";
 /// (`policy-agent run`).
 pub const AGENT_DATAPLANE_READY_LOG: &str = "dataplane ready";
 
+/// What the agent logs after a full compile, with `compile_ms` and
+/// `apply_ms` (`policy-agent`'s `reconcile::changes::FULL_COMPILE_LOG`).
+pub const AGENT_FULL_COMPILE_LOG: &str = "full compile applied";
+
+/// The number after `name=` in one line of the agent's log (colour codes
+/// around the name, as a terminal log has them, are skipped).
+pub fn log_number(line: &str, name: &str) -> Option<f64> {
+    let plain = strip_ansi(line);
+    let at = plain.find(&format!("{name}="))?;
+    let rest = &plain[at + name.len() + 1..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 /// The timestamp of one line of the agent's log: its first word, RFC 3339,
 /// as the agent writes it (colour codes removed).
 pub fn log_stamp(line: &str) -> String {

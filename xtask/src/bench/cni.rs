@@ -9,6 +9,8 @@ use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 use testbed::{Testbed, TestbedOptions};
 
+use testbed::controlplane::sync::log_number;
+
 use super::stats::percentile;
 
 /// Prints the table rows and adds `cni_add_p99_overhead_ms` (and the
@@ -129,7 +131,7 @@ pub fn agent_breakdown(logged: &str, key: &str, out: &mut Map<String, Value>) {
     println!("{:<28} {:>10} {:>10}", "part", "p50", "p99");
     let mut json_parts = Map::new();
     for part in PARTS {
-        let values: Vec<f64> = lines.iter().filter_map(|l| field(l, part)).collect();
+        let values: Vec<f64> = lines.iter().filter_map(|l| log_number(l, part)).collect();
         if values.is_empty() {
             continue;
         }
@@ -145,18 +147,6 @@ pub fn agent_breakdown(logged: &str, key: &str, out: &mut Map<String, Value>) {
     out.insert(key.into(), Value::Object(json_parts));
 }
 
-/// The number after `name=` in a log line (ANSI colour codes around the
-/// name, as a terminal log has them, are skipped).
-fn field(line: &str, name: &str) -> Option<f64> {
-    let plain = testbed::controlplane::sync::strip_ansi(line);
-    let at = plain.find(&format!("{name}="))?;
-    let rest = &plain[at + name.len() + 1..];
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,9 +156,9 @@ mod tests {
         let line = "2026-12-01T21:00:00Z  INFO policy_agent::cni_server: endpoint enforced \
                     pod=bench/cni-w0 ifname=veth1 veth_us=120 lock_us=3 attach_us=900 \
                     compile_us=40 apply_us=2100 total_us=3200";
-        assert_eq!(field(line, "apply_us"), Some(2100.0));
-        assert_eq!(field(line, "total_us"), Some(3200.0));
-        assert_eq!(field(line, "missing_us"), None);
+        assert_eq!(log_number(line, "apply_us"), Some(2100.0));
+        assert_eq!(log_number(line, "total_us"), Some(3200.0));
+        assert_eq!(log_number(line, "missing_us"), None);
         let mut out = Map::new();
         agent_breakdown(
             &format!("other line\n{line}\n"),
