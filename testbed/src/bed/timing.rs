@@ -32,12 +32,10 @@ impl Testbed {
     /// without `palisade-cni`, alternately: the two figures share the
     /// machine's noise. Each pod is DELeted and its namespace removed
     /// right after its ADD (not timed), so the pod range never fills.
-    /// Returns the ADD latencies `(with, without)`; without `baseline`,
-    /// only the first are timed (`without` is empty).
+    /// Returns the ADD latencies `(with, without)`.
     pub fn time_cni_adds(
         &self,
         count: usize,
-        baseline: bool,
     ) -> Result<(Vec<Duration>, Vec<Duration>), TestbedError> {
         let network = self
             .resources
@@ -50,7 +48,6 @@ impl Testbed {
             plugins.retain(|p| p["type"] != crate::PLUGIN_BINARY);
         }
         let chains = [("w", &network), ("o", &without)];
-        let chains = &chains[..if baseline { 2 } else { 1 }];
         let mut times = [Vec::with_capacity(count), Vec::with_capacity(count)];
         for i in 0..count {
             for (k, (tag, net)) in chains.iter().enumerate() {

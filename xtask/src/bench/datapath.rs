@@ -232,7 +232,7 @@ impl Lanes {
         count: usize,
     ) -> Result<(Vec<Duration>, Vec<Duration>, String)> {
         self.rewrite_palisade(&cluster::with_cni_pods(self.cidrs, count))?;
-        let timed = super::cni::timed_adds(self.palisade_bed()?, count, true)?;
+        let timed = super::cni::timed_adds(self.palisade_bed()?, count)?;
         self.rewrite_palisade(&cluster::manifest(self.cidrs))?;
         Ok(timed)
     }
