@@ -256,7 +256,8 @@ async fn add<D: Dataplane>(att: Attachment, agent: &SharedAgent<D>) -> Result<()
 
 /// The pod's host-side veth: the one whose peer, in the pod's namespace,
 /// holds the pod's address (see [`crate::links::find_pod_veths`]); it must
-/// be among the host interfaces the CNI result names, if it names any.
+/// be among the host interfaces the CNI result names, if it names any, and
+/// only those are looked at then.
 /// Only a result without addresses falls back to the first veth it names.
 async fn host_veth(
     pod: &policy_engine::model::PodRef,
@@ -269,18 +270,20 @@ async fn host_veth(
             .map_err(|e| format!("pod {pod}: {e}"));
     }
     let wanted = std::collections::BTreeMap::from([((), ips.to_vec())]);
-    let found = crate::links::find_pod_veths(&wanted)
-        .await
-        .map_err(|e| format!("pod {pod}: {e}"))?;
+    let found = if named.is_empty() {
+        crate::links::find_pod_veths(&wanted).await
+    } else {
+        crate::links::find_pod_veths_among(&wanted, named).await
+    }
+    .map_err(|e| format!("pod {pod}: {e}"))?;
     match found.into_iter().next().map(|(_, f)| f) {
-        Some(Ok(veth)) if named.is_empty() || named.contains(&veth.ifname) => Ok(veth.ifname),
-        Some(Ok(veth)) => Err(format!(
-            "pod {pod}: its address is on the peer of {}, which the CNI result does not name ({named:?})",
-            veth.ifname
-        )),
+        Some(Ok(veth)) => Ok(veth.ifname),
         Some(Err(e)) => Err(format!("pod {pod}: {e}")),
-        None => Err(format!(
+        None if named.is_empty() => Err(format!(
             "pod {pod}: no host veth leads to a namespace holding {ips:?}"
+        )),
+        None => Err(format!(
+            "pod {pod}: none of the host veths the CNI result names ({named:?}) leads to a namespace holding {ips:?}"
         )),
     }
 }

@@ -182,11 +182,32 @@ async fn addresses_in(
 pub async fn find_pod_veths<K: Ord + Clone>(
     pods: &BTreeMap<K, Vec<IpAddr>>,
 ) -> Result<BTreeMap<K, Result<FoundVeth, LinkError>>, LinkError> {
+    find_veths(pods, None).await
+}
+
+/// [`find_pod_veths`] among the host veths named `among` only (those a
+/// CNI result names): one address dump whatever the number of pods on the
+/// node, and another pod claiming the same address on its own interface
+/// cannot make the answer ambiguous.
+pub async fn find_pod_veths_among<K: Ord + Clone>(
+    pods: &BTreeMap<K, Vec<IpAddr>>,
+    among: &[String],
+) -> Result<BTreeMap<K, Result<FoundVeth, LinkError>>, LinkError> {
+    find_veths(pods, Some(among)).await
+}
+
+async fn find_veths<K: Ord + Clone>(
+    pods: &BTreeMap<K, Vec<IpAddr>>,
+    among: Option<&[String]>,
+) -> Result<BTreeMap<K, Result<FoundVeth, LinkError>>, LinkError> {
     let (connection, handle, _) =
         rtnetlink::new_connection_with_strict_check().map_err(LinkError::Socket)?;
     let task = tokio::spawn(connection);
     let result = async {
-        let veths = host_veths(&handle).await?;
+        let mut veths = host_veths(&handle).await?;
+        if let Some(names) = among {
+            veths.retain(|v| names.contains(&v.ifname));
+        }
         let mut by_ns: BTreeMap<i32, BTreeMap<u32, Vec<IpAddr>>> = BTreeMap::new();
         for v in &veths {
             if let std::collections::btree_map::Entry::Vacant(e) = by_ns.entry(v.netnsid) {

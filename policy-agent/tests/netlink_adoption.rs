@@ -13,11 +13,20 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use netns::{veth, NetNs, VethSpec};
-use policy_agent::links::{find_pod_veths, FoundVeth, LinkError};
+use policy_agent::links::{find_pod_veths, find_pod_veths_among, FoundVeth, LinkError};
 
 fn lookup(
     node: &NetNs,
     pods: &BTreeMap<&'static str, Vec<IpAddr>>,
+) -> BTreeMap<&'static str, Result<FoundVeth, LinkError>> {
+    lookup_among(node, pods, None)
+}
+
+/// [`lookup`], among the named host veths only (as a CNI ADD looks).
+fn lookup_among(
+    node: &NetNs,
+    pods: &BTreeMap<&'static str, Vec<IpAddr>>,
+    among: Option<&[String]>,
 ) -> BTreeMap<&'static str, Result<FoundVeth, LinkError>> {
     let path = node.path();
     std::thread::scope(|s| {
@@ -27,7 +36,10 @@ fn lookup(
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(find_pod_veths(pods)).unwrap()
+            match among {
+                None => rt.block_on(find_pod_veths(pods)).unwrap(),
+                Some(names) => rt.block_on(find_pod_veths_among(pods, names)).unwrap(),
+            }
         })
         .join()
         .unwrap()
@@ -102,4 +114,18 @@ fn a_pods_veth_is_the_one_whose_peer_holds_its_address() {
         }
         other => panic!("a contested address was adopted: {other:?}"),
     }
+    // A CNI ADD names pod a's veth: b's claim does not make it ambiguous,
+    // and a veth not named is never the answer.
+    let named = |n: &str| vec![n.to_string()];
+    let a_only = BTreeMap::from([("a", vec![ip("10.98.0.2")])]);
+    let found = lookup_among(&node, &a_only, Some(&named("vethb")));
+    assert_eq!(found["a"].as_ref().unwrap().ifname, "vethb");
+    let found = lookup_among(&node, &a_only, Some(&named("vetha")));
+    assert_eq!(
+        found["a"].as_ref().unwrap().ifname,
+        "vetha",
+        "b's veth holds it too"
+    );
+    let found = lookup_among(&node, &a_only, Some(&named("veth-none")));
+    assert!(found.is_empty(), "{found:?}");
 }

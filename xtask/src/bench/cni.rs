@@ -70,9 +70,12 @@ pub fn netlink_mode(bin_dir: &Path, count: usize, out: &mut Map<String, Value>) 
         .prefix("palisade-bench-netlink")
         .tempdir()?;
     let manifest = dir.path().join("cluster.yaml");
-    std::fs::write(&manifest, super::cluster::with_cni_pods(10, count))?;
+    // The bed wires every pod of the manifest it starts from: the pending
+    // pods are added once it runs, as on the first bed, so the node holds
+    // as many pods during the ADDs.
+    std::fs::write(&manifest, super::cluster::manifest(10))?;
     let bed = Testbed::start(TestbedOptions {
-        manifests: vec![manifest],
+        manifests: vec![manifest.clone()],
         palisade: true,
         bin_dir: bin_dir.to_path_buf(),
         probes: Vec::new(),
@@ -80,6 +83,7 @@ pub fn netlink_mode(bin_dir: &Path, count: usize, out: &mut Map<String, Value>) 
         agent_args: vec!["--attach-mode".into(), "netlink".into()],
     })
     .context("starting the netlink-mode bed")?;
+    super::datapath::rewrite_manifest(&bed, &manifest, &super::cluster::with_cni_pods(10, count))?;
     // The chain without palisade-cni is timed here too, though only the
     // first bed's figure is reported: back to back, each ADD would meet
     // the kernel still tearing down the namespace of the one before (its

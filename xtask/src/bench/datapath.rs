@@ -240,27 +240,7 @@ impl Lanes {
     /// Rewrites the manifest Palisade's agent reads and waits until the
     /// agent has applied it; returns the seconds that took.
     fn rewrite_palisade(&mut self, text: &str) -> Result<f64> {
-        let bed = self.palisade_bed()?;
-        let log = bed
-            .agent_log()
-            .ok_or_else(|| anyhow!("no agent log"))?
-            .to_path_buf();
-        let applied = |text: &str| text.matches(AGENT_APPLIED_LOG).count();
-        let before = applied(&std::fs::read_to_string(&log).unwrap_or_default());
-        let started = Instant::now();
-        write_atomic(&self.manifest, text)?;
-        loop {
-            if applied(&std::fs::read_to_string(&log).unwrap_or_default()) > before {
-                return Ok(started.elapsed().as_secs_f64());
-            }
-            if started.elapsed() > Duration::from_secs(600) {
-                bail!(
-                    "the agent did not apply the rewritten manifest in 10 min:\n{}",
-                    bed.agent_log_tail(20)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        rewrite_manifest(self.palisade_bed()?, &self.manifest, text)
     }
 
     /// Checks that each bed enforces what it should: the client reaches
@@ -461,6 +441,31 @@ pub fn medians(samples: &[Sample]) -> Sample {
             .iter()
             .flat_map(|s| s.conn_latencies.iter().copied())
             .collect(),
+    }
+}
+
+/// Rewrites `manifest`, which the agent of file-mode bed `bed` reads, and
+/// waits until the agent has applied it; returns the seconds that took.
+pub fn rewrite_manifest(bed: &Testbed, manifest: &Path, text: &str) -> Result<f64> {
+    let log = bed
+        .agent_log()
+        .ok_or_else(|| anyhow!("no agent log"))?
+        .to_path_buf();
+    let applied = |text: &str| text.matches(AGENT_APPLIED_LOG).count();
+    let before = applied(&std::fs::read_to_string(&log).unwrap_or_default());
+    let started = Instant::now();
+    write_atomic(manifest, text)?;
+    loop {
+        if applied(&std::fs::read_to_string(&log).unwrap_or_default()) > before {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "the agent did not apply the rewritten manifest in 10 min:\n{}",
+                bed.agent_log_tail(20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
