@@ -18,9 +18,11 @@ pub mod events;
 mod generations;
 pub mod maps;
 mod node_device;
+mod options;
 pub mod pins;
 mod programs;
 pub mod rcu;
+mod removal;
 mod resize;
 mod sizes;
 mod sys;
@@ -49,6 +51,7 @@ use policy_engine::state::{diff, MapOp, MapState};
 
 pub use self::attach::tcx_refused;
 use self::attach::{detach_netlink, detach_pinned_link};
+pub use self::options::{AttachMode, KernelOptions};
 use self::programs::{program, Programs};
 pub use self::sizes::MapSizes;
 pub use self::testrun::{empty_classifier_cost, TestVerdict};
@@ -121,61 +124,6 @@ pub(crate) fn kernel_error(
     DataplaneError::Kernel {
         what: what.into(),
         source: source.into(),
-    }
-}
-
-/// How programs are attached to interfaces.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum AttachMode {
-    /// TCX where the kernel has it, netlink otherwise: each attach tries
-    /// [`Tcx`](Self::Tcx) until the kernel once refuses TCX links (see
-    /// [`tcx_refused`]), then uses [`Netlink`](Self::Netlink) (logged
-    /// once).
-    #[default]
-    Auto,
-    /// TCX links (kernel ≥ 6.6), pinned so they outlive the agent.
-    Tcx,
-    /// Classic cls_bpf filters on a clsact qdisc (netlink), with a fixed
-    /// priority/handle ([`NETLINK_PRIORITY`], [`NETLINK_HANDLE`]); they
-    /// stay until detached or the interface goes away.
-    Netlink,
-}
-
-/// Options of [`KernelDataplane::open`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelOptions {
-    /// Base bpffs folder, e.g. `/sys/fs/bpf/palisade/<instance>` (see
-    /// [`pins`] for what goes inside).
-    pub pin_dir: PathBuf,
-    /// Map capacities for maps created now.
-    pub sizes: MapSizes,
-    /// How to attach programs.
-    pub attach_mode: AttachMode,
-    /// Also report allowed new flows as events (drops are always reported).
-    pub events_for_allowed: bool,
-    /// Layout version naming the version folder (tests fake an older
-    /// agent's folder with it).
-    version_folder: u32,
-}
-
-impl KernelOptions {
-    /// Defaults with the given base pin folder.
-    pub fn new(pin_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            pin_dir: pin_dir.into(),
-            sizes: MapSizes::default(),
-            attach_mode: AttachMode::default(),
-            events_for_allowed: false,
-            version_folder: LAYOUT_VERSION,
-        }
-    }
-
-    /// Pins under `v<version>` instead of `v<LAYOUT_VERSION>`: only for
-    /// tests that fake the folder an agent of another layout left behind.
-    #[doc(hidden)]
-    pub fn with_version_folder(mut self, version: u32) -> Self {
-        self.version_folder = version;
-        self
     }
 }
 
@@ -432,47 +380,6 @@ impl KernelDataplane {
             let cfg = Config { flags, ..self.cfg };
             self.maps.set_config(cfg)?;
             self.cfg = cfg;
-        }
-        Ok(())
-    }
-
-    /// Detaches every program and removes every pin under `base`, of every
-    /// layout version (the uninstall path, and test cleanup). Missing pins
-    /// are not an error.
-    pub fn remove_pins(base: impl AsRef<Path>) -> Result<(), DataplaneError> {
-        let base = base.as_ref();
-        let current = PinPaths::new(base);
-        let mut folders = current.other_versions().unwrap_or_default();
-        folders.push(current);
-        for folder in &folders {
-            if let Ok(entries) = fs::read_dir(folder.links_dir()) {
-                for entry in entries.flatten() {
-                    detach_pinned_link(&entry.path())?;
-                }
-            }
-        }
-        match fs::remove_dir_all(base) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(kernel_error(format!("removing {}", base.display()), e)),
-        }
-    }
-
-    /// The whole node side of an uninstall: [`Self::remove_pins`], then
-    /// Palisade's netlink filters (a kernel without TCX: they are not
-    /// pinned) on every interface of this network namespace. Only filters
-    /// running Palisade's programs are touched. Idempotent.
-    pub fn remove_from_node(base: impl AsRef<Path>) -> Result<(), DataplaneError> {
-        Self::remove_pins(base)?;
-        let Ok(entries) = fs::read_dir("/sys/class/net") else {
-            return Ok(());
-        };
-        for entry in entries.flatten() {
-            let ifname = entry.file_name().to_string_lossy().into_owned();
-            // No clsact qdisc or no filter of ours: nothing to remove.
-            if let Err(e) = detach_netlink(&ifname) {
-                tracing::debug!(%ifname, error = %e, "no netlink filter removed");
-            }
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ use testbed::controlplane::{bulk, kubelet, sync};
 use testbed::{Testbed, TestbedOptions};
 
 use super::stats::percentile;
-use super::{cluster, datapath, load};
+use super::{cluster, datapath, load, samples};
 use crate::cmd;
 
 /// Sizes of one run.
@@ -203,7 +203,7 @@ fn cluster_ip(
             with[round].conn_rate, without[round].conn_rate
         );
     }
-    let m = datapath::Rounds(
+    let m = samples::Rounds(
         [
             (datapath::Enforcer::None, without),
             (datapath::Enforcer::Palisade, with),

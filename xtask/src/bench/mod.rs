@@ -25,6 +25,7 @@ pub mod kube;
 mod load;
 mod plot;
 mod rules;
+mod samples;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -34,7 +35,8 @@ use anyhow::{anyhow, Context, Result};
 use clap::ValueEnum;
 use serde_json::{json, Map, Value};
 
-use datapath::{Enforcer, Lanes, Rounds};
+use datapath::{Enforcer, Lanes};
+use samples::{Rounds, Sample};
 use stats::percentile;
 
 /// A section of the benchmarks.
@@ -180,7 +182,7 @@ fn plan_kube(plan: &Plan) -> kube::Plan {
 
 /// The enforcers other than the baseline, as JSON object keys, each with
 /// its ratio to the baseline ([`Rounds::ratio`]).
-fn per_enforcer(m: &Rounds, f: impl Fn(&datapath::Sample) -> f64 + Copy) -> Value {
+fn per_enforcer(m: &Rounds, f: impl Fn(&Sample) -> f64 + Copy) -> Value {
     let mut o = Map::new();
     for e in m.0.keys() {
         if *e != Enforcer::None {
@@ -232,7 +234,7 @@ fn print_samples(title: &str, m: &Rounds, baseline: &str) {
         "enforcer", "Gbit/s", "rr p50 µs", "rr p99 µs", "connections/s", "conn p99 µs"
     );
     for (e, s) in &m.medians() {
-        let r = |v: f64, f: fn(&datapath::Sample) -> f64| format!("{v:.1} ({:.2})", m.ratio(*e, f));
+        let r = |v: f64, f: fn(&Sample) -> f64| format!("{v:.1} ({:.2})", m.ratio(*e, f));
         let name = if *e == Enforcer::None {
             baseline
         } else {
