@@ -18,11 +18,18 @@ use policy_common::{dir, ep_flags};
 
 const EP: u32 = 3;
 
-fn tcx_programs(ifname: &str, t: TcAttachType) -> usize {
+/// Ids of the TCX programs on `ifname`'s hook `t`.
+fn tcx_program_ids(ifname: &str, t: TcAttachType) -> Vec<u32> {
     SchedClassifier::query_tcx(ifname, t)
         .unwrap_or_else(|e| panic!("query tcx {ifname}: {e}"))
         .1
-        .len()
+        .iter()
+        .map(|p| p.id())
+        .collect()
+}
+
+fn tcx_programs(ifname: &str, t: TcAttachType) -> usize {
+    tcx_program_ids(ifname, t).len()
 }
 
 #[test]
@@ -106,9 +113,9 @@ fn program_builds(pins: &PinDir) -> Vec<String> {
 
 /// The id of the one TCX program on `ifname`'s hook `t`.
 fn tcx_program_id(ifname: &str, t: TcAttachType) -> u32 {
-    let (_, progs) = SchedClassifier::query_tcx(ifname, t).unwrap();
-    assert_eq!(progs.len(), 1, "{ifname}: {progs:?}");
-    progs[0].id()
+    let ids = tcx_program_ids(ifname, t);
+    assert_eq!(ids.len(), 1, "{ifname}: {ids:?}");
+    ids[0]
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use kernel::{in_netns, PinDir};
 use policy_agent::dataplane::{
-    kernel::{AttachMode, KernelDataplane, KernelOptions},
+    kernel::{pins as kernel_pins, AttachMode, KernelDataplane, KernelOptions},
     Dataplane,
 };
 
@@ -66,7 +66,7 @@ fn tcx_pins(pins: &std::path::Path) -> usize {
     };
     versions
         .flatten()
-        .filter_map(|v| std::fs::read_dir(v.path().join("links")).ok())
+        .filter_map(|v| std::fs::read_dir(v.path().join(kernel_pins::LINKS_DIR)).ok())
         .map(|links| links.count())
         .sum()
 }

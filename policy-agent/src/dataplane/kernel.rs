@@ -241,7 +241,7 @@ impl KernelDataplane {
             .load(EBPF_OBJECT)
             .map_err(|e| kernel_error("loading the eBPF object", e))?;
         let build = programs::build_id(EBPF_OBJECT);
-        let (programs, _) = programs::open(&mut ebpf, &paths, &build)?;
+        let programs = programs::open(&mut ebpf, &paths, &build)?;
         let maps = Maps::take(&mut ebpf)?;
         let capacity = resize::capacity(&paths)?;
         let events = match ebpf.take_map(names::EVENTS) {

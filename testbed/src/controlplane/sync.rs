@@ -40,16 +40,18 @@ pub const AGENT_DATAPLANE_READY_LOG: &str = "dataplane ready";
 /// `apply_ms` (`policy-agent`'s `reconcile::changes::FULL_COMPILE_LOG`).
 pub const AGENT_FULL_COMPILE_LOG: &str = "full compile applied";
 
-/// The number after `name=` in one line of the agent's log (colour codes
-/// around the name, as a terminal log has them, are skipped).
+/// The number of field `name` (`name=value`) in one line of the agent's
+/// log (colour codes around the name, as a terminal log has them, are
+/// skipped).
 pub fn log_number(line: &str, name: &str) -> Option<f64> {
-    let plain = strip_ansi(line);
-    let at = plain.find(&format!("{name}="))?;
-    let rest = &plain[at + name.len() + 1..];
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
+    field_value(&strip_ansi(line), name)?.parse().ok()
+}
+
+/// The value of field `name` in a log line already free of colour codes.
+fn field_value<'a>(plain: &'a str, name: &str) -> Option<&'a str> {
+    plain
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// The timestamp of one line of the agent's log: its first word, RFC 3339,
@@ -173,8 +175,7 @@ pub fn agent_states_timed(log: &str) -> Vec<(String, ClusterState)> {
             let stamp = log_stamp(line);
             let line = strip_ansi(line);
             let field = |key: &str| -> u64 {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+                field_value(&line, key)
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0)
             };

@@ -311,9 +311,6 @@ fn wait_for_state(
     }
 }
 
-/// Fills the cluster, restarts the agent, and measures its first sync:
-/// milliseconds from the start to the state logged, and to the dataplane
-/// loaded (the rest is listing and compiling), and the peak RSS in MiB.
 /// A full sync's figures.
 struct Sync {
     /// From the agent's start to the state holding everything applied.
@@ -328,6 +325,7 @@ struct Sync {
     rss_mib: f64,
 }
 
+/// Fills the cluster, restarts the agent, and measures its first sync.
 fn full_sync(bed: &Testbed, sizes: &Sizes) -> Result<Sync> {
     let cluster = bed.kube().ok_or_else(|| anyhow!("kube mode"))?;
     let cp = cluster.control_plane();
@@ -356,18 +354,20 @@ fn full_sync(bed: &Testbed, sizes: &Sizes) -> Result<Sync> {
     })?;
     let sync_ms = synced.duration_since(started).as_secs_f64() * 1000.0;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let ready_ms = text
+    // The new agent's log: from its last "dataplane ready" line on.
+    let since_ready = text
+        .rfind(sync::AGENT_DATAPLANE_READY_LOG)
+        .map_or("", |at| {
+            &text[text[..at].rfind('\n').map_or(0, |n| n + 1)..]
+        });
+    let ready_ms = since_ready
         .lines()
-        .rev()
-        .find(|l| l.contains(sync::AGENT_DATAPLANE_READY_LOG))
+        .next()
         .and_then(|l| sync::log_stamp(l).parse::<jiff::Timestamp>().ok())
         .map_or(f64::NAN, |t| {
             t.duration_since(started).as_secs_f64() * 1000.0
         });
-    // The new agent's full compile: its own time and its write's.
-    let since_ready = text
-        .rfind(sync::AGENT_DATAPLANE_READY_LOG)
-        .map_or("", |at| &text[at..]);
+    // Its full compile: its own time and its write's.
     let compiled = since_ready
         .lines()
         .rfind(|l| l.contains(sync::AGENT_FULL_COMPILE_LOG))

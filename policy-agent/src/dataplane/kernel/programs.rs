@@ -40,13 +40,13 @@ pub(super) fn build_id(object: &[u8]) -> String {
 
 /// The programs of build `build`: taken over from their pins when all are
 /// there and read this folder's maps ([`take_over`]), else loaded from
-/// `ebpf` and pinned. Pins of other builds
-/// are removed. Returns the programs and whether they were taken over.
+/// `ebpf` and pinned. Pins of other builds are removed; which way it went
+/// is logged.
 pub(super) fn open(
     ebpf: &mut Ebpf,
     paths: &PinPaths,
     build: &str,
-) -> Result<(Programs, bool), DataplaneError> {
+) -> Result<Programs, DataplaneError> {
     let started = Instant::now();
     let (programs, reused) = match take_over(paths, build) {
         Some(p) => (p, true),
@@ -64,7 +64,7 @@ pub(super) fn open(
             "programs loaded"
         }
     );
-    Ok((programs, reused))
+    Ok(programs)
 }
 
 /// The pinned programs of `build`, if every one is there and, between
