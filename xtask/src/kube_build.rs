@@ -1,11 +1,18 @@
-//! The Kubernetes 1.20.2 binaries the test bed's control plane runs,
-//! built once from Debian's `kubernetes` source package (the only full
-//! Kubernetes source in the archive) into a cache outside the repository
+//! The Kubernetes 1.20.2 binaries the test bed runs, built once from
+//! Debian's `kubernetes` source package (the only full Kubernetes source in
+//! the archive) into a cache outside the repository
 //! (`testbed::controlplane::kube_bin_dir()`), plus Debian's 1.20 kubectl
 //! extracted from `kubernetes-client` (not installed: it conflicts with
-//! other kubectl packages a machine may have).
+//! other kubectl packages a machine may have):
 //!
-//! About 8 minutes of both cores the first time; a later setup finds the
+//! - the control plane: kube-apiserver, kube-controller-manager,
+//!   kube-scheduler, and kube-proxy for each node;
+//! - the real node: kubelet, and `pause` (the sandbox image's only file,
+//!   built static from the tree's `build/pause`);
+//! - the upstream e2e suite: `e2e.test`, `ginkgo`, and `agnhost` (static,
+//!   as upstream's image build makes it) with porter's test certificate.
+//!
+//! About 25 minutes of both cores the first time; a later setup finds the
 //! cache and does nothing. The binaries are built in a scratch folder and
 //! copied into a staging folder beside the cache, which is renamed into
 //! place only when all four are there: a failed build names its step and
@@ -14,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 
 use crate::cmd;
 
@@ -22,8 +29,28 @@ use crate::cmd;
 pub const BINARIES: &[&str] = &[
     "kube-apiserver",
     "kube-controller-manager",
+    "kube-scheduler",
     "kube-proxy",
+    "kubelet",
     "kubectl",
+    "e2e.test",
+    "ginkgo",
+    "agnhost",
+    "pause",
+    "localhost.crt",
+    "localhost.key",
+];
+
+/// What `make WHAT=...` builds into `_output/bin` (besides agnhost, which
+/// needs its own static build).
+const MADE: &[&str] = &[
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kube-proxy",
+    "kubelet",
+    "e2e.test",
+    "ginkgo",
 ];
 
 /// The Debian suite whose `kubernetes` source is the full 1.20.2 tree.
@@ -36,7 +63,10 @@ const GO_BIN: &str = "/usr/lib/go-1.19/bin";
 const REFLECT2: &str = "/usr/share/gocode/src/github.com/modern-go/reflect2";
 const VENDORED_REFLECT2: &str = "vendor/github.com/modern-go/reflect2";
 /// What `make WHAT=...` builds.
-const TARGETS: &str = "cmd/kube-apiserver cmd/kube-proxy cmd/kube-controller-manager";
+const TARGETS: &str = "cmd/kube-apiserver cmd/kube-proxy cmd/kube-controller-manager \
+cmd/kube-scheduler cmd/kubelet test/e2e/e2e.test vendor/github.com/onsi/ginkgo/ginkgo";
+/// porter's test certificate, which agnhost's image carries at its root.
+const PORTER_DIR: &str = "test/images/agnhost/porter";
 
 /// `Ok(None)` when the cache holds every binary, else what is missing.
 pub fn missing() -> Result<Option<String>> {
@@ -48,7 +78,7 @@ pub fn missing() -> Result<Option<String>> {
         .collect();
     Ok((!absent.is_empty()).then(|| {
         format!(
-            "{} in {} (built once from Debian's kubernetes source, ~8 min)",
+            "{} in {} (built once from Debian's kubernetes source, ~25 min)",
             absent.join(", "),
             dir.display()
         )
@@ -197,23 +227,45 @@ fn build_in(work: &Path, staging: &Path, cache: &Path) -> Result<()> {
     step(&format!("make WHAT=\"{TARGETS}\""), || {
         cmd::run_to_stderr(&mut make(&[&format!("WHAT={TARGETS}")]))
     })?;
+    // GOPATH mode, CGO off: a plain module-mode build fails under Go 1.19,
+    // and the busybox image has no glibc.
+    step("make WHAT=test/images/agnhost (static)", || {
+        cmd::run_to_stderr(&mut make(&[
+            "WHAT=test/images/agnhost",
+            "KUBE_STATIC_OVERRIDES=agnhost",
+        ]))
+    })?;
+    step("gcc -static build/pause", || {
+        cmd::run_to_stderr(
+            Command::new("gcc")
+                .current_dir(&src)
+                .args(["-Os", "-Wall", "-Werror", "-static", "-DVERSION=v3.4-palisade"])
+                .args(["-o", "_output/bin/pause", "build/pause/linux/pause.c"]),
+        )?;
+        cmd::run_to_stderr(Command::new("strip").arg(src.join("_output/bin/pause")))
+    })?;
     step("install into the cache", || {
         let _ = std::fs::remove_dir_all(staging);
         std::fs::create_dir_all(staging)?;
-        for bin in ["kube-apiserver", "kube-controller-manager", "kube-proxy"] {
+        for bin in MADE.iter().chain(&["agnhost", "pause"]) {
             std::fs::copy(src.join("_output/bin").join(bin), staging.join(bin))
                 .with_context(|| format!("copying {bin}"))?;
+        }
+        for file in ["localhost.crt", "localhost.key"] {
+            std::fs::copy(src.join(PORTER_DIR).join(file), staging.join(file))
+                .with_context(|| format!("copying {file}"))?;
         }
         std::fs::copy(
             work.join("kubectl/usr/bin/kubectl"),
             staging.join("kubectl"),
         )
         .context("copying kubectl")?;
+        // An older cache (fewer binaries) is replaced whole.
         if cache.exists() {
-            bail!(
-                "{} appeared meanwhile (another setup?); leaving it",
-                cache.display()
-            );
+            let old = cache.with_extension(format!("old-{}", std::process::id()));
+            std::fs::rename(cache, &old)
+                .with_context(|| format!("moving the old {} aside", cache.display()))?;
+            let _ = std::fs::remove_dir_all(&old);
         }
         std::fs::rename(staging, cache)
             .with_context(|| format!("renaming {} to {}", staging.display(), cache.display()))
@@ -226,15 +278,19 @@ mod tests {
 
     #[test]
     fn a_failed_step_is_named() {
-        let err = step("unpack the source", || bail!("tar failed")).unwrap_err();
+        let err = step("unpack the source", || anyhow::bail!("tar failed")).unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("step \"unpack the source\" failed"), "{text}");
         assert!(text.contains("tar failed"), "{text}");
     }
 
     #[test]
-    fn the_cache_lists_all_four_binaries() {
-        assert_eq!(BINARIES.len(), 4);
+    fn the_cache_lists_every_made_binary_and_kubectl() {
+        for bin in MADE {
+            assert!(BINARIES.contains(bin), "{bin}");
+            let target = TARGETS.split_whitespace().any(|t| t.ends_with(bin));
+            assert!(target, "{bin} is not among the make targets");
+        }
         assert!(BINARIES.contains(&"kubectl"));
     }
 }

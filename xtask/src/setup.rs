@@ -33,6 +33,13 @@ pub const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "sockperf",
     "ipset",
+    // The real node: the container runtime, images made without Docker
+    // (umoci, busybox for the test images), and a static libc for `pause`.
+    "containerd",
+    "runc",
+    "umoci",
+    "busybox-static",
+    "libc6-dev",
 ];
 
 /// The nightly that builds the eBPF object (LLVM 22; a newer nightly's LLVM 23
