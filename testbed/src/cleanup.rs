@@ -21,6 +21,9 @@ pub(crate) struct Resources {
     pub attachments: Vec<(usize, Attachment)>,
     /// The nodes' agents (stopped after the DELs).
     pub agents: Vec<Agent>,
+    /// Real nodes (containerd, kubelet, their pods), ended after the
+    /// agents and before the namespaces.
+    pub nodes: Vec<crate::runtime::node::NodeTeardown>,
     /// Other processes (control plane, kube-proxy), stopped after the
     /// agents, last started first.
     pub daemons: Vec<Daemon>,
@@ -43,6 +46,9 @@ impl Resources {
         }
         for mut agent in self.agents.drain(..).rev() {
             agent.stop();
+        }
+        for mut node in self.nodes.drain(..).rev() {
+            node.stop();
         }
         for mut daemon in self.daemons.drain(..).rev() {
             daemon.stop();

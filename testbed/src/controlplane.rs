@@ -125,6 +125,14 @@ pub struct ControlPlaneOptions {
     pub kube_bin: PathBuf,
     /// The etcd binary.
     pub etcd: PathBuf,
+    /// Names of the real nodes whose kubelets will join (see
+    /// [`crate::runtime`]). When not empty the control plane runs as a
+    /// real cluster's does: each node gets a `system:node:<name>` token
+    /// ([`ControlPlane::node_kubeconfig`]), the API server authorizes with
+    /// `Node,RBAC` and admits with `NodeRestriction`, the controller
+    /// manager runs every default controller (DaemonSets, ReplicaSets,
+    /// ...), and kube-scheduler places the pods.
+    pub real_nodes: Vec<String>,
 }
 
 impl Default for ControlPlaneOptions {
@@ -137,6 +145,7 @@ impl Default for ControlPlaneOptions {
             ),
             kube_bin: kube_bin_dir(),
             etcd: PathBuf::from(ETCD_BINARY),
+            real_nodes: Vec::new(),
         }
     }
 }
@@ -151,6 +160,8 @@ pub struct ControlPlane {
     kube_bin: PathBuf,
     admin_kubeconfig: PathBuf,
     proxy_kubeconfig: PathBuf,
+    /// Each real node's kubeconfig (`system:node:<name>`), by node name.
+    node_kubeconfigs: std::collections::BTreeMap<String, PathBuf>,
     client: Client,
     nodes: Mutex<Vec<NodeLink>>,
     /// How kube-apiserver is started (to start it again, see `faults`).
@@ -286,16 +297,26 @@ impl ControlPlane {
         let admin_token = pki::random_token()?;
         let kcm_token = pki::random_token()?;
         let proxy_token = pki::random_token()?;
+        let scheduler_token = pki::random_token()?;
+        let mut node_tokens = Vec::new();
+        for node in &opts.real_nodes {
+            node_tokens.push((node.clone(), pki::random_token()?));
+        }
         let tokens = dir.join("tokens.csv");
-        std::fs::write(
-            &tokens,
-            format!(
-                "{admin_token},palisade-testbed-admin,palisade-testbed-admin,\"system:masters\"\n\
-                 {kcm_token},system:kube-controller-manager,system:kube-controller-manager\n\
-                 {proxy_token},system:kube-proxy,system:kube-proxy\n"
-            ),
-        )
-        .map_err(io_err(&tokens))?;
+        let mut token_lines = format!(
+            "{admin_token},palisade-testbed-admin,palisade-testbed-admin,\"system:masters\"\n\
+             {kcm_token},system:kube-controller-manager,system:kube-controller-manager\n\
+             {proxy_token},system:kube-proxy,system:kube-proxy\n\
+             {scheduler_token},system:kube-scheduler,system:kube-scheduler\n"
+        );
+        // The API server reads the file once: every node's token goes in
+        // before it starts.
+        for (node, token) in &node_tokens {
+            token_lines.push_str(&format!(
+                "{token},system:node:{node},node-{node},system:nodes\n"
+            ));
+        }
+        std::fs::write(&tokens, token_lines).map_err(io_err(&tokens))?;
         let server = format!("https://{}:{API_PORT}", underlay::API_ADDR);
         let write_kubeconfig = |file: &str, user: &str, token: &str| {
             let path = dir.join(file);
@@ -311,6 +332,21 @@ impl ControlPlane {
         )?;
         let proxy_kubeconfig =
             write_kubeconfig("kube-proxy.kubeconfig", "system:kube-proxy", &proxy_token)?;
+        let scheduler_kubeconfig = write_kubeconfig(
+            "kube-scheduler.kubeconfig",
+            "system:kube-scheduler",
+            &scheduler_token,
+        )?;
+        let mut node_kubeconfigs = std::collections::BTreeMap::new();
+        for (node, token) in &node_tokens {
+            let path = write_kubeconfig(
+                &format!("node-{node}.kubeconfig"),
+                &format!("system:node:{node}"),
+                token,
+            )?;
+            node_kubeconfigs.insert(node.clone(), path);
+        }
+        let real = !opts.real_nodes.is_empty();
 
         let etcd_url = format!("http://127.0.0.1:{ETCD_PORT}");
         let peer_url = format!("http://127.0.0.1:{ETCD_PEER_PORT}");
@@ -351,7 +387,6 @@ impl ControlPlane {
             format!("--tls-cert-file={}", p(&pki.server_cert)),
             format!("--tls-private-key-file={}", p(&pki.server_key)),
             format!("--token-auth-file={}", p(&tokens)),
-            "--authorization-mode=RBAC".into(),
             format!("--service-account-key-file={}", p(&pki.sa_pub)),
             format!("--service-account-signing-key-file={}", p(&pki.sa_key)),
             "--service-account-issuer=https://kubernetes.default.svc".into(),
@@ -359,7 +394,18 @@ impl ControlPlane {
             "--allow-privileged=true".into(),
             "--profiling=false".into(),
             "--v=1".into(),
-        ]);
+        ])
+        .args(if real {
+            vec![
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                // `kubectl logs` and `exec` reach the kubelet by the
+                // node's address: the bed has no DNS for node names.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+            ]
+        } else {
+            vec!["--authorization-mode=RBAC"]
+        });
         let apiserver_spec = apiserver.clone();
         let apiserver = Daemon::start(apiserver)?;
         resources.with(|r| r.daemons.push(apiserver));
@@ -386,6 +432,7 @@ impl ControlPlane {
             kube_bin: opts.kube_bin,
             admin_kubeconfig,
             proxy_kubeconfig,
+            node_kubeconfigs,
             client,
             nodes: Mutex::new(Vec::new()),
             apiserver: apiserver_spec,
@@ -400,7 +447,15 @@ impl ControlPlane {
         )
         .args([
             format!("--kubeconfig={}", p(&kcm_kubeconfig)),
-            "--controllers=endpoint,endpointslice,namespace,garbagecollector,serviceaccount,serviceaccount-token".into(),
+            // Real nodes: every default controller (DaemonSets, ReplicaSets,
+            // node lifecycle, ...), as a cluster runs them. The flex-volume
+            // folder is the bed's: the default would be made on the host.
+            if real {
+                "--controllers=*".into()
+            } else {
+                "--controllers=endpoint,endpointslice,namespace,garbagecollector,serviceaccount,serviceaccount-token".into()
+            },
+            format!("--flex-volume-plugin-dir={}", p(&cp.dir.join("flex"))),
             "--leader-elect=false".into(),
             "--use-service-account-credentials=true".into(),
             format!("--service-account-private-key-file={}", p(&cp.pki.sa_key)),
@@ -414,6 +469,23 @@ impl ControlPlane {
         cp.wait_ready("kube-controller-manager", CONTROLLERS_READY_TIMEOUT, |cp| {
             cp.controllers_ready()
         })?;
+        if real {
+            let scheduler = DaemonSpec::new(
+                "kube-scheduler",
+                &cp.kube_bin.join("kube-scheduler"),
+                &cp.netns,
+                &cp.dir.join("kube-scheduler.log"),
+            )
+            .args([
+                format!("--kubeconfig={}", p(&scheduler_kubeconfig)),
+                "--leader-elect=false".into(),
+                "--port=0".into(),
+                "--secure-port=0".into(),
+                "--v=1".into(),
+            ]);
+            let scheduler = Daemon::start(scheduler)?;
+            cp.resources.with(|r| r.daemons.push(scheduler));
+        }
         Ok(cp)
     }
 
@@ -525,6 +597,17 @@ impl ControlPlane {
     /// server is only reachable from inside the bed's namespaces).
     pub fn admin_kubeconfig(&self) -> &Path {
         &self.admin_kubeconfig
+    }
+
+    /// Real node `name`'s kubeconfig (`system:node:<name>`), if the node
+    /// was named in [`ControlPlaneOptions::real_nodes`].
+    pub fn node_kubeconfig(&self, name: &str) -> Option<&Path> {
+        self.node_kubeconfigs.get(name).map(PathBuf::as_path)
+    }
+
+    /// kube-proxy's kubeconfig (`system:kube-proxy`).
+    pub fn proxy_kubeconfig(&self) -> &Path {
+        &self.proxy_kubeconfig
     }
 
     /// The folder of the Kubernetes binaries in use.

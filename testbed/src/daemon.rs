@@ -34,6 +34,11 @@ pub(crate) struct DaemonSpec {
     pub env: Vec<(OsString, OsString)>,
     /// The network namespace it runs in.
     pub netns: String,
+    /// A real node's process (its namespaces' init): when set, the daemon
+    /// runs in every namespace of that process (network, mount, UTS, PID)
+    /// instead of `netns` alone. `nsenter` then forks, so the pid held is
+    /// nsenter's; the node's PID namespace ends everything in it anyway.
+    pub node_init: Option<u32>,
     /// Its stdout and stderr.
     pub log: PathBuf,
 }
@@ -47,7 +52,17 @@ impl DaemonSpec {
             args: Vec::new(),
             env: Vec::new(),
             netns: netns.to_string(),
+            node_init: None,
             log: log.to_path_buf(),
+        }
+    }
+
+    /// A spec for `program` inside the namespaces of a real node whose
+    /// init process is `init_pid` (see [`DaemonSpec::node_init`]).
+    pub fn in_node(name: &str, program: &Path, init_pid: u32, log: &Path) -> Self {
+        DaemonSpec {
+            node_init: Some(init_pid),
+            ..DaemonSpec::new(name, program, "", log)
         }
     }
 
@@ -99,8 +114,11 @@ impl Daemon {
         let log = File::create(&spec.log).map_err(io_err)?;
         let log2 = log.try_clone().map_err(io_err)?;
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", netns_path(&spec.netns).display()))
-            .arg(&spec.program)
+        match spec.node_init {
+            Some(pid) => cmd.args(["-t", &pid.to_string(), "-n", "-m", "-u", "-p", "--"]),
+            None => cmd.arg(format!("--net={}", netns_path(&spec.netns).display())),
+        };
+        cmd.arg(&spec.program)
             .args(&spec.args)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

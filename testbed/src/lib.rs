@@ -63,6 +63,7 @@ pub mod placement;
 pub mod probe;
 mod prober;
 pub mod report;
+pub mod runtime;
 
 pub use bed::{
     load_snapshot, Testbed, TestbedOptions, WiredPod, AGENT_BINARY, BPFFS_ROOT, PLUGIN_BINARY,
