@@ -11,9 +11,9 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
 use crate::cleanup::Tracked;
-use crate::controlplane::{kube_err, ControlPlane, ControlPlaneOptions};
+use crate::controlplane::{kube_err, ControlPlane, ControlPlaneOptions, SERVICE_CIDR};
 use crate::error::TestbedError;
-use crate::netns::{self, sysctl_in};
+use crate::netns::{self, ip_in, sysctl_in};
 use crate::overlay::UnderlayAddr;
 use crate::placement::{node_nets, NodeNet, MAX_NODES};
 
@@ -97,6 +97,25 @@ impl RealCluster {
             netns::create(&ns)?;
             sysctl_in(&ns, "net.ipv4.ip_forward=1")?;
             let link = cluster.cp.attach_node(&ns, &net.name)?;
+            // The Service range through the control plane's side of the
+            // LAN, as a node's default route would carry it: hostNetwork
+            // pods (Palisade's agent) reach the API server at its
+            // ClusterIP, which kube-proxy translates in OUTPUT only once
+            // a route exists. No default route: the kubelet's cloud
+            // credential lookups would wait on it.
+            let via = crate::controlplane::underlay::API_ADDR.to_string();
+            ip_in(
+                &ns,
+                &[
+                    "route",
+                    "add",
+                    SERVICE_CIDR,
+                    "via",
+                    &via,
+                    "dev",
+                    &link.ifname,
+                ],
+            )?;
             let dir = cluster.cp.dir().join(&net.name);
             let node = RealNode::start(
                 RealNodeSpec {
@@ -230,10 +249,20 @@ impl RealCluster {
                 }
             }
             if Instant::now() > deadline {
-                let pods = self
+                let mut pods = self
                     .cp
                     .kubectl(&["get", "pods", "-A", "-o", "wide"])
                     .unwrap_or_default();
+                // What the DaemonSet's containers said last.
+                let logs = self.cp.kubectl(&[
+                    "logs",
+                    "-n",
+                    namespace,
+                    &format!("daemonset/{name}"),
+                    "--all-containers",
+                    "--tail=40",
+                ]);
+                pods.push_str(&logs.unwrap_or_else(|e| e.to_string()));
                 return Err(TestbedError::Environment {
                     reason: format!(
                         "DaemonSet {namespace}/{name} not ready on {want} nodes after {timeout:?} \
