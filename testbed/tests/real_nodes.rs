@@ -12,6 +12,7 @@
 //! `target/palisade-image.oci.tar` as `cargo xtask image` writes it).
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use testbed::controlplane::ControlPlaneOptions;
 use testbed::runtime::cluster::{RealCluster, RealClusterOptions};
@@ -46,16 +47,23 @@ fn palisade_image() -> ImageArchive {
     }
 }
 
-#[test]
-fn upstream_network_policy_specs_pass_with_palisade_installed_from_manifests() {
-    let image = palisade_image();
-    let mut cluster = RealCluster::start(RealClusterOptions {
+fn two_nodes() -> RealCluster {
+    RealCluster::start(RealClusterOptions {
         nodes: 2,
         flannel_plugin: PathBuf::from(env!("CARGO_BIN_EXE_palisade-testbed-flannel")),
-        images: vec![image],
+        images: vec![palisade_image()],
         control_plane: ControlPlaneOptions::default(),
     })
-    .unwrap_or_else(|e| panic!("real nodes: {e}"));
+    .unwrap_or_else(|e| panic!("real nodes: {e}"))
+}
+
+fn overlay() -> PathBuf {
+    workspace().join("overlays").join("testbed")
+}
+
+#[test]
+fn upstream_network_policy_specs_pass_with_palisade_installed_from_manifests() {
+    let mut cluster = two_nodes();
     let flannel_only = flannel::conflist().as_bytes().to_vec();
     for node in cluster.nodes() {
         assert_eq!(
@@ -66,11 +74,7 @@ fn upstream_network_policy_specs_pass_with_palisade_installed_from_manifests() {
         );
     }
     cluster
-        .install(
-            &workspace().join("overlays").join("testbed"),
-            "palisade-system",
-            "palisade-agent",
-        )
+        .install(&overlay(), "palisade-system", "palisade-agent")
         .unwrap_or_else(|e| panic!("kubectl apply -k overlays/testbed: {e}"));
     for node in cluster.nodes() {
         let chained = String::from_utf8(node.read_file(flannel::CONFLIST_PATH).unwrap()).unwrap();
@@ -103,4 +107,51 @@ fn upstream_network_policy_specs_pass_with_palisade_installed_from_manifests() {
         result.failed,
         ginkgo
     );
+}
+
+/// `kubectl delete -k` removes the RBAC, the ServiceAccount and the
+/// DaemonSet in one command, as users uninstall: every node must be left
+/// with Flannel's conflist exactly as it was and go on starting pods.
+#[test]
+fn kubectl_delete_k_leaves_every_node_starting_pods_with_flannels_conflist() {
+    let mut cluster = two_nodes();
+    let before: Vec<Vec<u8>> = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.read_file(flannel::CONFLIST_PATH).unwrap())
+        .collect();
+    cluster
+        .install(&overlay(), "palisade-system", "palisade-agent")
+        .unwrap_or_else(|e| panic!("kubectl apply -k overlays/testbed: {e}"));
+    let path = overlay().display().to_string();
+    cluster
+        .control_plane()
+        .kubectl(&["delete", "-k", &path, "--wait=false"])
+        .unwrap_or_else(|e| panic!("kubectl delete -k overlays/testbed: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for (node, before) in cluster.nodes().iter().zip(&before) {
+        loop {
+            let now = node.read_file(flannel::CONFLIST_PATH).unwrap_or_default();
+            if &now == before {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: the conflist still differs from Flannel's after the uninstall:\n{}",
+                node.name(),
+                String::from_utf8_lossy(&now)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        cluster
+            .run_pod(
+                "default",
+                &format!("after-uninstall-{i}"),
+                node.name(),
+                Duration::from_secs(60),
+            )
+            .unwrap_or_else(|e| panic!("a new pod after the uninstall: {e}"));
+    }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 
 use crate::cleanup::Tracked;
@@ -271,6 +271,73 @@ impl RealCluster {
                 });
             }
             std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl RealCluster {
+    /// Starts an agnhost pod (`pause`) named `namespace/name` on node
+    /// `node` and waits until it runs: the node's CNI chain answered its
+    /// ADD. Fails with the pod's events when it does not within `timeout`.
+    pub fn run_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+        timeout: Duration,
+    ) -> Result<(), TestbedError> {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "nodeName": node,
+                "terminationGracePeriodSeconds": 0,
+                "containers": [{
+                    "name": "pause",
+                    "image": images::AGNHOST_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "args": ["pause"],
+                }],
+            },
+        }))
+        .map_err(|e| TestbedError::Environment {
+            reason: format!("pod {namespace}/{name}: {e}"),
+        })?;
+        let client = self.cp.client();
+        let ns = namespace.to_string();
+        self.cp
+            .run(async move {
+                Api::<Pod>::namespaced(client, &ns)
+                    .create(&Default::default(), &pod)
+                    .await
+            })
+            .map_err(kube_err(format!("creating pod {namespace}/{name}")))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let client = self.cp.client();
+            let (ns, n) = (namespace.to_string(), name.to_string());
+            let phase = self
+                .cp
+                .run(async move { Api::<Pod>::namespaced(client, &ns).get(&n).await })
+                .map_err(kube_err(format!("reading pod {namespace}/{name}")))?
+                .status
+                .and_then(|s| s.phase);
+            if phase.as_deref() == Some("Running") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let events = self
+                    .cp
+                    .kubectl(&["describe", "pod", "-n", namespace, name])
+                    .unwrap_or_else(|e| e.to_string());
+                return Err(TestbedError::Environment {
+                    reason: format!(
+                        "pod {namespace}/{name} on {node} not running after {timeout:?} (phase {phase:?}):\n{events}"
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(250));
         }
     }
 }
