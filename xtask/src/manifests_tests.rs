@@ -420,6 +420,10 @@ fn daemonset_and_cni_paths(docs: &[Value]) -> (Value, String, String) {
         paths.push(v["hostPath"]["path"].as_str().unwrap().to_string());
         v["hostPath"]["path"] = Value::String(String::new());
     }
+    // A strategic merge may put the patched volumes first.
+    if let Some(volumes) = ds["spec"]["template"]["spec"]["volumes"].as_array_mut() {
+        volumes.sort_by_key(|v| v["name"].as_str().unwrap_or_default().to_string());
+    }
     (ds, paths.remove(0), paths.remove(0))
 }
 

@@ -103,7 +103,8 @@ fn the_elf_reader_finds_the_interpreter_of_a_dynamic_binary_only() {
     assert!(interp.contains("ld-linux"), "{interp}");
     assert!(elf::require_static(&me).is_err());
     assert!(elf::interpreter(b"#!/bin/sh\n").is_err());
-    assert!(elf::interpreter(&tiny_elf(None)[..70]).is_err());
+    // Cut inside the program headers.
+    assert!(elf::interpreter(&tiny_elf(None)[..60]).is_err());
     let mut past_end = tiny_elf(Some("/lib/ld.so"));
     past_end.truncate(past_end.len() - 4);
     assert!(elf::interpreter(&past_end).is_err());
@@ -208,7 +209,10 @@ fn the_archive_is_an_oci_layout_and_a_docker_archive_of_the_same_image() {
     assert_eq!(regular, expected);
     for (path, (mode, data)) in &layer_entries {
         assert_eq!(*mode, 0o755, "{path}");
-        if let Some(name) = path.strip_prefix("usr/local/bin/") {
+        if let Some(name) = path
+            .strip_prefix("usr/local/bin/")
+            .filter(|n| !n.is_empty())
+        {
             assert_eq!(data, &std::fs::read(bins.path().join(name)).unwrap());
         }
     }
@@ -278,7 +282,7 @@ fn the_dockerfile_builds_the_same_image() {
     assert_eq!(last.lines().next().unwrap().trim(), "scratch");
     let mut copied = Vec::new();
     let mut entry = None;
-    for line in last.lines() {
+    for line in last.lines().skip(1) {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.first() {
             Some(&"COPY") => {
