@@ -6,6 +6,7 @@
 //! [`dataplane`] writes the result into the kernel maps.
 #![deny(missing_docs)]
 
+pub mod bpffs;
 pub mod cni_server;
 pub mod coverage;
 pub mod dataplane;

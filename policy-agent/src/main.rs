@@ -44,6 +44,9 @@ enum Command {
     /// its node it does not enforce or denies because a map is full (exit 1
     /// if there are any).
     Status(cli::StatusArgs),
+    /// Mount the BPF filesystem at a folder unless one is there already
+    /// (the DaemonSet's init container; needs CAP_SYS_ADMIN). Idempotent.
+    MountBpffs(MountBpffsArgs),
 }
 
 #[derive(Args)]
@@ -180,6 +183,13 @@ impl MapSizeArgs {
 }
 
 #[derive(Args)]
+struct MountBpffsArgs {
+    /// Where the BPF filesystem must be.
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    path: PathBuf,
+}
+
+#[derive(Args)]
 struct CleanupArgs {
     /// The runtime's CNI configuration folder to remove `palisade-cni` from.
     #[arg(long)]
@@ -242,6 +252,7 @@ fn main() -> ExitCode {
         Command::Flows(args) => flows(args),
         Command::Cleanup(args) => cleanup(args),
         Command::Status(args) => cli::status(args),
+        Command::MountBpffs(args) => mount_bpffs(&args),
     };
     match result {
         Ok(code) => code,
@@ -353,6 +364,15 @@ fn cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
         "programs detached and pins removed under {}",
         side.bpffs_dir.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mount_bpffs(args: &MountBpffsArgs) -> anyhow::Result<ExitCode> {
+    use policy_agent::bpffs::{ensure_mounted, Outcome};
+    match ensure_mounted(&args.path)? {
+        Outcome::AlreadyMounted => println!("bpffs already at {}", args.path.display()),
+        Outcome::Mounted => println!("mounted bpffs at {}", args.path.display()),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

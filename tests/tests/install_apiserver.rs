@@ -174,25 +174,22 @@ fn the_install_applies_and_grants_exactly_what_the_agent_reads() {
         );
     }
 
-    // The k3s overlay renders with kubectl 1.20's kustomize and is accepted.
+    // The overlay for k3s releases before the stable CNI folder renders
+    // with kubectl 1.20's kustomize and is accepted (the current k3s
+    // overlay uses newer kustomize fields: xtask's manifests tests render
+    // it with a current kubectl).
+    let legacy = workspace_root()
+        .join("overlays/k3s-before-1.28.15")
+        .display()
+        .to_string();
     let k3s = cp
-        .kubectl(&[
-            "apply",
-            "-k",
-            &workspace_root().join("overlays/k3s").display().to_string(),
-            "--dry-run=server",
-        ])
+        .kubectl(&["apply", "-k", &legacy, "--dry-run=server"])
         .unwrap_or_else(|e| panic!("k3s overlay: {e}"));
     assert!(
         k3s.contains("daemonset.apps/palisade-agent configured (server dry run)"),
         "{k3s}"
     );
-    let rendered = cp
-        .kubectl(&[
-            "kustomize",
-            &workspace_root().join("overlays/k3s").display().to_string(),
-        ])
-        .unwrap();
+    let rendered = cp.kubectl(&["kustomize", &legacy]).unwrap();
     assert!(rendered.contains("path: /var/lib/rancher/k3s/agent/etc/cni/net.d"));
     assert!(rendered.contains("path: /var/lib/rancher/k3s/data/current/bin"));
     assert!(!rendered.contains("path: /etc/cni/net.d"));

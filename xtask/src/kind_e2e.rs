@@ -11,7 +11,7 @@
 mod cases;
 mod cluster;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
@@ -49,19 +49,22 @@ pub struct Options {
     /// Only cases whose name contains this.
     #[arg(long)]
     pub only: Option<String>,
-    /// Do not build the image (use an existing palisade:dev).
+    /// Load this image archive instead of building one with `cargo xtask
+    /// image`.
     #[arg(long)]
-    pub no_build: bool,
+    pub image_archive: Option<PathBuf>,
     /// Flannel manifest (URL or file).
     #[arg(long, default_value = FLANNEL_MANIFEST)]
     pub flannel_manifest: String,
     /// Test image with `agnhost`.
     #[arg(long, default_value = AGNHOST)]
     pub agnhost: String,
-    /// Reference CNI plugins copied onto the nodes (Flannel delegates to
-    /// `bridge`, which kind's node image lacks).
-    #[arg(long, default_value = "/usr/lib/cni")]
-    pub cni_plugins_dir: PathBuf,
+    /// Static reference CNI plugins (the upstream release tarball's), of
+    /// which those the nodes lack are copied onto them: Flannel delegates
+    /// to `bridge`, which kind's node image does not have. The nodes' own
+    /// plugins are never replaced.
+    #[arg(long)]
+    pub cni_plugins_dir: Option<PathBuf>,
     /// Probes run at once.
     #[arg(long, default_value_t = 12)]
     pub parallel: usize,
@@ -73,54 +76,91 @@ pub const TOOLS: &[Tool] = &[Tool::Docker, Tool::Kind, Tool::Kubectl];
 /// `cargo xtask kind-e2e`.
 pub fn run(opts: &Options) -> Result<ExitCode> {
     prereq::require("cargo xtask kind-e2e", TOOLS)?;
-    let bridge = opts.cni_plugins_dir.join("bridge");
-    if !bridge.is_file() {
-        bail!(
-            "no bridge plugin at {} (run `cargo xtask setup`, or pass --cni-plugins-dir)",
-            bridge.display()
-        );
-    }
     let selected = cases::select(opts.all_cases, opts.sctp, opts.only.as_deref());
     if selected.is_empty() {
         bail!("no case matches {:?}", opts.only);
     }
-    if !opts.no_build {
-        image::build(image::DEFAULT_TAG)?;
-    }
+    let archive = match &opts.image_archive {
+        Some(path) => path.clone(),
+        None => {
+            crate::setup::run_only(crate::setup::BUILD_STEPS)?;
+            image::build(image::DEFAULT_TAG, None)?
+        }
+    };
     let context = format!("kind-{}", opts.cluster);
-    let outcome = install_and_probe(opts, &context, &selected);
+    let outcome = install_and_probe(opts, &context, &archive, &selected);
     if !opts.keep {
         let _ = cmd::run(Command::new("kind").args(["delete", "cluster", "--name", &opts.cluster]));
     }
     outcome
 }
 
-fn install_and_probe(opts: &Options, ctx: &str, selected: &[cases::KindCase]) -> Result<ExitCode> {
+/// The plugins Flannel's conflist runs (besides its own `flannel`, which
+/// its DaemonSet installs).
+const FLANNEL_PLUGINS: &[&str] = &["bridge", "host-local", "portmap", "loopback"];
+
+/// Of `needed`, the plugins a node lacks (`present` is its /opt/cni/bin).
+fn plugins_to_copy<'a>(needed: &[&'a str], present: &str) -> Vec<&'a str> {
+    needed
+        .iter()
+        .copied()
+        .filter(|p| !present.lines().any(|l| l.trim() == *p))
+        .collect()
+}
+
+/// Copies onto `node` the plugins of [`FLANNEL_PLUGINS`] it lacks, from
+/// `dir`, refusing dynamically linked ones (a host's glibc build may not
+/// run on the node's libc).
+fn copy_missing_plugins(node: &str, dir: Option<&Path>) -> Result<()> {
+    let present = output(Command::new("docker").args(["exec", node, "ls", "/opt/cni/bin"]))?;
+    let missing = plugins_to_copy(FLANNEL_PLUGINS, &present);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let Some(dir) = dir else {
+        bail!(
+            "{node} lacks the CNI plugins {missing:?}: pass --cni-plugins-dir with static ones \
+             (the containernetworking/plugins release tarball's)"
+        );
+    };
+    for plugin in missing {
+        let path = dir.join(plugin);
+        let data = std::fs::read(&path)
+            .with_context(|| format!("{node} lacks {plugin}: cannot read {}", path.display()))?;
+        image::require_static(&data).with_context(|| format!("{}", path.display()))?;
+        cmd::run(
+            Command::new("docker")
+                .arg("cp")
+                .arg(&path)
+                .arg(format!("{node}:/opt/cni/bin/{plugin}")),
+        )?;
+    }
+    Ok(())
+}
+
+fn install_and_probe(
+    opts: &Options,
+    ctx: &str,
+    archive: &Path,
+    selected: &[cases::KindCase],
+) -> Result<ExitCode> {
     let root = cmd::workspace_root();
     cluster::create_cluster(&opts.cluster, &root.join("manifests/kind/kind-config.yaml"))?;
     let nodes = cluster::nodes(&opts.cluster)?;
     for node in &nodes {
-        for plugin in ["bridge", "host-local", "portmap", "loopback"] {
-            cmd::run(
-                Command::new("docker")
-                    .arg("cp")
-                    .arg(opts.cni_plugins_dir.join(plugin))
-                    .arg(format!("{node}:/opt/cni/bin/{plugin}")),
-            )?;
-        }
+        copy_missing_plugins(node, opts.cni_plugins_dir.as_deref())?;
     }
     println!("\n== Flannel");
     cmd::run(kubectl(ctx).args(["apply", "-f", &opts.flannel_manifest]))?;
     rollout(ctx, "kube-flannel", "kube-flannel-ds")?;
 
     println!("\n== Palisade (kubectl apply -k manifests/)");
-    cmd::run(Command::new("kind").args([
-        "load",
-        "docker-image",
-        image::DEFAULT_TAG,
-        "--name",
-        &opts.cluster,
-    ]))?;
+    cmd::run(
+        Command::new("kind")
+            .args(["load", "image-archive"])
+            .arg(archive)
+            .args(["--name", &opts.cluster]),
+    )?;
     cmd::run(
         kubectl(ctx)
             .arg("apply")
@@ -362,6 +402,17 @@ mod tests {
         assert_eq!(missing.len(), 2, "{missing:?}");
         assert!(missing[0].starts_with("docker: ") && missing[0].contains("no Docker engine"));
         assert!(missing[1].starts_with("kind: not found on PATH"));
+    }
+
+    #[test]
+    fn only_the_plugins_a_node_lacks_are_copied() {
+        // kind's node image: its own (newer, static) plugins, no bridge.
+        let kind_node = "host-local\nloopback\nportmap\nptp\n";
+        assert_eq!(plugins_to_copy(FLANNEL_PLUGINS, kind_node), ["bridge"]);
+        assert!(
+            plugins_to_copy(FLANNEL_PLUGINS, "bridge\nhost-local\nportmap\nloopback\n").is_empty()
+        );
+        assert_eq!(plugins_to_copy(FLANNEL_PLUGINS, "").len(), 4);
     }
 
     #[test]

@@ -90,12 +90,18 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
-    /// Build the container image (Dockerfile at the root) with Docker; says
-    /// what is missing where there is no Docker engine.
+    /// Build the container image as an OCI archive (no Docker needed): the
+    /// static release binaries, loadable with `ctr images import`,
+    /// `k3s ctr images import`, `kind load image-archive` and `docker
+    /// load`. Prints the archive's path.
     Image {
-        /// Image tag.
+        /// Image reference the archive names (as the manifests use it).
         #[arg(long, default_value = image::DEFAULT_TAG)]
         tag: String,
+        /// Where to write the archive (default: palisade-image.oci.tar in
+        /// cargo's target folder).
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
     /// The connectivity matrix on a kind cluster with Flannel and Palisade
     /// (needs Docker, kind and kubectl; says which are missing).
@@ -200,7 +206,7 @@ fn main() -> ExitCode {
             &args,
         ),
         Command::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
-        Command::Image { tag } => image::run(&tag),
+        Command::Image { tag, output } => image::run(&tag, output.as_deref()),
         Command::KindE2e(opts) => kind_e2e::run(&opts),
     };
     match outcome {

@@ -243,9 +243,15 @@ fn no_privileged_agent_and_capabilities_exactly_as_documented() {
             // The one exception: an init container with a fixed command
             // that only mounts bpffs on the host.
             assert!(spec["initContainers"].as_array().unwrap().contains(c));
-            assert!(c["command"]
-                .to_string()
-                .contains("mount -t bpf bpf /sys/fs/bpf"));
+            assert_eq!(
+                strings(&c["command"]),
+                [
+                    "/usr/local/bin/policy-agent",
+                    "mount-bpffs",
+                    "--path",
+                    "/sys/fs/bpf"
+                ]
+            );
             continue;
         }
         assert_ne!(sc["privileged"], true, "{name} is privileged");
@@ -345,6 +351,25 @@ fn the_agent_is_probed_and_told_its_node() {
         .any(|w| w == ["--cni-conf-dir", "/host/etc/cni/net.d"]));
 }
 
+/// The image holds two static binaries and no shell (`cargo xtask image`):
+/// every container must run one of them, and only on Linux nodes.
+#[test]
+fn every_container_runs_a_binary_of_the_image_on_linux_nodes() {
+    let docs = rendered();
+    let spec = pod_spec(&docs);
+    assert_eq!(spec["nodeSelector"]["kubernetes.io/os"], "linux");
+    let shipped = crate::image::files();
+    for c in containers(spec) {
+        let cmd = strings(&c["command"]);
+        assert!(
+            shipped.contains(&cmd[0]),
+            "{} runs {}, which the image does not hold ({shipped:?})",
+            c["name"],
+            cmd[0]
+        );
+    }
+}
+
 #[test]
 fn the_kind_cluster_has_no_default_cni() {
     let path = workspace_root().join("manifests/kind/kind-config.yaml");
@@ -352,4 +377,119 @@ fn the_kind_cluster_has_no_default_cni() {
     assert_eq!(docs[0]["kind"], "Cluster");
     assert_eq!(docs[0]["networking"]["disableDefaultCNI"], true);
     assert_eq!(docs[0]["networking"]["podSubnet"], "10.244.0.0/16");
+    // The repository files its comments name exist.
+    let text = std::fs::read_to_string(&path).unwrap();
+    for word in text.split_whitespace() {
+        let word = word.trim_matches(|c: char| "():,`'\"".contains(c));
+        if word.contains('/') && [".sh", ".rs", ".yaml"].iter().any(|e| word.ends_with(e)) {
+            assert!(
+                workspace_root().join(word).exists(),
+                "kind-config.yaml names {word}, which does not exist"
+            );
+        }
+    }
+}
+
+/// `kubectl kustomize dir` with the kubectl at `kubectl`, as documents.
+fn kubectl_kustomize(kubectl: &Path, dir: &Path) -> Vec<Value> {
+    let out = std::process::Command::new(kubectl)
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", kubectl.display()));
+    assert!(
+        out.status.success(),
+        "{} kustomize {}: {}",
+        kubectl.display(),
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    yaml_documents(&String::from_utf8_lossy(&out.stdout), "kubectl kustomize")
+}
+
+/// The DaemonSet of `docs` and the host paths of its `cni-bin` and
+/// `cni-conf` volumes, which are then set to "" in the returned copy.
+fn daemonset_and_cni_paths(docs: &[Value]) -> (Value, String, String) {
+    let mut ds = of_kind(docs, "DaemonSet")[0].clone();
+    let mut paths = Vec::new();
+    for name in ["cni-bin", "cni-conf"] {
+        let volumes = ds["spec"]["template"]["spec"]["volumes"]
+            .as_array_mut()
+            .unwrap();
+        let v = volumes.iter_mut().find(|v| v["name"] == name).unwrap();
+        paths.push(v["hostPath"]["path"].as_str().unwrap().to_string());
+        v["hostPath"]["path"] = Value::String(String::new());
+    }
+    // A strategic merge may put the patched volumes first.
+    if let Some(volumes) = ds["spec"]["template"]["spec"]["volumes"].as_array_mut() {
+        volumes.sort_by_key(|v| v["name"].as_str().unwrap_or_default().to_string());
+    }
+    (ds, paths.remove(0), paths.remove(0))
+}
+
+/// Checks that `overlay`, rendered by `kubectl`, is the base with only the
+/// two CNI folders changed, to these.
+fn check_k3s_overlay(kubectl: &Path, overlay: &str, bin_dir: &str) {
+    let root = workspace_root();
+    let (base, _, _) =
+        daemonset_and_cni_paths(&kubectl_kustomize(kubectl, &root.join("manifests")));
+    let docs = kubectl_kustomize(kubectl, &root.join(overlay));
+    let (ds, bin, conf) = daemonset_and_cni_paths(&docs);
+    assert_eq!(bin, bin_dir, "{overlay} with {}", kubectl.display());
+    assert_eq!(
+        conf, "/var/lib/rancher/k3s/agent/etc/cni/net.d",
+        "{overlay}"
+    );
+    assert_eq!(ds, base, "{overlay} changes more than the CNI folders");
+    assert_eq!(docs.len(), rendered().len(), "{overlay}");
+}
+
+/// The major version of the kustomize built into `kubectl`, if it runs.
+fn kustomize_major(kubectl: &Path) -> Option<u32> {
+    let out = std::process::Command::new(kubectl)
+        .args(["version", "--client", "-o", "json"])
+        .output()
+        .ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["kustomizeVersion"]
+        .as_str()?
+        .trim_start_matches('v')
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// k3s's containerd takes plugins from `data/cni` since v1.28.15 /
+/// v1.29.10 / v1.30.6 / v1.31.2, from `data/current/bin` before; each
+/// overlay is rendered by a real kubectl of its era: the older one by
+/// kubectl 1.20 (kustomize v2.0.3, the test bed's), the current one by
+/// the kubectl on PATH when its kustomize is v4 or later (kubectl 1.21+).
+#[test]
+fn the_k3s_overlays_point_the_installer_at_k3s_cni_folders() {
+    let old = testbed::controlplane::kube_bin_dir().join("kubectl");
+    assert!(
+        old.is_file(),
+        "{} is missing: run `cargo xtask setup` (it builds Kubernetes 1.20.2)",
+        old.display()
+    );
+    check_k3s_overlay(
+        &old,
+        "overlays/k3s-before-1.28.15",
+        "/var/lib/rancher/k3s/data/current/bin",
+    );
+    let current = Path::new("kubectl");
+    match kustomize_major(current) {
+        Some(major) if major >= 4 => {
+            check_k3s_overlay(current, "overlays/k3s", "/var/lib/rancher/k3s/data/cni");
+            check_k3s_overlay(
+                current,
+                "overlays/k3s-before-1.28.15",
+                "/var/lib/rancher/k3s/data/current/bin",
+            );
+        }
+        other => eprintln!(
+            "note: no kubectl with kustomize v4+ on PATH ({other:?}): overlays/k3s not rendered"
+        ),
+    }
 }

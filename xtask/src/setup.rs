@@ -40,6 +40,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "umoci",
     "busybox-static",
     "libc6-dev",
+    // The static (musl) build of the shipped binaries: ring's C and
+    // assembly parts need musl's compiler wrapper.
+    "musl-tools",
 ];
 
 /// The nightly that builds the eBPF object (LLVM 22; a newer nightly's LLVM 23
@@ -76,6 +79,11 @@ const STEPS: &[Step] = &[
         fix: install_toolchain,
     },
     Step {
+        name: "musl target",
+        check: musl_target_missing,
+        fix: install_musl_target,
+    },
+    Step {
         name: "bpf-linker",
         check: bpf_linker_missing,
         fix: install_bpf_linker,
@@ -102,10 +110,28 @@ const STEPS: &[Step] = &[
     },
 ];
 
+/// What building the shipped binaries needs (`cargo xtask image`): the
+/// toolchains and packages, not the test bed's Kubernetes or the test tools.
+pub const BUILD_STEPS: &[&str] = &[
+    "apt packages",
+    "eBPF toolchain",
+    "musl target",
+    "bpf-linker",
+];
+
 /// Runs every step that is not done yet.
 pub fn run() -> Result<()> {
+    run_steps(STEPS.iter())
+}
+
+/// Runs the steps named in `names` that are not done yet.
+pub fn run_only(names: &[&str]) -> Result<()> {
+    run_steps(STEPS.iter().filter(|s| names.contains(&s.name)))
+}
+
+fn run_steps<'a>(steps: impl Iterator<Item = &'a Step>) -> Result<()> {
     let mut todo = Vec::new();
-    for step in STEPS {
+    for step in steps {
         match (step.check)()? {
             None => eprintln!("setup: {:<15} ok", step.name),
             Some(missing) => {
@@ -225,6 +251,30 @@ fn install_toolchain(_: &str) -> Result<()> {
         "--component",
         "rust-src",
     ]))
+}
+
+/// The target the shipped binaries are built for: static, so they run on
+/// any host's C library (`palisade-cni` runs on the host).
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+
+fn musl_target_missing() -> Result<Option<String>> {
+    // For the toolchain that builds user space (the directory's default).
+    let installed = probe(
+        Command::new("rustup")
+            .current_dir(cmd::workspace_root())
+            .args(["target", "list", "--installed"]),
+    )
+    .unwrap_or_default();
+    Ok((!installed.lines().any(|l| l.trim() == STATIC_TARGET))
+        .then(|| format!("rust target {STATIC_TARGET}")))
+}
+
+fn install_musl_target(_: &str) -> Result<()> {
+    cmd::run_to_stderr(
+        Command::new("rustup")
+            .current_dir(cmd::workspace_root())
+            .args(["target", "add", STATIC_TARGET]),
+    )
 }
 
 fn bpf_linker_missing() -> Result<Option<String>> {

@@ -14,7 +14,11 @@ use testbed::{report, Observation, Testbed, TestbedError, TestbedOptions};
 use crate::cmd::{self, cargo};
 use crate::{setup, Format};
 
-/// The binaries `build` produces and the test bed runs.
+/// The binaries `build` produces, the test bed runs and the image ships.
+/// They are built once, statically for [`setup::STATIC_TARGET`], whatever
+/// the profile: the test bed runs the same kind of executable the image
+/// ships (and `palisade-cni` runs on hosts whose C library is not the
+/// builder's).
 pub const BINARIES: &[&str] = &["policy-agent", "palisade-cni"];
 
 /// `cargo xtask build`.
@@ -44,6 +48,7 @@ pub struct Built {
 pub fn cargo_build(release: bool, bench: Option<&str>) -> Result<Built> {
     let mut c = cargo();
     c.args(["build", "-p", "policy-agent", "-p", "cni-bin"])
+        .args(["--target", setup::STATIC_TARGET])
         .arg("--message-format=json-render-diagnostics");
     if release {
         c.arg("--release");
@@ -52,7 +57,8 @@ pub fn cargo_build(release: bool, bench: Option<&str>) -> Result<Built> {
         c.args(["--bins", "--bench", b]);
     }
     eprintln!(
-        "$ cargo build -p policy-agent -p cni-bin{}{}",
+        "$ cargo build -p policy-agent -p cni-bin --target {}{}{}",
+        setup::STATIC_TARGET,
         if release { " --release" } else { "" },
         bench
             .map(|b| format!(" --bins --bench {b}"))
