@@ -33,7 +33,11 @@ impl AcceptBackoff {
     /// An accept succeeded: the next failure pauses [`BACKOFF_MIN`] again.
     pub fn succeeded(&mut self) {
         if self.failures > 0 {
-            tracing::info!(server = self.server, failures = self.failures, "accepting connections again");
+            tracing::info!(
+                server = self.server,
+                failures = self.failures,
+                "accepting connections again"
+            );
         }
         self.next = BACKOFF_MIN;
         self.failures = 0;

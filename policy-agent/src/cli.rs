@@ -251,7 +251,9 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         eprintln!("policy-agent: warning: pod {pod} runs on this node without enforcement");
     }
     for veth in &status.quarantined {
-        eprintln!("policy-agent: warning: host veth {veth} is isolated both ways until its pod is known");
+        eprintln!(
+            "policy-agent: warning: host veth {veth} is isolated both ways until its pod is known"
+        );
     }
     let mut denied = false;
     for e in &status.endpoints {

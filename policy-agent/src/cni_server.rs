@@ -8,14 +8,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_api::{Attachment, Request, Response};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
 use crate::accept::AcceptBackoff;
 use crate::dataplane::Dataplane;
 use crate::flows::FlowHub;
 use crate::reconcile::{parse_ips, AgentError, NewEndpoint};
 pub use crate::shared::SharedAgent;
+use agent_api::{Attachment, Request, Response};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
 
 /// How long an ADD waits for its pod to appear in the cluster state (the
 /// watch may lag the kubelet) before failing so the runtime retries.

@@ -301,7 +301,11 @@ pub fn render(state: &HealthState) -> Result<String, std::fmt::Error> {
 
 /// Renders the metrics of `view` (see [`render`]); `ready` is what
 /// `palisade_ready` says.
-pub fn render_view(view: &AgentView, hub: &FlowHub, ready: bool) -> Result<String, std::fmt::Error> {
+pub fn render_view(
+    view: &AgentView,
+    hub: &FlowHub,
+    ready: bool,
+) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("palisade");
     let endpoints = view.endpoints;
     let applies = view.applies;
@@ -550,7 +554,10 @@ mod tests {
         let node: std::net::IpAddr = "192.0.2.1".parse().unwrap();
         let held: Vec<Slot> = (0..MAX_PER_PEER).filter_map(|_| slots.take(pod)).collect();
         assert_eq!(held.len(), MAX_PER_PEER);
-        assert!(slots.take(pod).is_none(), "one address holds its share only");
+        assert!(
+            slots.take(pod).is_none(),
+            "one address holds its share only"
+        );
         assert!(slots.take(node).is_some(), "others keep theirs");
         drop(held);
         assert!(slots.take(pod).is_some(), "given back on close");
