@@ -173,21 +173,25 @@ fn idle_connections_from_a_pod_neither_end_the_agent_nor_delay_an_add() {
     agent.assert_running();
 }
 
-fn set_nofile(pid: u32, limit: u64) {
-    let new = libc::rlimit {
-        rlim_cur: limit,
-        rlim_max: limit,
+/// Sets the soft descriptor limit of process `pid` (its hard limit
+/// stays); returns the soft limit it had.
+fn set_nofile(pid: u32, soft: u64) -> u64 {
+    let pid = libc::pid_t::try_from(pid).unwrap();
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: valid pointers to a filled rlimit; a null old limit.
-    let rc = unsafe {
-        libc::prlimit(
-            libc::pid_t::try_from(pid).unwrap(),
-            libc::RLIMIT_NOFILE,
-            &new,
-            std::ptr::null_mut(),
-        )
-    };
+    // SAFETY: a valid pointer to an rlimit to fill; no new limit.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: a valid pointer to a filled rlimit; the old one not wanted.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old.rlim_cur
 }
 
 /// With no descriptor left, accepts fail with EMFILE on both servers:
@@ -206,7 +210,7 @@ fn running_out_of_descriptors_ends_neither_server() {
     let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count();
-    set_nofile(pid, u64::try_from(open).unwrap());
+    let soft = set_nofile(pid, u64::try_from(open).unwrap());
     // Both servers meet EMFILE.
     let pending: Vec<TcpStream> = in_ns(&n.client, || {
         let addr: SocketAddr = HEALTH.parse().unwrap();
@@ -226,7 +230,7 @@ fn running_out_of_descriptors_ends_neither_server() {
         "{}",
         agent.log_text()
     );
-    set_nofile(pid, 4096);
+    set_nofile(pid, soft);
     drop(pending);
     let started = Instant::now();
     assert_eq!(add_server(&n), Response::Ok, "{}", agent.log_text());
