@@ -48,7 +48,7 @@ impl AcceptBackoff {
     pub async fn failed(&mut self, error: &std::io::Error) {
         self.failures += 1;
         crate::health::metrics().accept_error(self.server);
-        if self.failures == 1 || self.failures % 100 == 0 {
+        if self.failures == 1 || self.failures.is_multiple_of(100) {
             tracing::error!(server = self.server, %error, failures = self.failures, retry_in = ?self.next, "accepting a connection failed; retrying");
         }
         tokio::time::sleep(self.next).await;

@@ -341,10 +341,7 @@ impl Index {
             members.entry(id).or_default().insert(r.clone());
             pods.insert(r.clone(), (id, pod.ips.clone()));
             for ip in &pod.ips {
-                claimants
-                    .entry(*ip)
-                    .or_insert_with(BTreeSet::new)
-                    .insert(r.clone());
+                claimants.entry(*ip).or_default().insert(r.clone());
                 // Name order: a later claim of equal strength wins.
                 let claim = pod.address_claim();
                 let a = to_addr(*ip);
