@@ -135,6 +135,11 @@ pub struct AgentStatus {
     /// Pods of this node (with an address, not hostNetwork) that have no
     /// enforced endpoint: an alarm.
     pub unenforced: Vec<String>,
+    /// Host veths the agent isolated both ways because it knows no pod
+    /// for them while some local pod cannot be found by its address
+    /// (one of them is likely that pod's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<String>,
 }
 
 /// One attachment the runtime still has, as CNI GC names it.

@@ -250,6 +250,11 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     for pod in &status.unenforced {
         eprintln!("policy-agent: warning: pod {pod} runs on this node without enforcement");
     }
+    for veth in &status.quarantined {
+        eprintln!(
+            "policy-agent: warning: host veth {veth} is isolated both ways until its pod is known"
+        );
+    }
     let mut denied = false;
     for e in &status.endpoints {
         if let Some(map) = &e.map_full {
@@ -312,6 +317,14 @@ fn write_status(
             for pod in &status.unenforced {
                 let mut row = vec![pod.clone()];
                 row.extend(["-", "-", "-", "-", "-", "NOT ENFORCED"].map(String::from));
+                if wide {
+                    row.extend(["-", "-", "-"].map(String::from));
+                }
+                rows.push(row);
+            }
+            for veth in &status.quarantined {
+                let mut row = vec!["-".to_string(), veth.clone()];
+                row.extend(["-", "-", "-", "-", "QUARANTINED"].map(String::from));
                 if wide {
                     row.extend(["-", "-", "-"].map(String::from));
                 }

@@ -1,17 +1,21 @@
 //! The unix socket the CNI plugin talks to (protocol: `agent_api`).
+//!
+//! A failed accept (`EMFILE`, ...) is logged and retried
+//! ([`crate::accept`]), never the end of the server; a client has
+//! [`REQUEST_TIMEOUT`] to send its request line.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::accept::AcceptBackoff;
+use crate::dataplane::Dataplane;
+use crate::flows::FlowHub;
+use crate::reconcile::{parse_ips, AgentError, NewEndpoint};
+pub use crate::shared::SharedAgent;
 use agent_api::{Attachment, Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Mutex;
-
-use crate::dataplane::Dataplane;
-use crate::flows::FlowHub;
-use crate::reconcile::{parse_ips, Agent, AgentError, NewEndpoint};
 
 /// How long an ADD waits for its pod to appear in the cluster state (the
 /// watch may lag the kubelet) before failing so the runtime retries.
@@ -21,11 +25,12 @@ pub const ADD_WAIT: Duration = Duration::from_secs(10);
 /// interfaces is a few KiB); a longer one is refused unread.
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 
-/// Shared handle on the agent.
-pub type SharedAgent<D> = Arc<Mutex<Agent<D>>>;
+/// How long a client has to send its request line.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Binds the socket (replacing a stale one) and serves it forever: CNI
-/// requests, and flow streams and counters from `hub`.
+/// Binds the socket (replacing a stale one) and serves it until the task
+/// is aborted: CNI requests, and flow streams and counters from `hub`.
+/// Only setting the socket up can fail.
 pub async fn serve<D: Dataplane + 'static>(
     socket: &Path,
     agent: SharedAgent<D>,
@@ -48,8 +53,18 @@ pub async fn serve<D: Dataplane + 'static>(
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     }
     tracing::info!(socket = %socket.display(), "serving CNI requests");
+    let mut backoff = AcceptBackoff::new("cni");
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.succeeded();
+                stream
+            }
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
+        };
         if let Err(e) = check_peer(&stream) {
             tracing::warn!(error = %e, "CNI connection refused");
             continue;
@@ -70,7 +85,15 @@ async fn handle_connection<D: Dataplane>(
     hub: Arc<FlowHub>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let response = match read_request(read).await? {
+    let request = tokio::time::timeout(REQUEST_TIMEOUT, read_request(read))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no request within {REQUEST_TIMEOUT:?}"),
+            )
+        })??;
+    let response = match request {
         Ok(Request::Flows { pod, verdict }) => {
             return stream_flows(&mut write, &hub, pod.as_deref(), verdict.as_deref()).await;
         }

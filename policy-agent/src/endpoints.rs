@@ -124,7 +124,12 @@ impl Registry {
     /// a CNI GC or the loss of its veth collects it.
     pub fn assignment(&self) -> BTreeMap<PodRef, u32> {
         let mut out: BTreeMap<PodRef, (u64, u32)> = BTreeMap::new();
-        for ep in self.by_container.values() {
+        // Quarantined veths get no endpoint entry: they drop everything.
+        for ep in self
+            .by_container
+            .values()
+            .filter(|ep| !crate::reconcile::quarantine::is_quarantined(ep))
+        {
             let arrived = self.arrival(&ep.container_id);
             let slot = out.entry(ep.pod.clone()).or_insert((arrived, ep.ep_id));
             if arrived >= slot.0 {

@@ -98,7 +98,7 @@ impl FlowHub {
 /// resolving each event with the agent's current state.
 pub fn spawn_reader<D: Dataplane + 'static>(
     mut source: impl EventSource,
-    agent: crate::cni_server::SharedAgent<D>,
+    agent: crate::shared::SharedAgent<D>,
     hub: Arc<FlowHub>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || loop {

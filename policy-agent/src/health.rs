@@ -6,16 +6,28 @@
 //! endpoints, unenforced pods, applies and their latency, CNI ADD latency,
 //! watch errors, apply failures, drops by reason, build info, and verdict
 //! counters per local pod (pruned when the pod leaves the node).
+//!
+//! Any pod without egress isolation can reach this port, so the server
+//! bounds what a client can hold: at most [`MAX_PER_PEER`] connections
+//! from one address and [`MAX_CONNECTIONS`] in all (more are closed as
+//! soon as they are accepted; a pod cannot send from another's address,
+//! the datapath drops spoofed sources, so the kubelet's probes from the
+//! node keep their own share), [`HEADER_TIMEOUT`] to
+//! send a request's headers, one request per connection and
+//! [`CONNECTION_TIMEOUT`] for all of it; a failed accept is retried
+//! ([`crate::accept`]); and nothing it serves takes the agent's lock: it
+//! reads the [`AgentView`] the agent publishes (see [`crate::shared`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -24,9 +36,66 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::cni_server::SharedAgent;
-use crate::dataplane::Dataplane;
+use crate::accept::AcceptBackoff;
 use crate::flows::FlowHub;
+use crate::shared::{AgentView, ViewRx};
+
+/// Most connections served at once; more are closed when accepted.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Most connections served at once from one address.
+pub const MAX_PER_PEER: usize = 8;
+
+/// Open connections, in all and per peer address.
+#[derive(Debug, Default)]
+struct Slots {
+    open: std::sync::Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
+}
+
+/// One connection's place in [`Slots`], given back on drop.
+struct Slot {
+    slots: Arc<Slots>,
+    peer: std::net::IpAddr,
+}
+
+impl Slots {
+    /// A place for a connection from `peer`, if the limits allow one.
+    fn take(self: &Arc<Self>, peer: std::net::IpAddr) -> Option<Slot> {
+        let mut open = self.open.lock().ok()?;
+        let (total, per_peer) = &mut *open;
+        let mine = per_peer.entry(peer).or_default();
+        if *total >= MAX_CONNECTIONS || *mine >= MAX_PER_PEER {
+            return None;
+        }
+        *mine += 1;
+        *total += 1;
+        Some(Slot {
+            slots: self.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.slots.open.lock() {
+            let (total, per_peer) = &mut *open;
+            *total = total.saturating_sub(1);
+            if let Some(n) = per_peer.get_mut(&self.peer) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_peer.remove(&self.peer);
+                }
+            }
+        }
+    }
+}
+
+/// How long a client has to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a connection may last, request and answer.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Palisade's health and metrics port in the install (`--health-addr
 /// NODE_IP:9969`): not Prometheus's 9090, Calico's 9091 or Cilium's
@@ -62,6 +131,11 @@ pub struct AgentMetrics {
     pub apply_failures: Counter,
     /// Watch errors by kind of object.
     pub watch_errors: Family<Vec<(String, String)>, Counter>,
+    /// Failed accepts by server (`cni`, `health`).
+    pub accept_errors: Family<Vec<(String, String)>, Counter>,
+    /// Health connections closed at once because [`MAX_CONNECTIONS`], or
+    /// [`MAX_PER_PEER`] from their address, were open.
+    pub connections_refused: Counter,
 }
 
 impl AgentMetrics {
@@ -69,6 +143,13 @@ impl AgentMetrics {
     pub fn watch_error(&self, kind: &str) {
         self.watch_errors
             .get_or_create(&vec![("kind".to_string(), kind.to_string())])
+            .inc();
+    }
+
+    /// Counts a failed accept on `server`.
+    pub fn accept_error(&self, server: &str) {
+        self.accept_errors
+            .get_or_create(&vec![("server".to_string(), server.to_string())])
             .inc();
     }
 }
@@ -82,6 +163,8 @@ pub fn metrics() -> &'static AgentMetrics {
         apply_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
         apply_failures: Counter::default(),
         watch_errors: Family::default(),
+        accept_errors: Family::default(),
+        connections_refused: Counter::default(),
     })
 }
 
@@ -108,63 +191,71 @@ impl Drop for Timer<'_> {
 }
 
 /// What the endpoint reports on.
-pub struct HealthState<D: Dataplane> {
-    /// The agent.
-    pub agent: SharedAgent<D>,
+#[derive(Clone)]
+pub struct HealthState {
+    /// The agent's last published view.
+    pub view: ViewRx,
     /// Verdict counters.
     pub hub: Arc<FlowHub>,
     /// Set once the CNI socket is up.
     pub ready: Arc<AtomicBool>,
 }
 
-impl<D: Dataplane> Clone for HealthState<D> {
-    fn clone(&self) -> Self {
-        Self {
-            agent: self.agent.clone(),
-            hub: self.hub.clone(),
-            ready: self.ready.clone(),
-        }
-    }
-}
-
-/// Serves on `addr` forever.
-pub async fn serve<D: Dataplane + 'static>(
-    addr: SocketAddr,
-    state: HealthState<D>,
-) -> std::io::Result<()> {
+/// Serves on `addr` until the task is aborted (see the module doc for
+/// the bounds); only binding can fail.
+pub async fn serve(addr: SocketAddr, state: HealthState) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+    let slots = Arc::new(Slots::default());
+    let mut backoff = AcceptBackoff::new("health");
     loop {
-        let (stream, _) = listener.accept().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff.succeeded();
+                accepted
+            }
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
+        };
+        let Some(slot) = slots.take(peer.ip()) else {
+            metrics().connections_refused.inc();
+            drop(stream);
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &state).await) }
+                async move { Ok::<_, Infallible>(respond(&req, &state)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "health connection");
+            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, "health connection"),
+                Err(_) => tracing::debug!("health connection timed out"),
+                Ok(Ok(())) => {}
             }
+            drop(slot);
         });
     }
 }
 
-async fn respond<D: Dataplane>(
-    req: &Request<Incoming>,
-    state: &HealthState<D>,
-) -> Response<Full<Bytes>> {
+fn respond(req: &Request<Incoming>, state: &HealthState) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => match readiness(state).await {
+        "/readyz" => match readiness(state) {
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {why}\n"),
             ),
         },
-        "/metrics" => match render(state).await {
+        "/metrics" => match render(state) {
             Ok(body) => {
                 let mut resp = text(StatusCode::OK, body);
                 resp.headers_mut().insert(
@@ -192,38 +283,37 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     resp
 }
 
-/// `Ok` when the agent may say it is ready, else why not.
-pub async fn readiness<D: Dataplane>(state: &HealthState<D>) -> Result<(), String> {
+/// `Ok` when the agent may say it is ready, else why not (as of the
+/// agent's last published view).
+pub fn readiness(state: &HealthState) -> Result<(), String> {
     if !state.ready.load(Ordering::Relaxed) {
         return Err("the CNI socket is not bound yet".into());
     }
-    state.agent.lock().await.readiness()
+    state.view.borrow().readiness.clone()
 }
 
-/// Renders the metrics from the agent's current state (OpenMetrics text,
-/// [`METRICS_CONTENT_TYPE`]).
-pub async fn render<D: Dataplane>(state: &HealthState<D>) -> Result<String, std::fmt::Error> {
+/// Renders the metrics from the agent's last published view (OpenMetrics
+/// text, [`METRICS_CONTENT_TYPE`]).
+pub fn render(state: &HealthState) -> Result<String, std::fmt::Error> {
+    let view = state.view.borrow().clone();
+    render_view(&view, &state.hub, readiness(state).is_ok())
+}
+
+/// Renders the metrics of `view` (see [`render`]); `ready` is what
+/// `palisade_ready` says.
+pub fn render_view(
+    view: &AgentView,
+    hub: &FlowHub,
+    ready: bool,
+) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("palisade");
-    let (endpoints, applies, invalid, drops, unenforced, live, fit) = {
-        let agent = state.agent.lock().await;
-        let live: std::collections::BTreeSet<String> = agent
-            .endpoints()
-            .iter()
-            .map(|e| e.pod.to_string())
-            .collect();
-        (
-            agent.endpoints().len(),
-            agent.applies(),
-            agent.invalid_policies(),
-            agent.dataplane().drop_counts(),
-            agent.unenforced().len(),
-            live,
-            agent.fit_report().clone(),
-        )
-    };
-    let ready = readiness(state).await.is_ok();
+    let endpoints = view.endpoints;
+    let applies = view.applies;
+    let invalid = view.invalid_policies;
+    let unenforced = view.unenforced;
+    let fit = &view.fit;
     // Per-pod series only for the pods on the node now.
-    state.hub.retain_pods(&live);
+    hub.retain_pods(&view.live_pods);
     let m = metrics();
     registry.register(
         "cni_add_duration_seconds",
@@ -245,6 +335,16 @@ pub async fn render<D: Dataplane>(state: &HealthState<D>) -> Result<String, std:
         "Errors of the cluster state watches, by kind",
         m.watch_errors.clone(),
     );
+    registry.register(
+        "accept_errors",
+        "Failed accepts of the agent's servers (retried), by server",
+        m.accept_errors.clone(),
+    );
+    registry.register(
+        "health_connections_refused",
+        "Connections to the health port closed at once because the most it serves (in all or from that address) were open",
+        m.connections_refused.clone(),
+    );
     let build = Family::<Vec<(String, String)>, Gauge>::default();
     build
         .get_or_create(&vec![
@@ -263,6 +363,11 @@ pub async fn render<D: Dataplane>(state: &HealthState<D>) -> Result<String, std:
         "unenforced_pods",
         "Running pods of this node without enforcement (no endpoint)",
         gauge(unenforced),
+    );
+    registry.register(
+        "quarantined_veths",
+        "Host veths isolated both ways because no pod is known for them",
+        gauge(view.quarantined),
     );
     registry.register(
         "invalid_policies",
@@ -315,7 +420,7 @@ pub async fn render<D: Dataplane>(state: &HealthState<D>) -> Result<String, std:
         applied,
     );
     let verdicts = Family::<Vec<(String, String)>, Counter>::default();
-    for row in state.hub.counters() {
+    for row in hub.counters() {
         verdicts
             .get_or_create(&vec![
                 ("pod".into(), row.pod),
@@ -330,7 +435,7 @@ pub async fn render<D: Dataplane>(state: &HealthState<D>) -> Result<String, std:
         verdicts,
     );
     let dropped = Family::<Vec<(String, String)>, Counter>::default();
-    for (code, n) in drops {
+    for (code, n) in view.drops.iter().map(|(c, n)| (*c, *n)) {
         dropped
             .get_or_create(&vec![(
                 "reason".into(),
@@ -399,13 +504,15 @@ mod tests {
         };
         hub.publish(record("default/a"));
         hub.publish(record("default/gone"));
+        let (tx, view) = crate::shared::view_channel();
+        tx.send_replace(Arc::new(AgentView::of(&*agent.lock().await)));
         let state = HealthState {
-            agent,
+            view,
             hub,
             ready: Arc::new(AtomicBool::new(true)),
         };
         agent_api_add_timing();
-        let text = render(&state).await.unwrap();
+        let text = render(&state).unwrap();
         assert!(text.contains("palisade_endpoints 1"), "{text}");
         assert!(text.contains("palisade_applies_total 2"), "{text}");
         assert!(text.contains("palisade_ready 1"), "{text}");
@@ -441,6 +548,22 @@ mod tests {
     }
 
     #[test]
+    fn connections_are_bounded_per_peer_and_given_back() {
+        let slots = Arc::new(Slots::default());
+        let pod: std::net::IpAddr = "10.244.0.5".parse().unwrap();
+        let node: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let held: Vec<Slot> = (0..MAX_PER_PEER).filter_map(|_| slots.take(pod)).collect();
+        assert_eq!(held.len(), MAX_PER_PEER);
+        assert!(
+            slots.take(pod).is_none(),
+            "one address holds its share only"
+        );
+        assert!(slots.take(node).is_some(), "others keep theirs");
+        drop(held);
+        assert!(slots.take(pod).is_some(), "given back on close");
+    }
+
+    #[test]
     fn health_addresses_parse_with_bare_ipv6() {
         assert_eq!(
             parse_addr("10.0.0.5:9969").unwrap(),
@@ -464,17 +587,24 @@ mod tests {
         metrics().watch_error("Pod");
     }
 
+    /// Served while the agent's lock is held (by a long apply, say): the
+    /// endpoint reads the published view only.
     #[tokio::test]
-    async fn metrics_are_served_as_openmetrics() {
+    async fn metrics_are_served_as_openmetrics_without_the_agent_lock() {
         let agent = Arc::new(tokio::sync::Mutex::new(Agent::new(
             FakeDataplane::default(),
             vec![],
         )));
+        let (tx, view) = crate::shared::view_channel();
+        let _publisher = crate::shared::spawn_publisher(agent.clone(), tx);
         let state = HealthState {
-            agent,
+            view: view.clone(),
             hub: FlowHub::new(),
             ready: Arc::new(AtomicBool::new(false)),
         };
+        let mut published = view;
+        published.changed().await.unwrap();
+        let _held = agent.lock().await;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
@@ -486,7 +616,13 @@ mod tests {
                 s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                     .await
                     .unwrap();
-                s.read_to_string(&mut reply).await.unwrap();
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    s.read_to_string(&mut reply),
+                )
+                .await
+                .expect("no answer within 5 s while the agent lock is held")
+                .unwrap();
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

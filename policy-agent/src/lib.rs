@@ -6,6 +6,7 @@
 //! [`dataplane`] writes the result into the kernel maps.
 #![deny(missing_docs)]
 
+pub mod accept;
 pub mod bpffs;
 pub mod cni_server;
 pub mod coverage;
@@ -17,6 +18,7 @@ pub mod links;
 pub mod lock;
 pub mod reconcile;
 pub mod run;
+pub mod shared;
 pub mod source;
 pub mod status;
 pub mod uninstall;

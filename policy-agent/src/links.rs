@@ -12,7 +12,7 @@
 //! whose peers both claim the address (a pod configuring another's) are
 //! refused: the pod is not adopted and stays reported as unenforced.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
@@ -182,7 +182,35 @@ async fn addresses_in(
 pub async fn find_pod_veths<K: Ord + Clone>(
     pods: &BTreeMap<K, Vec<IpAddr>>,
 ) -> Result<BTreeMap<K, Result<FoundVeth, LinkError>>, LinkError> {
-    find_veths(pods, None).await
+    find_veths(pods, None, &BTreeSet::new()).await
+}
+
+/// [`find_pod_veths`] among the host veths not named in `skip` (those
+/// serving other pods' endpoints: a pod that configures another's address
+/// on its own interface then cannot make that pod's veth ambiguous).
+pub async fn find_pod_veths_skipping<K: Ord + Clone>(
+    pods: &BTreeMap<K, Vec<IpAddr>>,
+    skip: &BTreeSet<String>,
+) -> Result<BTreeMap<K, Result<FoundVeth, LinkError>>, LinkError> {
+    find_veths(pods, None, skip).await
+}
+
+/// Every host veth whose peer lives in another network namespace, except
+/// those named in `skip`.
+pub async fn foreign_veths(skip: &BTreeSet<String>) -> Result<Vec<FoundVeth>, LinkError> {
+    let (connection, handle, _) =
+        rtnetlink::new_connection_with_strict_check().map_err(LinkError::Socket)?;
+    let task = tokio::spawn(connection);
+    let result = host_veths(&handle).await;
+    task.abort();
+    Ok(result?
+        .into_iter()
+        .filter(|v| !skip.contains(&v.ifname))
+        .map(|v| FoundVeth {
+            ifname: v.ifname,
+            index: v.index,
+        })
+        .collect())
 }
 
 /// [`find_pod_veths`] among the host veths named `among` only (those a
@@ -193,12 +221,13 @@ pub async fn find_pod_veths_among<K: Ord + Clone>(
     pods: &BTreeMap<K, Vec<IpAddr>>,
     among: &[String],
 ) -> Result<BTreeMap<K, Result<FoundVeth, LinkError>>, LinkError> {
-    find_veths(pods, Some(among)).await
+    find_veths(pods, Some(among), &BTreeSet::new()).await
 }
 
 async fn find_veths<K: Ord + Clone>(
     pods: &BTreeMap<K, Vec<IpAddr>>,
     among: Option<&[String]>,
+    skip: &BTreeSet<String>,
 ) -> Result<BTreeMap<K, Result<FoundVeth, LinkError>>, LinkError> {
     let (connection, handle, _) =
         rtnetlink::new_connection_with_strict_check().map_err(LinkError::Socket)?;
@@ -208,6 +237,7 @@ async fn find_veths<K: Ord + Clone>(
         if let Some(names) = among {
             veths.retain(|v| names.contains(&v.ifname));
         }
+        veths.retain(|v| !skip.contains(&v.ifname));
         let mut by_ns: BTreeMap<i32, BTreeMap<u32, Vec<IpAddr>>> = BTreeMap::new();
         for v in &veths {
             if let std::collections::btree_map::Entry::Vacant(e) = by_ns.entry(v.netnsid) {

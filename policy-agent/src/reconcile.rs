@@ -14,6 +14,7 @@
 
 pub mod adopt;
 mod changes;
+pub mod quarantine;
 pub mod readiness;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -393,6 +394,8 @@ impl<D: Dataplane> Agent<D> {
             }
             self.registry.remove(&old.container_id);
         }
+        // A veth quarantined before its ADD came: the attach replaces it.
+        self.take_over_quarantine(&new.ifname);
         // Recorded (and saved) before the attach: an agent killed in between
         // restores the endpoint instead of handing its id to another pod
         // while the old interface still carries it.
@@ -470,8 +473,9 @@ impl<D: Dataplane> Agent<D> {
         let stale: Vec<Endpoint> = self
             .registry
             .iter()
-            // Adopted endpoints are not the runtime's sandboxes.
-            .filter(|ep| !adopt::is_adopted(ep))
+            // Adopted endpoints and quarantined veths are not the
+            // runtime's sandboxes.
+            .filter(|ep| !adopt::is_adopted(ep) && !quarantine::is_quarantined(ep))
             .filter(|ep| {
                 !valid.iter().any(|v| {
                     v.container_id == ep.container_id
@@ -540,6 +544,7 @@ impl<D: Dataplane> Agent<D> {
     fn sources(&self, snap: &Snapshot) -> BTreeMap<u32, BTreeSet<policy_common::Addr>> {
         self.registry
             .iter()
+            .filter(|ep| !quarantine::is_quarantined(ep))
             .map(|ep| {
                 let ips = if ep.ips.is_empty() {
                     snap.pods

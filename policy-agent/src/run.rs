@@ -110,9 +110,11 @@ pub async fn run<D: Dataplane + 'static>(
     };
     let retrier = tokio::spawn(retry_loop(agent.clone()));
     let ready = Arc::new(AtomicBool::new(false));
+    let (view_tx, view) = crate::shared::view_channel();
+    let publisher = crate::shared::spawn_publisher(agent.clone(), view_tx);
     if let Some(addr) = opts.health_addr {
         let state = health::HealthState {
-            agent: agent.clone(),
+            view,
             hub: hub.clone(),
             ready: ready.clone(),
         };
@@ -167,6 +169,7 @@ pub async fn run<D: Dataplane + 'static>(
     }
     feeder.abort();
     retrier.abort();
+    publisher.abort();
     if let Some(adopter) = adopter {
         adopter.abort();
     }
@@ -236,28 +239,76 @@ async fn adopt_loop<D: Dataplane + 'static>(agent: Arc<Mutex<Agent<D>>>) {
         }
         let candidates = agent.lock().await.adoption_candidates();
         if candidates.is_empty() {
+            // Nobody is left to find: what is quarantined is no known pod's.
+            agent.lock().await.release_quarantine();
+            refused.clear();
             continue;
         }
-        let found = match crate::links::find_pod_veths(&candidates).await {
+        // Veths serving pods' endpoints are not candidates (quarantined
+        // ones are: their pod may be found now).
+        let served: std::collections::BTreeSet<String> = agent
+            .lock()
+            .await
+            .endpoints()
+            .iter()
+            .filter(|e| !crate::reconcile::quarantine::is_quarantined(e))
+            .map(|e| e.ifname.clone())
+            .collect();
+        let found = match crate::links::find_pod_veths_skipping(&candidates, &served).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::error!(error = %e, "cannot look for the veths of unenforced pods");
                 continue;
             }
         };
-        for (pod, veth) in found {
-            match veth {
-                Ok(veth) => {
-                    if let Err(e) = agent.lock().await.adopt(pod.clone(), &veth) {
+        let mut lost = 0usize;
+        for pod in candidates.keys() {
+            match found.get(pod) {
+                Some(Ok(veth)) => {
+                    if let Err(e) = agent.lock().await.adopt(pod.clone(), veth) {
                         tracing::error!(%pod, error = %e, "adopting a running pod failed; it stays unenforced");
                     }
                 }
-                Err(e) => {
+                Some(Err(e)) => {
+                    lost += 1;
                     if refused.insert(pod.clone()) {
-                        tracing::error!(%pod, error = %e, "running pod not adopted; it stays unenforced");
+                        tracing::error!(%pod, error = %e, "running pod not adopted by its address; its veth is among the quarantined");
+                    }
+                }
+                None => {
+                    lost += 1;
+                    if refused.insert(pod.clone()) {
+                        tracing::error!(%pod, "no host veth leads to the address of a running pod (removed, or not configured yet); unknown veths are quarantined");
                     }
                 }
             }
+        }
+        if lost > 0 {
+            quarantine_unknown(&agent).await;
+        }
+    }
+}
+
+/// Isolates every host veth into another namespace that serves no
+/// endpoint (see [`crate::reconcile::quarantine`]).
+async fn quarantine_unknown<D: Dataplane + 'static>(agent: &Arc<Mutex<Agent<D>>>) {
+    let known: std::collections::BTreeSet<String> = agent
+        .lock()
+        .await
+        .endpoints()
+        .iter()
+        .map(|e| e.ifname.clone())
+        .collect();
+    let veths = match crate::links::foreign_veths(&known).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list host veths to quarantine");
+            return;
+        }
+    };
+    for veth in veths {
+        if let Err(e) = agent.lock().await.quarantine(&veth) {
+            tracing::error!(ifname = %veth.ifname, error = %e, "quarantining a host veth failed");
         }
     }
 }

@@ -19,6 +19,7 @@ pub fn status<D: Dataplane>(agent: &Agent<D>) -> AgentStatus {
     let mut endpoints: Vec<EndpointStatus> = agent
         .endpoints()
         .iter()
+        .filter(|ep| !crate::reconcile::quarantine::is_quarantined(ep))
         .map(|ep| {
             // A pod denied because a map is full: what the datapath has.
             let map_full = agent
@@ -79,6 +80,11 @@ pub fn status<D: Dataplane>(agent: &Agent<D>) -> AgentStatus {
         invalid_policies: agent.invalid_policies(),
         endpoints,
         unenforced,
+        quarantined: agent
+            .quarantined()
+            .iter()
+            .map(|ep| ep.ifname.clone())
+            .collect(),
     }
 }
 

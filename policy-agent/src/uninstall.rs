@@ -2,7 +2,12 @@
 //!
 //! While the agent runs with `--cni-conf-dir`, a [`ChainKeeper`] puts
 //! `palisade-cni` back as the last plugin whenever the network plugin
-//! rewrites its conflist (Flannel does when it restarts). When the agent
+//! rewrites its conflist (Flannel does when it restarts, by writing a new
+//! file and renaming it over the old one): it watches the folder with
+//! inotify and checks the active conflist on every change there, so a pod
+//! created meanwhile has a window of milliseconds, not seconds, to start
+//! without the entry (such a pod is adopted, see
+//! [`crate::reconcile::adopt`]). When the agent
 //! stops because its DaemonSet is gone or being deleted
 //! ([`owner_removed`]), it takes the node side with it ([`remove_from_node`]):
 //! first the chain entry (so no new pod waits for an agent that will not
@@ -14,14 +19,22 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use futures::StreamExt;
+use inotify::{Inotify, WatchMask};
+
 use cni_bin::install::{self, InstallError, UninstallOptions, Uninstalled};
 use k8s_openapi::api::apps::v1::DaemonSet;
 
 use crate::dataplane::kernel::KernelDataplane;
 use crate::dataplane::DataplaneError;
 
-/// How often the chain entry is checked.
+/// How often the chain entry is checked besides on every change in the
+/// folder (a safety net: inotify drops events when its queue overflows).
 pub const CHAIN_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// How long to wait before watching the folder again when it cannot be
+/// watched (it does not exist yet, say).
+pub const WATCH_RETRY: Duration = Duration::from_secs(1);
 
 /// What stays chained, and where.
 #[derive(Clone, Debug)]
@@ -46,23 +59,79 @@ impl ChainKeeper {
         )
     }
 
-    /// Checks now and then every [`CHAIN_CHECK_EVERY`] until the task is
-    /// aborted (when the agent stops).
+    /// [`Self::check`], logging what it did.
+    fn recheck(&self) {
+        match self.check() {
+            Ok(true) => tracing::warn!(
+                dir = %self.conflist_dir.display(),
+                "palisade-cni was missing from the active conflist: chained it again"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot keep palisade-cni chained"),
+        }
+    }
+
+    /// Checks now, on every change in the folder, and every
+    /// [`CHAIN_CHECK_EVERY`] besides, until the task is aborted (when the
+    /// agent stops). A folder that cannot be watched (not there yet) is
+    /// checked every [`WATCH_RETRY`] until it can.
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(CHAIN_CHECK_EVERY);
+            let mut failing = false;
             loop {
-                tick.tick().await;
-                match self.check() {
-                    Ok(true) => tracing::warn!(
-                        dir = %self.conflist_dir.display(),
-                        "palisade-cni was missing from the active conflist: chained it again"
-                    ),
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(error = %e, "cannot keep palisade-cni chained"),
+                match self.watch().await {
+                    Ok(()) => failing = false,
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(dir = %self.conflist_dir.display(), error = %e, "cannot watch the CNI configuration folder; checking it every second until it can be");
+                        }
+                        failing = true;
+                        self.recheck();
+                        tokio::time::sleep(WATCH_RETRY).await;
+                    }
                 }
             }
         })
+    }
+
+    /// Watches the folder until the watch ends (the folder was removed or
+    /// replaced), checking on each change.
+    async fn watch(&self) -> std::io::Result<()> {
+        let inotify = Inotify::init()?;
+        inotify.watches().add(
+            &self.conflist_dir,
+            WatchMask::CREATE
+                | WatchMask::CLOSE_WRITE
+                | WatchMask::MOVED_TO
+                | WatchMask::MOVED_FROM
+                | WatchMask::DELETE
+                | WatchMask::DELETE_SELF
+                | WatchMask::MOVE_SELF,
+        )?;
+        let mut events = inotify.into_event_stream(vec![0u8; 4096])?;
+        tracing::info!(dir = %self.conflist_dir.display(), "watching the CNI configuration for rewrites");
+        // Anything before the watch was in place.
+        self.recheck();
+        let mut tick = tokio::time::interval(CHAIN_CHECK_EVERY);
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(Ok(ev)) => {
+                        self.recheck();
+                        if ev.mask.intersects(
+                            inotify::EventMask::IGNORED
+                                | inotify::EventMask::DELETE_SELF
+                                | inotify::EventMask::MOVE_SELF,
+                        ) {
+                            return Ok(());
+                        }
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => return Ok(()),
+                },
+                _ = tick.tick() => self.recheck(),
+            }
+        }
     }
 }
 
@@ -172,6 +241,57 @@ pub async fn on_stop(owner: &Owner, side: &NodeSide) -> anyhow::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FLANNEL: &str = r#"{
+  "name": "cbr0",
+  "cniVersion": "0.3.1",
+  "plugins": [
+    {"type": "flannel", "delegate": {"hairpinMode": true, "isDefaultGateway": true}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+"#;
+
+    /// Writes the conflist as Flannel's init container does: a new file
+    /// renamed over the old one.
+    fn flannel_rewrites(dir: &std::path::Path) {
+        let tmp = dir.join(".10-flannel.conflist.tmp");
+        std::fs::write(&tmp, FLANNEL).unwrap();
+        std::fs::rename(&tmp, dir.join("10-flannel.conflist")).unwrap();
+    }
+
+    fn chained(dir: &std::path::Path) -> bool {
+        std::fs::read_to_string(dir.join("10-flannel.conflist"))
+            .unwrap()
+            .contains(cni_bin::install::PLUGIN_TYPE)
+    }
+
+    /// Each rewrite by rename is chained again within well under a second
+    /// (the 10 s check alone would leave pods created meanwhile
+    /// unenforced), and so is a conflist written once the keeper runs.
+    #[tokio::test]
+    async fn a_conflist_rewritten_by_rename_is_chained_again_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let keeper = ChainKeeper {
+            conflist_dir: dir.path().to_path_buf(),
+            agent_socket: None,
+        }
+        .spawn();
+        // The keeper watches before the network plugin writes its file.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for round in 0..5 {
+            flannel_rewrites(dir.path());
+            let started = std::time::Instant::now();
+            while !chained(dir.path()) {
+                assert!(
+                    started.elapsed() < Duration::from_millis(500),
+                    "round {round}: not chained again within 500 ms"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        keeper.abort();
+    }
 
     #[test]
     fn owners_parse_as_namespace_slash_name() {

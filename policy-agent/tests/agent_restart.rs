@@ -6,22 +6,22 @@
 //! it enforces a policy change made after the restart.
 //! Needs root.
 
+#[path = "support/agent_proc.rs"]
+mod agent_proc;
 #[path = "support/kernel.rs"]
 mod kernel;
 #[path = "support/netns.rs"]
 mod netns;
 
 use std::{
-    fs::File,
     net::SocketAddr,
-    os::unix::process::CommandExt,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
 use agent_api::{Attachment, Request, Response};
+use agent_proc::{call, AgentProc, Scratch};
 use aya::programs::{SchedClassifier, TcAttachType};
 use kernel::PinDir;
 use netns::{
@@ -37,6 +37,7 @@ const X: u16 = 7001;
 /// Denied from the client to the server.
 const Y: u16 = 7002;
 const GAP: Duration = Duration::from_micros(200);
+const NODE_ADDRS: &[&str] = &["--node-addr", "10.98.1.1", "--node-addr", "10.98.2.1"];
 
 const MANIFESTS: &str = "\
 apiVersion: v1
@@ -98,96 +99,6 @@ spec:
       port: 7001
 ";
 
-/// A scratch folder (manifests, socket, logs), removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        let p = std::env::temp_dir().join(format!("palisade-t{}-restart", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running `policy-agent run`, SIGKILLed on drop.
-struct AgentProc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl AgentProc {
-    fn start(node: &NetNs, scratch: &Path, pins: &Path, generation: u32) -> Self {
-        let log = scratch.join(format!("agent-{generation}.log"));
-        let out = File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", node.path()))
-            .arg(env!("CARGO_BIN_EXE_policy-agent"))
-            .arg("run")
-            .arg("--manifests")
-            .arg(scratch.join("cluster.yaml"))
-            .arg("--cni-socket")
-            .arg(socket(scratch))
-            .arg("--bpffs-dir")
-            .arg(pins)
-            .args(["--node-addr", "10.98.1.1", "--node-addr", "10.98.2.1"])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let mut agent = Self { child, log };
-        agent.wait_ready(scratch);
-        agent
-    }
-
-    fn wait_ready(&mut self, scratch: &Path) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("agent exited ({st}):\n{}", self.log_text());
-            }
-            if matches!(
-                agent_api::call(&socket(scratch), &Request::Status, Duration::from_secs(1)),
-                Ok(Response::Ok)
-            ) {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!("agent not ready in 30 s:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn socket(scratch: &Path) -> PathBuf {
-    scratch.join("cni.sock")
-}
-
 fn attachment(name: &str, netns: &NetNs, host_if: &str, ip: &str) -> Attachment {
     Attachment {
         container_id: format!("sandbox-{name}"),
@@ -198,11 +109,6 @@ fn attachment(name: &str, netns: &NetNs, host_if: &str, ip: &str) -> Attachment 
         host_interfaces: vec![host_if.into()],
         ips: vec![ip.into()],
     }
-}
-
-fn call(scratch: &Path, req: &Request) -> Response {
-    agent_api::call(&socket(scratch), req, Duration::from_secs(15))
-        .unwrap_or_else(|e| panic!("{req:?}: {e}"))
 }
 
 fn map_ids(pins: &Path) -> Vec<(&'static str, u32)> {
@@ -244,7 +150,7 @@ fn attached_programs(node: &NetNs) -> Vec<usize> {
 fn sigkill_and_restart_under_traffic() {
     kernel::require_root();
     let started = Instant::now();
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("restart");
     std::fs::write(scratch.0.join("cluster.yaml"), MANIFESTS).unwrap();
     let pins = PinDir::new("restart");
     let node = NetNs::new("rnode");
@@ -274,7 +180,7 @@ fn sigkill_and_restart_under_traffic() {
         },
     );
 
-    let mut agent = AgentProc::start(&node, &scratch.0, &pins.0, 1);
+    let mut agent = AgentProc::start(&node, &scratch.0, &pins.0, 1, NODE_ADDRS);
     for att in [
         attachment("client", &client, "pa-h", "10.98.1.2"),
         attachment("server", &server, "pb-h", "10.98.2.2"),
@@ -324,7 +230,7 @@ fn sigkill_and_restart_under_traffic() {
         agent.kill();
         std::thread::sleep(Duration::from_secs(1));
         mark("restart", &mut timeline);
-        agent = AgentProc::start(&node, &scratch.0, &pins.0, 2);
+        agent = AgentProc::start(&node, &scratch.0, &pins.0, 2, NODE_ADDRS);
         mark("ready", &mut timeline);
         std::thread::sleep(Duration::from_secs(1));
         mark("stop", &mut timeline);

@@ -298,6 +298,9 @@ struct Index {
     members: BTreeMap<u32, BTreeSet<PodRef>>,
     /// Pod → its identity and addresses.
     pods: BTreeMap<PodRef, (u32, Vec<std::net::IpAddr>)>,
+    /// Address → the pods listing it (more than one when an address was
+    /// reused while the old pod's object lingers).
+    claimants: BTreeMap<std::net::IpAddr, BTreeSet<PodRef>>,
     /// CIDR identities.
     cidrs: cidr_classes::CidrIndex,
 }
@@ -321,6 +324,10 @@ impl Index {
         let mut groups: BTreeMap<u32, PodGroup> = BTreeMap::new();
         let mut members: BTreeMap<u32, BTreeSet<PodRef>> = BTreeMap::new();
         let mut pods = BTreeMap::new();
+        // The claim of each address's owner so far (see
+        // `PodInfo::address_claim`).
+        let mut owners: BTreeMap<policy_common::Addr, u8> = BTreeMap::new();
+        let mut claimants: BTreeMap<std::net::IpAddr, BTreeSet<PodRef>> = BTreeMap::new();
         for (r, pod) in &snapshot.pods {
             if pod.host_network {
                 continue;
@@ -334,7 +341,14 @@ impl Index {
             members.entry(id).or_default().insert(r.clone());
             pods.insert(r.clone(), (id, pod.ips.clone()));
             for ip in &pod.ips {
-                out.state.ipcache.insert(to_addr(*ip), id);
+                claimants.entry(*ip).or_default().insert(r.clone());
+                // Name order: a later claim of equal strength wins.
+                let claim = pod.address_claim();
+                let a = to_addr(*ip);
+                if owners.get(&a).is_none_or(|c| claim >= *c) {
+                    owners.insert(a, claim);
+                    out.state.ipcache.insert(a, id);
+                }
             }
         }
         for addr in &snapshot.host_addrs {
@@ -371,12 +385,18 @@ impl Index {
         // Egress named ports towards ipBlock peers resolve per destination
         // pod: give each such pod address its own host prefix, so the
         // longest-prefix match singles it out.
-        let pod_by_ip: BTreeMap<std::net::IpAddr, (&PodRef, &PodInfo)> = snapshot
-            .pods
-            .iter()
-            .filter(|(_, p)| !p.host_network)
-            .flat_map(|(r, p)| p.ips.iter().map(move |ip| (*ip, (r, p))))
-            .collect();
+        // An address several pods list is the ipcache owner's.
+        let mut pod_by_ip: BTreeMap<std::net::IpAddr, (&PodRef, &PodInfo)> = BTreeMap::new();
+        for (r, p) in snapshot.pods.iter().filter(|(_, p)| !p.host_network) {
+            for ip in &p.ips {
+                if pod_by_ip
+                    .get(ip)
+                    .is_none_or(|(_, o)| p.address_claim() >= o.address_claim())
+                {
+                    pod_by_ip.insert(*ip, (r, p));
+                }
+            }
+        }
         for policy in snapshot.policies.values().filter(|p| p.is_valid()) {
             for rule in policy.egress.iter().flatten() {
                 nets.extend(named_port_hosts(rule, &pod_by_ip));
@@ -388,6 +408,7 @@ impl Index {
             groups,
             members,
             pods,
+            claimants,
             cidrs,
         }
     }

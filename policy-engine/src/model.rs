@@ -192,9 +192,14 @@ pub struct PodInfo {
     /// unscheduled, and for pods read from files without one).
     pub node: Option<String>,
     /// `status.phase`. Terminated pods never reach the snapshot (see
-    /// [`PodInfo::from_pod`]); the compiler ignores the phase (a pending pod
-    /// without an address simply has nothing in the ipcache yet).
+    /// [`PodInfo::from_pod`]); the compiler uses the phase only to settle
+    /// an address several pods claim ([`PodInfo::address_claim`]).
     pub phase: PodPhase,
+    /// `metadata.deletionTimestamp` is set: the pod is shutting down (it
+    /// may still run through its grace period, and stays enforced), but
+    /// its address may already have been handed to another pod, which then
+    /// owns it in the ipcache (see [`PodInfo::address_claim`]).
+    pub terminating: bool,
 }
 
 /// The phases of a pod the snapshot can hold (`Succeeded` and `Failed`
@@ -308,8 +313,24 @@ impl PodInfo {
             host_network: spec.host_network.unwrap_or(false),
             node: spec.node_name.clone().filter(|n| !n.is_empty()),
             phase,
+            terminating: pod.metadata.deletion_timestamp.is_some(),
         };
         Ok(Some((r, info)))
+    }
+
+    /// How strong this pod's claim on its addresses is when several pods
+    /// list the same one (an address reused while the old pod's object
+    /// lingers): the higher claim owns it in the ipcache, and a tie goes to
+    /// the pod last in name order. A running pod that is not terminating
+    /// beats a pending or unknown one, which beats a terminating one; a
+    /// terminating pod keeps its address only while no live pod claims it
+    /// (pods in a terminal phase never reach the snapshot).
+    pub fn address_claim(&self) -> u8 {
+        match (self.terminating, self.phase) {
+            (true, _) => 0,
+            (false, PodPhase::Running) => 2,
+            (false, PodPhase::Pending | PodPhase::Unknown) => 1,
+        }
     }
 
     /// Ports declared under `name` for `protocol` (named-port resolution).

@@ -51,6 +51,7 @@ impl<D: Dataplane> Agent<D> {
         if !self.adoption_candidates().contains_key(&pod) {
             return Ok(false);
         }
+        self.take_over_quarantine(&veth.ifname);
         if let Some(other) = self.registry.iter().find(|e| e.ifname == veth.ifname) {
             tracing::warn!(%pod, ifname = %veth.ifname, other = %other.pod, "not adopting: the veth already serves another endpoint");
             return Ok(false);

@@ -414,3 +414,52 @@ spec:
     assert!(ingress_allowed(&agent, "veth-a", "10.244.0.60"));
     assert!(!ingress_allowed(&agent, "veth-a", "10.244.0.99"));
 }
+
+/// A quarantined veth gets programs under an endpoint id no state entry
+/// names (the datapath drops both ways), is no endpoint to the compiler,
+/// GC or `status`, and ends when its pod is known by CNI or adoption,
+/// or when released.
+#[test]
+fn quarantined_veths_drop_everything_until_their_pod_is_known() {
+    let mut agent = Agent::new(FakeDataplane::default(), Vec::new()).with_node(Some("n1".into()));
+    agent.set_snapshot(on_node(&[], &[])).unwrap();
+    agent.add(new_ep("c1", "a", "10.244.0.10")).unwrap();
+    let veth = |name: &str| crate::links::FoundVeth {
+        ifname: name.into(),
+        index: 9,
+    };
+    assert!(
+        !agent.quarantine(&veth("veth-a")).unwrap(),
+        "a served veth is never quarantined"
+    );
+    assert!(agent.quarantine(&veth("veth-x")).unwrap());
+    assert!(agent.quarantine(&veth("veth-y")).unwrap());
+    assert!(!agent.quarantine(&veth("veth-x")).unwrap(), "once");
+    let held = agent.dataplane().endpoints["veth-x"];
+    assert!(
+        !agent.dataplane().state.endpoints.contains_key(&held),
+        "no endpoint entry: not ready, dropped both ways"
+    );
+    assert!(!agent.dataplane().sources.contains_key(&held));
+    assert_eq!(agent.quarantined().len(), 2);
+    assert_eq!(agent.unenforced().len(), 1, "b is still counted");
+    let st = crate::status::status(&agent);
+    assert_eq!(st.quarantined, ["veth-x", "veth-y"]);
+    assert_eq!(st.endpoints.len(), 1);
+    let valid = [agent_api::Sandbox {
+        container_id: "c1".into(),
+        ifname: "eth0".into(),
+    }];
+    assert_eq!(agent.gc(&valid).unwrap(), 0, "GC leaves quarantines alone");
+    // b's CNI ADD names veth-x: its policy replaces the quarantine there.
+    let mut b = new_ep("c2", "b", "10.244.0.11");
+    b.ifname = "veth-x".into();
+    agent.add(b).unwrap();
+    let ep_b = agent.dataplane().endpoints["veth-x"];
+    assert!(agent.dataplane().state.endpoints.contains_key(&ep_b));
+    assert_eq!(agent.quarantined().len(), 1);
+    // Nobody left to find: the rest is released (detached).
+    assert_eq!(agent.release_quarantine(), 1);
+    assert!(!agent.dataplane().endpoints.contains_key("veth-y"));
+    assert!(agent.quarantined().is_empty());
+}

@@ -5,10 +5,7 @@
 
 #![allow(dead_code)]
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::{atomic::AtomicBool, Arc},
-};
+use std::net::{IpAddr, SocketAddr};
 
 use policy_agent::{
     dataplane::kernel::{KernelDataplane, KernelOptions, MapSizes},
@@ -148,21 +145,9 @@ impl Bed {
 /// The agent's `/metrics` text (the agent is lent to the renderer and
 /// handed back).
 pub fn metrics(agent: Agent<KernelDataplane>) -> (String, Agent<KernelDataplane>) {
-    let shared = Arc::new(tokio::sync::Mutex::new(agent));
-    let state = health::HealthState {
-        agent: shared.clone(),
-        hub: FlowHub::new(),
-        ready: Arc::new(AtomicBool::new(true)),
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
-    let text = rt
-        .block_on(health::render(&state))
+    let view = policy_agent::shared::AgentView::of(&agent);
+    let ready = view.readiness.is_ok();
+    let text = health::render_view(&view, &FlowHub::new(), ready)
         .unwrap_or_else(|e| panic!("rendering the metrics: {e}"));
-    drop(state);
-    let agent = Arc::try_unwrap(shared)
-        .unwrap_or_else(|_| panic!("agent still shared"))
-        .into_inner();
     (text, agent)
 }

@@ -288,6 +288,23 @@ impl Engine {
         };
     }
 
+    /// The identity owning `ip` in the ipcache: the pod with the strongest
+    /// claim on it ([`crate::model::PodInfo::address_claim`]), the last in
+    /// name order among equals, as the full compile picks it.
+    fn address_owner(&self, snapshot: &Snapshot, ip: &std::net::IpAddr) -> Option<u32> {
+        self.index
+            .claimants
+            .get(ip)?
+            .iter()
+            .filter_map(|r| {
+                let claim = snapshot.pods.get(r)?.address_claim();
+                let (id, _) = self.index.pods.get(r)?;
+                Some(((claim, r), *id))
+            })
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, id)| id)
+    }
+
     fn flags_of(&self, ep: u32) -> u32 {
         let c = self.flag_counts.get(&ep).copied().unwrap_or_default();
         Direction::BOTH
@@ -425,11 +442,16 @@ impl Engine {
         let mut changed_groups = Vec::new();
         let old = self.index.pods.remove(pod);
         let new_info = snapshot.pods.get(pod).filter(|p| !p.host_network);
+        // The addresses whose owner may change.
+        let mut touched_ips: BTreeSet<std::net::IpAddr> = BTreeSet::new();
         if let Some((old_id, old_ips)) = old {
             for ip in &old_ips {
-                let a = to_addr(*ip);
-                if self.current.state.ipcache.get(&a) == Some(&old_id) {
-                    self.set_ipcache(&mut j, a, None);
+                touched_ips.insert(*ip);
+                if let Some(c) = self.index.claimants.get_mut(ip) {
+                    c.remove(pod);
+                    if c.is_empty() {
+                        self.index.claimants.remove(ip);
+                    }
                 }
             }
             let now_empty = self.index.members.get_mut(&old_id).is_some_and(|m| {
@@ -473,8 +495,17 @@ impl Engine {
             self.refresh_members(id);
             self.index.pods.insert(pod.clone(), (id, info.ips.clone()));
             for ip in &info.ips {
-                self.set_ipcache(&mut j, to_addr(*ip), Some(id));
+                touched_ips.insert(*ip);
+                self.index
+                    .claimants
+                    .entry(*ip)
+                    .or_default()
+                    .insert(pod.clone());
             }
+        }
+        for ip in &touched_ips {
+            let owner = self.address_owner(snapshot, ip);
+            self.set_ipcache(&mut j, to_addr(*ip), owner);
         }
         for a in &snapshot.host_addrs {
             self.set_ipcache(&mut j, to_addr(*a), Some(HOST));

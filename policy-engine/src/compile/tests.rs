@@ -409,3 +409,73 @@ fn prefixes_allowed_by_the_same_rules_share_an_identity() {
     let desc = sim.compiled.identities[&shared].to_string();
     assert!(desc.contains("and 996 more prefixes"), "{desc}");
 }
+
+/// An address two pods list (reused while the old pod's object lingers,
+/// terminating) belongs to the live one in the ipcache, whichever name
+/// sorts last, in the full compile and in the engine's incremental path;
+/// once the live pod is gone the lingering one has it back, and once both
+/// are gone nobody does.
+#[test]
+fn a_reused_address_belongs_to_the_running_pod() {
+    let ip = crate::testutil::ip("10.0.0.9");
+    for (old, new) in [("x/a-old", "x/b-new"), ("x/z-old", "x/b-new")] {
+        let (old, new): (PodRef, PodRef) = (old.parse().unwrap(), new.parse().unwrap());
+        let mut snap = ClusterBuilder::new()
+            .ns("x", &[])
+            .pod(&old.to_string(), &[("app", "old")], &["10.0.0.9"])
+            .pod(&new.to_string(), &[("app", "new")], &["10.0.0.9"])
+            .build();
+        snap.pods.get_mut(&old).unwrap().terminating = true;
+        let eps = BTreeMap::new();
+        let owner = |c: &Compiled| -> Option<String> {
+            let id = c.state.ipcache.get(&to_addr(ip))?;
+            match &c.identities[id] {
+                IdentityDesc::Pods { group, .. } => group.labels.get("app").cloned(),
+                other => Some(other.to_string()),
+            }
+        };
+        let full = compile(&snap, &eps, &mut Allocator::new());
+        assert_eq!(owner(&full).as_deref(), Some("new"), "{old} vs {new}");
+
+        // Incrementally: the new pod arrives after the old one.
+        let mut engine = Engine::new();
+        let mut inc = snap.clone();
+        inc.remove_pod(&new);
+        engine.update(&inc, &eps);
+        assert_eq!(owner(engine.current()).as_deref(), Some("old"));
+        // The old pod starts terminating first, then the new one appears.
+        inc.pods.get_mut(&old).unwrap().terminating = false;
+        engine.pod_changed(&inc, &old);
+        inc.pods.get_mut(&old).unwrap().terminating = true;
+        engine.pod_changed(&inc, &old);
+        inc.insert_pod(new.clone(), snap.pods[&new].clone());
+        engine.pod_changed(&inc, &new);
+        assert_eq!(owner(engine.current()).as_deref(), Some("new"));
+        // A pending claimant beats a terminating one, loses to a running one.
+        inc.pods.get_mut(&new).unwrap().phase = crate::model::PodPhase::Pending;
+        engine.pod_changed(&inc, &new);
+        assert_eq!(owner(engine.current()).as_deref(), Some("new"));
+        inc.pods.get_mut(&new).unwrap().phase = crate::model::PodPhase::Running;
+        engine.pod_changed(&inc, &new);
+        // The lingering pod changing does not take it back.
+        inc.pods
+            .get_mut(&old)
+            .unwrap()
+            .labels
+            .insert("v".into(), "2".into());
+        engine.pod_changed(&inc, &old);
+        assert_eq!(owner(engine.current()).as_deref(), Some("new"));
+        assert_eq!(
+            owner(engine.current()),
+            owner(&compile(&inc, &eps, &mut Allocator::new())),
+            "the incremental owner is the full compile's"
+        );
+        // The live pod goes: the lingering one has it back; then nobody.
+        inc.remove_pod(&new);
+        engine.pod_changed(&inc, &new);
+        assert_eq!(owner(engine.current()).as_deref(), Some("old"));
+        inc.remove_pod(&old);
+        engine.pod_changed(&inc, &old);
+        assert_eq!(owner(engine.current()), None);
+    }
+}

@@ -53,6 +53,34 @@ fn a_terminated_or_deleted_pod_is_a_removal() {
     );
 }
 
+/// A terminating pod stays (it may run through its grace period and is
+/// still enforced) but is marked, so an address reused meanwhile goes to
+/// the running pod; the same pod finished is a removal.
+#[test]
+fn a_terminating_pod_is_marked_and_a_finished_one_removed() {
+    let mut t = Translator::<Pod>::default();
+    let mut going = pod("a", json!({}), running("10.0.0.1"));
+    going.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-01-01T00:00:00Z".parse().unwrap(),
+    ));
+    let Some(Change::Pod(_, Some(info))) = t.event(Event::Apply(going.clone())) else {
+        panic!("a terminating pod is kept")
+    };
+    assert!(info.terminating);
+    let Some(Change::Pod(_, Some(live))) =
+        t.event(Event::Apply(pod("b", json!({}), running("10.0.0.1"))))
+    else {
+        panic!("a running pod is kept")
+    };
+    assert!(!live.terminating);
+    assert!(live.address_claim() > info.address_claim());
+    going.status.as_mut().unwrap().phase = Some("Failed".into());
+    assert_eq!(
+        t.event(Event::Apply(going)),
+        Some(Change::Pod(PodRef::new("ns", "a"), None))
+    );
+}
+
 #[test]
 fn two_versions_differing_only_in_bookkeeping_give_equal_changes() {
     let mut t = Translator::<Pod>::default();

@@ -1,0 +1,109 @@
+//! The agent as its tasks share it ([`SharedAgent`]), and the view of it
+//! that `/metrics` and `/readyz` read without taking its lock
+//! ([`AgentView`]): a publisher task takes the lock once every
+//! [`VIEW_EVERY`], however many requests the HTTP endpoint gets, so a
+//! flood of scrapes cannot queue in front of a CNI ADD or an apply.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Mutex};
+
+use crate::dataplane::Dataplane;
+use crate::reconcile::{Agent, FitReport};
+
+/// Shared handle on the agent.
+pub type SharedAgent<D> = Arc<Mutex<Agent<D>>>;
+
+/// How often the [`AgentView`] is taken from the agent.
+pub const VIEW_EVERY: Duration = Duration::from_secs(1);
+
+/// What the agent's HTTP endpoint reports, as of the last publication.
+#[derive(Clone, Debug)]
+pub struct AgentView {
+    /// Local endpoints.
+    pub endpoints: usize,
+    /// The pods of the local endpoints (`namespace/name`).
+    pub live_pods: BTreeSet<String>,
+    /// Compiled states written.
+    pub applies: u64,
+    /// Policies that failed to compile.
+    pub invalid_policies: usize,
+    /// Packets dropped, by reason code.
+    pub drops: BTreeMap<u8, u64>,
+    /// Running local pods without an endpoint.
+    pub unenforced: usize,
+    /// Host veths isolated both ways because no pod is known for them
+    /// (see [`crate::reconcile::quarantine`]).
+    pub quarantined: usize,
+    /// How the last compiled state fitted the maps.
+    pub fit: FitReport,
+    /// [`Agent::readiness`] then.
+    pub readiness: Result<(), String>,
+}
+
+impl Default for AgentView {
+    fn default() -> Self {
+        Self {
+            endpoints: 0,
+            live_pods: BTreeSet::new(),
+            applies: 0,
+            invalid_policies: 0,
+            drops: BTreeMap::new(),
+            unenforced: 0,
+            quarantined: 0,
+            fit: FitReport::default(),
+            readiness: Err("the agent has not published its state yet".into()),
+        }
+    }
+}
+
+impl AgentView {
+    /// The view of `agent` now.
+    pub fn of<D: Dataplane>(agent: &Agent<D>) -> Self {
+        let quarantined = agent.quarantined().len();
+        Self {
+            endpoints: agent.endpoints().len().saturating_sub(quarantined),
+            live_pods: agent
+                .endpoints()
+                .iter()
+                .filter(|e| !crate::reconcile::quarantine::is_quarantined(e))
+                .map(|e| e.pod.to_string())
+                .collect(),
+            applies: agent.applies(),
+            invalid_policies: agent.invalid_policies(),
+            drops: agent.dataplane().drop_counts(),
+            unenforced: agent.unenforced().len(),
+            quarantined,
+            fit: agent.fit_report().clone(),
+            readiness: agent.readiness(),
+        }
+    }
+}
+
+/// Where the latest [`AgentView`] is read.
+pub type ViewRx = watch::Receiver<Arc<AgentView>>;
+
+/// A channel holding the default (not ready) view until the first
+/// publication.
+pub fn view_channel() -> (watch::Sender<Arc<AgentView>>, ViewRx) {
+    watch::channel(Arc::new(AgentView::default()))
+}
+
+/// Publishes the agent's view now and then every [`VIEW_EVERY`] until
+/// the task is aborted or nobody reads it any more.
+pub fn spawn_publisher<D: Dataplane + 'static>(
+    agent: SharedAgent<D>,
+    tx: watch::Sender<Arc<AgentView>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let view = AgentView::of(&*agent.lock().await);
+            if tx.send(Arc::new(view)).is_err() {
+                return;
+            }
+            tokio::time::sleep(VIEW_EVERY).await;
+        }
+    })
+}
