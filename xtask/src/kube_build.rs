@@ -239,7 +239,13 @@ fn build_in(work: &Path, staging: &Path, cache: &Path) -> Result<()> {
         cmd::run_to_stderr(
             Command::new("gcc")
                 .current_dir(&src)
-                .args(["-Os", "-Wall", "-Werror", "-static", "-DVERSION=v3.4-palisade"])
+                .args([
+                    "-Os",
+                    "-Wall",
+                    "-Werror",
+                    "-static",
+                    "-DVERSION=v3.4-palisade",
+                ])
                 .args(["-o", "_output/bin/pause", "build/pause/linux/pause.c"]),
         )?;
         cmd::run_to_stderr(Command::new("strip").arg(src.join("_output/bin/pause")))

@@ -5,6 +5,7 @@
 
 mod bench;
 mod cmd;
+mod e2e_upstream;
 mod fuzz;
 mod image;
 mod kind_e2e;
@@ -103,6 +104,10 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// The upstream Kubernetes 1.20.2 e2e NetworkPolicy suite, unmodified,
+    /// against two real nodes (containerd and the kubelet in network
+    /// namespaces) with Palisade installed from manifests/.
+    E2eUpstream(e2e_upstream::Options),
     /// The connectivity matrix on a kind cluster with Flannel and Palisade
     /// (needs Docker, kind and kubectl; says which are missing).
     KindE2e(kind_e2e::Options),
@@ -208,6 +213,7 @@ fn main() -> ExitCode {
         Command::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
         Command::Image { tag, output } => image::run(&tag, output.as_deref()),
         Command::KindE2e(opts) => kind_e2e::run(&opts),
+        Command::E2eUpstream(opts) => e2e_upstream::run(&opts),
     };
     match outcome {
         Ok(code) => code,

@@ -81,6 +81,31 @@ pub fn cargo_build(release: bool, bench: Option<&str>) -> Result<Built> {
     Ok(Built { bin_dir, bench })
 }
 
+/// Builds binary `bin` of package `package` for the machine itself (not
+/// the static target: test-bed helpers run on the machine) and returns
+/// its path.
+pub fn build_host_bin(package: &str, bin: &str) -> Result<PathBuf> {
+    eprintln!("$ cargo build -p {package} --bin {bin}");
+    let out = cargo()
+        .args(["build", "-p", package, "--bin", bin])
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot start cargo build")?;
+    if !out.status.success() {
+        bail!(
+            "cargo build -p {package} --bin {bin} failed ({})",
+            out.status
+        );
+    }
+    executables(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .find(|(n, kinds, _)| n == bin && kinds.iter().any(|k| k == "bin"))
+        .map(|(_, _, exe)| exe)
+        .with_context(|| format!("cargo build did not report the binary {bin}"))
+}
+
 /// Executables of cargo's JSON messages: (target name, target kinds, path).
 fn executables(messages: &str) -> Vec<(String, Vec<String>, PathBuf)> {
     let mut found = Vec::new();
@@ -158,6 +183,11 @@ pub fn test() -> Result<ExitCode> {
     ]))?;
     let bin_dir = build_binaries(false)?;
     println!("PALISADE_BIN_DIR={}", bin_dir.display());
+    // The real-node tests install Palisade from this image, made of the
+    // same (static) binaries.
+    let image = bin_dir.join(crate::image::ARCHIVE_NAME);
+    crate::image::write_archive(&bin_dir, crate::image::DEFAULT_TAG, &image)?;
+    println!("PALISADE_IMAGE={}", image.display());
     // nextest does not run doc tests: run them first.
     cmd::run(
         cargo()
@@ -183,6 +213,7 @@ pub fn test() -> Result<ExitCode> {
         cargo()
             .args(["nextest", "run", "--workspace", "--no-fail-fast"])
             .env("PALISADE_BIN_DIR", &bin_dir)
+            .env("PALISADE_IMAGE", &image)
             .current_dir(root),
     )?;
     Ok(ExitCode::SUCCESS)
