@@ -302,7 +302,10 @@ fn invalid_policies_fail_closed_and_are_reported() {
         assert_eq!(sim.compiled.errors.len(), 1, "{spec}");
         let CompileError::InvalidPolicy {
             policy, field: f, ..
-        } = &sim.compiled.errors[0];
+        } = &sim.compiled.errors[0]
+        else {
+            panic!("{:?}", sim.compiled.errors);
+        };
         assert_eq!(policy.to_string(), "x/bad");
         assert_eq!(f, field);
         assert!(!sim.tcp("x/b", "x/a", 80), "fail closed: {spec}");
@@ -409,3 +412,5 @@ fn prefixes_allowed_by_the_same_rules_share_an_identity() {
     let desc = sim.compiled.identities[&shared].to_string();
     assert!(desc.contains("and 996 more prefixes"), "{desc}");
 }
+
+mod budget;
