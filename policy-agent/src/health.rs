@@ -204,7 +204,7 @@ pub async fn readiness<D: Dataplane>(state: &HealthState<D>) -> Result<(), Strin
 /// [`METRICS_CONTENT_TYPE`]).
 pub async fn render<D: Dataplane>(state: &HealthState<D>) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("palisade");
-    let (endpoints, applies, invalid, drops, unenforced, live, fit) = {
+    let (endpoints, applies, invalid, drops, unenforced, live, fit, over) = {
         let agent = state.agent.lock().await;
         let live: std::collections::BTreeSet<String> = agent
             .endpoints()
@@ -219,6 +219,11 @@ pub async fn render<D: Dataplane>(state: &HealthState<D>) -> Result<String, std:
             agent.unenforced().len(),
             live,
             agent.fit_report().clone(),
+            agent
+                .over_budget_policies()
+                .iter()
+                .map(|e| e.policy().clone())
+                .collect::<Vec<_>>(),
         )
     };
     let ready = readiness(state).await.is_ok();
@@ -268,6 +273,20 @@ pub async fn render<D: Dataplane>(state: &HealthState<D>) -> Result<String, std:
         "invalid_policies",
         "Policies that failed to compile (they fail closed)",
         gauge(invalid),
+    );
+    let over_budget = Family::<Vec<(String, String)>, Gauge>::default();
+    for p in &over {
+        over_budget
+            .get_or_create(&vec![
+                ("namespace".to_string(), p.namespace.clone()),
+                ("policy".to_string(), p.name.clone()),
+            ])
+            .set(1);
+    }
+    registry.register(
+        "policy_over_budget",
+        "Policies over their budget (entries, address classes or CIDR map room): 1 per policy; they fail closed for the pods they select",
+        over_budget,
     );
     registry.register(
         "ready",

@@ -71,9 +71,8 @@ impl CompileError {
     /// The policy the problem is about.
     pub fn policy(&self) -> &PolicyRef {
         match self {
-            CompileError::InvalidPolicy { policy, .. } | CompileError::OverBudget { policy, .. } => {
-                policy
-            }
+            CompileError::InvalidPolicy { policy, .. }
+            | CompileError::OverBudget { policy, .. } => policy,
         }
     }
 }
@@ -646,8 +645,7 @@ impl Index {
                         };
                         for (name, proto) in &named {
                             for (n, p, port) in &group.named_ports {
-                                if n == name && p == proto && !add(*ep, *id, exact(*proto, *port))
-                                {
+                                if n == name && p == proto && !add(*ep, *id, exact(*proto, *port)) {
                                     return false;
                                 }
                             }

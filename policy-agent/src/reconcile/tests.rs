@@ -414,3 +414,5 @@ spec:
     assert!(ingress_allowed(&agent, "veth-a", "10.244.0.60"));
     assert!(!ingress_allowed(&agent, "veth-a", "10.244.0.99"));
 }
+
+mod budget;

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::identity::{Allocator, CidrClass, IdentityDesc, RuleRef};
-use super::{Compiled, CompileError, Limits};
+use super::{CompileError, Compiled, Limits};
 use crate::model::addr::{net_within, to_prefix, world_v4, world_v6};
 use crate::model::{
     Direction, IpBlock, Peer, PodInfo, PodRef, Policy, PolicyRef, PortSpec, Snapshot,
@@ -110,12 +110,7 @@ struct PolicyBlocks<'a> {
 
 /// Admission order of policies: oldest first, then by name.
 fn order_key<'a>(pref: &'a PolicyRef, p: &'a Policy) -> impl Ord + 'a {
-    let created = p
-        .object
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| t.0);
+    let created = p.object.metadata.creation_timestamp.as_ref().map(|t| t.0);
     (created.is_none(), created, pref)
 }
 
@@ -367,12 +362,12 @@ impl<'a, 'p> Walk<'a, 'p> {
         let mut stack: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
         let mut next = 0usize;
         let change = |g: usize,
-                          d: i32,
-                          count: &mut Vec<i32>,
-                          active: &mut Vec<usize>,
-                          pos: &mut Vec<usize>,
-                          sum: &mut u128,
-                          dropped: &[bool]| {
+                      d: i32,
+                      count: &mut Vec<i32>,
+                      active: &mut Vec<usize>,
+                      pos: &mut Vec<usize>,
+                      sum: &mut u128,
+                      dropped: &[bool]| {
             if dropped[self.groups[g].0] {
                 return;
             }
@@ -398,15 +393,7 @@ impl<'a, 'p> Walk<'a, 'p> {
                 }
                 for k in range.clone().rev() {
                     let (_, g, d) = self.events[k];
-                    change(
-                        g,
-                        -d,
-                        &mut count,
-                        &mut active,
-                        &mut pos,
-                        &mut sum,
-                        &dropped,
-                    );
+                    change(g, -d, &mut count, &mut active, &mut pos, &mut sum, &dropped);
                 }
                 stack.pop();
             }
@@ -533,13 +520,15 @@ mod tests {
 
     #[test]
     fn except_lists_intersect_as_address_sets() {
-        let a = normalize(&nets(&["10.0.0.0/8", "10.1.0.0/16", "192.0.2.1/32", "::1/128"]));
+        let a = normalize(&nets(&[
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "192.0.2.1/32",
+            "::1/128",
+        ]));
         assert_eq!(a, nets(&["10.0.0.0/8", "192.0.2.1/32", "::1/128"]));
         let b = normalize(&nets(&["10.2.0.0/16", "192.0.2.0/24", "11.0.0.0/8"]));
-        assert_eq!(
-            intersect(&a, &b),
-            nets(&["10.2.0.0/16", "192.0.2.1/32"])
-        );
+        assert_eq!(intersect(&a, &b), nets(&["10.2.0.0/16", "192.0.2.1/32"]));
         assert!(intersect(&nets(&["192.0.2.1/32"]), &nets(&["192.0.2.2/32"])).is_empty());
         assert_eq!(
             intersect(&nets(&["10.0.0.1/32", "::1/128"]), &nets(&["::/0"])),

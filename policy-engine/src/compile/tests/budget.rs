@@ -52,7 +52,11 @@ fn rules_sharing_their_ports_merge_before_classes_are_formed() {
     let ep_a = eps[&"x/a".parse().unwrap()];
     let entries = st.policy.keys().filter(|e| e.ep_id == ep_a).count();
     assert!(entries <= 2, "{entries} entries for x/a");
-    assert!(full.compiled.errors.is_empty(), "{:?}", full.compiled.errors);
+    assert!(
+        full.compiled.errors.is_empty(),
+        "{:?}",
+        full.compiled.errors
+    );
     // Work: one class lists its one group; nothing per (except, rule).
     assert!(
         full.index.cidrs.pairs <= 4,
@@ -66,7 +70,10 @@ fn rules_sharing_their_ports_merge_before_classes_are_formed() {
     for to in ["203.0.113.7", "100.64.0.0", "100.64.11.183", "10.0.1.1"] {
         assert!(sim.tcp("x/a", to, 80), "x/a -> {to}");
     }
-    assert!(!sim.tcp("x/a", "2001:db8::1", 80), "an IPv4 block allows no IPv6");
+    assert!(
+        !sim.tcp("x/a", "2001:db8::1", 80),
+        "an IPv4 block allows no IPv6"
+    );
 
     // One rule: the except is really denied (no merge across policies or
     // directions changes that).
@@ -120,7 +127,9 @@ fn a_policy_over_its_budget_fails_closed_for_its_own_pods_only() {
     let full = build(&snapshot, &eps, &Limits::default(), &mut Allocator::new());
     let errors = &full.compiled.errors;
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(matches!(&errors[0], CompileError::OverBudget { policy, .. } if policy.to_string() == "x/big"));
+    assert!(
+        matches!(&errors[0], CompileError::OverBudget { policy, .. } if policy.to_string() == "x/big")
+    );
     let text = errors[0].to_string();
     assert!(text.contains("x/big") && text.contains("budget"), "{text}");
     // Work stopped at the budget (plus the classes of the walk without
@@ -211,7 +220,9 @@ fn the_cidr_map_room_goes_to_the_oldest_policies() {
         .map(|e| e.policy().to_string())
         .collect();
     assert_eq!(names, ["x/new"]);
-    assert!(sim.compiled.errors[0].to_string().contains("--map-size-cidrs"));
+    assert!(sim.compiled.errors[0]
+        .to_string()
+        .contains("--map-size-cidrs"));
     assert!(sim.compiled.state.cidrs.len() <= 12);
     // y's pods keep their exact policy.
     assert!(sim.tcp("100.64.0.5", "y/c", 80));
@@ -260,7 +271,11 @@ fn a_pod_selector_policy_past_its_entry_budget_is_stopped_early() {
     }
     let mut b = ClusterBuilder::new().ns("x", &[("ns", "x")]);
     for i in 0..60 {
-        b = b.pod(&format!("x/p{i}"), &[("app", &format!("a{i}"))], &[&format!("10.0.2.{i}")]);
+        b = b.pod(
+            &format!("x/p{i}"),
+            &[("app", &format!("a{i}"))],
+            &[&format!("10.0.2.{i}")],
+        );
     }
     let big = format!("metadata: {{name: big, namespace: x}}\nspec:\n  podSelector: {{}}\n  ingress: [{{from: [{{podSelector: {{}}}}], ports: [{ports}]}}]\n");
     let limits = Limits {
