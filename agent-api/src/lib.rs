@@ -130,6 +130,11 @@ pub struct AgentStatus {
     pub last_apply_unix_ms: Option<u64>,
     /// Policies the last compile found invalid (they fail closed).
     pub invalid_policies: usize,
+    /// Policies over their budget (too many entries or address classes,
+    /// or prefixes beyond the CIDR map's room): they fail closed for the
+    /// pods they select, each with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub over_budget_policies: Vec<String>,
     /// The enforced endpoints, by pod.
     pub endpoints: Vec<EndpointStatus>,
     /// Pods of this node (with an address, not hostNetwork) that have no

@@ -358,13 +358,18 @@ fn write_status(
                 .unwrap_or_else(|| "never".into());
             writeln!(
                 out,
-                "node {}: {} endpoint(s), {} not enforced, {} invalid polic(ies), {} apply(s), last apply {last}",
+                "node {}: {} endpoint(s), {} not enforced, {} invalid polic(ies), {} over budget, {} apply(s), last apply {last}",
                 status.node.as_deref().unwrap_or("-"),
                 status.endpoints.len(),
                 status.unenforced.len(),
                 status.invalid_policies,
+                status.over_budget_policies.len(),
                 status.applies
-            )
+            )?;
+            for p in &status.over_budget_policies {
+                writeln!(out, "  over budget (fails closed): {p}")?;
+            }
+            Ok(())
         }
     }
 }

@@ -87,6 +87,14 @@ impl Registry {
         Some(ep)
     }
 
+    /// Endpoint id → the order its endpoint arrived in (older first).
+    pub fn arrivals(&self) -> BTreeMap<u32, u64> {
+        self.by_container
+            .values()
+            .map(|e| (e.ep_id, self.arrival(&e.container_id)))
+            .collect()
+    }
+
     fn arrival(&self, container_id: &str) -> u64 {
         self.arrival.get(container_id).copied().unwrap_or(0)
     }

@@ -312,6 +312,7 @@ pub fn render_view(
     let invalid = view.invalid_policies;
     let unenforced = view.unenforced;
     let fit = &view.fit;
+    let over = &view.over_budget;
     // Per-pod series only for the pods on the node now.
     hub.retain_pods(&view.live_pods);
     let m = metrics();
@@ -373,6 +374,20 @@ pub fn render_view(
         "invalid_policies",
         "Policies that failed to compile (they fail closed)",
         gauge(invalid),
+    );
+    let over_budget = Family::<Vec<(String, String)>, Gauge>::default();
+    for p in over {
+        over_budget
+            .get_or_create(&vec![
+                ("namespace".to_string(), p.namespace.clone()),
+                ("policy".to_string(), p.name.clone()),
+            ])
+            .set(1);
+    }
+    registry.register(
+        "policy_over_budget",
+        "Policies over their budget (entries, address classes or CIDR map room): 1 per policy; they fail closed for the pods they select",
+        over_budget,
     );
     registry.register(
         "ready",

@@ -22,8 +22,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use policy_engine::capacity::{self, Denied, Exceeded, MapKind};
+use policy_engine::compile::CompileError;
 use policy_engine::model::addr::to_addr;
-use policy_engine::model::{PodRef, Snapshot};
+use policy_engine::model::{PodRef, PolicyRef, Snapshot};
 use policy_engine::state::MapOp;
 
 use crate::dataplane::{Dataplane, DataplaneError};
@@ -142,8 +143,8 @@ pub struct FitReport {
     /// Endpoints denied all traffic because their entries do not fit, with
     /// their pod.
     pub denied: BTreeMap<u32, (PodRef, Denied)>,
-    /// Endpoints whose policy entries are in the maps.
-    pub admitted: BTreeSet<u32>,
+    /// Endpoints whose policy entries are in the maps, with how many.
+    pub admitted: BTreeMap<u32, usize>,
     /// A shared map too small for the state (nothing written).
     pub exceeded: Option<Exceeded>,
 }
@@ -152,6 +153,11 @@ impl<D: Dataplane> Agent<D> {
     /// An agent enforcing nothing yet, with the node's own addresses (traffic
     /// from them to local pods is always allowed).
     pub fn new(dataplane: D, node_addrs: Vec<IpAddr>) -> Self {
+        let mut engine = policy_engine::compile::Engine::new();
+        engine.set_limits(policy_engine::compile::Limits {
+            cidr_prefixes: dataplane.capacity().map(|c| c.cidrs),
+            ..policy_engine::compile::Limits::default()
+        });
         Self {
             snapshot: Snapshot {
                 host_addrs: node_addrs.clone(),
@@ -159,7 +165,7 @@ impl<D: Dataplane> Agent<D> {
             },
             node_addrs,
             registry: Registry::default(),
-            engine: policy_engine::compile::Engine::new(),
+            engine,
             dataplane,
             reported: BTreeSet::new(),
             applies: 0,
@@ -302,7 +308,41 @@ impl<D: Dataplane> Agent<D> {
 
     /// Number of policies the last compile found invalid.
     pub fn invalid_policies(&self) -> usize {
-        self.reported.len()
+        let mut invalid: BTreeSet<&PolicyRef> = BTreeSet::new();
+        for e in &self.engine.current().errors {
+            if let CompileError::InvalidPolicy { policy, .. } = e {
+                invalid.insert(policy);
+            }
+        }
+        invalid.len()
+    }
+
+    /// The policies over their budget in the last compile (they fail
+    /// closed for the pods they select), each with why.
+    pub fn over_budget_policies(&self) -> Vec<&CompileError> {
+        self.engine
+            .current()
+            .errors
+            .iter()
+            .filter(|e| matches!(e, CompileError::OverBudget { .. }))
+            .collect()
+    }
+
+    /// Gives the engine the budgets the dataplane's maps imply (the CIDR
+    /// map's room); when they change, compiles everything again with them.
+    fn sync_limits(&mut self) {
+        let limits = policy_engine::compile::Limits {
+            cidr_prefixes: self.dataplane.capacity().map(|c| c.cidrs),
+            ..*self.engine.limits()
+        };
+        if limits != *self.engine.limits() {
+            self.engine.set_limits(limits);
+            if self.compiled {
+                let _ = self
+                    .engine
+                    .update(&self.snapshot, &self.registry.assignment());
+            }
+        }
     }
 
     /// Number of successful applies so far (one per change that changed
@@ -609,12 +649,20 @@ impl<D: Dataplane> Agent<D> {
                 source,
             });
         }
+        self.sync_limits();
         let compiled = self.engine.current();
         let mut now = BTreeSet::new();
         for err in &compiled.errors {
             let text = err.to_string();
             if !self.reported.contains(&text) {
-                tracing::error!(error = %text, "invalid policy: the pods it selects are isolated and it allows nothing");
+                match err {
+                    CompileError::InvalidPolicy { policy, .. } => {
+                        tracing::error!(%policy, error = %text, "invalid policy: the pods it selects are isolated and it allows nothing")
+                    }
+                    CompileError::OverBudget { policy, .. } => {
+                        tracing::error!(%policy, error = %text, "policy over budget: the pods it selects are isolated and it allows nothing; every other policy is enforced")
+                    }
+                }
             }
             now.insert(text);
         }
@@ -622,7 +670,12 @@ impl<D: Dataplane> Agent<D> {
         let cap = self.dataplane.capacity();
         self.fit.capacity = cap;
         let fitted = match cap {
-            Some(cap) => capacity::fit(&compiled.state, &cap, &self.fit.admitted),
+            Some(cap) => capacity::fit(
+                &compiled.state,
+                &cap,
+                &self.fit.admitted,
+                &self.registry.arrivals(),
+            ),
             None => Ok(capacity::Fitted {
                 state: std::borrow::Cow::Borrowed(&compiled.state),
                 denied: BTreeMap::new(),
@@ -664,13 +717,13 @@ impl<D: Dataplane> Agent<D> {
                 if self.fit.exceeded.take().is_some() {
                     tracing::info!("the cluster state fits the maps again");
                 }
-                self.fit.admitted = compiled
-                    .state
-                    .policy
-                    .keys()
-                    .map(|e| e.ep_id)
-                    .filter(|ep| !denied.contains_key(ep))
-                    .collect();
+                let mut admitted: BTreeMap<u32, usize> = BTreeMap::new();
+                for e in compiled.state.policy.keys() {
+                    if !denied.contains_key(&e.ep_id) {
+                        *admitted.entry(e.ep_id).or_default() += 1;
+                    }
+                }
+                self.fit.admitted = admitted;
                 self.fit.denied = denied;
                 self.fit.needed = fitted.needed;
                 if self.apply_failed.take().is_some() {

@@ -39,6 +39,8 @@ pub struct AgentView {
     pub quarantined: usize,
     /// How the last compiled state fitted the maps.
     pub fit: FitReport,
+    /// Policies over their budget (they fail closed for their pods).
+    pub over_budget: Vec<policy_engine::model::PolicyRef>,
     /// [`Agent::readiness`] then.
     pub readiness: Result<(), String>,
 }
@@ -54,6 +56,7 @@ impl Default for AgentView {
             unenforced: 0,
             quarantined: 0,
             fit: FitReport::default(),
+            over_budget: Vec::new(),
             readiness: Err("the agent has not published its state yet".into()),
         }
     }
@@ -77,6 +80,11 @@ impl AgentView {
             unenforced: agent.unenforced().len(),
             quarantined,
             fit: agent.fit_report().clone(),
+            over_budget: agent
+                .over_budget_policies()
+                .iter()
+                .map(|e| e.policy().clone())
+                .collect(),
             readiness: agent.readiness(),
         }
     }

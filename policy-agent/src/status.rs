@@ -78,6 +78,11 @@ pub fn status<D: Dataplane>(agent: &Agent<D>) -> AgentStatus {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .and_then(|d| u64::try_from(d.as_millis()).ok()),
         invalid_policies: agent.invalid_policies(),
+        over_budget_policies: agent
+            .over_budget_policies()
+            .iter()
+            .map(|e| e.to_string())
+            .collect(),
         endpoints,
         unenforced,
         quarantined: agent

@@ -10,14 +10,22 @@
 //!   that overflows one is refused ([`Exceeded`]) and the dataplane keeps
 //!   what it holds;
 //! - the policy entries belong to one endpoint each: endpoints are admitted
-//!   one by one (those admitted last time first, then by endpoint id) and
-//!   one whose entries no longer fit is *denied*: its entries are left out
-//!   and it is isolated in both directions, so it gets no traffic but the
-//!   node's (deny-all, never allow-all), while every admitted endpoint
-//!   keeps its exact policy.
+//!   one by one and one whose entries no longer fit is *denied*: its
+//!   entries are left out and it is isolated in both directions, so it
+//!   gets no traffic but the node's (deny-all, never allow-all). The order
+//!   never depends on endpoint ids: first the endpoints admitted last time
+//!   that need no more entries than they had then (together they fitted
+//!   then, so they fit now: a pod enforced exactly stays so), then the
+//!   others in the order they arrived. A pod whose policy grows, or a new
+//!   sandbox, can only be denied itself, never push an admitted pod out.
+//!
+//! The CIDR map is shared, but its prefixes belong to policies: the
+//! compiler gives its room out oldest policy first and fails closed the
+//! policies that do not fit (see [`crate::compile::Limits`]), so a state
+//! refused here for its CIDRs means the compiler was not told the room.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use policy_common::ep_flags;
 
@@ -137,12 +145,15 @@ pub struct Fitted<'a> {
 }
 
 /// Fits `state` into `cap` (see the module documentation). `admitted`
-/// are the endpoints the previous fit admitted: they go first, so an
-/// endpoint enforced correctly stays so when another one's policy grows.
+/// are the endpoints the previous fit admitted, with the entries they had:
+/// those that need no more go first, so an endpoint enforced correctly
+/// stays so when another one's policy grows. `arrival` orders the others
+/// (the order their endpoints arrived; endpoints it lacks go last).
 pub fn fit<'a>(
     state: &'a MapState,
     cap: &Capacity,
-    admitted: &BTreeSet<u32>,
+    admitted: &BTreeMap<u32, usize>,
+    arrival: &BTreeMap<u32, u64>,
 ) -> Result<Fitted<'a>, Exceeded> {
     let mut per_ep: BTreeMap<u32, usize> = BTreeMap::new();
     for entry in state.policy.keys() {
@@ -167,8 +178,12 @@ pub fn fit<'a>(
         }
     }
     let mut order: Vec<u32> = per_ep.keys().copied().collect();
-    // Stable: admitted ones first, each group by endpoint id.
-    order.sort_by_key(|ep| (!admitted.contains(ep), *ep));
+    // Admitted ones that did not grow first, then by arrival.
+    order.sort_by_key(|ep| {
+        let need = per_ep.get(ep).copied().unwrap_or(0);
+        let kept = admitted.get(ep).is_some_and(|had| need <= *had);
+        (!kept, arrival.get(ep).copied().unwrap_or(u64::MAX), *ep)
+    });
     let mut used = 0usize;
     let mut denied = BTreeMap::new();
     for ep in order {
@@ -242,7 +257,7 @@ mod tests {
     #[test]
     fn a_state_that_fits_is_unchanged() {
         let s = state(&[(1, 2), (2, 2)]);
-        let f = fit(&s, &cap(4), &BTreeSet::new()).unwrap();
+        let f = fit(&s, &cap(4), &BTreeMap::new(), &BTreeMap::new()).unwrap();
         assert_eq!(*f.state, s);
         assert!(matches!(f.state, Cow::Borrowed(_)));
         assert!(f.denied.is_empty());
@@ -252,7 +267,7 @@ mod tests {
     #[test]
     fn the_endpoint_that_overflows_is_denied_both_ways_and_the_rest_kept() {
         let s = state(&[(1, 2), (2, 5), (3, 1)]);
-        let f = fit(&s, &cap(4), &BTreeSet::new()).unwrap();
+        let f = fit(&s, &cap(4), &BTreeMap::new(), &BTreeMap::new()).unwrap();
         assert_eq!(
             f.denied.keys().copied().collect::<Vec<_>>(),
             [2],
@@ -290,10 +305,18 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_admitted_before_keep_their_place() {
-        // Endpoint 1 grew; 2 was admitted before and stays, 1 is denied.
+    fn an_admitted_endpoint_that_grows_cannot_push_another_out() {
+        // Both were admitted with 2 entries; endpoint 1 (the lower id, the
+        // first arrival) grew to 3: it is the one denied.
+        let s = state(&[(1, 3), (2, 2)]);
+        let admitted = [(1, 2), (2, 2)].into_iter().collect();
+        let arrival = [(1, 0), (2, 1)].into_iter().collect();
+        let f = fit(&s, &cap(4), &admitted, &arrival).unwrap();
+        assert_eq!(f.denied.keys().copied().collect::<Vec<_>>(), [1]);
+        // New endpoints go by arrival, not by id.
         let s = state(&[(1, 3), (2, 3)]);
-        let f = fit(&s, &cap(4), &[2].into_iter().collect()).unwrap();
+        let arrival = [(1, 9), (2, 3)].into_iter().collect();
+        let f = fit(&s, &cap(4), &BTreeMap::new(), &arrival).unwrap();
         assert_eq!(f.denied.keys().copied().collect::<Vec<_>>(), [1]);
     }
 
@@ -303,7 +326,7 @@ mod tests {
         for i in 0..9u8 {
             s.ipcache.insert([i + 10; 16], 300);
         }
-        let e = fit(&s, &cap(4), &BTreeSet::new()).unwrap_err();
+        let e = fit(&s, &cap(4), &BTreeMap::new(), &BTreeMap::new()).unwrap_err();
         assert_eq!(e.map, MapKind::Ipcache);
         assert_eq!(e.needed, 10);
         assert!(e.to_string().contains("--map-size-ipcache"), "{e}");

@@ -14,6 +14,12 @@
 //!   become aligned port blocks.
 //! - Invalid policies still isolate the pods they select but allow nothing
 //!   (fail closed); their problems come back as [`CompileError`]s.
+//! - So do policies over their budget ([`Limits`]): more allow entries
+//!   than [`Limits::policy_entries`], ipBlocks that split the addresses
+//!   into more classes than that, or prefixes that no longer fit the CIDR
+//!   map's room after older policies'. Compile work and memory follow
+//!   the state produced; a policy that would produce too much is stopped
+//!   at its budget and fails closed for its own pods only.
 
 mod cidr_classes;
 mod engine;
@@ -27,7 +33,7 @@ use ipnet::IpNet;
 use policy_common::identity::{ANY, HOST};
 use policy_common::PolicyValue;
 
-use crate::model::addr::{net_within, to_addr, world_v4, world_v6};
+use crate::model::addr::{net_within, to_addr};
 use crate::model::{
     Direction, Peer, PodInfo, PodRef, Policy, PolicyRef, PortRef, PortSpec, Protocol, Rule,
     Snapshot,
@@ -50,6 +56,49 @@ pub enum CompileError {
         /// What is wrong.
         message: String,
     },
+    /// A policy is over its budget ([`Limits`]): like an invalid one, it
+    /// isolates its pods but allows nothing.
+    #[error("NetworkPolicy {policy}: over budget, fails closed (its pods are isolated and it allows nothing): {message}")]
+    OverBudget {
+        /// The policy.
+        policy: PolicyRef,
+        /// Which budget, and by how much.
+        message: String,
+    },
+}
+
+impl CompileError {
+    /// The policy the problem is about.
+    pub fn policy(&self) -> &PolicyRef {
+        match self {
+            CompileError::InvalidPolicy { policy, .. }
+            | CompileError::OverBudget { policy, .. } => policy,
+        }
+    }
+}
+
+/// Per-policy allow entries (and ipBlock address classes) a policy may
+/// produce by default: half the default policy map.
+pub const DEFAULT_POLICY_ENTRIES: usize = 65_536;
+
+/// Bounds on what one policy may cost; a policy over them fails closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Allow entries one policy may produce on this node, and (rule group,
+    /// address class) pairs its ipBlocks may form.
+    pub policy_entries: usize,
+    /// Room in the CIDR map (per generation), given out to policies oldest
+    /// first; `None`: unbounded.
+    pub cidr_prefixes: Option<usize>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            policy_entries: DEFAULT_POLICY_ENTRIES,
+            cidr_prefixes: None,
+        }
+    }
 }
 
 /// The result of a compile: the state plus what explains it.
@@ -84,7 +133,17 @@ pub fn compile(
     endpoints: &BTreeMap<PodRef, u32>,
     alloc: &mut Allocator,
 ) -> Compiled {
-    let full = build(snapshot, endpoints, alloc);
+    compile_with_limits(snapshot, endpoints, &Limits::default(), alloc)
+}
+
+/// [`compile`] with explicit per-policy [`Limits`].
+pub fn compile_with_limits(
+    snapshot: &Snapshot,
+    endpoints: &BTreeMap<PodRef, u32>,
+    limits: &Limits,
+    alloc: &mut Allocator,
+) -> Compiled {
+    let full = build(snapshot, endpoints, limits, alloc);
     alloc.sweep();
     full.compiled
 }
@@ -106,7 +165,7 @@ pub fn compile_with_contributions(
     endpoints: &BTreeMap<PodRef, u32>,
     alloc: &mut Allocator,
 ) -> (Compiled, BTreeMap<PolicyRef, PolicyContribution>) {
-    let full = build(snapshot, endpoints, alloc);
+    let full = build(snapshot, endpoints, &Limits::default(), alloc);
     alloc.sweep();
     let contrib = full
         .contrib
@@ -138,6 +197,9 @@ struct Contribution {
     entries: Vec<(PolicyEntry, PolicyValue)>,
     /// Rule ids this policy's rules carry.
     rules: Vec<(u32, RuleRef)>,
+    /// Set when its entries went over [`Limits::policy_entries`] (then it
+    /// has none).
+    over_budget: Option<CompileError>,
 }
 
 /// A full compile, with the intermediate results the incremental
@@ -162,7 +224,13 @@ fn local_endpoints(snapshot: &Snapshot, endpoints: &BTreeMap<PodRef, u32>) -> Lo
     local
 }
 
-fn policy_errors(snapshot: &Snapshot) -> Vec<CompileError> {
+/// Every problem, policy by policy: its validation issues, else why it
+/// is over budget.
+fn policy_errors(
+    snapshot: &Snapshot,
+    ix: &Index,
+    contrib: &BTreeMap<PolicyRef, Contribution>,
+) -> Vec<CompileError> {
     let mut errors = Vec::new();
     for (pref, policy) in &snapshot.policies {
         for issue in &policy.issues {
@@ -172,20 +240,29 @@ fn policy_errors(snapshot: &Snapshot) -> Vec<CompileError> {
                 message: issue.message.clone(),
             });
         }
+        if let Some(x) = ix.cidrs.excluded.get(pref) {
+            errors.push(x.error(pref));
+        } else if let Some(e) = contrib.get(pref).and_then(|c| c.over_budget.clone()) {
+            errors.push(e);
+        }
     }
     errors
 }
 
-fn build(snapshot: &Snapshot, endpoints: &BTreeMap<PodRef, u32>, alloc: &mut Allocator) -> Full {
+fn build(
+    snapshot: &Snapshot,
+    endpoints: &BTreeMap<PodRef, u32>,
+    limits: &Limits,
+    alloc: &mut Allocator,
+) -> Full {
     let mut out = Compiled::default();
-    let ix = Index::build(snapshot, alloc, &mut out);
+    let ix = Index::build(snapshot, limits, alloc, &mut out);
     let local = local_endpoints(snapshot, endpoints);
     for eps in local.values() {
         for (ep, _) in eps {
             out.state.endpoints.insert(*ep, 0);
         }
     }
-    out.errors = policy_errors(snapshot);
     let mut contrib = BTreeMap::new();
     let mut all: Vec<(PolicyEntry, PolicyValue)> = Vec::new();
     for (pref, policy) in &snapshot.policies {
@@ -205,6 +282,7 @@ fn build(snapshot: &Snapshot, endpoints: &BTreeMap<PodRef, u32>, alloc: &mut All
     // sorted sequence is linear.
     sort_min_rule(&mut all);
     out.state.policy = all.into_iter().collect();
+    out.errors = policy_errors(snapshot, &ix, &contrib);
     services::fill(snapshot, endpoints, &mut out.state);
     Full {
         compiled: out,
@@ -250,7 +328,7 @@ fn contribution(
         for (ep, _) in &selected {
             *c.flags.entry(*ep).or_default() |= dir.isolation_flag();
         }
-        if !policy.is_valid() {
+        if !policy.is_valid() || ix.cidrs.excluded.contains_key(pref) {
             continue;
         }
         for (index, rule) in rules.iter().enumerate() {
@@ -261,16 +339,27 @@ fn contribution(
             };
             let rule_id = alloc.rule(&rref);
             c.rules.push((rule_id, rref));
-            if !selected.is_empty() {
-                ix.add_rule(
+            if !selected.is_empty() && c.over_budget.is_none() {
+                let fits = ix.add_rule(
                     snapshot,
-                    &pref.namespace,
-                    dir,
+                    &c.rules[c.rules.len() - 1].1,
                     rule,
                     rule_id,
                     &selected,
                     &mut c.entries,
                 );
+                if !fits {
+                    c.entries = Vec::new();
+                    c.over_budget = Some(CompileError::OverBudget {
+                        policy: pref.clone(),
+                        message: format!(
+                            "it gives its {} local pod(s) more than {} allow entries, the \
+                             per-policy budget",
+                            selected.len(),
+                            ix.limits.policy_entries
+                        ),
+                    });
+                }
             }
         }
     }
@@ -303,6 +392,8 @@ struct Index {
     claimants: BTreeMap<std::net::IpAddr, BTreeSet<PodRef>>,
     /// CIDR identities.
     cidrs: cidr_classes::CidrIndex,
+    /// The budgets it was built with.
+    limits: Limits,
 }
 
 /// The identity key of a pod.
@@ -319,7 +410,12 @@ fn pod_group(r: &PodRef, pod: &PodInfo) -> PodGroup {
 }
 
 impl Index {
-    fn build(snapshot: &Snapshot, alloc: &mut Allocator, out: &mut Compiled) -> Self {
+    fn build(
+        snapshot: &Snapshot,
+        limits: &Limits,
+        alloc: &mut Allocator,
+        out: &mut Compiled,
+    ) -> Self {
         let mut by_ns: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
         let mut groups: BTreeMap<u32, PodGroup> = BTreeMap::new();
         let mut members: BTreeMap<u32, BTreeSet<PodRef>> = BTreeMap::new();
@@ -368,20 +464,6 @@ impl Index {
             );
         }
 
-        // Every prefix any valid policy names, plus both world prefixes.
-        let mut nets: BTreeSet<IpNet> = [world_v4(), world_v6()].into();
-        for policy in snapshot.policies.values().filter(|p| p.is_valid()) {
-            for dir in Direction::BOTH {
-                for rule in policy.rules(dir).into_iter().flatten() {
-                    for peer in &rule.peers {
-                        if let Peer::IpBlock(b) = peer {
-                            nets.insert(b.cidr);
-                            nets.extend(b.except.iter().copied());
-                        }
-                    }
-                }
-            }
-        }
         // Egress named ports towards ipBlock peers resolve per destination
         // pod: give each such pod address its own host prefix, so the
         // longest-prefix match singles it out.
@@ -397,12 +479,15 @@ impl Index {
                 }
             }
         }
-        for policy in snapshot.policies.values().filter(|p| p.is_valid()) {
-            for rule in policy.egress.iter().flatten() {
-                nets.extend(named_port_hosts(rule, &pod_by_ip));
-            }
-        }
-        let cidrs = cidr_classes::build(snapshot, nets, &pod_by_ip, alloc, out);
+        let hosts = |policy: &Policy| -> Vec<IpNet> {
+            policy
+                .egress
+                .iter()
+                .flatten()
+                .flat_map(|rule| named_port_hosts(rule, &pod_by_ip))
+                .collect()
+        };
+        let cidrs = cidr_classes::build(snapshot, &hosts, &pod_by_ip, limits, alloc, out);
         Index {
             by_ns,
             groups,
@@ -410,6 +495,7 @@ impl Index {
             pods,
             claimants,
             cidrs,
+            limits: *limits,
         }
     }
 
@@ -419,7 +505,8 @@ impl Index {
         !self.cidrs.host_pods.is_empty()
     }
 
-    fn peers(&self, snapshot: &Snapshot, namespace: &str, rule: &Rule) -> Peers {
+    fn peers(&self, snapshot: &Snapshot, rref: &RuleRef, rule: &Rule) -> Peers {
+        let namespace = rref.policy.namespace.as_str();
         if rule.peers.is_empty() {
             return Peers::Any;
         }
@@ -458,28 +545,36 @@ impl Index {
                         }
                     }
                 }
-                Peer::IpBlock(b) => {
-                    ids.extend(self.cidrs.by_block.get(b).into_iter().flatten().copied())
+                // The prefixes the rule's group covers, given once, by the
+                // group's first rule (the others have the same ports).
+                Peer::IpBlock(_) => {
+                    ids.extend(self.cidrs.by_rule.get(rref).into_iter().flatten().copied())
                 }
             }
         }
         Peers::Ids(ids.into_iter().collect())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Adds the allow entries of `rule` for the `selected` endpoints;
+    /// `false` (and stops) when the policy's entries would go over
+    /// [`Limits::policy_entries`].
     fn add_rule(
         &self,
         snapshot: &Snapshot,
-        namespace: &str,
-        dir: Direction,
+        rref: &RuleRef,
         rule: &Rule,
         rule_id: u32,
         selected: &[(u32, &PodInfo)],
         entries: &mut Vec<(PolicyEntry, PolicyValue)>,
-    ) {
-        let peers = self.peers(snapshot, namespace, rule);
+    ) -> bool {
+        let dir = rref.dir;
+        let peers = self.peers(snapshot, rref, rule);
         let d = dir.dir();
-        let mut add = |ep_id: u32, identity: u32, ports: PortMatch| {
+        let budget = self.limits.policy_entries;
+        // Duplicates count until they are sorted out: sort when the list
+        // reaches `check`, and give up when the distinct ones are over.
+        let mut check = entries.len().max(budget).saturating_add(1);
+        let mut add = |ep_id: u32, identity: u32, ports: PortMatch| -> bool {
             let e = PolicyEntry {
                 ep_id,
                 dir: d,
@@ -493,6 +588,14 @@ impl Index {
                     flags: 0,
                 },
             ));
+            if entries.len() >= check {
+                sort_min_rule(entries);
+                if entries.len() > budget {
+                    return false;
+                }
+                check = entries.len().saturating_add(budget).saturating_add(1);
+            }
+            true
         };
         let peer_ids: Vec<u32> = match &peers {
             Peers::Any => vec![ANY],
@@ -501,10 +604,12 @@ impl Index {
         if rule.ports.is_empty() {
             for (ep, _) in selected {
                 for id in &peer_ids {
-                    add(*ep, *id, PortMatch::AnyProtocol);
+                    if !add(*ep, *id, PortMatch::AnyProtocol) {
+                        return false;
+                    }
                 }
             }
-            return;
+            return true;
         }
         // Ports that do not depend on the destination pod.
         let fixed: Vec<PortMatch> = rule.ports.iter().flat_map(fixed_matches).collect();
@@ -512,7 +617,9 @@ impl Index {
         for (ep, pod) in selected {
             for id in &peer_ids {
                 for m in &fixed {
-                    add(*ep, *id, *m);
+                    if !add(*ep, *id, *m) {
+                        return false;
+                    }
                 }
             }
             if named.is_empty() {
@@ -524,7 +631,9 @@ impl Index {
                     for (name, proto) in &named {
                         for port in pod.named_port(name, *proto) {
                             for id in &peer_ids {
-                                add(*ep, *id, exact(*proto, port));
+                                if !add(*ep, *id, exact(*proto, port)) {
+                                    return false;
+                                }
                             }
                         }
                     }
@@ -546,7 +655,9 @@ impl Index {
                         {
                             for (name, proto) in &named {
                                 for port in pod.named_port(name, *proto) {
-                                    add(*ep, *id, exact(*proto, port));
+                                    if !add(*ep, *id, exact(*proto, port)) {
+                                        return false;
+                                    }
                                 }
                             }
                         }
@@ -555,8 +666,8 @@ impl Index {
                         };
                         for (name, proto) in &named {
                             for (n, p, port) in &group.named_ports {
-                                if n == name && p == proto {
-                                    add(*ep, *id, exact(*proto, *port));
+                                if n == name && p == proto && !add(*ep, *id, exact(*proto, *port)) {
+                                    return false;
                                 }
                             }
                         }
@@ -564,6 +675,7 @@ impl Index {
                 }
             }
         }
+        true
     }
 }
 

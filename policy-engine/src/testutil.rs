@@ -131,8 +131,14 @@ pub struct Sim {
 impl Sim {
     /// Compiles `snapshot` with a fresh allocator.
     pub fn new(snapshot: Snapshot) -> Self {
+        Self::with_limits(snapshot, &compile::Limits::default())
+    }
+
+    /// Compiles `snapshot` with a fresh allocator and these budgets.
+    pub fn with_limits(snapshot: Snapshot, limits: &compile::Limits) -> Self {
         let endpoints = compile::all_endpoints(&snapshot);
-        let compiled = compile::compile(&snapshot, &endpoints, &mut Allocator::new());
+        let compiled =
+            compile::compile_with_limits(&snapshot, &endpoints, limits, &mut Allocator::new());
         Sim {
             snapshot,
             endpoints,

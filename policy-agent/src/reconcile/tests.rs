@@ -463,3 +463,4 @@ fn quarantined_veths_drop_everything_until_their_pod_is_known() {
     assert!(!agent.dataplane().endpoints.contains_key("veth-y"));
     assert!(agent.quarantined().is_empty());
 }
+mod budget;

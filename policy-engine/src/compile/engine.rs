@@ -16,7 +16,7 @@ use policy_common::{Addr, PolicyValue};
 
 use super::{
     build, contribution, pod_group, policy_errors, Allocator, Compiled, Contribution, IdentityDesc,
-    Index, Local, PodGroup,
+    Index, Limits, Local, PodGroup,
 };
 use crate::model::addr::to_addr;
 use crate::model::{Direction, Labels, Peer, PodRef, Policy, PolicyRef, Snapshot};
@@ -26,6 +26,7 @@ use crate::state::{diff, MapOp, MapState, PolicyEntry};
 #[derive(Clone, Debug, Default)]
 pub struct Engine {
     alloc: Allocator,
+    limits: Limits,
     index: Index,
     local: Local,
     endpoints: BTreeMap<PodRef, u32>,
@@ -206,6 +207,17 @@ impl Engine {
         &self.current
     }
 
+    /// Sets the per-policy budgets; they apply from the next full compile
+    /// ([`Engine::update`]).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// The per-policy budgets in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// The allocator (a clone compiles with the same numbering).
     pub fn allocator(&self) -> &Allocator {
         &self.alloc
@@ -228,7 +240,8 @@ impl Engine {
         self.current.rules = BTreeMap::new();
         self.current.errors = Vec::new();
         self.endpoints = endpoints.clone();
-        let full = build(snapshot, endpoints, &mut self.alloc);
+        let limits = self.limits;
+        let full = build(snapshot, endpoints, &limits, &mut self.alloc);
         self.alloc.sweep();
         let ops = diff(&self.current.state, &full.compiled.state);
         for c in full.contrib.values() {
@@ -416,6 +429,7 @@ impl Engine {
                 self.set_endpoint(j, ep, Some(f));
             }
         }
+        self.current.errors = policy_errors(snapshot, &self.index, &self.contrib);
     }
 
     fn refresh_members(&mut self, id: u32) {
@@ -648,7 +662,6 @@ impl Engine {
             _ => self.wide_peers.remove(policy),
         };
         let mut j = Journal::default();
-        self.current.errors = policy_errors(snapshot);
         self.recompute(snapshot, &[policy.clone()].into(), &mut j);
         self.finish(j)
     }

@@ -48,13 +48,14 @@ impl std::fmt::Display for RuleRef {
     }
 }
 
-/// What the prefixes sharing one CIDR identity have in common: the rules
-/// whose ipBlocks cover them, and the pod behind a single pod address
-/// (named ports resolve against it).
+/// What the prefixes sharing one CIDR identity have in common: the rule
+/// groups whose ipBlocks cover them, and the pod behind a single pod
+/// address (named ports resolve against it).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CidrClass {
-    /// The covering rules, sorted.
-    pub rules: Vec<RuleRef>,
+    /// The covering rule groups (rules of one policy and direction with
+    /// the same ports), each named by its first rule, sorted.
+    pub rules: Vec<std::sync::Arc<RuleRef>>,
     /// The pod whose address the prefix is, for host prefixes of pods.
     pub host: Option<PodRef>,
 }

@@ -302,7 +302,10 @@ fn invalid_policies_fail_closed_and_are_reported() {
         assert_eq!(sim.compiled.errors.len(), 1, "{spec}");
         let CompileError::InvalidPolicy {
             policy, field: f, ..
-        } = &sim.compiled.errors[0];
+        } = &sim.compiled.errors[0]
+        else {
+            panic!("{:?}", sim.compiled.errors);
+        };
         assert_eq!(policy.to_string(), "x/bad");
         assert_eq!(f, field);
         assert!(!sim.tcp("x/b", "x/a", 80), "fail closed: {spec}");
@@ -479,3 +482,4 @@ fn a_reused_address_belongs_to_the_running_pod() {
         assert_eq!(owner(engine.current()), None);
     }
 }
+mod budget;

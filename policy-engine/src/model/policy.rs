@@ -208,7 +208,8 @@ impl Policy {
     }
 
     /// The snapshot entry of a NetworkPolicy object (namespace defaulted to
-    /// `default`). Of the metadata only the name and namespace are kept, so
+    /// `default`). Of the metadata only the name, namespace and creation
+    /// time (which orders policies for the CIDR map's room) are kept, so
     /// two versions that differ only in bookkeeping (resourceVersion,
     /// managedFields, annotations) compare equal.
     pub fn from_network_policy(
@@ -231,6 +232,7 @@ impl Policy {
             metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                 name: Some(name.clone()),
                 namespace: Some(namespace.clone()),
+                creation_timestamp: np.metadata.creation_timestamp.clone(),
                 ..Default::default()
             },
             spec: np.spec.clone(),

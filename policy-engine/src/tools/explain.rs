@@ -447,6 +447,12 @@ impl Side<'_> {
                 ));
                 continue;
             }
+            if let Some(e) = self.sim.compiled.errors.iter().find(|e| {
+                matches!(e, crate::compile::CompileError::OverBudget { .. }) && e.policy() == *r
+            }) {
+                closest.push((0, format!("  - {e}")));
+                continue;
+            }
             let rules = p.rules(self.dir).unwrap_or_default();
             if rules.is_empty() {
                 closest.push((

@@ -10,6 +10,9 @@
 //!   CIDRs, policy entries and identities grow (`policy-agent`'s
 //!   `verdict_sweep` benchmark);
 //! - `cni`: CNI ADD latency with and without `palisade-cni` in the chain;
+//! - `compile`: what one tenant's large ipBlock policy costs the compiler
+//!   (time and peak memory of the release `simulate`, R up to 10,000, the
+//!   merged and the per-port variant; see [`compile_cost`]);
 //! - `kube`: against the real control plane, through a ClusterIP with
 //!   kube-proxy's DNAT in the path, and the control-plane figures
 //!   (change → enforced, full sync, agent memory; see [`kube`]).
@@ -20,6 +23,7 @@
 
 mod cluster;
 mod cni;
+mod compile_cost;
 mod datapath;
 pub mod kube;
 mod load;
@@ -48,6 +52,8 @@ pub enum Section {
     Sweep,
     /// CNI ADD latency.
     Cni,
+    /// Compile time and memory of one tenant's large ipBlock policy.
+    Compile,
     /// Through a ClusterIP, and the control-plane figures.
     Kube,
 }
@@ -147,6 +153,11 @@ pub fn run(bin_dir: &Path, verdict_sweep: &Path, opts: &Options) -> Result<()> {
             println!("plot: {}", path.display());
         }
         took("verdict sweep", &mut clock);
+    }
+    if wants(Section::Compile) {
+        let mut clock = Instant::now();
+        compile_cost::run(bin_dir, opts.quick, &mut out)?;
+        took("compile cost", &mut clock);
     }
     if wants(Section::Kube) {
         let mut clock = Instant::now();
