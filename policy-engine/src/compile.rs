@@ -206,6 +206,8 @@ fn build(snapshot: &Snapshot, endpoints: &BTreeMap<PodRef, u32>, alloc: &mut All
     sort_min_rule(&mut all);
     out.state.policy = all.into_iter().collect();
     services::fill(snapshot, endpoints, &mut out.state);
+    let at_sender = services::sender_entries(snapshot, &out.state);
+    out.state.policy.extend(at_sender);
     Full {
         compiled: out,
         index: ix,
