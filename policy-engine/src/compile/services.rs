@@ -193,9 +193,9 @@ fn add_service(
         }
         let proto = sp.protocol.number();
         for ep in isolated {
-            let allowed = backends.iter().all(|b| {
-                lookup::verdict(state, *ep, dir::EGRESS, b.ip, proto, b.port).allowed
-            });
+            let allowed = backends
+                .iter()
+                .all(|b| lookup::verdict(state, *ep, dir::EGRESS, b.ip, proto, b.port).allowed);
             if allowed {
                 let entry = PolicyEntry {
                     ep_id: *ep,

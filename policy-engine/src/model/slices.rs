@@ -31,7 +31,11 @@ pub struct SliceRef {
 
 impl std::fmt::Display for SliceRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{} (of Service {})", self.service.namespace, self.name, self.service)
+        write!(
+            f,
+            "{}/{} (of Service {})",
+            self.service.namespace, self.name, self.service
+        )
     }
 }
 
@@ -91,7 +95,12 @@ pub fn slice_from(slice: &EndpointSlice) -> Result<(SliceRef, EndpointSubset), M
         out.ports.push(EndpointPort {
             name: p.name.clone().filter(|n| !n.is_empty()),
             port: port_number(KIND, &own, format!("{field}.port"), n)?,
-            protocol: protocol(KIND, &own, format!("{field}.protocol"), p.protocol.as_deref())?,
+            protocol: protocol(
+                KIND,
+                &own,
+                format!("{field}.protocol"),
+                p.protocol.as_deref(),
+            )?,
         });
     }
     Ok((r, out))
@@ -103,7 +112,10 @@ impl Snapshot {
     /// left: the Service's backends are unknown again). Whether anything
     /// changed.
     pub fn set_endpoint_slice(&mut self, slice: &SliceRef, subset: Option<EndpointSubset>) -> bool {
-        let slices = self.endpoint_slices.entry(slice.service.clone()).or_default();
+        let slices = self
+            .endpoint_slices
+            .entry(slice.service.clone())
+            .or_default();
         let changed = match subset {
             Some(s) => slices.insert(slice.name.clone(), s.clone()).as_ref() != Some(&s),
             None => slices.remove(&slice.name).is_some(),
