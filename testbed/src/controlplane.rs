@@ -400,7 +400,7 @@ impl ControlPlane {
         )
         .args([
             format!("--kubeconfig={}", p(&kcm_kubeconfig)),
-            "--controllers=endpoint,endpointslice,namespace,garbagecollector,serviceaccount,serviceaccount-token".into(),
+            "--controllers=endpoint,endpointslice,endpointslicemirroring,namespace,garbagecollector,serviceaccount,serviceaccount-token".into(),
             "--leader-elect=false".into(),
             "--use-service-account-credentials=true".into(),
             format!("--service-account-private-key-file={}", p(&cp.pki.sa_key)),
