@@ -4,7 +4,7 @@
 //! Two sources exist:
 //!
 //! - [`kube`] (`run --kube`): watches on Pods, Namespaces,
-//!   NetworkPolicies, Services and Endpoints in the API server. Every watch event becomes one
+//!   NetworkPolicies, Services and EndpointSlices in the API server. Every watch event becomes one
 //!   [`Change`] carrying only what the compiler needs (the model's
 //!   [`PodInfo`], [`NamespaceInfo`], [`Policy`]), never the API object; a
 //!   finished list becomes [`Change::Listed`], a lost watch (an error, a
@@ -22,6 +22,7 @@ pub mod kube;
 use std::collections::BTreeSet;
 
 use policy_engine::model::service::EndpointSubset;
+use policy_engine::model::slices::SliceRef;
 use policy_engine::model::{
     NamespaceInfo, PodInfo, PodRef, Policy, PolicyRef, ServiceInfo, ServiceRef, Snapshot,
 };
@@ -45,9 +46,9 @@ pub enum Change {
     Policy(PolicyRef, Box<Option<Policy>>),
     /// A Service appeared or changed (`Some`), or went away (`None`).
     Service(ServiceRef, Option<ServiceInfo>),
-    /// A Service's Endpoints (ready backends) appeared or changed (`Some`),
-    /// or went away (`None`).
-    Endpoints(ServiceRef, Option<Vec<EndpointSubset>>),
+    /// One EndpointSlice of a Service (its ready backends) appeared or
+    /// changed (`Some`), or went away (`None`).
+    EndpointSlice(SliceRef, Option<EndpointSubset>),
     /// A (re)list of one kind finished: the objects of that kind not named
     /// here are gone, and the kind is in sync with the API server.
     Listed(Listed),
@@ -86,8 +87,10 @@ pub enum Kind {
     NetworkPolicies,
     /// core/v1 Services (their ClusterIPs are translated by kube-proxy).
     Services,
-    /// core/v1 Endpoints (the backends kube-proxy translates to).
-    Endpoints,
+    /// discovery.k8s.io EndpointSlices (the backends kube-proxy
+    /// translates to; `v1`, or `v1beta1` where the API server serves no
+    /// `v1`).
+    EndpointSlices,
 }
 
 impl Kind {
@@ -97,7 +100,7 @@ impl Kind {
         Kind::Namespaces,
         Kind::NetworkPolicies,
         Kind::Services,
-        Kind::Endpoints,
+        Kind::EndpointSlices,
     ];
 
     /// The API resource name (as RBAC and `kubectl` spell it).
@@ -107,7 +110,7 @@ impl Kind {
             Kind::Namespaces => "namespaces",
             Kind::NetworkPolicies => "networkpolicies",
             Kind::Services => "services",
-            Kind::Endpoints => "endpoints",
+            Kind::EndpointSlices => "endpointslices",
         }
     }
 }
@@ -129,8 +132,8 @@ pub enum Listed {
     NetworkPolicies(BTreeSet<PolicyRef>),
     /// The Services listed.
     Services(BTreeSet<ServiceRef>),
-    /// The Endpoints listed.
-    Endpoints(BTreeSet<ServiceRef>),
+    /// The EndpointSlices listed.
+    EndpointSlices(BTreeSet<SliceRef>),
 }
 
 impl Listed {
@@ -141,7 +144,7 @@ impl Listed {
             Listed::Namespaces(_) => Kind::Namespaces,
             Listed::NetworkPolicies(_) => Kind::NetworkPolicies,
             Listed::Services(_) => Kind::Services,
-            Listed::Endpoints(_) => Kind::Endpoints,
+            Listed::EndpointSlices(_) => Kind::EndpointSlices,
         }
     }
 }

@@ -506,3 +506,154 @@ fn remote_backends_are_judged_at_the_overlay_device() {
         );
     });
 }
+
+/// `kubernetes` on 10.96.0.1:443: a Service whose backend is no pod (the
+/// API server on a node address, an outside host), so no hook sees its
+/// translated packet and the client's own hook judges the packet to the
+/// ClusterIP, on the compiler's entry for (client, Service id, port).
+fn at_sender_state(client_may: bool) -> (MapState, Ip, u32) {
+    let api_vip = v4(10, 96, 0, 1);
+    let id = 77;
+    let mut s = state(true);
+    s.services.insert(
+        api_vip.mapped(),
+        policy_common::service_flags::AT_SENDER | id << policy_common::service_flags::ID_SHIFT,
+    );
+    if client_may {
+        s.policy.insert(
+            policy_engine::state::PolicyEntry {
+                ep_id: CLIENT_EP,
+                dir: policy_common::service_flags::POLICY_DIR,
+                identity: id,
+                ports: PortMatch::Ports {
+                    proto: TCP,
+                    port: 443,
+                    prefix_len: 16,
+                },
+            },
+            policy_common::PolicyValue::default(),
+        );
+    }
+    (s, api_vip, id)
+}
+
+/// With the overlay device's check on (which defers every other ClusterIP
+/// with backends elsewhere), a ClusterIP whose backends no hook sees is
+/// judged at the sender: an egress-isolated client without the entry is
+/// dropped, with it passes on that port only (and its replies come back),
+/// a client whose egress is not isolated passes, and a change that takes
+/// the entry away cuts the established flow on its next packet.
+#[test]
+fn backends_no_hook_sees_are_judged_at_the_sender() {
+    let (mut dp, _pins) = open("svc-at-sender");
+    let (denied, api_vip, _) = at_sender_state(false);
+    let (allowed, _, _) = at_sender_state(true);
+    dp.apply(&denied).unwrap();
+    in_netns(3, |idx| {
+        let (c, w, overlay) = (idx[0], idx[1], idx[2]);
+        client_and_web(&mut dp, c, w);
+        let name = nix::net::if_::if_indextoname(overlay).unwrap();
+        dp.attach_node_device(name.to_str().unwrap()).unwrap();
+        let syn = |sport| frame(client(), api_vip, &tcp(sport, 443, SYN));
+        expect(
+            "egress-isolated client, no entry: dropped at its own hook",
+            run(&mut dp, PROG_POD_EGRESS, c, &syn(40000)),
+            Drop,
+        );
+        expect(
+            "web (egress not isolated)",
+            run(
+                &mut dp,
+                PROG_POD_EGRESS,
+                w,
+                &frame(web(), api_vip, &tcp(40000, 443, SYN)),
+            ),
+            Allow,
+        );
+        dp.apply(&allowed).unwrap();
+        expect(
+            "with the entry",
+            run(&mut dp, PROG_POD_EGRESS, c, &syn(40001)),
+            Allow,
+        );
+        expect(
+            "the reply from the ClusterIP",
+            run(
+                &mut dp,
+                PROG_POD_INGRESS,
+                c,
+                &frame(api_vip, client(), &tcp(443, 40001, SYN | ACK)),
+            ),
+            Allow,
+        );
+        expect(
+            "another port of the ClusterIP",
+            run(
+                &mut dp,
+                PROG_POD_EGRESS,
+                c,
+                &frame(client(), api_vip, &tcp(40002, 444, SYN)),
+            ),
+            Drop,
+        );
+        let data = frame(client(), api_vip, &tcp(40001, 443, ACK));
+        expect(
+            "established",
+            run(&mut dp, PROG_POD_EGRESS, c, &data),
+            Allow,
+        );
+        dp.apply(&denied).unwrap();
+        expect(
+            "established, after a change that takes the entry away",
+            run(&mut dp, PROG_POD_EGRESS, c, &data),
+            Drop,
+        );
+    });
+}
+
+/// `node_egress` derives the generation from the revision as the pod
+/// hooks do: a config entry whose `active_gen` disagrees with its
+/// revision (what a torn write would leave) is read by the revision.
+#[test]
+fn node_egress_reads_the_generation_from_the_revision() {
+    use aya::maps::{Array, Map, MapData};
+    use policy_agent::dataplane::kernel::PinPaths;
+    use policy_common::{maps as names, Config};
+
+    let (mut dp, pins) = open("svc-node-gen");
+    let remote_vip = v4(10, 96, 0, 30);
+    let remote_web = v4(10, 244, 1, 20);
+    let mut s = state(true);
+    s.services.insert(remote_vip.mapped(), 0);
+    s.ipcache.insert(remote_web.mapped(), WEB_ID);
+    dp.apply(&s).unwrap();
+    let cfg = dp.config();
+    in_netns(3, |idx| {
+        let (c, w, overlay) = (idx[0], idx[1], idx[2]);
+        client_and_web(&mut dp, c, w);
+        let name = nix::net::if_::if_indextoname(overlay).unwrap();
+        dp.attach_node_device(name.to_str().unwrap()).unwrap();
+        let denied = |sport| frame(client(), remote_web, &tcp(sport, 9090, SYN));
+        expect(
+            "translated tcp/9090",
+            run(&mut dp, PROG_NODE_EGRESS, overlay, &denied(40000)),
+            Drop,
+        );
+        // The node device's attach wrote the config again: read it back.
+        let path = PinPaths::new(&pins.0).map(names::CONFIG);
+        let mut config: Array<MapData, Config> =
+            Array::try_from(Map::Array(MapData::from_pin(&path).unwrap())).unwrap();
+        let now = config.get(&0, 0).unwrap();
+        assert_eq!(now.active_gen, cfg.active_gen);
+        let torn = Config {
+            active_gen: now.active_gen ^ 1,
+            ..now
+        };
+        config.set(0, torn, 0).unwrap();
+        expect(
+            "stale generation bit, current revision",
+            run(&mut dp, PROG_NODE_EGRESS, overlay, &denied(40001)),
+            Drop,
+        );
+    });
+}

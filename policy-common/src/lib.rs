@@ -84,6 +84,28 @@ pub mod service_flags {
     /// Every backend of the Service is a local endpoint: the backend's hook
     /// on this node always sees the translated packet.
     pub const ALL_LOCAL: u32 = 1 << 0;
+    /// Some backend of the ClusterIP is no pod (a node address: the API
+    /// server, a hostNetwork pod; an address outside the cluster): no hook
+    /// would see its translated packet, so the sender's hook judges the
+    /// packet to the ClusterIP itself, on the allow entries the compiler
+    /// wrote for it under [`POLICY_DIR`] (see `compile::services`).
+    pub const AT_SENDER: u32 = 1 << 1;
+    /// The value's bits from here up hold the ClusterIP's Service id (for
+    /// [`AT_SENDER`] ClusterIPs; below [`MAX_ID`], unique per generation).
+    pub const ID_SHIFT: u32 = 8;
+    /// Service ids are below this.
+    pub const MAX_ID: u32 = 1 << (32 - ID_SHIFT);
+    /// The `dir` of the allow entries in `maps::POLICY` that let an
+    /// endpoint reach an [`AT_SENDER`] ClusterIP: identity is the Service
+    /// id, the port the ClusterIP's (not the backend's) port. Not a packet
+    /// direction: entries of both directions never match it.
+    pub const POLICY_DIR: u8 = 2;
+
+    /// The Service id in a value.
+    #[inline(always)]
+    pub const fn id(value: u32) -> u32 {
+        value >> ID_SHIFT
+    }
 }
 
 /// The packet mark `node_ingress` sets on a packet arriving from outside

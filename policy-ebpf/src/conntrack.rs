@@ -210,7 +210,12 @@ fn touch(pkt: &PacketCtx, key: &CtKey, reply: bool, flow: &Flow, out: &mut Verdi
             recheck_sender = true;
         }
     } else if v.revision != pkt.cfg.revision {
-        if service::defer(pkt.gen, key.ep_id, &key.daddr, pkt.cfg.flags) == service::DENY {
+        let dport = match key.proto {
+            proto::TCP | proto::UDP | proto::SCTP => u16::from_be_bytes(key.dport),
+            _ => 0,
+        };
+        let to = service::to(key.proto, dport);
+        if service::defer(pkt.gen, key.ep_id, &key.daddr, to, pkt.cfg.flags) == service::DENY {
             let _ = CONNTRACK.remove(key);
             return DENIED;
         }

@@ -10,10 +10,10 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::programs::TcContext;
-use policy_common::{dir, LAYOUT_VERSION};
+use policy_common::dir;
 
 use crate::{
-    maps::{CONFIG, SCRATCH},
+    maps::SCRATCH,
     packet::{kind, parse, Flow},
     pipeline::{self, PacketCtx, ALLOW},
     policy::Verdict,
@@ -25,18 +25,18 @@ use crate::{
 pub fn run(ctx: &TcContext) -> i32 {
     // SAFETY: reading a field of the context the kernel passed us.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(cfg) = CONFIG.get(0).copied() else {
+    // The generation comes from the revision, read as the pipeline reads
+    // it (one aligned load), never from a copy of the whole entry, which
+    // could mix an old generation with a new revision.
+    let Some(cfg) = pipeline::read_config() else {
         return ALLOW;
     };
-    if cfg.layout_version != LAYOUT_VERSION {
-        return ALLOW;
-    }
     let mut pkt = PacketCtx {
         cfg,
         ifindex,
         ep_id: 0,
         dir: dir::EGRESS,
-        gen: (cfg.active_gen & 1) as u8,
+        gen: (cfg.revision & 1) as u8,
         local_origin: false,
         node_hook: true,
     };

@@ -142,7 +142,7 @@ fn not_ready(ifindex: u32, ep_id: u32, d: u8, local_origin: bool) -> i32 {
 /// an old generation with a new revision, even if user space's write of
 /// the entry is not atomic as a whole.
 #[inline(always)]
-fn read_config() -> Option<Config> {
+pub fn read_config() -> Option<Config> {
     let c = CONFIG.get_ptr(0)?;
     // SAFETY: a pointer to the array's single, always present entry; each
     // field is read once with its own aligned load.
@@ -226,7 +226,8 @@ pub fn on_flow(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) -> i32 {
         }
     }
     if pkt.dir == dir::EGRESS {
-        match service::defer(pkt.gen, pkt.ep_id, &flow.daddr, pkt.cfg.flags) {
+        let to = service::to(flow.proto, flow.policy_dport);
+        match service::defer(pkt.gen, pkt.ep_id, &flow.daddr, to, pkt.cfg.flags) {
             service::DEFER if !pkt.node_hook => {
                 // To a ClusterIP: judged where the translated packet shows up.
                 if flow.create {

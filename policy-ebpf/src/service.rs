@@ -5,15 +5,26 @@
 //! pod's hook *defers* such a packet (lets it on and tracks the flow, so
 //! replies from the ClusterIP pass as replies), and the hook that sees the
 //! translated packet judges the sender's egress: the backend's host-side
-//! veth for a local backend ([`sender_denies`] at the ingress check). A
-//! ClusterIP is thus never matched against an ipBlock.
+//! veth for a local backend ([`sender_denies`] at the ingress check), the
+//! overlay device for a pod on another node (`node_egress`). A ClusterIP
+//! is thus never matched against an ipBlock.
+//!
+//! A ClusterIP with a backend that is no pod (a node address, an address
+//! outside the cluster) is delivered to the node's own stack or leaves
+//! through a device no Palisade hook is on, so it is judged here, at the
+//! sender's hook ([`service_flags::AT_SENDER`]): the compiler wrote an
+//! entry for each (endpoint, ClusterIP, port) whose every backend the
+//! endpoint's egress allows, and an egress-isolated endpoint without one
+//! is dropped.
 
+use aya_ebpf::maps::lpm_trie::Key;
 use policy_common::{
     config_flags, dir, ep_flags, proto, service_flags, Addr, EndpointPolicyKey, IpcacheKey,
+    PolicyKey, POLICY_PREFIX_FULL,
 };
 
 use crate::{
-    maps::{EP_POLICY, LOCAL_ADDRS, SERVICES},
+    maps::{EP_POLICY, LOCAL_ADDRS, POLICY, SERVICES},
     packet::Flow,
     policy::{judge, Query, Verdict},
 };
@@ -27,10 +38,18 @@ pub const DEFER: u8 = 1;
 /// from an egress-isolated endpoint: drop (fail closed).
 pub const DENY: u8 = 2;
 
-/// What endpoint `ep_id`'s packet to `addr` is, in generation `gen` under
-/// config flags `cfg_flags` ([`NOT_SERVICE`], [`DEFER`] or [`DENY`]).
+/// Protocol and destination port in one argument of [`defer`] (a BPF call
+/// takes five at most).
+#[inline(always)]
+pub const fn to(proto_nr: u8, dport: u16) -> u32 {
+    (proto_nr as u32) << 16 | dport as u32
+}
+
+/// What endpoint `ep_id`'s packet to `addr` (protocol and port as [`to`]
+/// packs them; port 0 when unknown) is, in generation `gen` under config
+/// flags `cfg_flags` ([`NOT_SERVICE`], [`DEFER`] or [`DENY`]).
 #[inline(never)]
-pub fn defer(gen: u8, ep_id: u32, addr: &Addr, cfg_flags: u32) -> u8 {
+pub fn defer(gen: u8, ep_id: u32, addr: &Addr, to: u32, cfg_flags: u32) -> u8 {
     let key = IpcacheKey {
         gen: u32::from(gen),
         addr: *addr,
@@ -39,7 +58,10 @@ pub fn defer(gen: u8, ep_id: u32, addr: &Addr, cfg_flags: u32) -> u8 {
     let Some(flags) = (unsafe { SERVICES.get(&key) }).copied() else {
         return NOT_SERVICE;
     };
-    if flags & service_flags::ALL_LOCAL != 0 || cfg_flags & config_flags::NODE_HOOK != 0 {
+    let at_sender = flags & service_flags::AT_SENDER != 0;
+    if !at_sender
+        && (flags & service_flags::ALL_LOCAL != 0 || cfg_flags & config_flags::NODE_HOOK != 0)
+    {
         return DEFER;
     }
     let ep_key = EndpointPolicyKey {
@@ -49,6 +71,24 @@ pub fn defer(gen: u8, ep_id: u32, addr: &Addr, cfg_flags: u32) -> u8 {
     // SAFETY: copied out at once.
     match unsafe { EP_POLICY.get(&ep_key) } {
         Some(p) if p.flags & ep_flags::ISOLATED_EGRESS == 0 => DEFER,
+        Some(_) if at_sender => {
+            let key = Key::new(
+                POLICY_PREFIX_FULL,
+                PolicyKey::new(
+                    gen,
+                    service_flags::POLICY_DIR,
+                    ep_id,
+                    service_flags::id(flags),
+                    (to >> 16) as u8,
+                    to as u16,
+                ),
+            );
+            if POLICY.get(&key).is_some() {
+                DEFER
+            } else {
+                DENY
+            }
+        }
         _ => DENY,
     }
 }

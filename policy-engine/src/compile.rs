@@ -284,6 +284,8 @@ fn build(
     out.state.policy = all.into_iter().collect();
     out.errors = policy_errors(snapshot, &ix, &contrib);
     services::fill(snapshot, endpoints, &mut out.state);
+    let at_sender = services::sender_entries(snapshot, &out.state);
+    out.state.policy.extend(at_sender);
     Full {
         compiled: out,
         index: ix,

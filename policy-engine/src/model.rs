@@ -10,6 +10,7 @@ pub mod addr;
 pub mod policy;
 pub mod selector;
 pub mod service;
+pub mod slices;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -384,8 +385,11 @@ pub struct Snapshot {
     pub host_addrs: Vec<IpAddr>,
     /// Services (what ClusterIPs translate to; never policy peers).
     pub services: BTreeMap<ServiceRef, ServiceInfo>,
-    /// Each Service's Endpoints subsets, when known (see [`service`]).
+    /// Each Service's Endpoints subsets, when known (see [`service`]; from
+    /// its EndpointSlices when they are known, see [`slices`]).
     pub service_endpoints: BTreeMap<ServiceRef, Vec<service::EndpointSubset>>,
+    /// Each Service's EndpointSlices by name, when the source reads slices.
+    pub endpoint_slices: BTreeMap<ServiceRef, slices::Slices>,
 }
 
 impl Snapshot {

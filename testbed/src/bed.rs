@@ -594,6 +594,12 @@ impl Testbed {
         &self,
         probes: &[Probe],
     ) -> (Vec<Observation>, Vec<agent_api::FlowRecord>) {
+        self.collecting_drops(|| self.probe(probes))
+    }
+
+    /// Runs `f`, collecting the drops every node's agent reports on its
+    /// flow stream meanwhile (none when Palisade is off).
+    pub fn collecting_drops<T>(&self, f: impl FnOnce() -> T) -> (T, Vec<agent_api::FlowRecord>) {
         let drops = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sockets: Vec<PathBuf> = self
             .nodes
@@ -615,10 +621,10 @@ impl Testbed {
         if !sockets.is_empty() {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        let seen = self.probe(probes);
+        let out = f();
         std::thread::sleep(std::time::Duration::from_millis(300));
         let drops = drops.lock().map(|v| v.clone()).unwrap_or_default();
-        (seen, drops)
+        (out, drops)
     }
 
     /// Runs the probes in parallel and returns one observation per probe,

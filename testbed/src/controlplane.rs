@@ -453,7 +453,7 @@ impl ControlPlane {
             if real {
                 "--controllers=*".into()
             } else {
-                "--controllers=endpoint,endpointslice,namespace,garbagecollector,serviceaccount,serviceaccount-token".into()
+                "--controllers=endpoint,endpointslice,endpointslicemirroring,namespace,garbagecollector,serviceaccount,serviceaccount-token".into()
             },
             format!("--flex-volume-plugin-dir={}", p(&cp.dir.join("flex"))),
             "--leader-elect=false".into(),

@@ -118,7 +118,7 @@ fn the_install_applies_and_grants_exactly_what_the_agent_reads() {
         "namespaces",
         "networkpolicies.networking.k8s.io",
         "services",
-        "endpoints",
+        "endpointslices.discovery.k8s.io",
     ] {
         for verb in ["get", "list", "watch"] {
             assert!(
@@ -134,7 +134,8 @@ fn the_install_applies_and_grants_exactly_what_the_agent_reads() {
         ("list", "configmaps"),
         ("create", "services"),
         ("update", "endpoints"),
-        ("list", "endpointslices.discovery.k8s.io"),
+        ("list", "endpoints"),
+        ("update", "endpointslices.discovery.k8s.io"),
         ("list", "nodes"),
         ("create", "pods"),
         ("delete", "pods"),

@@ -85,7 +85,7 @@ fn the_agent_service_account_reads_pods_but_not_secrets() {
                 "namespaces",
                 "networkpolicies.networking.k8s.io",
                 "services",
-                "endpoints",
+                "endpointslices.discovery.k8s.io",
             ] {
                 assert!(
                     can(&[verb, what, "--all-namespaces"], token),

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use policy_engine::model::service::EndpointSubset;
+use policy_engine::model::slices::SliceRef;
 use policy_engine::model::{
     NamespaceInfo, PodInfo, PodRef, Policy, PolicyRef, ServiceInfo, ServiceRef, Snapshot,
 };
@@ -98,9 +99,10 @@ impl<D: Dataplane> Agent<D> {
                     self.set_policy(policy, *spec).into_iter().collect()
                 }
                 Change::Service(svc, info) => self.set_service(svc, info).into_iter().collect(),
-                Change::Endpoints(svc, subsets) => {
-                    self.set_endpoints(svc, subsets).into_iter().collect()
-                }
+                Change::EndpointSlice(slice, subset) => self
+                    .set_endpoint_slice(&slice, subset)
+                    .into_iter()
+                    .collect(),
             };
             out.effective += touched.len();
             if self.compiled && !full {
@@ -157,7 +159,7 @@ impl<D: Dataplane> Agent<D> {
             of(Kind::Namespaces),
             of(Kind::NetworkPolicies),
         );
-        let (services, endpoints) = (of(Kind::Services), of(Kind::Endpoints));
+        let (services, slices) = (of(Kind::Services), of(Kind::EndpointSlices));
         tracing::info!(
             pods = pods.0,
             pods_rv = pods.1,
@@ -167,8 +169,8 @@ impl<D: Dataplane> Agent<D> {
             policies_rv = policies.1,
             services = services.0,
             services_rv = services.1,
-            endpoints = endpoints.0,
-            endpoints_rv = endpoints.1,
+            endpointslices = slices.0,
+            endpointslices_rv = slices.1,
             "{}",
             crate::source::kube::STATE_LOG
         );
@@ -245,12 +247,14 @@ impl<D: Dataplane> Agent<D> {
         set_entry(&mut self.snapshot.services, svc, info).then_some(Touched::Service)
     }
 
-    fn set_endpoints(
+    fn set_endpoint_slice(
         &mut self,
-        svc: ServiceRef,
-        subsets: Option<Vec<EndpointSubset>>,
+        slice: &SliceRef,
+        subset: Option<EndpointSubset>,
     ) -> Option<Touched> {
-        set_entry(&mut self.snapshot.service_endpoints, svc, subsets).then_some(Touched::Service)
+        self.snapshot
+            .set_endpoint_slice(slice, subset)
+            .then_some(Touched::Service)
     }
 
     /// Removes what a finished list no longer returned.
@@ -281,9 +285,12 @@ impl<D: Dataplane> Agent<D> {
                 .into_iter()
                 .filter_map(|r| self.set_service(r, None))
                 .collect(),
-            Listed::Endpoints(keys) => absent(&self.snapshot.service_endpoints, &keys)
+            Listed::EndpointSlices(keys) => self
+                .snapshot
+                .endpoint_slice_refs()
                 .into_iter()
-                .filter_map(|r| self.set_endpoints(r, None))
+                .filter(|r| !keys.contains(r))
+                .filter_map(|r| self.set_endpoint_slice(&r, None))
                 .collect(),
         }
     }

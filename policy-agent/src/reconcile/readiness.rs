@@ -76,10 +76,10 @@ mod tests {
         let mut s = SyncState::default();
         assert_eq!(
             s.problems(),
-            ["not listed yet: pods, namespaces, networkpolicies, services, endpoints"]
+            ["not listed yet: pods, namespaces, networkpolicies, services, endpointslices"]
         );
         assert!(!s.listed(Kind::Services));
-        assert!(!s.listed(Kind::Endpoints));
+        assert!(!s.listed(Kind::EndpointSlices));
         assert!(!s.listed(Kind::Pods));
         assert!(!s.listed(Kind::Namespaces));
         assert!(s.listed(Kind::NetworkPolicies));

@@ -1,8 +1,12 @@
 //! Cluster state from the Kubernetes API server (`policy-agent run --kube`):
 //! one kube-rs watcher each on Pods, Namespaces, NetworkPolicies, Services
-//! and Endpoints, all namespaces (peers on other nodes matter too; Services
-//! and their Endpoints tell which ClusterIPs kube-proxy translates, so a
-//! pod's egress to one is judged on the backend).
+//! and EndpointSlices, all namespaces (peers on other nodes matter too;
+//! Services and their EndpointSlices tell which ClusterIPs kube-proxy
+//! translates, and to what, so a pod's egress to one is judged on the
+//! backend). EndpointSlices are read as `discovery.k8s.io/v1` where the API
+//! server serves it and as `v1beta1` otherwise (Kubernetes 1.20 and
+//! older); unlike core `v1` Endpoints they do not stop at 1,000
+//! addresses.
 //!
 //! Each watch event is turned into the model's entry at once (a pod
 //! becomes a [`PodInfo`]: labels, IPs, named ports, node, hostNetwork,
@@ -27,11 +31,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
-use policy_engine::model::service::endpoints_from;
+use policy_engine::model::slices::{slice_from, slice_ref, SliceRef};
 use policy_engine::model::{ModelError, NamespaceInfo, PodInfo, PodRef, Policy, ServiceInfo};
 use serde::de::DeserializeOwned;
 
@@ -81,8 +86,83 @@ pub fn spawn_with(client: Client) -> ChangeRx {
     tokio::spawn(watch::<Namespace>(Api::all(client.clone()), tx.clone()));
     tokio::spawn(watch::<NetworkPolicy>(Api::all(client.clone()), tx.clone()));
     tokio::spawn(watch::<Service>(Api::all(client.clone()), tx.clone()));
-    tokio::spawn(watch::<Endpoints>(Api::all(client), tx));
+    tokio::spawn(watch_slices(client, tx));
     rx
+}
+
+/// `discovery.k8s.io/v1beta1` EndpointSlices (served by Kubernetes 1.17 to
+/// 1.24; the only version 1.20 serves), read into the `v1` type: the
+/// fields Palisade reads (address type, addresses, the ready condition,
+/// the target, the ports) are the same in both.
+#[derive(Clone, Debug)]
+pub struct EndpointSliceV1Beta1(pub EndpointSlice);
+
+impl k8s_openapi::Resource for EndpointSliceV1Beta1 {
+    const API_VERSION: &'static str = "discovery.k8s.io/v1beta1";
+    const GROUP: &'static str = "discovery.k8s.io";
+    const KIND: &'static str = "EndpointSlice";
+    const VERSION: &'static str = "v1beta1";
+    const URL_PATH_SEGMENT: &'static str = "endpointslices";
+    type Scope = k8s_openapi::NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for EndpointSliceV1Beta1 {
+    type Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    fn metadata(&self) -> &Self::Ty {
+        &self.0.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut Self::Ty {
+        &mut self.0.metadata
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for EndpointSliceV1Beta1 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut v = serde_json::Value::deserialize(d)?;
+        if let Some(o) = v.as_object_mut() {
+            // The v1 type checks these against its own version.
+            o.remove("apiVersion");
+            o.remove("kind");
+        }
+        serde_json::from_value(v)
+            .map(EndpointSliceV1Beta1)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Whether the API server serves `discovery.k8s.io/v1`; retried with
+/// backoff until it answers.
+async fn serves_slices_v1(client: &Client) -> bool {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match client.list_api_groups().await {
+            Ok(groups) => {
+                return groups
+                    .groups
+                    .iter()
+                    .filter(|g| g.name == "discovery.k8s.io")
+                    .flat_map(|g| g.versions.iter())
+                    .any(|v| v.version == "v1");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?backoff, "cannot list the API groups");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Watches EndpointSlices in the newest version the API server serves.
+async fn watch_slices(client: Client, tx: ChangeTx) {
+    if serves_slices_v1(&client).await {
+        watch::<EndpointSlice>(Api::all(client), tx).await;
+    } else {
+        tracing::info!(
+            "the API server serves no discovery.k8s.io/v1: reading EndpointSlices as v1beta1"
+        );
+        watch::<EndpointSliceV1Beta1>(Api::all(client), tx).await;
+    }
 }
 
 /// A kind the agent watches, and how its objects become changes.
@@ -190,21 +270,38 @@ impl Watched for Service {
     }
 }
 
-impl Watched for Endpoints {
-    const KIND: Kind = Kind::Endpoints;
-    type Key = PodRef;
-    fn key(&self) -> Option<PodRef> {
-        pod_ref(self)
+impl Watched for EndpointSlice {
+    const KIND: Kind = Kind::EndpointSlices;
+    type Key = SliceRef;
+    fn key(&self) -> Option<SliceRef> {
+        slice_ref(self)
     }
-    fn upsert(&self) -> Result<(PodRef, Change), ModelError> {
-        let (r, subsets) = endpoints_from(self)?;
-        Ok((r.clone(), Change::Endpoints(r, Some(subsets))))
+    fn upsert(&self) -> Result<(SliceRef, Change), ModelError> {
+        let (r, subset) = slice_from(self)?;
+        Ok((r.clone(), Change::EndpointSlice(r, Some(subset))))
     }
-    fn removal(key: PodRef) -> Change {
-        Change::Endpoints(key, None)
+    fn removal(key: SliceRef) -> Change {
+        Change::EndpointSlice(key, None)
     }
-    fn listed(keys: BTreeSet<PodRef>) -> Listed {
-        Listed::Endpoints(keys)
+    fn listed(keys: BTreeSet<SliceRef>) -> Listed {
+        Listed::EndpointSlices(keys)
+    }
+}
+
+impl Watched for EndpointSliceV1Beta1 {
+    const KIND: Kind = Kind::EndpointSlices;
+    type Key = SliceRef;
+    fn key(&self) -> Option<SliceRef> {
+        slice_ref(&self.0)
+    }
+    fn upsert(&self) -> Result<(SliceRef, Change), ModelError> {
+        self.0.upsert()
+    }
+    fn removal(key: SliceRef) -> Change {
+        Change::EndpointSlice(key, None)
+    }
+    fn listed(keys: BTreeSet<SliceRef>) -> Listed {
+        Listed::EndpointSlices(keys)
     }
 }
 

@@ -45,6 +45,9 @@ pub struct Engine {
     /// Endpoint → [ingress, egress] isolation counts.
     flag_counts: BTreeMap<u32, [u32; 2]>,
     current: Compiled,
+    /// The allow entries of ClusterIPs judged at the sender in `current`
+    /// (`service_flags::POLICY_DIR`; see `compile::services`).
+    at_sender: BTreeSet<PolicyEntry>,
     compiled_once: bool,
 }
 
@@ -272,6 +275,14 @@ impl Engine {
         self.local = full.local;
         self.contrib = full.contrib;
         self.current = full.compiled;
+        self.at_sender = self
+            .current
+            .state
+            .policy
+            .keys()
+            .filter(|e| e.dir == policy_common::service_flags::POLICY_DIR)
+            .copied()
+            .collect();
         self.compiled_once = true;
         ops
     }
@@ -640,6 +651,8 @@ impl Engine {
     /// The operations for everything `j` recorded plus the changes of the
     /// service-related parts of the state, in [`diff`]'s order (every set
     /// before every removal, services after the other maps in each).
+    /// The allow entries of ClusterIPs judged at the sender are computed
+    /// from the rest of the state, after it (see `compile::services`).
     fn with_services(&mut self, snapshot: &Snapshot, j: Journal) -> Vec<MapOp> {
         let (mut sets, mut dels) = self.journal_ops(j);
         let mut next = MapState::default();
@@ -647,6 +660,19 @@ impl Engine {
         crate::state::diff_services(&self.current.state, &next, &mut sets, &mut dels);
         self.current.state.services = next.services;
         self.current.state.local_addrs = next.local_addrs;
+        let entries = super::services::sender_entries(snapshot, &self.current.state);
+        let policy = &mut self.current.state.policy;
+        for (e, v) in &entries {
+            if policy.insert(*e, *v) != Some(*v) {
+                sets.push(MapOp::SetPolicy(*e, *v));
+            }
+        }
+        for e in std::mem::take(&mut self.at_sender) {
+            if !entries.contains_key(&e) && policy.remove(&e).is_some() {
+                dels.push(MapOp::DelPolicy(e));
+            }
+        }
+        self.at_sender = entries.into_keys().collect();
         sets.extend(dels);
         sets
     }
@@ -663,7 +689,7 @@ impl Engine {
         };
         let mut j = Journal::default();
         self.recompute(snapshot, &[policy.clone()].into(), &mut j);
-        self.finish(j)
+        self.with_services(snapshot, j)
     }
 
     /// Namespace `name` was added, relabelled or removed in `snapshot`.
@@ -694,14 +720,7 @@ impl Engine {
             .collect();
         let mut j = Journal::default();
         self.recompute(snapshot, &policies, &mut j);
-        self.finish(j)
-    }
-
-    /// The operations for everything `j` recorded, in [`diff`]'s order.
-    fn finish(&self, j: Journal) -> Vec<MapOp> {
-        let (mut sets, dels) = self.journal_ops(j);
-        sets.extend(dels);
-        sets
+        self.with_services(snapshot, j)
     }
 
     /// The sets and the removals for everything `j` recorded, each in

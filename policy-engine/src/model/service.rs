@@ -118,7 +118,7 @@ impl std::fmt::Display for Backend {
     }
 }
 
-fn object_ref(
+pub(super) fn object_ref(
     kind: &'static str,
     ns: Option<&String>,
     name: Option<&String>,
@@ -133,7 +133,7 @@ fn object_ref(
     ))
 }
 
-fn port_number(
+pub(super) fn port_number(
     kind: &'static str,
     object: &PodRef,
     field: String,
@@ -150,7 +150,7 @@ fn port_number(
         })
 }
 
-fn protocol(
+pub(super) fn protocol(
     kind: &'static str,
     object: &PodRef,
     field: String,
@@ -167,7 +167,7 @@ fn protocol(
     }
 }
 
-fn parse_ip(
+pub(super) fn parse_ip(
     kind: &'static str,
     object: &PodRef,
     field: String,

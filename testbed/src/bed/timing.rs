@@ -25,6 +25,22 @@ impl Testbed {
         netns::in_netns(&wired.netns, f)
     }
 
+    /// Runs `f` on a thread inside node `index`'s network namespace (a
+    /// socket it opens is the node's own, as a hostNetwork pod's is).
+    pub fn in_node<T, F>(&self, index: usize, f: F) -> Result<T, TestbedError>
+    where
+        T: Send,
+        F: FnOnce() -> std::io::Result<T> + Send,
+    {
+        let node = self
+            .nodes
+            .get(index)
+            .ok_or_else(|| TestbedError::Environment {
+                reason: format!("no node {index}"),
+            })?;
+        netns::in_netns(&node.netns, f)
+    }
+
     /// Times `count` CNI ADDs on node 0, each of a fresh pod namespace
     /// (`bench/cni-w<i>` through Palisade's chain, `bench/cni-o<i>`
     /// without: the agent must know the first ones), through the bed's chain (`palisade: true`, with

@@ -132,6 +132,9 @@ impl KubeCluster {
         for service in &objects.services {
             kubelet::apply_service(&cp, service)?;
         }
+        for endpoints in &objects.endpoints {
+            kubelet::apply_endpoints(&cp, endpoints)?;
+        }
         cp.start_kube_proxy(&node)?;
         Ok(KubeCluster {
             cp,

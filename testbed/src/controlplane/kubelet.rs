@@ -313,6 +313,19 @@ pub fn apply_service(cp: &ControlPlane, service: &Service) -> Result<u64, Testbe
     apply_object(cp, object, format!("Service {}", name_of(service)))
 }
 
+/// Creates (or replaces) Endpoints written by hand, as a user writes those
+/// of a selector-less Service (an outside database, a node's port).
+pub fn apply_endpoints(
+    cp: &ControlPlane,
+    endpoints: &k8s_openapi::api::core::v1::Endpoints,
+) -> Result<u64, TestbedError> {
+    let object = k8s_openapi::api::core::v1::Endpoints {
+        metadata: clean_meta(&endpoints.metadata),
+        subsets: endpoints.subsets.clone(),
+    };
+    apply_object(cp, object, format!("Endpoints {}", name_of(endpoints)))
+}
+
 /// Every Service's ClusterIPs as the API server assigned them (headless
 /// Services and unparsable addresses left out), by `namespace/name`.
 pub fn service_ips(

@@ -1,11 +1,13 @@
 //! The objects of cluster manifests the test bed creates through the API:
-//! Namespaces, Pods, NetworkPolicies and Services, as the API types, read
+//! Namespaces, Pods, NetworkPolicies, Services and Endpoints (those of
+//! selector-less Services, written by hand; the EndpointSlice mirroring
+//! controller makes their slices), as the API types, read
 //! from the same files (YAML documents, JSON, `List`s) the file mode
 //! reads. Other kinds are left out; the policy engine's loader reports them.
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 use serde_json::Value;
@@ -23,6 +25,8 @@ pub struct ClusterObjects {
     pub policies: Vec<NetworkPolicy>,
     /// Services.
     pub services: Vec<Service>,
+    /// Endpoints written by hand (of selector-less Services).
+    pub endpoints: Vec<Endpoints>,
 }
 
 fn bad(path: &Path, reason: String) -> TestbedError {
@@ -100,6 +104,9 @@ impl ClusterObjects {
             "Service" => self
                 .services
                 .push(serde_json::from_value(v).map_err(shape)?),
+            "Endpoints" => self
+                .endpoints
+                .push(serde_json::from_value(v).map_err(shape)?),
             k if k.ends_with("List") => {
                 if let Some(Value::Array(items)) = v.get("items") {
                     for item in items.clone() {
@@ -125,6 +132,7 @@ mod tests {
              apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a}\nspec: {containers: [{name: c, image: x}]}\n---\n\
              apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: a}\nspec: {ports: [{port: 80}]}\n---\n\
              apiVersion: v1\nkind: List\nitems:\n- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {name: n, namespace: a}\n  spec: {podSelector: {}}\n---\n\
+             apiVersion: v1\nkind: Endpoints\nmetadata: {name: s, namespace: a}\nsubsets: [{addresses: [{ip: 192.0.2.1}], ports: [{port: 80}]}]\n---\n\
              apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n",
             Path::new("t.yaml"),
         )
@@ -134,9 +142,10 @@ mod tests {
                 o.namespaces.len(),
                 o.pods.len(),
                 o.services.len(),
-                o.policies.len()
+                o.policies.len(),
+                o.endpoints.len()
             ),
-            (1, 1, 1, 1)
+            (1, 1, 1, 1, 1)
         );
         let err = o
             .add_text("kind: Pod\nspec: 3\n", Path::new("t.yaml"))

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::ListParams;
 use kube::{Api, Client, Resource};
@@ -88,8 +88,8 @@ pub struct ClusterState {
     pub policies: KindState,
     /// Services.
     pub services: KindState,
-    /// Endpoints.
-    pub endpoints: KindState,
+    /// EndpointSlices.
+    pub endpointslices: KindState,
 }
 
 impl ClusterState {
@@ -101,13 +101,13 @@ impl ClusterState {
             && kind(self.namespaces, api.namespaces)
             && kind(self.policies, api.policies)
             && kind(self.services, api.services)
-            && kind(self.endpoints, api.endpoints)
+            && kind(self.endpointslices, api.endpointslices)
     }
 }
 
 async fn kind_state<K>(api: Api<K>) -> Result<KindState, kube::Error>
 where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let list = api.list_metadata(&ListParams::default()).await?;
     let newest = list
@@ -122,6 +122,25 @@ where
     })
 }
 
+/// EndpointSlices in the newest version the API server serves (`v1`, or
+/// `v1beta1` on 1.20), as the agent reads them.
+async fn slices_api(client: Client) -> Result<Api<kube::api::DynamicObject>, kube::Error> {
+    let groups = client.list_api_groups().await?;
+    let v1 = groups
+        .groups
+        .iter()
+        .filter(|g| g.name == "discovery.k8s.io")
+        .flat_map(|g| g.versions.iter())
+        .any(|v| v.version == "v1");
+    let gvk = kube::api::GroupVersionKind::gvk(
+        "discovery.k8s.io",
+        if v1 { "v1" } else { "v1beta1" },
+        "EndpointSlice",
+    );
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "endpointslices");
+    Ok(Api::all_with(client, &resource))
+}
+
 /// What the API server holds now.
 pub fn api_state(cp: &ControlPlane) -> Result<ClusterState, TestbedError> {
     let client: Client = cp.client();
@@ -131,11 +150,11 @@ pub fn api_state(cp: &ControlPlane) -> Result<ClusterState, TestbedError> {
             namespaces: kind_state(Api::<Namespace>::all(client.clone())).await?,
             policies: kind_state(Api::<NetworkPolicy>::all(client.clone())).await?,
             services: kind_state(Api::<Service>::all(client.clone())).await?,
-            endpoints: kind_state(Api::<Endpoints>::all(client)).await?,
+            endpointslices: kind_state(slices_api(client).await?).await?,
         })
     })
     .map_err(kube_err(
-        "listing Pods, Namespaces, NetworkPolicies, Services and Endpoints",
+        "listing Pods, Namespaces, NetworkPolicies, Services and EndpointSlices",
     ))
 }
 
@@ -188,7 +207,7 @@ pub fn agent_states_timed(log: &str) -> Vec<(String, ClusterState)> {
                 namespaces: kind("namespaces"),
                 policies: kind("policies"),
                 services: kind("services"),
-                endpoints: kind("endpoints"),
+                endpointslices: kind("endpointslices"),
             };
             (stamp, state)
         })

@@ -42,13 +42,27 @@ fn listing(s: &Snapshot) -> Vec<Change> {
     out.push(Change::Listed(Listed::Services(
         s.services.keys().cloned().collect(),
     )));
+    // Each Service's subsets as slices of its own.
+    let slices: Vec<(SliceRef, _)> = s
+        .service_endpoints
+        .iter()
+        .flat_map(|(r, subsets)| {
+            subsets.iter().enumerate().map(|(i, e)| {
+                let slice = SliceRef {
+                    service: r.clone(),
+                    name: format!("{}-{i}", r.name),
+                };
+                (slice, e.clone())
+            })
+        })
+        .collect();
     out.extend(
-        s.service_endpoints
+        slices
             .iter()
-            .map(|(r, e)| Change::Endpoints(r.clone(), Some(e.clone()))),
+            .map(|(r, e)| Change::EndpointSlice(r.clone(), Some(e.clone()))),
     );
-    out.push(Change::Listed(Listed::Endpoints(
-        s.service_endpoints.keys().cloned().collect(),
+    out.push(Change::Listed(Listed::EndpointSlices(
+        slices.into_iter().map(|(r, _)| r).collect(),
     )));
     out.extend(
         s.namespaces
@@ -327,20 +341,20 @@ spec:
   ports: [{port: 80}]
 "#;
 
-const WEB_ENDPOINTS: &str = r#"
-apiVersion: v1
-kind: Endpoints
-metadata: {name: web, namespace: default}
-subsets:
-- addresses: [{ip: 10.244.0.10}]
-  ports: [{port: 80}]
+const WEB_SLICE: &str = r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-x1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.0.10], conditions: {ready: true}}]
+ports: [{port: 80}]
 "#;
 
 #[test]
 fn services_and_endpoints_from_the_watch_reach_the_cluster_ip_map() {
     use policy_common::service_flags;
     use policy_engine::model::addr::to_addr;
-    use policy_engine::model::service::endpoints_from;
+    use policy_engine::model::slices::slice_from;
     use policy_engine::model::ServiceInfo;
 
     let mut agent = synced();
@@ -361,12 +375,22 @@ fn services_and_endpoints_from_the_watch_reach_the_cluster_ip_map() {
         .apply_changes(vec![Change::Service(r.clone(), Some(info))])
         .unwrap();
     assert_eq!(out.effective, 0);
-    let ep: k8s_openapi::api::core::v1::Endpoints = serde_norway::from_str(WEB_ENDPOINTS).unwrap();
-    let (er, subsets) = endpoints_from(&ep).unwrap();
+    let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+        serde_norway::from_str(WEB_SLICE).unwrap();
+    let (sr, subset) = slice_from(&slice).unwrap();
     agent
-        .apply_changes(vec![Change::Endpoints(er, Some(subsets))])
+        .apply_changes(vec![Change::EndpointSlice(sr.clone(), Some(subset))])
         .unwrap();
     assert!(agent.dataplane().state.services.contains_key(&vip));
+    assert_eq!(agent.snapshot().service_endpoints[&sr.service].len(), 1);
+    // A relist of the slices without it: the Service's backends are
+    // computed from its selector again.
+    agent
+        .apply_changes(vec![Change::Listed(
+            Listed::EndpointSlices(BTreeSet::new()),
+        )])
+        .unwrap();
+    assert!(!agent.snapshot().service_endpoints.contains_key(&sr.service));
     // A relist without the Service removes its ClusterIP.
     agent
         .apply_changes(vec![Change::Listed(Listed::Services(BTreeSet::new()))])
