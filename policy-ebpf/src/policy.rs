@@ -10,11 +10,18 @@
 //! 4. For each peer identity in [ipcache, CIDR LPM, `ANY`] (those found),
 //!    one POLICY LPM lookup with the full key; a hit allows.
 //! 5. Otherwise drop (`NO_RULE`).
+//!
+//! Before step 2: egress UDP to an encapsulation port
+//! (`policy_common::ENCAP_PORTS`) of an address whose ipcache identity is
+//! none or `HOST` (a node, or outside the pod network) is allowed only by
+//! the CIDR identity's entry naming the port (`policy_flags::PORT`), else
+//! dropped (`NO_RULE`), isolated or not.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use policy_common::{
-    dir, ep_flags, identity, reason, Addr, CidrKey, EndpointPolicyKey, IpcacheKey, PolicyKey,
-    CIDR_KEY_HEAD_BITS, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_FULL,
+    dir, ep_flags, identity, policy_flags, proto, reason, Addr, CidrKey, EndpointPolicyKey,
+    IpcacheKey, PolicyKey, CIDR_KEY_HEAD_BITS, ENCAP_PORTS, POLICY_PREFIX_ANY_PORT,
+    POLICY_PREFIX_FULL,
 };
 
 use crate::maps::{CIDRS, EP_POLICY, IPCACHE, POLICY};
@@ -99,6 +106,17 @@ pub fn judge(q: &Query, out: &mut Verdict) {
     };
     // SAFETY: as above, copied out at once.
     let ipc = unsafe { IPCACHE.get(&ipc_key) }.map(|v| v.identity);
+    // A pod's UDP to the overlay's encapsulation port of an address that
+    // is no pod's (a node's, or outside): only an ipBlock entry naming the
+    // port allows it (see `policy_common::ENCAP_PORTS`).
+    let tunnel = q.dir == dir::EGRESS
+        && q.proto == proto::UDP
+        && q.ports_known
+        && (q.dport == ENCAP_PORTS[0] || q.dport == ENCAP_PORTS[1])
+        && ipc.is_none_or(|i| i == identity::HOST);
+    if tunnel {
+        return judge_tunnel(q, out);
+    }
     if flags & isolated == 0 {
         return out.set(true, reason::NOT_ISOLATED, ipc.unwrap_or(0), 0);
     }
@@ -145,4 +163,33 @@ pub fn judge(q: &Query, out: &mut Verdict) {
         return out.set(true, reason::POLICY_ALLOW, peer_identity, v.rule);
     }
     out.set(false, reason::NO_RULE, peer_identity, 0)
+}
+
+/// [`judge`] for a packet to the overlay's encapsulation port of an
+/// address that is no pod's: allowed only by the entry of the peer's CIDR
+/// identity when it names the port ([`policy_flags::PORT`]).
+#[inline(never)]
+fn judge_tunnel(q: &Query, out: &mut Verdict) {
+    let cidr_key = Key::new(
+        CIDR_KEY_HEAD_BITS + 128,
+        CidrKey {
+            gen: q.gen,
+            // Not `[0; 3]`, which becomes a `memset` call.
+            pad: [0, 0, 0],
+            addr: q.peer,
+        },
+    );
+    let Some(id) = CIDRS.get(&cidr_key).map(|v| v.identity) else {
+        return out.set(false, reason::NO_RULE, 0, 0);
+    };
+    let key = Key::new(
+        POLICY_PREFIX_FULL,
+        PolicyKey::new(q.gen, q.dir, q.ep_id, id, q.proto, q.dport),
+    );
+    match POLICY.get(&key) {
+        Some(v) if v.flags & policy_flags::PORT != 0 => {
+            out.set(true, reason::POLICY_ALLOW, id, v.rule)
+        }
+        _ => out.set(false, reason::NO_RULE, id, 0),
+    }
 }
