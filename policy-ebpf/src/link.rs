@@ -11,7 +11,10 @@
 use aya_ebpf::programs::TcContext;
 use policy_common::{ep_info, proto, Addr, EndpointInfo, SourceKey};
 
-use crate::{maps::SOURCES, packet::Flow};
+use crate::{
+    maps::{ENDPOINTS, SOURCES},
+    packet::Flow,
+};
 
 const ETH_P_ARP: u16 = 0x0806;
 /// Offset of an ARP packet's sender hardware address in the frame
@@ -65,11 +68,19 @@ pub fn mac_ok(ctx: &TcContext, ep: &EndpointInfo) -> bool {
 /// redirect, and a neighbour advertisement only for one of the pod's own
 /// addresses or its EUI-64 link-local address. ARP passes here (its
 /// sender addresses are checked by source validation and [`mac_ok`]).
+///
+/// The endpoint entry is looked up again here, by the host veth's
+/// `ifindex`: neighbour discovery is rare, and keeping the entry from the
+/// start of the packet would not fit the verifier's stack.
 #[inline(never)]
-pub fn nd_ok(ep: &EndpointInfo, flow: &Flow) -> bool {
+pub fn nd_ok(ifindex: u32, flow: &Flow) -> bool {
     if flow.proto != proto::ICMPV6 {
         return true;
     }
+    // SAFETY: a map value, read for this packet only.
+    let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }) else {
+        return false;
+    };
     match flow.sport {
         ND_ROUTER_ADVERT | ND_REDIRECT => false,
         ND_NEIGHBOUR_ADVERT => {

@@ -90,12 +90,18 @@ pub fn run(ctx: &TcContext, d: u8) -> i32 {
     };
     // SAFETY: this CPU's scratch entry; tc programs do not nest on a CPU.
     let inner = unsafe { &mut *inner };
+    // The Ethernet source is checked before parsing, so that the endpoint
+    // entry is not kept across it (the verifier's 512-byte stack): its
+    // verdict waits in `v.reason`.
+    if d == dir::EGRESS && !link::mac_ok(ctx, ep) {
+        v.reason = reason::SPOOFED;
+    }
     let k = parse(ctx, outer, inner);
     if d == dir::EGRESS
         && k != kind::MALFORMED
-        && (!source_ok(pkt.ep_id, &outer.saddr, k)
-            || !link::mac_ok(ctx, ep)
-            || (k == kind::LINK && !link::nd_ok(ep, outer)))
+        && (v.reason == reason::SPOOFED
+            || !source_ok(pkt.ep_id, &outer.saddr, k)
+            || (k == kind::LINK && !link::nd_ok(ifindex, outer)))
     {
         v.reason = reason::SPOOFED;
         return drop(&pkt, outer, &v);

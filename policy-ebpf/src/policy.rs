@@ -114,10 +114,7 @@ pub fn judge(q: &Query, out: &mut Verdict) {
         && q.ports_known
         && (q.dport == ENCAP_PORTS[0] || q.dport == ENCAP_PORTS[1])
         && ipc.is_none_or(|i| i == identity::HOST);
-    if tunnel {
-        return judge_tunnel(q, out);
-    }
-    if flags & isolated == 0 {
+    if flags & isolated == 0 && !tunnel {
         return out.set(true, reason::NOT_ISOLATED, ipc.unwrap_or(0), 0);
     }
     if q.dir == dir::INGRESS && q.local_origin && ipc == Some(identity::HOST) {
@@ -146,6 +143,20 @@ pub fn judge(q: &Query, out: &mut Verdict) {
         prefix,
         PolicyKey::new(gen, q.dir, q.ep_id, identity::ANY, q.proto, dport),
     );
+    if tunnel {
+        // Only the CIDR identity's entry, and only when it names the port
+        // (here, not in a function of its own: one more call level would
+        // not fit the verifier's stack).
+        if let Some(id) = cidr {
+            key.data.identity = id.to_be_bytes();
+            if let Some(v) = POLICY.get(&key) {
+                if v.flags & policy_flags::PORT != 0 {
+                    return out.set(true, reason::POLICY_ALLOW, id, v.rule);
+                }
+            }
+        }
+        return out.set(false, reason::NO_RULE, peer_identity, 0);
+    }
     if let Some(id) = ipc {
         key.data.identity = id.to_be_bytes();
         if let Some(v) = POLICY.get(&key) {
@@ -163,33 +174,4 @@ pub fn judge(q: &Query, out: &mut Verdict) {
         return out.set(true, reason::POLICY_ALLOW, peer_identity, v.rule);
     }
     out.set(false, reason::NO_RULE, peer_identity, 0)
-}
-
-/// [`judge`] for a packet to the overlay's encapsulation port of an
-/// address that is no pod's: allowed only by the entry of the peer's CIDR
-/// identity when it names the port ([`policy_flags::PORT`]).
-#[inline(never)]
-fn judge_tunnel(q: &Query, out: &mut Verdict) {
-    let cidr_key = Key::new(
-        CIDR_KEY_HEAD_BITS + 128,
-        CidrKey {
-            gen: q.gen,
-            // Not `[0; 3]`, which becomes a `memset` call.
-            pad: [0, 0, 0],
-            addr: q.peer,
-        },
-    );
-    let Some(id) = CIDRS.get(&cidr_key).map(|v| v.identity) else {
-        return out.set(false, reason::NO_RULE, 0, 0);
-    };
-    let key = Key::new(
-        POLICY_PREFIX_FULL,
-        PolicyKey::new(q.gen, q.dir, q.ep_id, id, q.proto, q.dport),
-    );
-    match POLICY.get(&key) {
-        Some(v) if v.flags & policy_flags::PORT != 0 => {
-            out.set(true, reason::POLICY_ALLOW, id, v.rule)
-        }
-        _ => out.set(false, reason::NO_RULE, id, 0),
-    }
 }
