@@ -171,7 +171,9 @@ fn frames_leaving_a_pod_must_carry_its_mac() {
             Allow,
         );
     });
-    let spoofed = events
+    // Reported (repeats of one flow are counted into the next event, so
+    // fewer events than drops) and counted exactly.
+    let reported = events
         .poll(Duration::from_millis(500))
         .unwrap()
         .into_iter()
@@ -179,7 +181,8 @@ fn frames_leaving_a_pod_must_carry_its_mac() {
             e.dir == dir::EGRESS && e.verdict == verdict::DROPPED && e.reason == reason::SPOOFED
         })
         .count();
-    assert_eq!(spoofed, 5);
+    assert!(reported >= 1);
+    assert_eq!(dp.drop_counts().get(&reason::SPOOFED), Some(&5));
 }
 
 #[test]
