@@ -24,7 +24,7 @@
 #![deny(missing_docs)]
 
 /// Version of every map layout in this crate; bump on any change.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Traffic direction as seen from the endpoint (the pod).
 pub mod dir {
@@ -69,6 +69,35 @@ pub mod ep_flags {
     /// At least one policy selects the endpoint for egress.
     pub const ISOLATED_EGRESS: u32 = 1 << 1;
 }
+
+/// Flags in [`EndpointInfo::flags`].
+pub mod ep_info {
+    /// [`EndpointInfo::mac`](crate::EndpointInfo::mac) holds the MAC of
+    /// the pod's interface (the host veth's peer): a frame leaving the pod
+    /// with another Ethernet source, or an ARP packet with another sender
+    /// hardware address, is dropped. The agent always sets it (it refuses
+    /// to attach to a veth whose peer's MAC it cannot read); only frames
+    /// run through `BPF_PROG_TEST_RUN` for tests may be registered without
+    /// it.
+    pub const MAC: u32 = 1 << 0;
+}
+
+/// Flags in [`PolicyValue::flags`], derived from the entry's key when it
+/// is written (the datapath's longest-prefix lookup returns the value, not
+/// the prefix that matched).
+pub mod policy_flags {
+    /// The entry names a port or port block (not every port).
+    pub const PORT: u32 = 1 << 0;
+}
+
+/// The overlay's encapsulation ports: VXLAN as Linux and Flannel use it
+/// (8472) and as IANA assigns it (4789). A pod's UDP to one of them at an
+/// address that is no pod's (a node's, or outside the cluster) would be
+/// decapsulated by a node and its inner packet trusted as coming from
+/// another node's pod: it passes only where a policy entry for an ipBlock
+/// naming the port explicitly allows it, never because the pod's egress is
+/// not isolated, nor through a rule that allows every port or every peer.
+pub const ENCAP_PORTS: [u16; 2] = [8472, 4789];
 
 /// Bits of [`Config::flags`].
 pub mod config_flags {
@@ -228,8 +257,12 @@ pub struct Config {
 pub struct EndpointInfo {
     /// Endpoint id the compiled state uses for this pod.
     pub ep_id: u32,
-    /// Reserved.
+    /// [`ep_info`] bits.
     pub flags: u32,
+    /// The MAC of the pod's interface (with [`ep_info::MAC`]).
+    pub mac: [u8; 6],
+    /// Always zero.
+    pub pad: [u8; 2],
 }
 
 /// Key of [`maps::SOURCES`]: one address an endpoint may send from. A
@@ -362,7 +395,7 @@ pub struct PolicyValue {
     /// Opaque reference to the rule that produced the entry (reported in
     /// verdict events; resolved by user space).
     pub rule: u32,
-    /// Reserved.
+    /// [`policy_flags`] bits.
     pub flags: u32,
 }
 
@@ -454,7 +487,9 @@ pub mod reason {
     /// Allowed as part of a tracked flow.
     pub const ESTABLISHED: u8 = 7;
     /// A packet leaving a pod with a source address that is not the pod's
-    /// (IP source, or ARP sender address).
+    /// (IP source, Ethernet source, ARP sender addresses, the target of a
+    /// neighbour advertisement), or a router advertisement or redirect
+    /// from a pod.
     pub const SPOOFED: u8 = 8;
 }
 
@@ -550,7 +585,7 @@ mod tests {
     #[test]
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<Config>(), 16);
-        assert_eq!(size_of::<EndpointInfo>(), 8);
+        assert_eq!(size_of::<EndpointInfo>(), 16);
         assert_eq!(size_of::<EndpointPolicyKey>(), 8);
         assert_eq!(size_of::<IpcacheKey>(), 20);
         assert_eq!(size_of::<CidrKey>(), 20);

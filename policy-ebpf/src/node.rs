@@ -57,7 +57,7 @@ pub fn run(ctx: &TcContext) -> i32 {
         return ALLOW;
     }
     let mut v = Verdict::empty();
-    if k == kind::ICMP_ERROR && pipeline::related(&pkt, inner) {
+    if k == kind::ICMP_ERROR && pipeline::related(&pkt, outer, inner) {
         return ALLOW;
     }
     pipeline::on_flow(&pkt, outer, &mut v)

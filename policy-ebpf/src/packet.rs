@@ -45,6 +45,7 @@ const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 const ICMPV6_ND_FIRST: u8 = 133;
 const ICMPV6_ND_LAST: u8 = 137;
+const ICMPV6_NEIGHBOUR_ADVERT: u8 = 136;
 /// Multicast listener discovery (query, v1 report, done; v2 report): link
 /// control traffic like neighbour discovery, never subject to policy.
 const ICMPV6_MLD_FIRST: u8 = 130;
@@ -103,7 +104,8 @@ pub mod kind {
     /// Link control (ARP, IPv6 neighbour discovery and multicast listener
     /// discovery): never subject to policy. The outer flow's `saddr` is the
     /// sender's address (ARP: the sender protocol address), which source
-    /// validation still checks.
+    /// validation still checks; for ICMPv6, `sport` is the ICMPv6 type and
+    /// a neighbour advertisement's `daddr` is its target address.
     pub const LINK: u8 = 0;
     /// Unparseable, truncated or not IP/ARP: dropped.
     pub const MALFORMED: u8 = 1;
@@ -378,7 +380,15 @@ fn parse_v6(ctx: &TcContext, off: usize, flow: &mut Flow, inner: &mut Flow) -> R
     match icmp[0] {
         ICMPV6_ND_FIRST..=ICMPV6_ND_LAST
         | ICMPV6_MLD_FIRST..=ICMPV6_MLD_LAST
-        | ICMPV6_MLD2_REPORT => return Ok(kind::LINK),
+        | ICMPV6_MLD2_REPORT => {
+            // For the link checks (`crate::link::nd_ok`): the type, and
+            // the address a neighbour advertisement claims.
+            flow.sport = u16::from(icmp[0]);
+            if icmp[0] == ICMPV6_NEIGHBOUR_ADVERT {
+                flow.daddr = load(ctx, cur + 8)?;
+            }
+            return Ok(kind::LINK);
+        }
         ICMPV6_ECHO_REQUEST => flow.sport = id,
         ICMPV6_ECHO_REPLY => {
             flow.dport = id;

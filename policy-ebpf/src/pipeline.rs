@@ -14,6 +14,7 @@ use policy_common::{
 use crate::{
     conntrack,
     events::{emit, EventInfo},
+    link,
     maps::{CONFIG, DROPS, ENDPOINTS, SCRATCH, SOURCES},
     packet::{kind, parse, Flow},
     policy::{judge, Query, Verdict},
@@ -57,13 +58,14 @@ pub fn run(ctx: &TcContext, d: u8) -> i32 {
     // The endpoint and the configuration are read before the context is
     // built, so that it is built from them in one go: clearing it first
     // and filling it in would be a `memset` call.
-    // SAFETY: copied out at once.
-    let ep_id = unsafe { ENDPOINTS.get(&ifindex) }.map(|ep| ep.ep_id);
+    // SAFETY: a map value, read for this packet only.
+    let ep = unsafe { ENDPOINTS.get(&ifindex) };
+    let ep_id = ep.map(|ep| ep.ep_id);
     let cfg = match ep_id {
         Some(_) => read_config(),
         None => None,
     };
-    let (Some(ep_id), Some(cfg)) = (ep_id, cfg) else {
+    let (Some(ep), Some(ep_id), Some(cfg)) = (ep, ep_id, cfg) else {
         return not_ready(ifindex, ep_id.unwrap_or(0), d, ingress_ifindex == 0);
     };
     let pkt = PacketCtx {
@@ -88,19 +90,32 @@ pub fn run(ctx: &TcContext, d: u8) -> i32 {
     };
     // SAFETY: this CPU's scratch entry; tc programs do not nest on a CPU.
     let inner = unsafe { &mut *inner };
+    // The Ethernet source is checked before parsing, so that the endpoint
+    // entry is not kept across it (the verifier's 512-byte stack): its
+    // verdict waits in `v.reason`.
+    if d == dir::EGRESS && !link::mac_ok(ctx, ep) {
+        v.reason = reason::SPOOFED;
+    }
     let k = parse(ctx, outer, inner);
-    if d == dir::EGRESS && k != kind::MALFORMED && !source_ok(pkt.ep_id, &outer.saddr, k) {
+    if d == dir::EGRESS
+        && k != kind::MALFORMED
+        && (v.reason == reason::SPOOFED
+            || !source_ok(pkt.ep_id, &outer.saddr, k)
+            || (k == kind::LINK && !link::nd_ok(ifindex, outer)))
+    {
         v.reason = reason::SPOOFED;
         return drop(&pkt, outer, &v);
     }
-    if d == dir::INGRESS && k == kind::FLOW {
+    if d == dir::INGRESS && (k == kind::FLOW || k == kind::ICMP_ERROR) {
+        // Also for an ICMP error (whose client it clears): one judged as a
+        // flow must not take the previous packet's client.
         crate::client::note(ctx);
     }
     match k {
         kind::LINK => ALLOW,
         kind::FLOW => on_flow(&pkt, outer, &mut v),
         kind::ICMP_ERROR => {
-            if related(&pkt, inner) {
+            if related(&pkt, outer, inner) {
                 ALLOW
             } else {
                 on_flow(&pkt, outer, &mut v)
@@ -185,11 +200,17 @@ fn source_ok(ep_id: u32, saddr: &Addr, k: u8) -> bool {
     unsafe { SOURCES.get(&key) }.is_some()
 }
 
-/// Whether the packet quoted by an ICMP error belongs to a tracked flow.
-/// The quoted packet travelled the other way: it is a packet of a flow
-/// that started in opposite(d), or a reply of one that started in d.
+/// Whether the ICMP error `outer`, quoting `inner`, belongs to a tracked
+/// flow. The quoted packet travelled the other way: it is a packet of a
+/// flow that started in opposite(d), or a reply of one that started in d.
+/// As Linux conntrack requires, the error must go back to the quoted
+/// packet's sender (its destination is the quoted source); its source may
+/// be any router on the way.
 #[inline(never)]
-pub fn related(pkt: &PacketCtx, inner: &Flow) -> bool {
+pub fn related(pkt: &PacketCtx, outer: &Flow, inner: &Flow) -> bool {
+    if outer.daddr != inner.saddr {
+        return false;
+    }
     let back = conntrack::opposite(pkt.dir);
     conntrack::exists(&conntrack::forward_key(pkt.ep_id, back, inner))
         || conntrack::exists(&conntrack::reverse_key(pkt.ep_id, back, inner))

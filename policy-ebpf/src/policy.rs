@@ -10,11 +10,18 @@
 //! 4. For each peer identity in [ipcache, CIDR LPM, `ANY`] (those found),
 //!    one POLICY LPM lookup with the full key; a hit allows.
 //! 5. Otherwise drop (`NO_RULE`).
+//!
+//! Before step 2: egress UDP to an encapsulation port
+//! (`policy_common::ENCAP_PORTS`) of an address whose ipcache identity is
+//! none or `HOST` (a node, or outside the pod network) is allowed only by
+//! the CIDR identity's entry naming the port (`policy_flags::PORT`), else
+//! dropped (`NO_RULE`), isolated or not.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use policy_common::{
-    dir, ep_flags, identity, reason, Addr, CidrKey, EndpointPolicyKey, IpcacheKey, PolicyKey,
-    CIDR_KEY_HEAD_BITS, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_FULL,
+    dir, ep_flags, identity, policy_flags, proto, reason, Addr, CidrKey, EndpointPolicyKey,
+    IpcacheKey, PolicyKey, CIDR_KEY_HEAD_BITS, ENCAP_PORTS, POLICY_PREFIX_ANY_PORT,
+    POLICY_PREFIX_FULL,
 };
 
 use crate::maps::{CIDRS, EP_POLICY, IPCACHE, POLICY};
@@ -99,7 +106,15 @@ pub fn judge(q: &Query, out: &mut Verdict) {
     };
     // SAFETY: as above, copied out at once.
     let ipc = unsafe { IPCACHE.get(&ipc_key) }.map(|v| v.identity);
-    if flags & isolated == 0 {
+    // A pod's UDP to the overlay's encapsulation port of an address that
+    // is no pod's (a node's, or outside): only an ipBlock entry naming the
+    // port allows it (see `policy_common::ENCAP_PORTS`).
+    let tunnel = q.dir == dir::EGRESS
+        && q.proto == proto::UDP
+        && q.ports_known
+        && (q.dport == ENCAP_PORTS[0] || q.dport == ENCAP_PORTS[1])
+        && ipc.is_none_or(|i| i == identity::HOST);
+    if flags & isolated == 0 && !tunnel {
         return out.set(true, reason::NOT_ISOLATED, ipc.unwrap_or(0), 0);
     }
     if q.dir == dir::INGRESS && q.local_origin && ipc == Some(identity::HOST) {
@@ -128,6 +143,20 @@ pub fn judge(q: &Query, out: &mut Verdict) {
         prefix,
         PolicyKey::new(gen, q.dir, q.ep_id, identity::ANY, q.proto, dport),
     );
+    if tunnel {
+        // Only the CIDR identity's entry, and only when it names the port
+        // (here, not in a function of its own: one more call level would
+        // not fit the verifier's stack).
+        if let Some(id) = cidr {
+            key.data.identity = id.to_be_bytes();
+            if let Some(v) = POLICY.get(&key) {
+                if v.flags & policy_flags::PORT != 0 {
+                    return out.set(true, reason::POLICY_ALLOW, id, v.rule);
+                }
+            }
+        }
+        return out.set(false, reason::NO_RULE, peer_identity, 0);
+    }
     if let Some(id) = ipc {
         key.data.identity = id.to_be_bytes();
         if let Some(v) = POLICY.get(&key) {

@@ -15,6 +15,10 @@
 //!    port of the protocol, or a port block covering the port.
 //! 5. Otherwise drop.
 //!
+//! Before step 2: a pod's UDP to the overlay's encapsulation port of an
+//! address that is no pod's ([`is_tunnel`]) is allowed only by an entry of
+//! the peer's CIDR identity that names the port, isolated or not.
+//!
 //! IPv4 is looked up IPv4-mapped; ICMP uses port 0 and only matches
 //! any-protocol entries (the compiler never emits ICMP entries).
 
@@ -172,6 +176,11 @@ fn judge(
     } else {
         policy_common::ep_flags::ISOLATED_EGRESS
     };
+    if let (Some(peer), Some(port)) = (peer, dport) {
+        if is_tunnel(state, dir, peer, proto, port) {
+            return judge_tunnel(state, ep_id, dir, peer, proto, port);
+        }
+    }
     if flags & isolated == 0 {
         return Verdict::plain(true, Reason::NotIsolated);
     }
@@ -220,6 +229,60 @@ fn judge(
                     entry: Some(e),
                 };
             }
+        }
+    }
+    Verdict::plain(false, Reason::NoRule)
+}
+
+/// Whether a packet is a pod's UDP to the overlay's encapsulation port of
+/// an address that is no pod's (`policy_common::ENCAP_PORTS`): a node's,
+/// or outside the pod network.
+pub fn is_tunnel(state: &MapState, dir: u8, peer: IpAddr, proto: u8, dport: u16) -> bool {
+    dir == policy_common::dir::EGRESS
+        && proto == policy_common::proto::UDP
+        && policy_common::ENCAP_PORTS.contains(&dport)
+        && state
+            .ipcache
+            .get(&to_addr(peer))
+            .is_none_or(|id| *id == HOST)
+}
+
+/// The verdict on a packet [`is_tunnel`] says goes to an encapsulation
+/// port: allowed only by an entry of the peer's CIDR identity that names
+/// the port (a port or a port block, not every port), whether or not the
+/// endpoint is isolated.
+fn judge_tunnel(
+    state: &MapState,
+    ep_id: u32,
+    dir: u8,
+    peer: IpAddr,
+    proto: u8,
+    dport: u16,
+) -> Verdict {
+    let Some(identity) = longest_prefix(state, peer) else {
+        return Verdict::plain(false, Reason::NoRule);
+    };
+    for prefix_len in (1..=16u8).rev() {
+        let shift = 16 - u32::from(prefix_len);
+        let port = ((u32::from(dport) >> shift) << shift) as u16;
+        let e = PolicyEntry {
+            ep_id,
+            dir,
+            identity,
+            ports: PortMatch::Ports {
+                proto,
+                port,
+                prefix_len,
+            },
+        };
+        if let Some(v) = state.policy.get(&e) {
+            return Verdict {
+                allowed: true,
+                reason: Reason::PolicyAllow,
+                rule: Some(v.rule),
+                identity: Some(identity),
+                entry: Some(e),
+            };
         }
     }
     Verdict::plain(false, Reason::NoRule)

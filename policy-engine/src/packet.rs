@@ -51,6 +51,9 @@ const ICMPV6_TIME_EXCEEDED: u8 = 3;
 const ICMPV6_PARAM_PROBLEM: u8 = 4;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
+const ND_ROUTER_ADVERT: u8 = 134;
+const ND_NEIGHBOUR_ADVERT: u8 = 136;
+const ND_REDIRECT: u8 = 137;
 
 /// Where a packet sits in a fragmented datagram.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -108,6 +111,10 @@ pub enum Parsed {
     Link {
         /// The sender's address (IPv4-mapped for ARP).
         saddr: Addr,
+        /// The ICMPv6 type (0 for ARP).
+        icmp6_type: u8,
+        /// The address a neighbour advertisement claims (zero otherwise).
+        target: Addr,
     },
     /// Truncated, unparseable, or neither IP nor ARP: dropped.
     Malformed,
@@ -157,6 +164,8 @@ fn parse_arp(frame: &[u8]) -> Result<Parsed, Short> {
     }
     Ok(Parsed::Link {
         saddr: v4_mapped([a[14], a[15], a[16], a[17]]),
+        icmp6_type: 0,
+        target: [0; 16],
     })
 }
 
@@ -280,7 +289,16 @@ fn parse_v6(frame: &[u8], off: usize, flow: &mut Flow, inner: &mut Flow) -> Resu
         // Neighbour discovery (133–137) and multicast listener discovery
         // (130–132, 143).
         130..=137 | 143 => {
-            return Ok(Parsed::Link { saddr: flow.saddr });
+            let target = if icmp[0] == ND_NEIGHBOUR_ADVERT {
+                load::<16>(frame, cur + 8)?
+            } else {
+                [0; 16]
+            };
+            return Ok(Parsed::Link {
+                saddr: flow.saddr,
+                icmp6_type: icmp[0],
+                target,
+            });
         }
         ICMPV6_ECHO_REQUEST => flow.sport = id,
         ICMPV6_ECHO_REPLY => {
@@ -398,8 +416,10 @@ pub enum FrameReason {
 /// (`policy_common::dir`), does with `frame` when it is the first packet of
 /// its flow, sent by the node's own stack, on a dataplane holding `state`
 /// with no Services, no tracked flows and no passed fragments; `sources`
-/// are the addresses the endpoint may send from (IPv4-mapped). Returns
-/// whether it passes, and why.
+/// are the addresses the endpoint may send from (IPv4-mapped). The
+/// endpoint is registered without a MAC (as `BPF_PROG_TEST_RUN` tests
+/// register it), see [`first_packet_with_mac`]. Returns whether it passes,
+/// and why.
 pub fn first_packet(
     state: &MapState,
     sources: &BTreeSet<Addr>,
@@ -407,19 +427,28 @@ pub fn first_packet(
     d: u8,
     frame: &[u8],
 ) -> (bool, FrameReason) {
+    first_packet_with_mac(state, sources, None, ep_id, d, frame)
+}
+
+/// [`first_packet`] for an endpoint whose pod's MAC is `mac` (as the agent
+/// registers every endpoint): a frame leaving the pod must carry it as its
+/// Ethernet source and, for ARP, as its sender hardware address.
+pub fn first_packet_with_mac(
+    state: &MapState,
+    sources: &BTreeSet<Addr>,
+    mac: Option<[u8; 6]>,
+    ep_id: u32,
+    d: u8,
+    frame: &[u8],
+) -> (bool, FrameReason) {
     let parsed = parse(frame);
-    let saddr = match parsed {
-        Parsed::Malformed => return (false, FrameReason::Malformed),
-        Parsed::Link { saddr } => saddr,
-        Parsed::Flow(f) | Parsed::IcmpError { outer: f, .. } => f.saddr,
-    };
-    if d == dir::EGRESS && !source_ok(sources, &saddr, matches!(parsed, Parsed::Link { .. })) {
+    if d == dir::EGRESS && parsed != Parsed::Malformed && !link_ok(sources, mac, &parsed, frame) {
         return (false, FrameReason::Spoofed);
     }
     let flow = match parsed {
+        Parsed::Malformed => return (false, FrameReason::Malformed),
         Parsed::Flow(f) | Parsed::IcmpError { outer: f, .. } => f,
-        // Link control, or (not reached) malformed.
-        _ => return (true, FrameReason::Link),
+        Parsed::Link { .. } => return (true, FrameReason::Link),
     };
     let peer: IpAddr = from_addr(if d == dir::EGRESS {
         flow.daddr
@@ -432,6 +461,61 @@ pub fn first_packet(
         lookup::verdict_any_port(state, ep_id, d, peer, flow.proto)
     };
     (v.allowed, FrameReason::Policy(v.reason))
+}
+
+/// The kernel's source validation of a parsed frame leaving a pod: its
+/// source address ([`source_ok`]), its Ethernet source and ARP sender
+/// hardware address (with a MAC), and what its neighbour discovery claims:
+/// no router advertisement or redirect, a neighbour advertisement only for
+/// one of the pod's addresses or its EUI-64 link-local one.
+fn link_ok(sources: &BTreeSet<Addr>, mac: Option<[u8; 6]>, parsed: &Parsed, frame: &[u8]) -> bool {
+    let (saddr, link) = match parsed {
+        Parsed::Malformed => return false,
+        Parsed::Link { saddr, .. } => (*saddr, true),
+        Parsed::Flow(f) | Parsed::IcmpError { outer: f, .. } => (f.saddr, false),
+    };
+    if !source_ok(sources, &saddr, link) {
+        return false;
+    }
+    if let Some(mac) = mac {
+        if frame.get(6..12) != Some(&mac[..]) {
+            return false;
+        }
+        let arp = frame.get(12..14) == Some(&ETH_P_ARP.to_be_bytes()[..]);
+        if arp && frame.get(22..28) != Some(&mac[..]) {
+            return false;
+        }
+    }
+    match parsed {
+        Parsed::Link {
+            icmp6_type: ND_ROUTER_ADVERT | ND_REDIRECT,
+            ..
+        } => false,
+        Parsed::Link {
+            icmp6_type: ND_NEIGHBOUR_ADVERT,
+            target,
+            ..
+        } => sources.contains(target) || mac.is_some_and(|m| *target == eui64_link_local(m)),
+        _ => true,
+    }
+}
+
+/// `fe80::/64` with the modified EUI-64 interface identifier of `mac`.
+pub fn eui64_link_local(mac: [u8; 6]) -> Addr {
+    let mut a = [0u8; 16];
+    a[0] = 0xfe;
+    a[1] = 0x80;
+    a[8..16].copy_from_slice(&[
+        mac[0] ^ 0x02,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ]);
+    a
 }
 
 /// The kernel's source validation: one of the endpoint's addresses, or for

@@ -283,6 +283,117 @@ fn forged_sources_never_reach_an_isolated_pod() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The name, in the node's namespace, of the host veth whose peer is
+/// `eth0` of `pod_ns` (`eth0@ifN` names its index).
+fn host_port(node_ns: &str, pod_ns: &str) -> String {
+    let text = ip(&["-n", pod_ns, "-o", "link", "show", "eth0"]);
+    let index = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|w| w.split("@if").nth(1))
+        .map(|w| w.trim_end_matches(':').to_string())
+        .unwrap_or_else(|| panic!("no peer index in {text}"));
+    let links = ip(&["-n", node_ns, "-o", "link", "show"]);
+    links
+        .lines()
+        .find(|l| l.starts_with(&format!("{index}: ")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(|n| {
+            n.trim_end_matches(':')
+                .split('@')
+                .next()
+                .unwrap_or(n)
+                .to_string()
+        })
+        .unwrap_or_else(|| panic!("no link {index} in {links}"))
+}
+
+/// The ports of bridge `cni0` that its forwarding table holds `mac` on.
+fn fdb_ports(node_ns: &str, mac: &str) -> Vec<String> {
+    let out = Command::new("bridge")
+        .args(["-n", node_ns, "fdb", "show", "br", "cni0"])
+        .output()
+        .unwrap_or_else(|e| panic!("bridge fdb: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(mac))
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|x| *x == "dev").and(w.next()).map(str::to_string)
+        })
+        .collect()
+}
+
+/// Layer 2 (issue 23, item 3): a pod that sends frames with another pod's
+/// MAC (the measured attack: broadcast frames carrying the victim's MAC
+/// and the attacker's own address) does not move the victim's entry in
+/// the bridge's forwarding table to its own port.
+#[test]
+fn a_forged_mac_does_not_move_the_victims_forwarding_entry() {
+    let dir = std::env::temp_dir().join(format!("palisade-l2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("cluster.yaml");
+    std::fs::write(&manifest, CLUSTER).unwrap();
+    let bed = Testbed::start(TestbedOptions {
+        manifests: vec![manifest],
+        palisade: true,
+        bin_dir: bin_dir(),
+        probes: vec![],
+        nodes: 1,
+        agent_args: Vec::new(),
+    })
+    .unwrap_or_else(|e| panic!("test bed: {e}"));
+    let pod = |name: &str| {
+        bed.pods()
+            .iter()
+            .find(|(r, _)| r.name == name)
+            .map(|(_, w)| w.clone())
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    };
+    let (vault, friend, mallory) = (pod("vault"), pod("friend"), pod("mallory"));
+    let node_ns = bed.node_netns().to_string();
+    let vault_port = host_port(&node_ns, &vault.netns);
+    let mallory_port = host_port(&node_ns, &mallory.netns);
+    let vault_mac = mac_of(&vault.netns, "eth0");
+
+    // The bridge learns the victim's MAC on its port.
+    send_from(
+        &vault.netns,
+        IpAddr::V4(vault.ip),
+        SocketAddr::new(IpAddr::V4(friend.ip), PORT),
+    );
+    assert_eq!(fdb_ports(&node_ns, &vault_mac), vec![vault_port.clone()]);
+
+    // The attacker takes the victim's MAC and broadcasts from its own
+    // address (ARP for the broadcast goes out with that MAC too).
+    ip(&[
+        "-n",
+        &mallory.netns,
+        "link",
+        "set",
+        "eth0",
+        "address",
+        &vault_mac,
+    ]);
+    in_netns(&mallory.netns, || {
+        let s = UdpSocket::bind(SocketAddr::new(IpAddr::V4(mallory.ip), 0)).unwrap();
+        s.set_broadcast(true).unwrap();
+        for i in 0..30 {
+            let _ = s.send_to(format!("#{i}").as_bytes(), ("255.255.255.255", PORT));
+            thread::sleep(Duration::from_millis(5));
+        }
+    });
+    thread::sleep(Duration::from_millis(200));
+    let ports = fdb_ports(&node_ns, &vault_mac);
+    assert!(
+        !ports.contains(&mallory_port),
+        "the victim's entry moved to the attacker's port {mallory_port}: {ports:?}"
+    );
+    assert_eq!(ports, vec![vault_port], "{}", bed.agent_log_tail(20));
+    drop(bed);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// IPv4-mapped IPv6 (what a dual-stack socket reports) as IPv4.
 fn canonical(a: IpAddr) -> IpAddr {
     match a {

@@ -19,6 +19,7 @@ mod generations;
 pub mod maps;
 mod node_device;
 mod options;
+mod peer;
 pub mod pins;
 mod programs;
 pub mod rcu;
@@ -45,13 +46,14 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use policy_common::{maps as names, Addr, Config, EndpointInfo, LAYOUT_VERSION};
+use policy_common::{ep_info, maps as names, Addr, Config, EndpointInfo, LAYOUT_VERSION};
 use policy_engine::capacity::Capacity;
 use policy_engine::state::{diff, MapOp, MapState};
 
 pub use self::attach::tcx_refused;
 use self::attach::{detach_netlink, detach_pinned_link};
 pub use self::options::{AttachMode, KernelOptions};
+pub use self::peer::{peer_mac, PeerMacError};
 use self::programs::{program, Programs};
 pub use self::sizes::MapSizes;
 pub use self::testrun::{empty_classifier_cost, TestVerdict};

@@ -61,7 +61,9 @@ fn arp_is_link_control_with_its_sender() {
     assert_eq!(
         parse(&eth(ETH_P_ARP, &a)),
         Parsed::Link {
-            saddr: v4_mapped([10, 1, 0, 7])
+            saddr: v4_mapped([10, 1, 0, 7]),
+            icmp6_type: 0,
+            target: [0; 16],
         }
     );
     a[5] = 16;

@@ -118,11 +118,26 @@ impl KernelDataplane {
         let ifindex = ifindex_of(ifname).ok_or_else(|| DataplaneError::NoSuchInterface {
             ifname: ifname.to_string(),
         })?;
+        // The pod's MAC (its interface, the veth's peer): frames leaving
+        // it with another Ethernet source are dropped. An endpoint whose
+        // MAC cannot be read is not attached (fail closed: the ADD fails,
+        // an adoption is retried and the pod stays reported unenforced).
+        let mac = super::peer::peer_mac(ifindex)
+            .map_err(|e| kernel_error(format!("reading the MAC of {ifname}'s peer"), e))?;
         // The endpoint is known before the programs see its first packet;
         // until a state with `ep_id` is applied its packets are dropped.
         self.maps
             .endpoints
-            .insert(ifindex, EndpointInfo { ep_id, flags: 0 }, 0)
+            .insert(
+                ifindex,
+                EndpointInfo {
+                    ep_id,
+                    flags: ep_info::MAC,
+                    mac,
+                    pad: [0; 2],
+                },
+                0,
+            )
             .map_err(|e| kernel_error(format!("registering {ifname} as endpoint {ep_id}"), e))?;
         match self.mode {
             AttachMode::Tcx => {

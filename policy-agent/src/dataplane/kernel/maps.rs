@@ -207,6 +207,12 @@ impl Maps {
             MapOp::DelCidr(prefix) => self.cidrs.remove(&cidr_key(gen, &prefix)),
             MapOp::SetPolicy(entry, value) => {
                 let (len, data) = entry.lpm_key(gen);
+                let mut value = value;
+                // The datapath cannot see which prefix matched: say in the
+                // value whether the entry names a port.
+                if matches!(entry.ports, PortMatch::Ports { prefix_len, .. } if prefix_len > 0) {
+                    value.flags |= policy_common::policy_flags::PORT;
+                }
                 self.policy.insert(&Key::new(len, data), value, 0)
             }
             MapOp::DelPolicy(entry) => {
@@ -278,6 +284,8 @@ impl Maps {
             let data = k.data();
             if data.gen == gen {
                 if let Some(entry) = policy_entry(k.prefix_len(), &data) {
+                    let mut v = v;
+                    v.flags &= !policy_common::policy_flags::PORT;
                     s.policy.insert(entry, v);
                 }
             }

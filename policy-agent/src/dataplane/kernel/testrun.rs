@@ -6,19 +6,47 @@ use aya::maps::{Map, MapData};
 use policy_common::{CtKey, FragKey};
 
 impl KernelDataplane {
-    /// Maps `ifindex` to `ep_id` without attaching anything: for frames run
-    /// through [`test_run`](Self::test_run). `attach_endpoint` does this
-    /// and attaches.
+    /// Maps `ifindex` to `ep_id` without attaching anything and without a
+    /// MAC (frames of any Ethernet source pass the MAC check): for frames
+    /// run through [`test_run`](Self::test_run). `attach_endpoint` does
+    /// this with the pod's MAC and attaches.
     pub fn register_endpoint(&mut self, ifindex: u32, ep_id: u32) -> Result<(), DataplaneError> {
-        self.maps
-            .endpoints
-            .insert(ifindex, EndpointInfo { ep_id, flags: 0 }, 0)
-            .map_err(|e| {
-                kernel_error(
-                    format!("registering ifindex {ifindex} as endpoint {ep_id}"),
-                    e,
-                )
-            })
+        self.register(
+            ifindex,
+            EndpointInfo {
+                ep_id,
+                ..EndpointInfo::default()
+            },
+        )
+    }
+
+    /// [`register_endpoint`](Self::register_endpoint) with the pod's MAC,
+    /// as `attach_endpoint` registers every endpoint.
+    pub fn register_endpoint_with_mac(
+        &mut self,
+        ifindex: u32,
+        ep_id: u32,
+        mac: [u8; 6],
+    ) -> Result<(), DataplaneError> {
+        self.register(
+            ifindex,
+            EndpointInfo {
+                ep_id,
+                flags: policy_common::ep_info::MAC,
+                mac,
+                pad: [0; 2],
+            },
+        )
+    }
+
+    fn register(&mut self, ifindex: u32, info: EndpointInfo) -> Result<(), DataplaneError> {
+        let ep_id = info.ep_id;
+        self.maps.endpoints.insert(ifindex, info, 0).map_err(|e| {
+            kernel_error(
+                format!("registering ifindex {ifindex} as endpoint {ep_id}"),
+                e,
+            )
+        })
     }
 
     /// Runs one Ethernet frame through program `prog` ([`PROG_POD_EGRESS`]
@@ -47,6 +75,22 @@ impl KernelDataplane {
         ingress_ifindex: u32,
     ) -> Result<TestVerdict, DataplaneError> {
         self.run_ctx(prog, frame, ifindex, ingress_ifindex, 1)
+            .map(|(v, _)| v)
+    }
+
+    /// [`test_run_forwarded`](Self::test_run_forwarded) of a packet
+    /// carrying `mark` (`skb->mark`), e.g. the client slot `node_ingress`
+    /// names in it (`policy_common::client_mark`). The slot is per CPU:
+    /// the caller keeps the runs on one CPU.
+    pub fn test_run_marked(
+        &mut self,
+        prog: &str,
+        frame: &[u8],
+        ifindex: u32,
+        ingress_ifindex: u32,
+        mark: u32,
+    ) -> Result<TestVerdict, DataplaneError> {
+        self.run_ctx_marked(prog, frame, ifindex, ingress_ifindex, mark, 1)
             .map(|(v, _)| v)
     }
 
@@ -118,8 +162,21 @@ impl KernelDataplane {
         ingress_ifindex: u32,
         repeat: u32,
     ) -> Result<(TestVerdict, std::time::Duration), DataplaneError> {
+        self.run_ctx_marked(prog, frame, ifindex, ingress_ifindex, 0, repeat)
+    }
+
+    fn run_ctx_marked(
+        &mut self,
+        prog: &str,
+        frame: &[u8],
+        ifindex: u32,
+        ingress_ifindex: u32,
+        mark: u32,
+        repeat: u32,
+    ) -> Result<(TestVerdict, std::time::Duration), DataplaneError> {
         use aya::{TestRun, TestRunOptions};
-        let ctx = skb_ctx(ifindex, ingress_ifindex);
+        let mut ctx = skb_ctx(ifindex, ingress_ifindex);
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.ctx_in = Some(&ctx);
@@ -183,7 +240,8 @@ pub fn empty_classifier_cost(
 
 /// `struct __sk_buff` up to and including `ifindex` (offset 40): the
 /// kernel takes the device from it when it is above 1, and
-/// `ingress_ifindex` (offset 36) becomes the packet's input device.
+/// `ingress_ifindex` (offset 36) becomes the packet's input device
+/// (`mark` is at offset 8).
 fn skb_ctx(ifindex: u32, ingress_ifindex: u32) -> [u8; 44] {
     let mut ctx = [0u8; 44];
     ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
