@@ -9,13 +9,17 @@
 pub mod cni_server;
 pub mod coverage;
 pub mod dataplane;
+pub mod devices;
 pub mod endpoints;
 pub mod flows;
 pub mod health;
 pub mod links;
 pub mod lock;
+pub mod node_addrs;
+pub mod preflight;
 pub mod reconcile;
 pub mod run;
 pub mod source;
 pub mod status;
 pub mod uninstall;
+pub mod unloaded;
