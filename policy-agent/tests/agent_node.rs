@@ -253,10 +253,15 @@ fn auto_devices_are_the_vxlan_overlay_and_the_holder_of_the_node_address() {
     let node = NetNs::new("dnode");
     // A kubeadm VM's uplink is not `eth0`: it is whatever holds the
     // node's address.
-    node.exec(&["ip", "link", "add", "ens3", "type", "dummy"]);
+    // (veths: this kernel has no dummy module)
+    node.exec(&[
+        "ip", "link", "add", "ens3", "type", "veth", "peer", "name", "ens3p",
+    ]);
     node.exec(&["ip", "addr", "add", "192.0.2.10/24", "dev", "ens3"]);
     node.exec(&["ip", "link", "set", "ens3", "up"]);
-    node.exec(&["ip", "link", "add", "other0", "type", "dummy"]);
+    node.exec(&[
+        "ip", "link", "add", "other0", "type", "veth", "peer", "name", "other0p",
+    ]);
     node.exec(&["ip", "link", "set", "other0", "up"]);
     let mut agent = AgentProc::spawn(
         &node,
