@@ -74,33 +74,36 @@ pub async fn serve_health(addr: SocketAddr, reason: Arc<str>) -> std::io::Result
         let (stream, _) = listener.accept().await?;
         let reason = reason.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let reason = reason.clone();
-                async move {
-                    Ok::<_, Infallible>(match req.uri().path() {
-                        "/healthz" => text(StatusCode::OK, "ok\n".into()),
-                        "/readyz" => text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("not ready: {}\n", message(&reason)),
-                        ),
-                        "/metrics" => match render() {
-                            Ok(body) => {
-                                let mut resp = text(StatusCode::OK, body);
-                                resp.headers_mut().insert(
-                                    hyper::header::CONTENT_TYPE,
-                                    hyper::header::HeaderValue::from_static(METRICS_CONTENT_TYPE),
-                                );
-                                resp
-                            }
-                            Err(_) => text(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                "encoding failed\n".into(),
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let reason = reason.clone();
+                    async move {
+                        Ok::<_, Infallible>(match req.uri().path() {
+                            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+                            "/readyz" => text(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!("not ready: {}\n", message(&reason)),
                             ),
-                        },
-                        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
-                    })
-                }
-            });
+                            "/metrics" => match render() {
+                                Ok(body) => {
+                                    let mut resp = text(StatusCode::OK, body);
+                                    resp.headers_mut().insert(
+                                        hyper::header::CONTENT_TYPE,
+                                        hyper::header::HeaderValue::from_static(
+                                            METRICS_CONTENT_TYPE,
+                                        ),
+                                    );
+                                    resp
+                                }
+                                Err(_) => text(
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    "encoding failed\n".into(),
+                                ),
+                            },
+                            _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+                        })
+                    }
+                });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
