@@ -40,6 +40,12 @@ pub struct InstallOptions {
     /// its .conflist drops our entry).
     #[arg(long)]
     pub watch_seconds: Option<u64>,
+    /// Only copy the binary; leave the conflist alone. The DaemonSet's
+    /// init container runs this: the agent chains the entry itself once it
+    /// enforces, so an agent that cannot load its programs never makes
+    /// every pod's ADD fail.
+    #[arg(long, conflicts_with_all = ["wait_seconds", "watch_seconds", "agent_socket"])]
+    pub binary_only: bool,
 }
 
 /// Failures of the installer.
@@ -95,6 +101,9 @@ pub fn run(opts: &InstallOptions) -> Result<(), InstallError> {
     let entry = chained_entry(opts.agent_socket.as_deref());
     let target = opts.bin_dir.join(PLUGIN_TYPE);
     report_binary(install_binary(&source, &opts.bin_dir)?, &target);
+    if opts.binary_only {
+        return Ok(());
+    }
     let conflist = wait_for_config(&opts.conflist_dir, Duration::from_secs(opts.wait_seconds))?;
     report_chain(ensure_chained(&conflist, &entry)?, &conflist);
     let Some(every) = opts.watch_seconds else {

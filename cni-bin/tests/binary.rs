@@ -77,6 +77,11 @@ fn install_then_uninstall_leaves_the_node_as_it_was() {
         assert!(out.status.success(), "{args:?}: {out:?}");
         String::from_utf8(out.stdout).unwrap()
     };
+    // The DaemonSet's init container: the binary only, the conflist as it
+    // was (the agent chains it once it enforces).
+    cli(&["install", "--binary-only"]);
+    assert!(bin.join("palisade-cni").is_file());
+    assert_eq!(std::fs::read_to_string(&conflist).unwrap(), original);
     cli(&["install"]);
     assert!(bin.join("palisade-cni").is_file());
     assert!(std::fs::read_to_string(&conflist)

@@ -238,8 +238,11 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         &agent_api::Request::AgentStatus,
         std::time::Duration::from_secs(5),
     )?;
-    let agent_api::Response::AgentStatus { status } = answer else {
-        anyhow::bail!("the agent did not answer with its status: {answer:?}");
+    let status = match answer {
+        agent_api::Response::AgentStatus { status } => status,
+        // An agent that cannot enforce says why (see `unloaded`).
+        agent_api::Response::Error { message } => anyhow::bail!("{message}"),
+        other => anyhow::bail!("the agent did not answer with its status: {other:?}"),
     };
     let mut out = std::io::stdout().lock();
     let written = write_status(&status, args.output, &mut out);

@@ -36,22 +36,7 @@ pub async fn serve<D: Dataplane + 'static>(
     agent: SharedAgent<D>,
     hub: Arc<FlowHub>,
 ) -> std::io::Result<()> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = UnixListener::bind(socket)?;
-    // Root only: the plugin runs as root; connections from other users
-    // are refused by the peer check below as well (no window between bind
-    // and chmod).
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    }
+    let listener = bind(socket)?;
     tracing::info!(socket = %socket.display(), "serving CNI requests");
     let mut backoff = AcceptBackoff::new("cni");
     loop {
@@ -77,6 +62,27 @@ pub async fn serve<D: Dataplane + 'static>(
             }
         });
     }
+}
+
+/// Binds the socket, replacing a stale one, mode 0600.
+pub(crate) fn bind(socket: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(socket)?;
+    // Root only: the plugin runs as root; connections from other users
+    // are refused by the peer check as well (no window between bind and
+    // chmod).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(listener)
 }
 
 async fn handle_connection<D: Dataplane>(
@@ -144,7 +150,7 @@ pub async fn read_request<R: AsyncRead + Unpin>(
 
 /// Accepts connections from root and from the agent's own user only
 /// (`SO_PEERCRED`).
-fn check_peer(stream: &UnixStream) -> std::io::Result<()> {
+pub(crate) fn check_peer(stream: &UnixStream) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let own = unsafe { libc::geteuid() };

@@ -273,7 +273,8 @@ fn respond(req: &Request<Incoming>, state: &HealthState) -> Response<Full<Bytes>
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+/// A plain-text answer.
+pub(crate) fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -393,6 +394,11 @@ pub fn render_view(
         "ready",
         "1 while every watch is in sync and the last apply succeeded",
         gauge(usize::from(ready)),
+    );
+    registry.register(
+        "dataplane_loaded",
+        "1 once the eBPF programs and maps are loaded (0: the agent cannot enforce, see /readyz)",
+        gauge(1),
     );
     let full = Family::<Vec<(String, String)>, Gauge>::default();
     let entries = Family::<Vec<(String, String)>, Gauge>::default();

@@ -64,7 +64,8 @@ struct RunArgs {
     #[arg(long, default_value = policy_agent::run::DEFAULT_BPFFS_DIR)]
     bpffs_dir: PathBuf,
     /// The node's own addresses, always allowed to reach local pods
-    /// (default: every address in the agent's network namespace).
+    /// (default: every address in the agent's network namespace, followed
+    /// as interfaces gain and lose addresses).
     #[arg(long = "node-addr")]
     node_addrs: Vec<IpAddr>,
     /// Node name (informational in kube mode).
@@ -96,15 +97,21 @@ struct RunArgs {
     /// The node's overlay device toward other nodes (Flannel: `flannel.1`),
     /// where local pods' egress to Service backends on other nodes is
     /// judged; without one, such Services fail closed for egress-isolated
-    /// pods. Repeatable.
+    /// pods. `auto`: every VXLAN device of the node, followed as they come
+    /// and go. Repeatable.
     #[arg(long = "node-device")]
-    node_devices: Vec<String>,
+    node_devices: Vec<policy_agent::devices::DeviceArg>,
     /// The node's device toward the world (its uplink, e.g. `eth0`), where
     /// packets from outside the cluster arrive: a NodePort client that
     /// kube-proxy masquerades (`externalTrafficPolicy: Cluster`, backend on
-    /// this node) is then judged on its own address. Repeatable.
+    /// this node) is then judged on its own address. `auto`: the device
+    /// holding `--node-ip`. Repeatable.
     #[arg(long = "external-device")]
-    external_devices: Vec<String>,
+    external_devices: Vec<policy_agent::devices::DeviceArg>,
+    /// The node's own address (its InternalIP; the DaemonSet passes the
+    /// downward API's `status.hostIP`), for `--external-device auto`.
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
     /// How the programs are attached to pods' veths: `tcx` links (kernel
     /// 6.6 or later; a tc user deleting the clsact qdisc cannot remove
     /// them, but each link makes the kernel wait for an RCU grace period,
@@ -291,59 +298,92 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let _lock = policy_agent::lock::acquire(&policy_agent::lock::lock_file_for(&args.cni_socket))?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let snapshots = if args.kube {
-            policy_agent::source::kube::spawn().await?
-        } else {
-            policy_agent::source::file::spawn(args.manifests.clone())?
-        };
-        let node_addrs = if args.node_addrs.is_empty() {
-            policy_agent::run::local_addresses()
-        } else {
-            args.node_addrs.clone()
+        // Opened now, while RBAC allows it: `kubectl delete -k` deletes the
+        // RBAC and the ServiceAccount before the agent stops, and open
+        // watches keep streaming (see `uninstall::owner`).
+        let mut owner_watch = match &args.uninstall_when_deleted {
+            Some(owner) => Some(policy_agent::uninstall::OwnerWatch::spawn(
+                kube::Client::try_default().await?,
+                owner,
+            )),
+            None => None,
         };
         let mut kernel_opts = KernelOptions::new(&args.bpffs_dir);
         kernel_opts.sizes = args.map_sizes.sizes();
         kernel_opts.attach_mode = args.attach_mode.into();
-        let mut dataplane = KernelDataplane::open(kernel_opts)?;
-        if args.log_allowed {
-            dataplane.set_events_for_allowed(true)?;
+        let opened = policy_agent::preflight::run(kernel_opts.attach_mode)
+            .map_err(anyhow::Error::from)
+            .and_then(|facts| {
+                tracing::info!(kernel = %facts.release, memlock = ?facts.memlock, "kernel checked");
+                KernelDataplane::open(kernel_opts).map_err(anyhow::Error::from)
+            });
+        match opened {
+            Ok(dataplane) => enforce(&args, dataplane).await?,
+            // Loud, and harmless to the node's pods: see `unloaded`.
+            Err(e) => {
+                policy_agent::unloaded::run(format!("{e:#}"), args.health_addr, &args.cni_socket)
+                    .await?
+            }
         }
-        let events = dataplane
-            .take_event_reader()
-            .map(|r| Box::new(r) as Box<dyn policy_agent::flows::EventSource>);
-        tracing::info!(
-            bpffs = %args.bpffs_dir.display(),
-            node = args.node_name.as_deref().unwrap_or("-"),
-            "dataplane ready"
-        );
-        let opts = policy_agent::run::RunOptions {
-            node_devices: args.node_devices.clone(),
-            external_devices: args.external_devices.clone(),
-            cni_socket: args.cni_socket.clone(),
-            node_addrs,
-            health_addr: args.health_addr,
-            node_name: args.node_name.clone(),
-            chain: args.cni_conf_dir.clone().map(|conflist_dir| {
-                policy_agent::uninstall::ChainKeeper {
-                    conflist_dir,
-                    agent_socket: (args.cni_socket != Path::new(agent_api::DEFAULT_SOCKET))
-                        .then(|| args.cni_socket.clone()),
-                }
-            }),
-        };
-        policy_agent::run::run(opts, dataplane, events, snapshots).await?;
         if let Some(owner) = &args.uninstall_when_deleted {
             let side = policy_agent::uninstall::NodeSide {
                 conflist_dir: args.cni_conf_dir.clone(),
                 cni_bin_dir: args.cni_bin_dir.clone(),
                 bpffs_dir: args.bpffs_dir.clone(),
             };
-            if let Err(e) = policy_agent::uninstall::on_stop(owner, &side).await {
+            if let Err(e) =
+                policy_agent::uninstall::on_stop(owner, &side, owner_watch.as_mut()).await
+            {
                 tracing::error!(error = %e, "the node side stays in place");
             }
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The agent with its programs loaded, until SIGTERM.
+async fn enforce(args: &RunArgs, mut dataplane: KernelDataplane) -> anyhow::Result<()> {
+    let snapshots = if args.kube {
+        policy_agent::source::kube::spawn().await?
+    } else {
+        policy_agent::source::file::spawn(args.manifests.clone())?
+    };
+    let node_addrs = if args.node_addrs.is_empty() {
+        policy_agent::run::local_addresses()
+    } else {
+        args.node_addrs.clone()
+    };
+    if args.log_allowed {
+        dataplane.set_events_for_allowed(true)?;
+    }
+    let events = dataplane
+        .take_event_reader()
+        .map(|r| Box::new(r) as Box<dyn policy_agent::flows::EventSource>);
+    tracing::info!(
+        bpffs = %args.bpffs_dir.display(),
+        node = args.node_name.as_deref().unwrap_or("-"),
+        "dataplane ready"
+    );
+    let opts = policy_agent::run::RunOptions {
+        node_devices: args.node_devices.clone(),
+        external_devices: args.external_devices.clone(),
+        node_ip: args.node_ip,
+        cni_socket: args.cni_socket.clone(),
+        node_addrs,
+        follow_node_addrs: args.node_addrs.is_empty(),
+        health_addr: args.health_addr,
+        node_name: args.node_name.clone(),
+        chain: args
+            .cni_conf_dir
+            .clone()
+            .map(|conflist_dir| policy_agent::uninstall::ChainKeeper {
+                conflist_dir,
+                agent_socket: (args.cni_socket != Path::new(agent_api::DEFAULT_SOCKET))
+                    .then(|| args.cni_socket.clone()),
+                enforcing: Default::default(),
+            }),
+    };
+    policy_agent::run::run(opts, dataplane, events, snapshots).await
 }
 
 fn cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {

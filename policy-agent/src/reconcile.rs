@@ -351,6 +351,15 @@ impl<D: Dataplane> Agent<D> {
         self.applies
     }
 
+    /// Whether the agent enforces a complete cluster state: every kind
+    /// listed and in sync, compiled and written without failure. Weaker
+    /// than [`readiness`](Self::readiness) (a pod denied by a full map or
+    /// not adopted yet does not count against it): what the chain entry
+    /// waits for (see [`crate::uninstall::ChainKeeper`]).
+    pub fn enforces(&self) -> bool {
+        self.compiled && self.apply_failed.is_none() && self.sync.problems().is_empty()
+    }
+
     /// `Ok` while the agent may say it is ready (`/readyz`, CNI STATUS):
     /// every kind listed and in sync, and the last apply succeeded;
     /// otherwise why not, in words.
@@ -609,6 +618,39 @@ impl<D: Dataplane> Agent<D> {
             .engine
             .endpoints_changed(&self.snapshot, &self.registry.assignment());
         self.apply(&ops)
+    }
+
+    /// The node's own addresses now (traffic the node originates from
+    /// them reaches local pods, rule 12).
+    pub fn node_addrs(&self) -> &[IpAddr] {
+        &self.node_addrs
+    }
+
+    /// Takes the node's addresses as they are now (a network plugin adds
+    /// its bridge's gateway address at the node's first pod, often after
+    /// the agent started: the kubelet's probes come from it) and, once a
+    /// state is compiled, enforces them (a full compile: host addresses
+    /// change the ipcache of every peer). Returns whether they changed.
+    pub fn set_node_addrs(&mut self, mut addrs: Vec<IpAddr>) -> Result<bool, AgentError> {
+        addrs.sort();
+        addrs.dedup();
+        if addrs == self.node_addrs {
+            return Ok(false);
+        }
+        let old = std::mem::replace(&mut self.node_addrs, addrs);
+        self.snapshot.host_addrs.retain(|a| !old.contains(a));
+        for a in &self.node_addrs {
+            if !self.snapshot.host_addrs.contains(a) {
+                self.snapshot.host_addrs.push(*a);
+            }
+        }
+        if self.compiled {
+            let ops = self
+                .engine
+                .update(&self.snapshot, &self.registry.assignment());
+            self.apply(&ops)?;
+        }
+        Ok(true)
     }
 
     /// How the last compiled state fitted the maps: the endpoints denied

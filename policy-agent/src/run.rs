@@ -13,6 +13,7 @@ use tokio::sync::Mutex;
 
 use crate::cni_server;
 use crate::dataplane::Dataplane;
+use crate::devices::DeviceArg;
 use crate::flows::{self, EventSource, FlowHub};
 use crate::health;
 use crate::reconcile::Agent;
@@ -28,6 +29,9 @@ pub struct RunOptions {
     pub cni_socket: PathBuf,
     /// The node's own addresses (traffic from them to local pods is allowed).
     pub node_addrs: Vec<IpAddr>,
+    /// Follow the node's addresses as they change (`--node-addr` not
+    /// given; see [`crate::node_addrs`]).
+    pub follow_node_addrs: bool,
     /// Where to serve `/healthz`, `/readyz` and `/metrics`, if anywhere.
     pub health_addr: Option<std::net::SocketAddr>,
     /// This node's name: its running pods without an endpoint are reported
@@ -37,12 +41,17 @@ pub struct RunOptions {
     /// running (see [`crate::uninstall::ChainKeeper`]).
     pub chain: Option<crate::uninstall::ChainKeeper>,
     /// The node's overlay devices toward other nodes (Flannel:
-    /// `flannel.1`): the node-device check is attached to each as soon as
-    /// it exists, and again when it is replaced.
-    pub node_devices: Vec<String>,
-    /// The node's devices toward the world (its uplink, `eth0`): the
-    /// external-device check is attached to each the same way.
-    pub external_devices: Vec<String>,
+    /// `flannel.1`; `auto`: every VXLAN device, see [`crate::devices`]):
+    /// the node-device check is attached to each as soon as it exists, and
+    /// again when it is replaced.
+    pub node_devices: Vec<DeviceArg>,
+    /// The node's devices toward the world (its uplink, `eth0`; `auto`:
+    /// the one holding [`node_ip`](Self::node_ip)): the external-device
+    /// check is attached to each the same way.
+    pub external_devices: Vec<DeviceArg>,
+    /// The node's own address (its InternalIP), for `--external-device
+    /// auto`.
+    pub node_ip: Option<IpAddr>,
 }
 
 /// Runs until SIGINT/SIGTERM. Pinned programs and maps stay in place after
@@ -141,22 +150,24 @@ pub async fn run<D: Dataplane + 'static>(
         });
     }
     let keeper = opts.chain.clone().map(crate::uninstall::ChainKeeper::spawn);
+    let addresses = opts
+        .follow_node_addrs
+        .then(|| tokio::spawn(crate::node_addrs::follow(agent.clone())));
+    let chainer = opts
+        .chain
+        .clone()
+        .map(|chain| tokio::spawn(chain_once_enforcing(agent.clone(), ready.clone(), chain)));
     let adopter = opts
         .node_name
         .is_some()
         .then(|| tokio::spawn(adopt_loop(agent.clone())));
-    let wanted: Vec<(String, DeviceRole)> = opts
-        .node_devices
-        .iter()
-        .map(|d| (d.clone(), DeviceRole::Overlay))
-        .chain(
-            opts.external_devices
-                .iter()
-                .map(|d| (d.clone(), DeviceRole::External)),
-        )
-        .collect();
-    let devices =
-        (!wanted.is_empty()).then(|| tokio::spawn(node_device_loop(agent.clone(), wanted)));
+    let wanted = Wanted {
+        overlay: opts.node_devices.clone(),
+        external: opts.external_devices.clone(),
+        node_ip: opts.node_ip,
+    };
+    let devices = (!wanted.overlay.is_empty() || !wanted.external.is_empty())
+        .then(|| tokio::spawn(node_device_loop(agent.clone(), wanted)));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
@@ -176,6 +187,13 @@ pub async fn run<D: Dataplane + 'static>(
     if let Some(devices) = devices {
         devices.abort();
     }
+    if let Some(addresses) = addresses {
+        addresses.abort();
+    }
+    if let Some(chainer) = chainer {
+        chainer.abort();
+        let _ = chainer.await;
+    }
     // Nothing re-chains once the agent has stopped (an uninstall may
     // follow).
     if let Some(keeper) = keeper {
@@ -184,6 +202,38 @@ pub async fn run<D: Dataplane + 'static>(
     }
     let _ = std::fs::remove_file(&opts.cni_socket);
     Ok(())
+}
+
+/// How often the agent looks whether it enforces yet, to chain
+/// `palisade-cni` ([`chain_once_enforcing`]).
+pub const CHAIN_WHEN_ENFORCING_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Waits until the CNI socket is bound and the agent enforces a complete
+/// state ([`Agent::enforces`]), then lets `chain` write the entry (for
+/// good) and writes it at once, without waiting for the keeper's next
+/// check: the chain entry makes every pod's ADD wait for this agent, so
+/// it is written only once the agent has shown it can answer them.
+async fn chain_once_enforcing<D: Dataplane + 'static>(
+    agent: Arc<Mutex<Agent<D>>>,
+    socket_bound: Arc<AtomicBool>,
+    chain: crate::uninstall::ChainKeeper,
+) {
+    loop {
+        if socket_bound.load(Ordering::Relaxed) && agent.lock().await.enforces() {
+            break;
+        }
+        tokio::time::sleep(CHAIN_WHEN_ENFORCING_EVERY).await;
+    }
+    chain.enforcing.store(true, Ordering::Release);
+    match chain.check() {
+        Ok(true) => {
+            tracing::info!(dir = %chain.conflist_dir.display(), "the agent enforces: palisade-cni chained into the active conflist")
+        }
+        Ok(false) => {
+            tracing::info!(dir = %chain.conflist_dir.display(), "the agent enforces: palisade-cni was already chained (or no conflist yet)")
+        }
+        Err(e) => tracing::error!(error = %e, "cannot chain palisade-cni"),
+    }
 }
 
 /// First and longest wait before a failed apply is tried again.
@@ -318,7 +368,7 @@ async fn quarantine_unknown<D: Dataplane + 'static>(agent: &Arc<Mutex<Agent<D>>>
 pub const NODE_DEVICES_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a node device is to the agent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum DeviceRole {
     /// Toward other nodes (`--node-device`).
     Overlay,
@@ -326,17 +376,78 @@ enum DeviceRole {
     External,
 }
 
+/// The node devices asked for.
+struct Wanted {
+    overlay: Vec<DeviceArg>,
+    external: Vec<DeviceArg>,
+    node_ip: Option<IpAddr>,
+}
+
+impl Wanted {
+    /// The devices to check now: the named ones, and what `auto` finds
+    /// (see [`crate::devices`]); `logged` remembers what was said once.
+    async fn resolve(
+        &self,
+        logged: &mut std::collections::BTreeSet<String>,
+    ) -> Vec<(String, DeviceRole)> {
+        let mut out = Vec::new();
+        for (args, role) in [
+            (&self.overlay, DeviceRole::Overlay),
+            (&self.external, DeviceRole::External),
+        ] {
+            for arg in args {
+                match arg {
+                    DeviceArg::Named(name) => out.push((name.clone(), role)),
+                    DeviceArg::Auto => out.extend(self.find(role, logged).await),
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    async fn find(
+        &self,
+        role: DeviceRole,
+        logged: &mut std::collections::BTreeSet<String>,
+    ) -> Vec<(String, DeviceRole)> {
+        let found = match role {
+            DeviceRole::Overlay => match crate::devices::overlay_devices().await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot list the node's overlay devices");
+                    Vec::new()
+                }
+            },
+            DeviceRole::External => self
+                .node_ip
+                .and_then(|ip| {
+                    crate::devices::external_device(ip, &crate::devices::interface_addresses())
+                })
+                .into_iter()
+                .collect(),
+        };
+        if found.is_empty() && logged.insert(format!("auto {role:?}")) {
+            match role {
+                DeviceRole::Overlay => tracing::warn!("no VXLAN overlay device on this node (yet): Services with backends on other nodes fail closed for egress-isolated pods until there is one"),
+                DeviceRole::External => tracing::warn!(node_ip = ?self.node_ip, "no device holds the node's address (is --node-ip set?): masqueraded NodePort clients are judged as the node"),
+            }
+        }
+        found.into_iter().map(|name| (name, role)).collect()
+    }
+}
+
 /// Attaches each device's check once the device exists, and again
 /// whenever its interface index changes (the device was replaced).
-async fn node_device_loop<D: Dataplane + 'static>(
-    agent: Arc<Mutex<Agent<D>>>,
-    devices: Vec<(String, DeviceRole)>,
-) {
+async fn node_device_loop<D: Dataplane + 'static>(agent: Arc<Mutex<Agent<D>>>, wanted: Wanted) {
     let mut attached: std::collections::BTreeMap<String, u32> = Default::default();
     let mut waiting_logged = std::collections::BTreeSet::new();
+    let mut auto_logged = std::collections::BTreeSet::new();
     let mut tick = tokio::time::interval(NODE_DEVICES_EVERY);
     loop {
         tick.tick().await;
+        let devices = wanted.resolve(&mut auto_logged).await;
         for (name, role) in &devices {
             let Ok(ifindex) = nix::net::if_::if_nametoindex(name.as_str()) else {
                 if waiting_logged.insert(name.clone()) {

@@ -7,16 +7,28 @@
 //! inotify and checks the active conflist on every change there, so a pod
 //! created meanwhile has a window of milliseconds, not seconds, to start
 //! without the entry (such a pod is adopted, see
-//! [`crate::reconcile::adopt`]). When the agent
-//! stops because its DaemonSet is gone or being deleted
-//! ([`owner_removed`]), it takes the node side with it ([`remove_from_node`]):
-//! first the chain entry (so no new pod waits for an agent that will not
-//! come back), then the binary, then the programs and pins. When it stops
-//! for any other reason (a rolling update, a restart, a manual kill), it
-//! leaves all of that in place: the pinned programs keep enforcing and the
-//! next agent adopts them.
+//! [`crate::reconcile::adopt`]). It writes the entry only once the agent
+//! has shown it enforces (its first ready state,
+//! [`ChainKeeper::enforcing`]): an agent that cannot load its programs (no
+//! BTF, a seccomp profile refusing `bpf`, a runtime without `CAP_BPF`)
+//! never chains, so the node's pods keep starting without Palisade while it
+//! says why (log, `/readyz`, `palisade_dataplane_loaded`, `status`) instead
+//! of failing every CNI ADD. An entry a previous agent wrote stays: once a
+//! node has been enforced it stays fail-closed.
+//!
+//! When the agent stops because its DaemonSet is gone or being deleted, or
+//! its namespace is terminating ([`owner`]: decided from watches opened at
+//! start, so it works when `kubectl delete -k` has already deleted the RBAC
+//! and the ServiceAccount), it takes the node side with it
+//! ([`remove_from_node`]): first the chain entry (so no new pod waits for
+//! an agent that will not come back), then the binary, then the programs
+//! and pins. When it stops for any other reason (a rolling update, a
+//! restart, a manual kill), it leaves all of that in place: the pinned
+//! programs keep enforcing and the next agent adopts them.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -27,6 +39,10 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 
 use crate::dataplane::kernel::KernelDataplane;
 use crate::dataplane::DataplaneError;
+
+pub mod owner;
+
+pub use owner::{decide, Owner, OwnerWatch, Seen, Sightings};
 
 /// How often the chain entry is checked besides on every change in the
 /// folder (a safety net: inotify drops events when its queue overflows).
@@ -43,13 +59,20 @@ pub struct ChainKeeper {
     pub conflist_dir: PathBuf,
     /// The agent socket the entry names (`None`: the plugin's default).
     pub agent_socket: Option<PathBuf>,
+    /// Set once the agent has enforced a complete state (it stays set):
+    /// until then a missing entry is not written.
+    pub enforcing: Arc<AtomicBool>,
 }
 
 impl ChainKeeper {
-    /// Chains the entry into the active conflist if it is missing; `true`
-    /// when it changed the file. No conflist yet is not an error (the
-    /// network plugin has not written it).
+    /// Chains the entry into the active conflist if it is missing and the
+    /// agent is [`enforcing`](Self::enforcing); `true` when it changed the
+    /// file. No conflist yet is not an error (the network plugin has not
+    /// written it).
     pub fn check(&self) -> Result<bool, InstallError> {
+        if !self.enforcing.load(Ordering::Acquire) {
+            return Ok(false);
+        }
         let Some(active) = install::active_config(&self.conflist_dir)? else {
             return Ok(false);
         };
@@ -174,42 +197,12 @@ pub fn remove_from_node(side: &NodeSide) -> Result<Uninstalled, UninstallError> 
     Ok(done)
 }
 
-/// `NAMESPACE/NAME` of the DaemonSet whose deletion means "uninstall".
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Owner {
-    /// Its namespace.
-    pub namespace: String,
-    /// Its name.
-    pub name: String,
-}
-
-impl std::str::FromStr for Owner {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.split_once('/') {
-            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-                Ok(Owner {
-                    namespace: ns.to_string(),
-                    name: name.to_string(),
-                })
-            }
-            _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
-        }
-    }
-}
-
-impl std::fmt::Display for Owner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
 /// Whether the DaemonSet `owner` is gone or being deleted: `kubectl
 /// delete` removes it before its pods (background propagation) or marks it
 /// deleted until they are gone (foreground). An error (the API server
-/// unreachable) is returned as such: callers keep the node side then,
-/// since a wrong "yes" would leave the node unenforced.
+/// unreachable, or `401`/`403` once the ServiceAccount or RBAC is deleted)
+/// is returned as such: [`on_stop`] then decides from what its
+/// [`OwnerWatch`] saw.
 pub async fn owner_removed(client: kube::Client, owner: &Owner) -> Result<bool, kube::Error> {
     let api: kube::Api<DaemonSet> = kube::Api::namespaced(client, &owner.namespace);
     Ok(match api.get_opt(&owner.name).await? {
@@ -218,18 +211,49 @@ pub async fn owner_removed(client: kube::Client, owner: &Owner) -> Result<bool, 
     })
 }
 
+/// How long the agent waits, as it stops, for a watch event that may
+/// still be on its way when neither the watches nor the API server have
+/// said "removed" yet.
+pub const STOP_PATIENCE: Duration = Duration::from_secs(2);
+
 /// What the agent does with the node side as it stops: removes it when
-/// `owner` is gone, else leaves it. Returns whether it removed it.
-pub async fn on_stop(owner: &Owner, side: &NodeSide) -> anyhow::Result<bool> {
-    let client = kube::Client::try_default().await?;
-    let removed = tokio::time::timeout(Duration::from_secs(5), owner_removed(client, owner))
-        .await
-        .map_err(|_| anyhow::anyhow!("asking the API server for DaemonSet {owner} timed out"))??;
-    if !removed {
-        tracing::info!(%owner, "the DaemonSet is still there: programs and chain entry stay for the next agent");
+/// [`decide`] says so from what `watch` saw and a fresh `GET` of `owner`
+/// (when the API server still answers), else leaves it. Returns whether it
+/// removed it.
+pub async fn on_stop(
+    owner: &Owner,
+    side: &NodeSide,
+    watch: Option<&mut OwnerWatch>,
+) -> anyhow::Result<bool> {
+    let confirmed = match kube::Client::try_default().await {
+        Ok(client) => {
+            match tokio::time::timeout(Duration::from_secs(5), owner_removed(client, owner)).await {
+                Ok(Ok(removed)) => Some(removed),
+                Ok(Err(e)) => {
+                    tracing::info!(%owner, error = %e, "cannot ask the API server for the DaemonSet (RBAC or ServiceAccount deleted?): deciding from what the watches saw");
+                    None
+                }
+                Err(_) => {
+                    tracing::info!(%owner, "asking the API server for the DaemonSet timed out: deciding from what the watches saw");
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "no API client: deciding from what the watches saw");
+            None
+        }
+    };
+    let seen = match watch {
+        Some(w) if confirmed.is_none() => w.wait_for_removal(STOP_PATIENCE).await,
+        Some(w) => w.seen(),
+        None => Sightings::default(),
+    };
+    if !decide(&seen, confirmed) {
+        tracing::info!(%owner, ?seen, ?confirmed, "not an uninstall: programs and chain entry stay for the next agent");
         return Ok(false);
     }
-    tracing::warn!(%owner, "the DaemonSet is gone or being deleted: removing Palisade from this node");
+    tracing::warn!(%owner, ?seen, ?confirmed, "the DaemonSet or its namespace is being deleted: removing Palisade from this node");
     let done = remove_from_node(side)?;
     for path in &done.unchained {
         tracing::info!(path = %path.display(), "removed palisade-cni from the conflist");
@@ -275,6 +299,7 @@ mod tests {
         let keeper = ChainKeeper {
             conflist_dir: dir.path().to_path_buf(),
             agent_socket: None,
+            enforcing: Arc::new(AtomicBool::new(true)),
         }
         .spawn();
         // The keeper watches before the network plugin writes its file.
@@ -291,16 +316,5 @@ mod tests {
             }
         }
         keeper.abort();
-    }
-
-    #[test]
-    fn owners_parse_as_namespace_slash_name() {
-        let o: Owner = "palisade-system/palisade-agent".parse().unwrap();
-        assert_eq!(o.namespace, "palisade-system");
-        assert_eq!(o.name, "palisade-agent");
-        assert_eq!(o.to_string(), "palisade-system/palisade-agent");
-        for bad in ["", "x", "/x", "x/", "a/b/c"] {
-            assert!(bad.parse::<Owner>().is_err(), "{bad:?}");
-        }
     }
 }

@@ -155,17 +155,20 @@ fn the_install_applies_and_grants_exactly_what_the_agent_reads() {
     }
     // In its own namespace too (a Role there would show up here).
     assert!(!agent_can(&cp, "get", "secrets", Some(NAMESPACE)));
-    // Its own DaemonSet, read only, to tell an uninstall from a restart.
-    assert!(agent_can(
-        &cp,
-        "get",
-        "daemonsets.apps/palisade-agent",
-        Some(NAMESPACE)
-    ));
+    // Its own DaemonSet, read and watched by name only, to tell an
+    // uninstall from a restart.
+    for verb in ["get", "list", "watch"] {
+        assert!(
+            agent_can(&cp, verb, "daemonsets.apps/palisade-agent", Some(NAMESPACE)),
+            "{verb} its own DaemonSet"
+        );
+    }
     for (verb, what, ns) in [
         ("get", "daemonsets.apps/other", NAMESPACE),
         ("get", "daemonsets.apps/palisade-agent", "default"),
         ("list", "daemonsets.apps", NAMESPACE),
+        ("watch", "daemonsets.apps", NAMESPACE),
+        ("watch", "daemonsets.apps/other", NAMESPACE),
         ("delete", "daemonsets.apps/palisade-agent", NAMESPACE),
         ("patch", "daemonsets.apps/palisade-agent", NAMESPACE),
     ] {

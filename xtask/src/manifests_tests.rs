@@ -172,9 +172,10 @@ fn the_cluster_role_reads_exactly_what_the_docs_list() {
     );
 }
 
-/// The one namespaced grant: `get` on the agent's own DaemonSet, by name,
-/// in its own namespace (to tell an uninstall from a restart), and the
-/// agent is told that DaemonSet.
+/// The one namespaced grant: `get`, `list` and `watch` on the agent's own
+/// DaemonSet, by name, in its own namespace (to tell an uninstall from a
+/// restart, watched from the start since `kubectl delete -k` deletes the
+/// RBAC before the agent stops), and the agent is told that DaemonSet.
 #[test]
 fn the_role_reads_only_the_agents_own_daemonset() {
     let docs = rendered();
@@ -182,7 +183,7 @@ fn the_role_reads_only_the_agents_own_daemonset() {
     let ds = of_kind(&docs, "DaemonSet")[0];
     let rules = role["rules"].as_array().unwrap();
     assert_eq!(rules.len(), 1, "{role}");
-    assert_eq!(strings(&rules[0]["verbs"]), ["get"]);
+    assert_eq!(strings(&rules[0]["verbs"]), ["get", "list", "watch"]);
     assert_eq!(strings(&rules[0]["apiGroups"]), ["apps"]);
     assert_eq!(strings(&rules[0]["resources"]), ["daemonsets"]);
     assert_eq!(
@@ -338,14 +339,26 @@ fn the_agent_is_probed_and_told_its_node() {
     );
     let ds = of_kind(&docs, "DaemonSet")[0];
     assert_eq!(ds["spec"]["updateStrategy"]["type"], "RollingUpdate");
-    // The chain installer runs first; the agent keeps the entry chained
-    // in the same folder.
+    // The installer init container copies the binary only and cannot
+    // touch the conflist: the agent chains the entry itself once it
+    // enforces (an agent that cannot load must not fail every ADD), in
+    // the folder it is given.
     let installs = |c: &&Value| strings(&c["command"]).contains(&"install".to_string());
-    assert!(spec["initContainers"]
+    let installer = spec["initContainers"]
         .as_array()
         .unwrap()
         .iter()
-        .any(|c| installs(&c)));
+        .find(|c| installs(c))
+        .expect("an installer init container");
+    assert!(strings(&installer["command"]).contains(&"--binary-only".to_string()));
+    assert!(
+        installer["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["name"] != "cni-conf"),
+        "the installer mounts the CNI configuration folder"
+    );
     assert!(cmd
         .windows(2)
         .any(|w| w == ["--cni-conf-dir", "/host/etc/cni/net.d"]));

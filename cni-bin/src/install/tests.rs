@@ -54,6 +54,7 @@ fn options(t: &TempDir, source: &Path) -> InstallOptions {
         source: Some(source.to_path_buf()),
         agent_socket: None,
         wait_seconds: 0,
+        binary_only: false,
         watch_seconds: None,
     }
 }

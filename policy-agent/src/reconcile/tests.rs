@@ -77,6 +77,27 @@ fn add_attaches_and_applies_policy_for_the_pod() {
 }
 
 #[test]
+fn a_node_address_that_appears_later_reaches_isolated_pods() {
+    // The agent started before the bridge had its gateway address.
+    let mut agent = Agent::new(FakeDataplane::default(), vec![]);
+    agent.set_snapshot(cluster(&[DENY_ALL])).unwrap();
+    agent.add(new_ep("c1", "a", "10.244.0.10")).unwrap();
+    assert!(!ingress_allowed(&agent, "veth-a", "10.244.0.1"));
+    let applies = agent.dataplane().applies;
+    let gw: IpAddr = "10.244.0.1".parse().unwrap();
+    assert!(agent.set_node_addrs(vec![gw]).unwrap());
+    assert!(ingress_allowed(&agent, "veth-a", "10.244.0.1"));
+    assert!(agent.dataplane().applies > applies);
+    // The same set again changes nothing.
+    assert!(!agent.set_node_addrs(vec![gw, gw]).unwrap());
+    // An address the node loses is no longer the node's.
+    assert!(agent.set_node_addrs(vec![]).unwrap());
+    assert!(!ingress_allowed(&agent, "veth-a", "10.244.0.1"));
+    // Still denied to a peer all along.
+    assert!(!ingress_allowed(&agent, "veth-a", "10.244.0.11"));
+}
+
+#[test]
 fn unknown_pod_is_refused_and_nothing_is_attached() {
     let mut agent = Agent::new(FakeDataplane::default(), vec![]);
     agent.set_snapshot(cluster(&[])).unwrap();
