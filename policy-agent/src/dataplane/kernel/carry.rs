@@ -25,8 +25,9 @@ use super::{kernel_error, DataplaneError, PinPaths};
 /// 1 or 2 has none of them, so it is neither deferred (it was judged on
 /// its destination, as 1 and 2 judged everything) nor marked as sent by
 /// the node's own stack; a flow from the node is then judged without the
-/// node's exemption the next time a policy change re-judges it.
-pub const CONNTRACK_LAYOUTS: &[u32] = &[1, 2, 3, 4];
+/// node's exemption the next time a policy change re-judges it. Layout 5
+/// (the pod's MAC in the endpoint entry) left conntrack as it was.
+pub const CONNTRACK_LAYOUTS: &[u32] = &[1, 2, 3, 4, 5];
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
