@@ -176,6 +176,32 @@ async fn addresses_in(
     Ok(out)
 }
 
+/// The links of this namespace holding one of `addrs`.
+async fn links_holding(
+    handle: &rtnetlink::Handle,
+    addrs: &[IpAddr],
+) -> Result<BTreeSet<u32>, LinkError> {
+    if addrs.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let mut stream = handle.address().get().execute();
+    let mut out = BTreeSet::new();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(|e| LinkError::Netlink(e.to_string()))?
+    {
+        for a in &msg.attributes {
+            if let AddressAttribute::Address(ip) | AddressAttribute::Local(ip) = a {
+                if addrs.contains(ip) {
+                    out.insert(msg.header.index);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// For each pod (by its addresses), the host veth whose peer holds one of
 /// them, if exactly one does (see the module doc). One netlink dump of the
 /// links and one of the addresses per peer namespace serve every pod.
@@ -197,15 +223,28 @@ pub async fn find_pod_veths_skipping<K: Ord + Clone>(
 
 /// Every host veth whose peer lives in another network namespace, except
 /// those named in `skip`.
-pub async fn foreign_veths(skip: &BTreeSet<String>) -> Result<Vec<FoundVeth>, LinkError> {
+pub async fn foreign_veths(
+    skip: &BTreeSet<String>,
+    protect: &[IpAddr],
+) -> Result<Vec<FoundVeth>, LinkError> {
     let (connection, handle, _) =
         rtnetlink::new_connection_with_strict_check().map_err(LinkError::Socket)?;
     let task = tokio::spawn(connection);
-    let result = host_veths(&handle).await;
+    let result = async {
+        let veths = host_veths(&handle).await?;
+        let addressed = links_holding(&handle, protect).await?;
+        Ok::<_, LinkError>((veths, addressed))
+    }
+    .await;
     task.abort();
-    Ok(result?
+    let (veths, addressed) = result?;
+    Ok(veths
         .into_iter()
         .filter(|v| !skip.contains(&v.ifname))
+        // The veth holding the node's own address is its uplink (a node
+        // that is itself a container or a namespace, as on kind), never a
+        // pod's host side.
+        .filter(|v| !addressed.contains(&v.index))
         .map(|v| FoundVeth {
             ifname: v.ifname,
             index: v.index,

@@ -160,7 +160,7 @@ pub async fn run<D: Dataplane + 'static>(
     let adopter = opts
         .node_name
         .is_some()
-        .then(|| tokio::spawn(adopt_loop(agent.clone())));
+        .then(|| tokio::spawn(adopt_loop(agent.clone(), opts.node_ip)));
     let wanted = Wanted {
         overlay: opts.node_devices.clone(),
         external: opts.external_devices.clone(),
@@ -276,7 +276,11 @@ pub const ADOPT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// adopts it (see [`crate::reconcile::adopt`]); forgets adopted endpoints
 /// whose pod no longer runs here, and endpoints whose host veth is gone
 /// (a lost CNI DEL). Every [`ADOPT_EVERY`].
-async fn adopt_loop<D: Dataplane + 'static>(agent: Arc<Mutex<Agent<D>>>) {
+///
+/// `node_ip` is the node's own address: the veth holding it is the node's
+/// uplink (a node that is itself a container or a namespace, as on kind),
+/// never quarantined.
+async fn adopt_loop<D: Dataplane + 'static>(agent: Arc<Mutex<Agent<D>>>, node_ip: Option<IpAddr>) {
     let mut tick = tokio::time::interval(ADOPT_EVERY);
     let mut refused = std::collections::BTreeSet::new();
     loop {
@@ -334,14 +338,17 @@ async fn adopt_loop<D: Dataplane + 'static>(agent: Arc<Mutex<Agent<D>>>) {
             }
         }
         if lost > 0 {
-            quarantine_unknown(&agent).await;
+            quarantine_unknown(&agent, node_ip).await;
         }
     }
 }
 
 /// Isolates every host veth into another namespace that serves no
 /// endpoint (see [`crate::reconcile::quarantine`]).
-async fn quarantine_unknown<D: Dataplane + 'static>(agent: &Arc<Mutex<Agent<D>>>) {
+async fn quarantine_unknown<D: Dataplane + 'static>(
+    agent: &Arc<Mutex<Agent<D>>>,
+    node_ip: Option<IpAddr>,
+) {
     let known: std::collections::BTreeSet<String> = agent
         .lock()
         .await
@@ -349,7 +356,8 @@ async fn quarantine_unknown<D: Dataplane + 'static>(agent: &Arc<Mutex<Agent<D>>>
         .iter()
         .map(|e| e.ifname.clone())
         .collect();
-    let veths = match crate::links::foreign_veths(&known).await {
+    let protect: Vec<IpAddr> = node_ip.into_iter().collect();
+    let veths = match crate::links::foreign_veths(&known, &protect).await {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, "cannot list host veths to quarantine");
