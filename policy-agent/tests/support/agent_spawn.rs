@@ -1,9 +1,9 @@
-//! The agent as a process in a node namespace, started with any wrapper
-//! (`setpriv`, `prlimit`) and arguments, for `agent_node.rs`. Overlaps
-//! `agent_proc.rs`, which starts it in the machine's namespace: to fold.
-//! The real `policy-agent run` as a process in a node namespace, with its
-//! scratch folder (manifests, socket, log), killed on drop. Needs the
-//! `netns` support module beside it.
+//! The real `policy-agent run` as a process in a node namespace, started
+//! with any wrapper (`setpriv`, `prlimit`) and arguments, with its scratch
+//! folder (manifests, socket, log), killed on drop; for `agent_node.rs`.
+//! Needs the `netns` support module beside it. It overlaps
+//! `agent_proc.rs`, which starts the agent in the machine's namespace:
+//! the two are to be folded into one.
 
 #![allow(dead_code)]
 
