@@ -59,21 +59,22 @@ pub fn entrypoint() -> Vec<String> {
     vec![format!("{IMAGE_BIN_DIR}/policy-agent")]
 }
 
-/// `cargo xtask image [--tag TAG] [--output PATH]`: builds the release
-/// binaries and writes the archive; prints its path (the only line on
-/// stdout), so `ARCHIVE=$(cargo xtask image)` works.
-pub fn run(tag: &str, output: Option<&Path>) -> Result<ExitCode> {
+/// `cargo xtask image [--tag TAG] [--output PATH] [--debug]`: builds the
+/// release (or, with `debug`, the faster debug) binaries and writes the
+/// archive; prints its path (the only line on stdout), so
+/// `ARCHIVE=$(cargo xtask image)` works.
+pub fn run(tag: &str, output: Option<&Path>, debug: bool) -> Result<ExitCode> {
     setup::run_only(setup::BUILD_STEPS)?;
-    let archive = build(tag, output)?;
+    let archive = build(tag, output, !debug)?;
     println!("{}", archive.display());
     Ok(ExitCode::SUCCESS)
 }
 
-/// Builds the release binaries and writes the image archive of `tag` to
-/// `output` (default: [`ARCHIVE_NAME`] in cargo's target folder); returns
-/// its path.
-pub fn build(tag: &str, output: Option<&Path>) -> Result<PathBuf> {
-    let bin_dir = tasks::build_binaries(true)?;
+/// Builds the (release or debug) binaries and writes the image archive of
+/// `tag` to `output` (default: [`ARCHIVE_NAME`] in cargo's target folder);
+/// returns its path.
+pub fn build(tag: &str, output: Option<&Path>, release: bool) -> Result<PathBuf> {
+    let bin_dir = tasks::build_binaries(release)?;
     let archive = match output {
         Some(path) => path.to_path_buf(),
         None => default_archive(&bin_dir),

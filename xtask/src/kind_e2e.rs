@@ -84,7 +84,7 @@ pub fn run(opts: &Options) -> Result<ExitCode> {
         Some(path) => path.clone(),
         None => {
             crate::setup::run_only(crate::setup::BUILD_STEPS)?;
-            image::build(image::DEFAULT_TAG, None)?
+            image::build(image::DEFAULT_TAG, None, true)?
         }
     };
     let context = format!("kind-{}", opts.cluster);

@@ -103,6 +103,10 @@ enum Command {
         /// cargo's target folder).
         #[arg(long)]
         output: Option<PathBuf>,
+        /// From the debug build (static too; faster to build, larger):
+        /// what `cargo xtask test` installs on the bed's real nodes.
+        #[arg(long)]
+        debug: bool,
     },
     /// The upstream Kubernetes 1.20.2 e2e NetworkPolicy suite, unmodified,
     /// against two real nodes (containerd and the kubelet in network
@@ -211,7 +215,7 @@ fn main() -> ExitCode {
             &args,
         ),
         Command::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
-        Command::Image { tag, output } => image::run(&tag, output.as_deref()),
+        Command::Image { tag, output, debug } => image::run(&tag, output.as_deref(), debug),
         Command::KindE2e(opts) => kind_e2e::run(&opts),
         Command::E2eUpstream(opts) => e2e_upstream::run(&opts),
     };
