@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 
@@ -229,24 +229,12 @@ impl RealCluster {
         timeout: Duration,
     ) -> Result<(), TestbedError> {
         let deadline = Instant::now() + timeout;
-        let want = i32::try_from(self.nodes.len()).unwrap_or(i32::MAX);
+        let want = self.nodes.len();
         loop {
             self.check_alive()?;
-            let client = self.cp.client();
-            let (ns, n) = (namespace.to_string(), name.to_string());
-            let ds = self
-                .cp
-                .run(async move { Api::<DaemonSet>::namespaced(client, &ns).get_opt(&n).await })
-                .map_err(kube_err(format!("reading DaemonSet {namespace}/{name}")))?;
-            let status = ds.as_ref().and_then(|d| d.status.clone());
-            let generation = ds.as_ref().and_then(|d| d.metadata.generation);
-            if let Some(s) = &status {
-                if s.number_ready == want
-                    && s.updated_number_scheduled.unwrap_or(0) == want
-                    && s.observed_generation == generation
-                {
-                    return Ok(());
-                }
+            let (ready, status) = self.daemonset_status(namespace, name)?;
+            if ready {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 let mut pods = self
@@ -276,6 +264,35 @@ impl RealCluster {
 }
 
 impl RealCluster {
+    /// Whether DaemonSet `namespace/name` has an up-to-date, ready pod on
+    /// every node now (its controller has seen its latest generation).
+    pub fn daemonset_ready(&self, namespace: &str, name: &str) -> Result<bool, TestbedError> {
+        self.daemonset_status(namespace, name)
+            .map(|(ready, _)| ready)
+    }
+
+    fn daemonset_status(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(bool, Option<DaemonSetStatus>), TestbedError> {
+        let want = i32::try_from(self.nodes.len()).unwrap_or(i32::MAX);
+        let client = self.cp.client();
+        let (ns, n) = (namespace.to_string(), name.to_string());
+        let ds = self
+            .cp
+            .run(async move { Api::<DaemonSet>::namespaced(client, &ns).get_opt(&n).await })
+            .map_err(kube_err(format!("reading DaemonSet {namespace}/{name}")))?;
+        let status = ds.as_ref().and_then(|d| d.status.clone());
+        let generation = ds.as_ref().and_then(|d| d.metadata.generation);
+        let ready = status.as_ref().is_some_and(|s| {
+            s.number_ready == want
+                && s.updated_number_scheduled.unwrap_or(0) == want
+                && s.observed_generation == generation
+        });
+        Ok((ready, status))
+    }
+
     /// Starts an agnhost pod (`pause`) named `namespace/name` on node
     /// `node` and waits until it runs: the node's CNI chain answered its
     /// ADD. Fails with the pod's events when it does not within `timeout`.
