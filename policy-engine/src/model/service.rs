@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::core::v1::{Endpoints, ObjectReference, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::addr::normalize_ip;
@@ -265,6 +265,34 @@ impl ServiceInfo {
     }
 }
 
+/// The pod an endpoint's `targetRef` names (none for other kinds); a
+/// reference without a namespace is in `namespace`, the object's own.
+pub(crate) fn pod_target(target: Option<&ObjectReference>, namespace: &str) -> Option<PodRef> {
+    let t = target.filter(|t| t.kind.as_deref() == Some("Pod"))?;
+    let name = t.name.clone()?;
+    Some(PodRef::new(
+        t.namespace.clone().unwrap_or_else(|| namespace.to_string()),
+        name,
+    ))
+}
+
+/// One port of an Endpoints subset or an EndpointSlice, checked; errors
+/// name `kind`, the object `r` and `field`.
+pub(crate) fn endpoint_port(
+    kind: &'static str,
+    r: &ServiceRef,
+    field: &str,
+    name: Option<&str>,
+    port: i32,
+    proto: Option<&str>,
+) -> Result<EndpointPort, ModelError> {
+    Ok(EndpointPort {
+        name: name.filter(|n| !n.is_empty()).map(str::to_string),
+        port: port_number(kind, r, format!("{field}.port"), port)?,
+        protocol: protocol(kind, r, format!("{field}.protocol"), proto)?,
+    })
+}
+
 /// Builds the snapshot entry of an Endpoints object (ready addresses only).
 pub fn endpoints_from(ep: &Endpoints) -> Result<(ServiceRef, Vec<EndpointSubset>), ModelError> {
     const KIND: &str = "Endpoints";
@@ -278,26 +306,19 @@ pub fn endpoints_from(ep: &Endpoints) -> Result<(ServiceRef, Vec<EndpointSubset>
         let mut out = EndpointSubset::default();
         for (ai, a) in s.addresses.iter().flatten().enumerate() {
             let ip = parse_ip(KIND, &r, format!("subsets[{si}].addresses[{ai}].ip"), &a.ip)?;
-            let pod = a
-                .target_ref
-                .as_ref()
-                .filter(|t| t.kind.as_deref() == Some("Pod"))
-                .and_then(|t| {
-                    let name = t.name.clone()?;
-                    Some(PodRef::new(
-                        t.namespace.clone().unwrap_or_else(|| r.namespace.clone()),
-                        name,
-                    ))
-                });
+            let pod = pod_target(a.target_ref.as_ref(), &r.namespace);
             out.addresses.push(EndpointAddress { ip, pod });
         }
         for (pi, p) in s.ports.iter().flatten().enumerate() {
             let field = format!("subsets[{si}].ports[{pi}]");
-            out.ports.push(EndpointPort {
-                name: p.name.clone().filter(|n| !n.is_empty()),
-                port: port_number(KIND, &r, format!("{field}.port"), p.port)?,
-                protocol: protocol(KIND, &r, format!("{field}.protocol"), p.protocol.as_deref())?,
-            });
+            out.ports.push(endpoint_port(
+                KIND,
+                &r,
+                &field,
+                p.name.as_deref(),
+                p.port,
+                p.protocol.as_deref(),
+            )?);
         }
         subsets.push(out);
     }

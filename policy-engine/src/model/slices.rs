@@ -12,8 +12,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::service::{
-    object_ref, parse_ip, port_number, protocol, EndpointAddress, EndpointPort, EndpointSubset,
-    ServiceRef,
+    endpoint_port, object_ref, parse_ip, pod_target, EndpointAddress, EndpointSubset, ServiceRef,
 };
 use super::{ModelError, PodRef, Snapshot};
 
@@ -76,32 +75,20 @@ pub fn slice_from(slice: &EndpointSlice) -> Result<(SliceRef, EndpointSubset), M
             continue;
         };
         let ip = parse_ip(KIND, &own, format!("endpoints[{ei}].addresses[0]"), text)?;
-        let pod = e
-            .target_ref
-            .as_ref()
-            .filter(|t| t.kind.as_deref() == Some("Pod"))
-            .and_then(|t| {
-                let name = t.name.clone()?;
-                Some(PodRef::new(
-                    t.namespace.clone().unwrap_or_else(|| own.namespace.clone()),
-                    name,
-                ))
-            });
+        let pod = pod_target(e.target_ref.as_ref(), &own.namespace);
         out.addresses.push(EndpointAddress { ip, pod });
     }
     for (pi, p) in slice.ports.iter().flatten().enumerate() {
         let Some(n) = p.port else { continue };
         let field = format!("ports[{pi}]");
-        out.ports.push(EndpointPort {
-            name: p.name.clone().filter(|n| !n.is_empty()),
-            port: port_number(KIND, &own, format!("{field}.port"), n)?,
-            protocol: protocol(
-                KIND,
-                &own,
-                format!("{field}.protocol"),
-                p.protocol.as_deref(),
-            )?,
-        });
+        out.ports.push(endpoint_port(
+            KIND,
+            &own,
+            &field,
+            p.name.as_deref(),
+            n,
+            p.protocol.as_deref(),
+        )?);
     }
     Ok((r, out))
 }
