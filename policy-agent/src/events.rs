@@ -19,6 +19,7 @@
 //! The writer only observes applies: nothing it does, or fails to do,
 //! feeds back into what is enforced.
 
+pub mod cluster;
 mod tracker;
 pub mod writer;
 

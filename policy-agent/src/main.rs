@@ -359,7 +359,10 @@ async fn enforce(args: &RunArgs, mut dataplane: KernelDataplane) -> anyhow::Resu
         });
         (policy_agent::source::kube::spawn_with(client), api_events)
     } else {
-        (policy_agent::source::file::spawn(args.manifests.clone())?, None)
+        (
+            policy_agent::source::file::spawn(args.manifests.clone())?,
+            None,
+        )
     };
     let node_addrs = if args.node_addrs.is_empty() {
         policy_agent::run::local_addresses()

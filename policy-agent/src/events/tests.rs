@@ -134,7 +134,10 @@ fn a_storm_of_one_policy_makes_two_events() {
         }
     }
     let later = t0 + limits.per_policy + Duration::from_secs(1);
-    assert_eq!(q.due(t0 + Duration::from_secs(1)), Some(t0 + limits.per_policy));
+    assert_eq!(
+        q.due(t0 + Duration::from_secs(1)),
+        Some(t0 + limits.per_policy)
+    );
     while let Some(w) = q.pop(later) {
         written.push((later, w));
     }

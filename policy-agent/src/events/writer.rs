@@ -33,7 +33,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 
-use super::{Message, Notice, ACTION, CONTROLLER};
+use super::{cluster, Message, Notice, ACTION, CONTROLLER};
 
 /// The writer's bounds.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -167,7 +167,8 @@ impl Queue {
         self.tokens -= 1.0;
         if self.last.len() >= self.limits.waiting {
             let per_policy = self.limits.per_policy;
-            self.last.retain(|_, t| now.saturating_duration_since(*t) < per_policy);
+            self.last
+                .retain(|_, t| now.saturating_duration_since(*t) < per_policy);
         }
         self.last.insert(uid, now);
         Some(w)
@@ -215,7 +216,7 @@ fn note(w: &Waiting) -> String {
     let mut note = w.notice.note.clone();
     if w.merged > 0 {
         note.push_str(&format!(
-            " ({} earlier change(s) merged into this event)",
+            " ({} earlier apply(s) of it merged into this event)",
             w.merged
         ));
     }
@@ -320,7 +321,7 @@ pub fn new_event(node: &str, n: &Notice, note: &str, now: SystemTime) -> Event {
     }
     let mut name = format!("{}.{:x}{:08x}", n.policy.name, nanos, h as u32);
     name.truncate(253);
-    let mut instance = format!("policy-agent-{node}");
+    let mut instance = format!("{}{node}", cluster::INSTANCE_PREFIX);
     instance.truncate(128);
     Event {
         action: Some(ACTION.into()),
