@@ -684,7 +684,9 @@ impl<D: Dataplane> Agent<D> {
         if self.apply_failed.is_none() {
             return Ok(());
         }
-        self.apply(&[])
+        self.apply(&[])?;
+        self.report_enforced();
+        Ok(())
     }
 
     /// Writes the engine's state to the dataplane, unless `ops` is empty

@@ -247,7 +247,7 @@ impl<D: Dataplane> Agent<D> {
 
     /// Tells the event writer what the apply that just succeeded enforced
     /// (never waits for it).
-    fn report_enforced(&mut self) {
+    pub(super) fn report_enforced(&mut self) {
         let Some(r) = self.enforcement.as_mut() else {
             return;
         };
