@@ -177,3 +177,97 @@ fn the_global_rate_holds_across_policies_and_a_full_queue_drops() {
     q.take(Message::Forget(PodRef::new("shop", "p99")));
     assert_eq!(q.len(), 100 - 40 - 1);
 }
+
+/// Through the agent: a policy change and its origin in one batch make an
+/// `Enforced` notice once applied; its deletion sends `Forget`; nothing
+/// waits on the channel (a full one drops).
+#[test]
+fn the_agent_reports_what_it_applied_and_forgets_deleted_policies() {
+    use crate::dataplane::fake::FakeDataplane;
+    use crate::reconcile::Agent;
+    use crate::source::Change;
+
+    let (sender, mut rx) = channel(1);
+    let mut agent = Agent::new(FakeDataplane::default(), vec![]).with_events("node-a", sender);
+    let mut snap = snapshot();
+    let spec = snap.policies.remove(&web_in()).unwrap();
+    agent.apply_changes(vec![Change::Replace(snap)]).unwrap();
+    assert!(rx.try_recv().is_err(), "nothing changed yet");
+    agent
+        .apply_changes(vec![
+            Change::Policy(web_in(), Box::new(Some(spec.clone()))),
+            Change::PolicyOrigin(web_in(), origin(1, false, SystemTime::now())),
+        ])
+        .unwrap();
+    match rx.try_recv() {
+        Ok(Message::Notice(n)) => {
+            assert_eq!(n.reason, ENFORCED);
+            assert!(
+                n.note.starts_with("Enforced on node-a: 0 pods"),
+                "{}",
+                n.note
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The channel holds one: a second notice while it is full is dropped,
+    // and the agent goes on.
+    agent
+        .apply_changes(vec![Change::PolicyOrigin(
+            web_in(),
+            origin(2, false, SystemTime::now()),
+        )])
+        .unwrap();
+    agent
+        .apply_changes(vec![Change::PolicyOrigin(
+            web_in(),
+            origin(3, false, SystemTime::now()),
+        )])
+        .unwrap();
+    assert!(matches!(rx.try_recv(), Ok(Message::Notice(_))));
+    assert!(rx.try_recv().is_err());
+    agent
+        .apply_changes(vec![Change::Policy(web_in(), Box::new(None))])
+        .unwrap();
+    assert_eq!(rx.try_recv(), Ok(Message::Forget(web_in())));
+}
+
+#[test]
+fn the_summary_keeps_each_nodes_newest_event_of_live_policies() {
+    use k8s_openapi::api::events::v1::Event;
+    let event = |node: &str, uid: &str, warning: bool, at: &str| -> Event {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{uid}.{node}.{at}"), "namespace": "shop"},
+            "eventTime": at,
+            "reportingController": CONTROLLER,
+            "reportingInstance": format!("policy-agent-{node}"),
+            "action": ACTION,
+            "reason": if warning { INVALID } else { ENFORCED },
+            "type": if warning { "Warning" } else { "Normal" },
+            "note": format!("{uid} at {at}"),
+            "regarding": {"kind": "NetworkPolicy", "namespace": "shop", "name": uid, "uid": uid},
+        }))
+        .unwrap()
+    };
+    let events = [
+        event("a", "p1", true, "2026-01-01T00:00:01.000000Z"),
+        // Fixed since: the newest is Normal.
+        event("a", "p1", false, "2026-01-01T00:00:02.000000Z"),
+        event("b", "p1", true, "2026-01-01T00:00:01.000000Z"),
+        // Deleted policy: left out.
+        event("b", "gone", true, "2026-01-01T00:00:03.000000Z"),
+    ];
+    let live = ["p1".to_string()].into_iter().collect();
+    let s = cluster::summarize(&["a".into(), "b".into()], &[], &live, &events);
+    assert_eq!(s.nodes.len(), 2);
+    assert_eq!(s.nodes[0].node, "a");
+    assert!(s.nodes[0].warnings.is_empty());
+    assert_eq!(
+        s.nodes[0].last_apply.as_ref().map(|l| l.note.as_str()),
+        Some("p1 at 2026-01-01T00:00:02.000000Z")
+    );
+    assert_eq!(s.nodes[1].warnings.len(), 1);
+    assert_eq!(s.nodes[1].warnings[0].policy, "shop/p1");
+    assert_eq!(s.nodes[1].agent, "no agent pod");
+    assert!(!s.healthy());
+}
