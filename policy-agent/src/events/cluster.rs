@@ -83,6 +83,18 @@ fn api(what: &'static str) -> impl FnOnce(kube::Error) -> ClusterError {
     move |source| ClusterError::Api { what, source }
 }
 
+/// Every object `api` lists with `params`.
+async fn list<K>(
+    api_of: Api<K>,
+    params: &ListParams,
+    what: &'static str,
+) -> Result<Vec<K>, ClusterError>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api_of.list(params).await.map_err(api(what))?.items)
+}
+
 /// Reads nodes, the agent DaemonSet `namespace/name`'s pods, the
 /// NetworkPolicies and the agents' Events, and summarizes them.
 pub async fn read(
@@ -90,11 +102,9 @@ pub async fn read(
     namespace: &str,
     daemonset: &str,
 ) -> Result<ClusterSummary, ClusterError> {
-    let nodes: Vec<String> = Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(api("nodes"))?
-        .items
+    let all = ListParams::default();
+    let nodes: Vec<String> = list(Api::<Node>::all(client.clone()), &all, "nodes")
+        .await?
         .into_iter()
         .filter_map(|n| n.metadata.name)
         .collect();
@@ -109,25 +119,17 @@ pub async fn read(
         .filter(|l| !l.is_empty())
     {
         let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        pods = Api::<Pod>::namespaced(client.clone(), namespace)
-            .list(&ListParams::default().labels(&selector.join(",")))
-            .await
-            .map_err(api("the agent's pods"))?
-            .items;
+        let params = ListParams::default().labels(&selector.join(","));
+        let api_of = Api::<Pod>::namespaced(client.clone(), namespace);
+        pods = list(api_of, &params, "the agent's pods").await?;
     }
-    let policies: BTreeSet<String> = Api::<NetworkPolicy>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(api("NetworkPolicies"))?
-        .items
+    let api_of = Api::<NetworkPolicy>::all(client.clone());
+    let policies: BTreeSet<String> = list(api_of, &all, "NetworkPolicies")
+        .await?
         .into_iter()
         .filter_map(|p| p.metadata.uid)
         .collect();
-    let events = Api::<Event>::all(client)
-        .list(&ListParams::default())
-        .await
-        .map_err(api("Events"))?
-        .items;
+    let events = list(Api::<Event>::all(client), &all, "Events").await?;
     Ok(summarize(&nodes, &pods, &policies, &events))
 }
 

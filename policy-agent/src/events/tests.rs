@@ -6,23 +6,7 @@ use policy_engine::model::{PodRef, Snapshot};
 use super::writer::{Limits, Queue};
 use super::*;
 
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web, namespace: shop, labels: {app: web}}
-spec: {containers: [{name: c, image: x}]}
-status: {podIP: 10.0.0.2, phase: Running}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: db, namespace: shop, labels: {app: db}}
-spec: {containers: [{name: c, image: x}]}
-status: {podIP: 10.0.0.3, phase: Running}
----
+const WEB_IN: &str = r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: web-in, namespace: shop}
@@ -31,10 +15,12 @@ spec:
 "#;
 
 fn snapshot() -> Snapshot {
-    let mut loaded = policy_engine::manifest::Loaded::default();
-    policy_engine::manifest::load_str(CLUSTER, std::path::Path::new("cluster.yaml"), &mut loaded)
-        .unwrap();
-    loaded.snapshot
+    policy_engine::testutil::ClusterBuilder::new()
+        .ns("shop", &[])
+        .pod("shop/web", &[("app", "web")], &["10.0.0.2"])
+        .pod("shop/db", &[("app", "db")], &["10.0.0.3"])
+        .policy(WEB_IN)
+        .build()
 }
 
 fn origin(generation: i64, listed: bool, seen: SystemTime) -> Origin {
