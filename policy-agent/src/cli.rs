@@ -228,11 +228,28 @@ pub struct StatusArgs {
         default_value = "table"
     )]
     output: Output,
+    /// Summarize the whole cluster from the API server instead (kubeconfig
+    /// found as kubectl finds it): each node's agent ready or not, its
+    /// last apply, the policies it could not enforce.
+    #[arg(long)]
+    kube: bool,
+    /// NAMESPACE/NAME of the agents' DaemonSet (`--kube`).
+    #[arg(
+        long,
+        default_value = "palisade-system/palisade-agent",
+        requires = "kube"
+    )]
+    daemonset: String,
 }
 
 /// `policy-agent status`: exit 1 when a pod of the node is not enforced, or
-/// is denied all traffic because its policy does not fit a map.
+/// is denied all traffic because its policy does not fit a map. With
+/// `--kube`, exit 1 when a node's agent is not ready or could not enforce a
+/// policy.
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    if args.kube {
+        return status_kube(&args);
+    }
     let answer = agent_api::call(
         &args.socket,
         &agent_api::Request::AgentStatus,
@@ -271,6 +288,65 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::from(
         !status.unenforced.is_empty() || denied,
     )))
+}
+
+fn status_kube(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let (ns, ds) = args
+        .daemonset
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("--daemonset {:?} is not NAMESPACE/NAME", args.daemonset))?;
+    let summary = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let client = kube::Client::try_default().await?;
+            anyhow::Ok(policy_agent::events::cluster::read(client, ns, ds).await?)
+        })?;
+    let mut out = std::io::stdout().lock();
+    let written = match args.output {
+        Output::Json => tools::table::write_json(&mut out, &serde_json::to_value(&summary)?),
+        Output::Yaml => tools::table::write_yaml(&mut out, &serde_json::to_value(&summary)?),
+        Output::Table | Output::Wide => write_cluster(&summary, &mut out),
+    };
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+        other => other?,
+    }
+    Ok(ExitCode::from(u8::from(!summary.healthy())))
+}
+
+fn write_cluster(
+    summary: &policy_agent::events::cluster::ClusterSummary,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let rows: Vec<Vec<String>> = summary
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node.clone(),
+                n.agent.to_uppercase(),
+                n.last_apply
+                    .as_ref()
+                    .map_or("-".into(), |s| format!("{} {}", s.time, s.policy)),
+                n.warnings.len().to_string(),
+            ]
+        })
+        .collect();
+    tools::table::write(out, &["NODE", "AGENT", "LAST APPLY", "WARNINGS"], &rows)?;
+    for n in &summary.nodes {
+        if let Some(s) = &n.last_apply {
+            writeln!(out, "{}: last apply: {}: {}", n.node, s.policy, s.note)?;
+        }
+        for w in &n.warnings {
+            writeln!(
+                out,
+                "{}: could not enforce {} ({}, {}x): {}",
+                n.node, w.policy, w.reason, w.count, w.note
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn write_status(

@@ -136,6 +136,10 @@ pub struct AgentMetrics {
     /// Health connections closed at once because [`MAX_CONNECTIONS`], or
     /// [`MAX_PER_PEER`] from their address, were open.
     pub connections_refused: Counter,
+    /// Kubernetes Events about enforcement, by outcome (`written`,
+    /// `merged` into a series, `dropped` by a full queue, `skipped` for a
+    /// policy gone, `failed`); see [`crate::events`].
+    pub api_events: Family<Vec<(String, String)>, Counter>,
 }
 
 impl AgentMetrics {
@@ -143,6 +147,13 @@ impl AgentMetrics {
     pub fn watch_error(&self, kind: &str) {
         self.watch_errors
             .get_or_create(&vec![("kind".to_string(), kind.to_string())])
+            .inc();
+    }
+
+    /// Counts an enforcement Event's `outcome`.
+    pub fn api_event(&self, outcome: &str) {
+        self.api_events
+            .get_or_create(&vec![("outcome".to_string(), outcome.to_string())])
             .inc();
     }
 
@@ -165,6 +176,7 @@ pub fn metrics() -> &'static AgentMetrics {
         watch_errors: Family::default(),
         accept_errors: Family::default(),
         connections_refused: Counter::default(),
+        api_events: Family::default(),
     })
 }
 
@@ -331,6 +343,11 @@ pub fn render_view(
         "apply_failures",
         "Cluster states that could not be applied",
         m.apply_failures.clone(),
+    );
+    registry.register(
+        "api_events",
+        "Kubernetes Events about enforcement, by outcome",
+        m.api_events.clone(),
     );
     registry.register(
         "watch_errors",

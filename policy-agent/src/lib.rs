@@ -13,6 +13,7 @@ pub mod coverage;
 pub mod dataplane;
 pub mod devices;
 pub mod endpoints;
+pub mod events;
 pub mod flows;
 pub mod health;
 pub mod links;

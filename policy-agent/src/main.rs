@@ -343,10 +343,26 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// The agent with its programs loaded, until SIGTERM.
 async fn enforce(args: &RunArgs, mut dataplane: KernelDataplane) -> anyhow::Result<()> {
-    let snapshots = if args.kube {
-        policy_agent::source::kube::spawn().await?
+    let (snapshots, api_events) = if args.kube {
+        let client = kube::Client::try_default().await?;
+        // The event writer is a task of its own behind a bounded queue:
+        // the reconcile loop never waits for it.
+        let api_events = args.node_name.clone().map(|node| {
+            let (sender, rx) = policy_agent::events::channel(policy_agent::events::QUEUE);
+            tokio::spawn(policy_agent::events::writer::run(
+                client.clone(),
+                node,
+                rx,
+                Default::default(),
+            ));
+            sender
+        });
+        (policy_agent::source::kube::spawn_with(client), api_events)
     } else {
-        policy_agent::source::file::spawn(args.manifests.clone())?
+        (
+            policy_agent::source::file::spawn(args.manifests.clone())?,
+            None,
+        )
     };
     let node_addrs = if args.node_addrs.is_empty() {
         policy_agent::run::local_addresses()
@@ -373,6 +389,7 @@ async fn enforce(args: &RunArgs, mut dataplane: KernelDataplane) -> anyhow::Resu
         follow_node_addrs: args.node_addrs.is_empty(),
         health_addr: args.health_addr,
         node_name: args.node_name.clone(),
+        events: api_events,
         chain: args
             .cni_conf_dir
             .clone()

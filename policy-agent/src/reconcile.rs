@@ -118,6 +118,8 @@ pub struct Agent<D: Dataplane> {
     fit: FitReport,
     /// Where the last successful [`Agent::add`] spent its time.
     last_add: AddTimings,
+    /// Reports enforced policy changes as Kubernetes Events (`--kube`).
+    enforcement: Option<crate::events::Reporter>,
 }
 
 /// Where one [`Agent::add`] spent its time (logged with each CNI ADD, and
@@ -179,7 +181,18 @@ impl<D: Dataplane> Agent<D> {
             last_add: AddTimings::default(),
             node: None,
             coverage: crate::coverage::Coverage::default(),
+            enforcement: None,
         }
+    }
+
+    /// Reports every policy change it enforces, and every policy that fails
+    /// closed, to `sender` as this node's (see [`crate::events`]).
+    pub fn with_events(mut self, node: &str, sender: crate::events::EventSender) -> Self {
+        self.enforcement = Some(crate::events::Reporter {
+            tracker: crate::events::Tracker::new(node),
+            sender,
+        });
+        self
     }
 
     /// Names the node the agent runs on: its running pods without an
@@ -671,7 +684,9 @@ impl<D: Dataplane> Agent<D> {
         if self.apply_failed.is_none() {
             return Ok(());
         }
-        self.apply(&[])
+        self.apply(&[])?;
+        self.report_enforced();
+        Ok(())
     }
 
     /// Writes the engine's state to the dataplane, unless `ops` is empty

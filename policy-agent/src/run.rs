@@ -52,6 +52,9 @@ pub struct RunOptions {
     /// The node's own address (its InternalIP), for `--external-device
     /// auto`.
     pub node_ip: Option<IpAddr>,
+    /// Where to report enforced policy changes as Kubernetes Events
+    /// (`--kube` with a node name; see [`crate::events`]).
+    pub events: Option<crate::events::EventSender>,
 }
 
 /// Runs until SIGINT/SIGTERM. Pinned programs and maps stay in place after
@@ -66,6 +69,9 @@ pub async fn run<D: Dataplane + 'static>(
     let mut core = Agent::new(dataplane, opts.node_addrs.clone())
         .with_state_file(state_file.clone())
         .with_node(opts.node_name.clone());
+    if let (Some(sender), Some(node)) = (opts.events.clone(), opts.node_name.as_deref()) {
+        core = core.with_events(node, sender);
+    }
     match crate::endpoints::load(&state_file) {
         Ok(previous) => core.restore(
             previous

@@ -44,6 +44,12 @@ pub enum Change {
     Namespace(String, Option<NamespaceInfo>),
     /// A NetworkPolicy appeared or changed (`Some`), or went away (`None`).
     Policy(PolicyRef, Box<Option<Policy>>),
+    /// Which version of a NetworkPolicy the last [`Change::Policy`] for it
+    /// was, and when its watch event arrived. Sent right *after* that
+    /// change (so by the time the agent takes it, the policy is in its
+    /// state); read only to report enforcement ([`crate::events`]), never
+    /// compiled.
+    PolicyOrigin(PolicyRef, crate::events::Origin),
     /// A Service appeared or changed (`Some`), or went away (`None`).
     Service(ServiceRef, Option<ServiceInfo>),
     /// One EndpointSlice of a Service (its ready backends) appeared or

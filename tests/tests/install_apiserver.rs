@@ -2,7 +2,8 @@
 //! API server (Kubernetes 1.20.2, RBAC on, Debian's kubectl 1.20 and its
 //! built-in kustomize): server-side dry run, then for real, then again
 //! (unchanged); then `kubectl auth can-i` as the agent's ServiceAccount
-//! shows it may read exactly what it watches and nothing else. Needs root
+//! shows it may read exactly what it watches, write Events about
+//! enforcement, and nothing else. Needs root
 //! and the Kubernetes binaries `cargo xtask setup` builds.
 
 use palisade_tests::workspace_root;
@@ -127,7 +128,20 @@ fn the_install_applies_and_grants_exactly_what_the_agent_reads() {
             );
         }
     }
+    // Its one write: Events about enforcement (create, and patch to
+    // extend a series), in the API group it uses.
+    for verb in ["create", "patch"] {
+        assert!(
+            agent_can(&cp, verb, "events.events.k8s.io", None),
+            "the agent cannot {verb} events.events.k8s.io"
+        );
+    }
     for (verb, resource) in [
+        ("get", "events.events.k8s.io"),
+        ("list", "events.events.k8s.io"),
+        ("update", "events.events.k8s.io"),
+        ("delete", "events.events.k8s.io"),
+        ("create", "events.v1."),
         ("get", "secrets"),
         ("list", "secrets"),
         ("watch", "secrets"),
@@ -143,7 +157,6 @@ fn the_install_applies_and_grants_exactly_what_the_agent_reads() {
         ("update", "namespaces"),
         ("create", "networkpolicies.networking.k8s.io"),
         ("delete", "networkpolicies.networking.k8s.io"),
-        ("create", "events"),
         ("patch", "daemonsets.apps"),
         ("create", "serviceaccounts/token"),
         ("*", "*"),

@@ -93,8 +93,17 @@ fn the_agent_service_account_reads_pods_but_not_secrets() {
                 );
             }
         }
+        for verb in ["create", "patch"] {
+            assert!(
+                can(&[verb, "events.events.k8s.io", "-n", "default"], token),
+                "{verb} events"
+            );
+        }
         for denied in [
             &["get", "secrets", "--all-namespaces"][..],
+            &["list", "events.events.k8s.io", "--all-namespaces"],
+            &["delete", "events.events.k8s.io", "-n", "default"],
+            &["create", "events.v1.", "-n", "default"],
             &["list", "secrets", "-n", ns],
             &["create", "pods", "-n", "default"],
             &[

@@ -78,6 +78,12 @@ impl<D: Dataplane> Agent<D> {
                     }
                     gone
                 }
+                Change::PolicyOrigin(policy, origin) => {
+                    if let Some(r) = self.enforcement.as_mut() {
+                        r.tracker.origin(policy, origin);
+                    }
+                    continue;
+                }
                 Change::Lost { kind, reason } => {
                     self.sync.lost(kind, reason);
                     continue;
@@ -127,6 +133,7 @@ impl<D: Dataplane> Agent<D> {
         let applying = std::time::Instant::now();
         self.apply(&ops)?;
         out.written = self.applies > before;
+        self.report_enforced();
         if let Some(started) = full_compile {
             tracing::info!(
                 pods = self.snapshot.pods.len(),
@@ -238,7 +245,32 @@ impl<D: Dataplane> Agent<D> {
             .then_some(Touched::Namespace(name))
     }
 
+    /// Tells the event writer what the apply that just succeeded enforced
+    /// (never waits for it).
+    pub(super) fn report_enforced(&mut self) {
+        let Some(r) = self.enforcement.as_mut() else {
+            return;
+        };
+        let local = self.registry.assignment();
+        let notices = r.tracker.applied(
+            &self.snapshot,
+            local.keys(),
+            &self.engine.current().errors,
+            std::time::SystemTime::now(),
+        );
+        for n in notices {
+            r.sender.send(crate::events::Message::Notice(n));
+        }
+    }
+
     fn set_policy(&mut self, policy: PolicyRef, spec: Option<Policy>) -> Option<Touched> {
+        if spec.is_none() {
+            if let Some(r) = self.enforcement.as_mut() {
+                r.tracker.forget(&policy);
+                r.sender
+                    .send(crate::events::Message::Forget(policy.clone()));
+            }
+        }
         set_entry(&mut self.snapshot.policies, policy.clone(), spec)
             .then_some(Touched::Policy(policy))
     }

@@ -180,6 +180,11 @@ pub trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::
     fn removal(key: Self::Key) -> Change;
     /// The end of a list that returned `keys`.
     fn listed(keys: BTreeSet<Self::Key>) -> Listed;
+    /// What to send after the change an added or updated object makes,
+    /// besides it (`listed`: it came from a list, not as a live change).
+    fn origin(&self, _listed: bool) -> Option<Change> {
+        None
+    }
 }
 
 fn pod_ref<K: Resource>(obj: &K) -> Option<PodRef> {
@@ -246,6 +251,15 @@ impl Watched for NetworkPolicy {
     }
     fn removal(key: PodRef) -> Change {
         Change::Policy(key, Box::new(None))
+    }
+    fn origin(&self, listed: bool) -> Option<Change> {
+        let origin = crate::events::Origin {
+            uid: self.metadata.uid.clone()?,
+            generation: self.metadata.generation.unwrap_or_default(),
+            seen: std::time::SystemTime::now(),
+            listed,
+        };
+        Some(Change::PolicyOrigin(pod_ref(self)?, origin))
     }
     fn listed(keys: BTreeSet<PodRef>) -> Listed {
         Listed::NetworkPolicies(keys)
@@ -440,12 +454,19 @@ async fn watch<K: Watched + Send + Sync + 'static>(api: Api<K>, tx: ChangeTx) {
                         backoff = BACKOFF_MIN;
                     }
                     let during_list = !matches!(event, Event::Apply(_) | Event::Delete(_));
+                    let origin = match &event {
+                        Event::Apply(obj) => obj.origin(false),
+                        Event::InitApply(obj) => obj.origin(true),
+                        _ => None,
+                    };
                     let change = translator.event(event);
+                    // Only for an object the model took.
+                    let origin = origin.filter(|_| change.is_some());
                     // Progress is worth telling once the list is complete,
                     // and with every later event.
                     let progress = (!during_list || translator.listing.is_none())
                         .then(|| translator.progress());
-                    for c in change.into_iter().chain(progress) {
+                    for c in change.into_iter().chain(origin).chain(progress) {
                         if tx.send(c).await.is_err() {
                             return; // the agent is gone
                         }
