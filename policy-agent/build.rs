@@ -6,7 +6,10 @@
 //! agent then embeds an empty object and the kernel dataplane fails at load
 //! time, while everything else builds on stable alone.
 
-use std::{env, fs, path::PathBuf};
+use std::{
+    env, fs, io,
+    path::{Path, PathBuf},
+};
 
 /// Toolchain that builds the eBPF object; `toolchain.md` in the shared
 /// folder beside the checkout says why it is pinned by name.
@@ -32,6 +35,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             fs::write(&out, [])?;
         }
     }
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    if let Err(e) = share_ebpf_target_dir(&out_dir) {
+        println!("cargo:warning=the eBPF build gets a folder of its own: {e}");
+    }
     let ebpf_dir = ebpf_dir.to_str().ok_or("non-UTF-8 workspace path")?;
     aya_build::build_ebpf(
         [aya_build::Package {
@@ -42,4 +49,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),
     )?;
     Ok(())
+}
+
+/// Every configuration of this crate (clippy, tests, the static musl
+/// build, ...) has an `OUT_DIR` of its own, and aya-build gives each its
+/// own target folder for the eBPF crate: the same object, `core` built
+/// from source each time, about a minute apiece. All of them share one
+/// folder beside cargo's own instead (the inner cargo locks it), so only
+/// the first builds. Left alone when aya-build's folder already exists.
+fn share_ebpf_target_dir(out_dir: &Path) -> io::Result<()> {
+    let Some(root) = out_dir
+        .ancestors()
+        .find(|d| d.join("CACHEDIR.TAG").is_file())
+    else {
+        return Ok(());
+    };
+    let link = out_dir.join("aya-build").join("target").join(EBPF_PACKAGE);
+    if link.symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    let shared = root.join("palisade-ebpf");
+    fs::create_dir_all(&shared)?;
+    if let Some(parent) = link.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    std::os::unix::fs::symlink(&shared, &link)
 }
