@@ -323,6 +323,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::from)
             .and_then(|facts| {
                 tracing::info!(kernel = %facts.release, memlock = ?facts.memlock, "kernel checked");
+                policy_agent::source_routes::check();
                 KernelDataplane::open(kernel_opts).map_err(anyhow::Error::from)
             });
         match opened {
