@@ -8,10 +8,10 @@ mod kernel;
 #[path = "support/packets.rs"]
 mod packets;
 
-use kernel::{in_netns, require_root, PinDir, StateBuilder};
+use kernel::{in_netns, open_with, verdict as run, StateBuilder};
 use packets::*;
 use policy_agent::dataplane::{
-    kernel::{KernelDataplane, KernelOptions, TestVerdict, PROG_POD_EGRESS, PROG_POD_INGRESS},
+    kernel::{KernelDataplane, TestVerdict, PROG_POD_EGRESS, PROG_POD_INGRESS},
     Dataplane,
 };
 use policy_common::{ep_flags, reason};
@@ -25,29 +25,32 @@ const BUDGET: u32 = 256;
 /// New flows the flooding pod tries: four times the whole map.
 const FLOOD: u16 = 4096;
 
+/// The test's addresses: pods 10.0.0.x, and a host outside the cluster.
+fn pod(last: u8) -> Ip {
+    v4(10, 0, 0, last)
+}
 fn a() -> Ip {
-    v4(10, 0, 0, 1)
+    pod(1)
 }
 fn b() -> Ip {
-    v4(10, 0, 0, 2)
+    pod(2)
 }
 fn outside() -> Ip {
     v4(203, 0, 113, 5)
 }
 
-fn run(dp: &mut KernelDataplane, prog: &str, ifindex: u32, f: &[u8]) -> TestVerdict {
-    dp.test_run(prog, f, ifindex)
-        .unwrap_or_else(|e| panic!("test run: {e}"))
+/// A dataplane with a conntrack map of [`CT_SIZE`] and `budget` entries
+/// per endpoint and direction.
+fn open(tag: &str, budget: u32) -> (KernelDataplane, kernel::PinDir) {
+    open_with(tag, |o| {
+        o.sizes.conntrack = CT_SIZE;
+        o.conntrack_per_endpoint = budget;
+    })
 }
 
 #[test]
 fn a_flood_of_new_flows_from_one_pod_leaves_another_pods_flow_tracked() {
-    require_root();
-    let pins = PinDir::new("ct-budget");
-    let mut opts = KernelOptions::new(&pins.0);
-    opts.sizes.conntrack = CT_SIZE;
-    opts.conntrack_per_endpoint = BUDGET;
-    let mut dp = KernelDataplane::open(opts).unwrap_or_else(|e| panic!("opening: {e}"));
+    let (mut dp, _pins) = open("ct-budget", BUDGET);
     // A: no policy at all (its flows are tracked all the same). B: isolated
     // for ingress with no rule, so replies reach it only through its
     // tracked flow.
@@ -139,12 +142,7 @@ fn a_flood_of_new_flows_from_one_pod_leaves_another_pods_flow_tracked() {
 
 #[test]
 fn a_recount_gives_back_what_the_map_lost() {
-    require_root();
-    let pins = PinDir::new("ct-recount");
-    let mut opts = KernelOptions::new(&pins.0);
-    opts.sizes.conntrack = CT_SIZE;
-    opts.conntrack_per_endpoint = 4;
-    let mut dp = KernelDataplane::open(opts).unwrap_or_else(|e| panic!("opening: {e}"));
+    let (mut dp, _pins) = open("ct-recount", 4);
     let state = StateBuilder::default()
         .ip(a().mapped(), 300)
         .cidr([0; 16], 0, policy_common::identity::WORLD)
