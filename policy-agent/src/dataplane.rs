@@ -38,6 +38,19 @@ pub enum DataplaneError {
     },
 }
 
+/// One endpoint's use of its conntrack budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackUsage {
+    /// Entries of flows that entered the pod first (as last counted).
+    pub entries_ingress: u64,
+    /// Entries of flows the pod started.
+    pub entries_egress: u64,
+    /// New flows into the pod dropped because it held its budget.
+    pub refused_ingress: u64,
+    /// New flows of the pod dropped because it held its budget.
+    pub refused_egress: u64,
+}
+
 /// What the agent needs from a dataplane.
 pub trait Dataplane: Send {
     /// Attaches the programs to `ifname` (a pod's host-side veth) and maps
@@ -95,6 +108,18 @@ pub trait Dataplane: Send {
         BTreeMap::new()
     }
 
+    /// Each endpoint's conntrack entries and refused new flows, by
+    /// endpoint id (see `kernel::ct_budget`).
+    fn conntrack_usage(&self) -> BTreeMap<u32, ConntrackUsage> {
+        BTreeMap::new()
+    }
+
+    /// Corrects the endpoints' conntrack counts from the conntrack map
+    /// (entries evicted or expired untouched); called now and then.
+    fn recount_conntrack(&mut self) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+
     /// Room per generation in the maps a compiled state fills, as the
     /// maps really are (adopted maps keep the size they were created
     /// with); `None` when unbounded. The agent fits every state into it
@@ -114,7 +139,7 @@ pub trait Dataplane: Send {
 pub mod fake {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use super::{Addr, Capacity, Dataplane, DataplaneError, MapState};
+    use super::{Addr, Capacity, ConntrackUsage, Dataplane, DataplaneError, MapState};
 
     /// Records attachments and the last applied state.
     #[derive(Debug, Default)]
@@ -136,6 +161,8 @@ pub mod fake {
         pub capacity: Option<Capacity>,
         /// Interfaces [`Dataplane::interface_exists`] says are gone.
         pub vanished: BTreeSet<String>,
+        /// What [`Dataplane::conntrack_usage`] reports.
+        pub conntrack: BTreeMap<u32, ConntrackUsage>,
     }
 
     impl Dataplane for FakeDataplane {
@@ -171,6 +198,10 @@ pub mod fake {
 
         fn drop_counts(&self) -> BTreeMap<u8, u64> {
             self.drops.clone()
+        }
+
+        fn conntrack_usage(&self) -> BTreeMap<u32, ConntrackUsage> {
+            self.conntrack.clone()
         }
 
         fn capacity(&self) -> Option<Capacity> {

@@ -219,6 +219,7 @@ pub fn reason_text(code: u8) -> &'static str {
         reason::FRAGMENT => "fragment",
         reason::ESTABLISHED => "established",
         reason::SPOOFED => "spoofed source",
+        reason::CT_BUDGET => "conntrack budget",
         _ => "unknown",
     }
 }

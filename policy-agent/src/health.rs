@@ -486,6 +486,33 @@ pub fn render_view(
         "Packets the datapath dropped, by reason (exact, counted in the kernel)",
         dropped,
     );
+    let ct_entries = Family::<Vec<(String, String)>, Gauge>::default();
+    let ct_refused = Family::<Vec<(String, String)>, Counter>::default();
+    for (pod, u) in &view.conntrack {
+        for (direction, entries, refused) in [
+            ("ingress", u.entries_ingress, u.refused_ingress),
+            ("egress", u.entries_egress, u.refused_egress),
+        ] {
+            let label = vec![
+                ("pod".to_string(), pod.clone()),
+                ("direction".to_string(), direction.to_string()),
+            ];
+            ct_entries
+                .get_or_create(&label)
+                .set(i64::try_from(entries).unwrap_or(i64::MAX));
+            ct_refused.get_or_create(&label).inc_by(refused);
+        }
+    }
+    registry.register(
+        "conntrack_entries",
+        "Conntrack entries each local pod holds, by the direction of the flow's first packet (corrected every 10 s)",
+        ct_entries,
+    );
+    registry.register(
+        "conntrack_refused",
+        "New flows of each local pod dropped because it held its conntrack budget (--conntrack-per-endpoint), by direction",
+        ct_refused,
+    );
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
@@ -523,6 +550,18 @@ mod tests {
                 ips: vec![],
             })
             .unwrap();
+        {
+            let mut a = agent.lock().await;
+            let ep = a.endpoints().iter().map(|e| e.ep_id).next().unwrap();
+            let usage = crate::dataplane::ConntrackUsage {
+                entries_egress: 12,
+                refused_egress: 5,
+                ..Default::default()
+            };
+            a.dataplane_mut().conntrack.insert(ep, usage);
+            // An endpoint id no local pod holds (gone): no series.
+            a.dataplane_mut().conntrack.insert(ep + 100, usage);
+        }
         let hub = FlowHub::new();
         let record = |pod: &str| agent_api::FlowRecord {
             time_ns: 1,
@@ -561,6 +600,21 @@ mod tests {
         assert!(
             text.contains(r#"palisade_verdicts_total{pod="default/a",direction="ingress",verdict="dropped"} 1"#),
             "{text}"
+        );
+        assert!(
+            text.contains(r#"palisade_conntrack_entries{pod="default/a",direction="egress"} 12"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"palisade_conntrack_refused_total{pod="default/a",direction="egress"} 5"#
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("palisade_conntrack_refused_total{").count(),
+            2,
+            "one series per local pod and direction: {text}"
         );
         assert!(
             !text.contains(r#"pod="default/gone""#),

@@ -24,6 +24,7 @@ pub mod reconcile;
 pub mod run;
 pub mod shared;
 pub mod source;
+pub mod source_routes;
 pub mod status;
 pub mod uninstall;
 pub mod unloaded;

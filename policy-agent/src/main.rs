@@ -81,6 +81,13 @@ struct RunArgs {
     /// Also report allowed new flows (not only drops) to `flows`.
     #[arg(long)]
     log_allowed: bool,
+    /// Tracked connections one pod may hold per direction (flows it
+    /// started; flows into it): a new flow over it is dropped and counted
+    /// (`palisade_conntrack_refused_total`, drop reason "conntrack
+    /// budget"), so one pod cannot evict every other pod's flows from the
+    /// shared conntrack map. 0: no bound.
+    #[arg(long, default_value_t = policy_agent::dataplane::kernel::ct_budget::DEFAULT_PER_ENDPOINT, value_parser = size_in(0..=4_194_304))]
+    conntrack_per_endpoint: u32,
     /// Keep `palisade-cni` chained in this folder's active conflist while
     /// running (a network plugin that rewrites its file drops the entry).
     #[arg(long)]
@@ -311,10 +318,12 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let mut kernel_opts = KernelOptions::new(&args.bpffs_dir);
         kernel_opts.sizes = args.map_sizes.sizes();
         kernel_opts.attach_mode = args.attach_mode.into();
+        kernel_opts.conntrack_per_endpoint = args.conntrack_per_endpoint;
         let opened = policy_agent::preflight::run(kernel_opts.attach_mode)
             .map_err(anyhow::Error::from)
             .and_then(|facts| {
                 tracing::info!(kernel = %facts.release, memlock = ?facts.memlock, "kernel checked");
+                policy_agent::source_routes::check();
                 KernelDataplane::open(kernel_opts).map_err(anyhow::Error::from)
             });
         match opened {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Mutex};
 
-use crate::dataplane::Dataplane;
+use crate::dataplane::{ConntrackUsage, Dataplane};
 use crate::reconcile::{Agent, FitReport};
 
 /// Shared handle on the agent.
@@ -18,6 +18,10 @@ pub type SharedAgent<D> = Arc<Mutex<Agent<D>>>;
 
 /// How often the [`AgentView`] is taken from the agent.
 pub const VIEW_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the endpoints' conntrack counts are corrected from the
+/// conntrack map ([`Dataplane::recount_conntrack`]), by the publisher.
+pub const RECOUNT_CONNTRACK_EVERY: u32 = 10;
 
 /// What the agent's HTTP endpoint reports, as of the last publication.
 #[derive(Clone, Debug)]
@@ -41,6 +45,9 @@ pub struct AgentView {
     pub fit: FitReport,
     /// Policies over their budget (they fail closed for their pods).
     pub over_budget: Vec<policy_engine::model::PolicyRef>,
+    /// Each local pod's conntrack entries and refused new flows
+    /// (`namespace/name`; a pod's sandboxes added up).
+    pub conntrack: BTreeMap<String, ConntrackUsage>,
     /// [`Agent::readiness`] then.
     pub readiness: Result<(), String>,
 }
@@ -57,6 +64,7 @@ impl Default for AgentView {
             quarantined: 0,
             fit: FitReport::default(),
             over_budget: Vec::new(),
+            conntrack: BTreeMap::new(),
             readiness: Err("the agent has not published its state yet".into()),
         }
     }
@@ -66,6 +74,19 @@ impl AgentView {
     /// The view of `agent` now.
     pub fn of<D: Dataplane>(agent: &Agent<D>) -> Self {
         let quarantined = agent.quarantined().len();
+        let usage = agent.dataplane().conntrack_usage();
+        let mut conntrack: BTreeMap<String, ConntrackUsage> = BTreeMap::new();
+        for e in agent.endpoints().iter() {
+            if crate::reconcile::quarantine::is_quarantined(e) {
+                continue;
+            }
+            let u = usage.get(&e.ep_id).copied().unwrap_or_default();
+            let sum = conntrack.entry(e.pod.to_string()).or_default();
+            sum.entries_ingress += u.entries_ingress;
+            sum.entries_egress += u.entries_egress;
+            sum.refused_ingress += u.refused_ingress;
+            sum.refused_egress += u.refused_egress;
+        }
         Self {
             endpoints: agent.endpoints().len().saturating_sub(quarantined),
             live_pods: agent
@@ -85,6 +106,7 @@ impl AgentView {
                 .iter()
                 .map(|e| e.policy().clone())
                 .collect(),
+            conntrack,
             readiness: agent.readiness(),
         }
     }
@@ -106,8 +128,17 @@ pub fn spawn_publisher<D: Dataplane + 'static>(
     tx: watch::Sender<Arc<AgentView>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut round: u32 = 0;
         loop {
-            let view = AgentView::of(&*agent.lock().await);
+            let mut guard = agent.lock().await;
+            if round.is_multiple_of(RECOUNT_CONNTRACK_EVERY) {
+                if let Err(e) = guard.dataplane_mut().recount_conntrack() {
+                    tracing::warn!(error = %e, "conntrack counts not corrected");
+                }
+            }
+            round = round.wrapping_add(1);
+            let view = AgentView::of(&*guard);
+            drop(guard);
             if tx.send(Arc::new(view)).is_err() {
                 return;
             }

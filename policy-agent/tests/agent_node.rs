@@ -12,8 +12,8 @@
 //!
 //! Needs root and `setpriv` (util-linux).
 
-#[path = "support/agent_spawn.rs"]
-mod agent_spawn;
+#[path = "support/agent_proc.rs"]
+mod agent_proc;
 #[path = "support/kernel.rs"]
 mod kernel;
 #[path = "support/netns.rs"]
@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use agent_api::{Attachment, Request, Response};
-use agent_spawn::{http_get, AgentProc, Scratch};
+use agent_proc::{http_get, AgentProc, Scratch};
 use kernel::PinDir;
 use netns::{udp_gets_through, veth, NetNs, VethSpec};
 
@@ -107,7 +107,7 @@ fn a_node_address_that_appears_after_start_is_the_nodes() {
 
     let mut agent = AgentProc::spawn(
         &node,
-        &scratch,
+        &scratch.0,
         &[],
         &[
             "--manifests",
@@ -118,7 +118,7 @@ fn a_node_address_that_appears_after_start_is_the_nodes() {
             &netd.display().to_string(),
         ],
     );
-    agent.wait_ready(&scratch.socket());
+    agent.wait_ready(&scratch.0);
     // Chained once it enforces (the init container no longer does it).
     let conflist = netd.join("10-cbr0.conflist");
     agent.wait_for(
@@ -168,7 +168,7 @@ fn an_agent_that_cannot_load_chains_nothing_and_says_why() {
     let caps = "-all,+net_admin,+perfmon";
     let mut agent = AgentProc::spawn(
         &node,
-        &scratch,
+        &scratch.0,
         &[
             "setpriv",
             "--bounding-set",
@@ -265,7 +265,7 @@ fn auto_devices_are_the_vxlan_overlay_and_the_holder_of_the_node_address() {
     node.exec(&["ip", "link", "set", "other0", "up"]);
     let mut agent = AgentProc::spawn(
         &node,
-        &scratch,
+        &scratch.0,
         &[],
         &[
             "--manifests",
@@ -280,7 +280,7 @@ fn auto_devices_are_the_vxlan_overlay_and_the_holder_of_the_node_address() {
             "192.0.2.10",
         ],
     );
-    agent.wait_ready(&scratch.socket());
+    agent.wait_ready(&scratch.0);
     agent.wait_for(
         "the uplink holding the node address gets the external check",
         Duration::from_secs(10),

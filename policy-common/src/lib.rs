@@ -24,7 +24,7 @@
 #![deny(missing_docs)]
 
 /// Version of every map layout in this crate; bump on any change.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Traffic direction as seen from the endpoint (the pod).
 pub mod dir {
@@ -215,6 +215,12 @@ pub mod maps {
     /// on when it was not the packet's source (a masqueraded NodePort
     /// client), for judging it again after a policy change.
     pub const CT_CLIENTS: &str = "PALISADE_CT_CLIENTS";
+    /// `LruHashMap<u32, CtCount>`: conntrack entries each endpoint holds,
+    /// by direction (its budget, see [`crate::Config::ct_limit`]).
+    pub const CT_COUNT: &str = "PALISADE_CT_COUNT";
+    /// `LruPerCpuHashMap<u32, CtRefused>`: new flows of each endpoint
+    /// dropped because it held its conntrack budget.
+    pub const CT_REFUSED: &str = "PALISADE_CT_REFUSED";
 }
 
 /// Entries of [`maps::DROPS`] (one per possible [`reason`] code).
@@ -249,6 +255,12 @@ pub struct Config {
     pub revision: u32,
     /// Reserved for datapath options (event sampling etc.).
     pub flags: u32,
+    /// Most conntrack entries one endpoint may hold per direction (see
+    /// [`CtCount`]); a new flow over it is not tracked and is dropped
+    /// ([`reason::CT_BUDGET`]). 0: no bound.
+    pub ct_limit: u32,
+    /// Always zero.
+    pub pad: u32,
 }
 
 /// Value of [`maps::ENDPOINTS`], keyed by the host-side veth's ifindex.
@@ -439,6 +451,83 @@ pub struct CtValue {
     pub refreshes: u64,
 }
 
+/// Value of [`maps::CT_COUNT`], keyed by endpoint id: the conntrack
+/// entries the endpoint holds, by the direction of their flow's first
+/// packet. The datapath adds one for each entry it creates and takes one
+/// off for each it removes (atomically, shared by every CPU); entries the
+/// map evicts or that expire untouched are not taken off there, so user
+/// space walks the conntrack map now and then and writes the live counts
+/// it found. 64 bits wide because the eBPF target has no 32-bit atomics.
+/// Signed: a count corrected under a concurrent removal may dip
+/// below zero, which is under any budget, never over it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtCount {
+    /// Entries of flows that entered the pod first.
+    pub ingress: i64,
+    /// Entries of flows the pod started.
+    pub egress: i64,
+}
+
+/// Value of [`maps::CT_REFUSED`] (per CPU, keyed by endpoint id): new
+/// flows dropped because the endpoint held [`Config::ct_limit`] entries
+/// in that direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtRefused {
+    /// Flows that would have entered the pod.
+    pub ingress: u64,
+    /// Flows the pod started.
+    pub egress: u64,
+}
+
+/// Bits of [`CtValue::state`] and how long an entry lives, shared by the
+/// datapath (which expires entries on their next packet) and user space
+/// (which counts the live entries of each endpoint, see [`CtCount`]).
+pub mod ct_state {
+    use crate::proto;
+
+    /// A reply has been seen.
+    pub const REPLIED: u32 = 1 << 0;
+    /// The flow is over: RST (TCP), ABORT/SHUTDOWN COMPLETE (SCTP), or
+    /// both sides closed. Entries then expire after [`CLOSING_NS`].
+    pub const CLOSING: u32 = 1 << 1;
+
+    const SEC: u64 = 1_000_000_000;
+    /// TCP or SCTP with a reply seen.
+    pub const ESTABLISHED_NS: u64 = 6 * 3600 * SEC;
+    /// TCP or SCTP without a reply yet.
+    pub const OPENING_NS: u64 = 60 * SEC;
+    /// TCP or SCTP after [`CLOSING`].
+    pub const CLOSING_NS: u64 = 10 * SEC;
+    /// UDP.
+    pub const UDP_NS: u64 = 60 * SEC;
+    /// ICMP echo.
+    pub const ICMP_NS: u64 = 30 * SEC;
+    /// Any other protocol.
+    pub const OTHER_NS: u64 = 60 * SEC;
+
+    /// How long an entry of `proto_nr` in `state` lives after its last
+    /// packet.
+    #[inline(always)]
+    pub const fn timeout_ns(proto_nr: u8, state: u32) -> u64 {
+        match proto_nr {
+            proto::TCP | proto::SCTP => {
+                if state & CLOSING != 0 {
+                    CLOSING_NS
+                } else if state & REPLIED != 0 {
+                    ESTABLISHED_NS
+                } else {
+                    OPENING_NS
+                }
+            }
+            proto::UDP => UDP_NS,
+            proto::ICMP | proto::ICMPV6 => ICMP_NS,
+            _ => OTHER_NS,
+        }
+    }
+}
+
 /// Key of [`maps::FRAGMENTS`]: one fragmented datagram as first seen at one
 /// endpoint in one direction.
 #[repr(C)]
@@ -491,6 +580,9 @@ pub mod reason {
     /// neighbour advertisement), or a router advertisement or redirect
     /// from a pod.
     pub const SPOOFED: u8 = 8;
+    /// A new flow of an endpoint that already holds its conntrack budget
+    /// in that direction ([`crate::Config::ct_limit`]): not tracked.
+    pub const CT_BUDGET: u8 = 9;
 }
 
 /// One verdict, sent to user space through [`maps::EVENTS`].
@@ -575,6 +667,8 @@ mod pod_impls {
     unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for EventBudget {}
+    unsafe impl aya::Pod for CtCount {}
+    unsafe impl aya::Pod for CtRefused {}
 }
 
 #[cfg(test)]
@@ -584,7 +678,9 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<Config>(), 24);
+        assert_eq!(size_of::<CtCount>(), 16);
+        assert_eq!(size_of::<CtRefused>(), 16);
         assert_eq!(size_of::<EndpointInfo>(), 16);
         assert_eq!(size_of::<EndpointPolicyKey>(), 8);
         assert_eq!(size_of::<IpcacheKey>(), 20);

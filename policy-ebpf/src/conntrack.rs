@@ -10,9 +10,10 @@
 //! it is deleted and the packet dropped.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use policy_common::{dir, proto, CtKey, CtValue, FragKey};
+use policy_common::{ct_state, dir, proto, CtKey, CtValue, FragKey};
 
 use crate::{
+    ct_budget,
     maps::{CONNTRACK, CT_CLIENTS, FRAGMENTS},
     packet::{frag, Flow},
     pipeline::PacketCtx,
@@ -21,10 +22,9 @@ use crate::{
 };
 
 /// A reply has been seen.
-const ST_REPLIED: u32 = 1 << 0;
-/// The flow is over: RST (TCP), ABORT/SHUTDOWN COMPLETE (SCTP), or both
-/// sides closed. Entries then expire after `TIMEOUT_CONN_CLOSING`.
-const ST_CLOSING: u32 = 1 << 1;
+const ST_REPLIED: u32 = ct_state::REPLIED;
+/// The flow is over (see [`ct_state::CLOSING`]).
+const ST_CLOSING: u32 = ct_state::CLOSING;
 /// The initiator closed its side (FIN / SHUTDOWN): a half-close, the
 /// responder may go on sending and its packets keep the reply path.
 const ST_FIN_FWD: u32 = 1 << 2;
@@ -48,12 +48,6 @@ pub const ST_CLIENT: u32 = 1 << 6;
 const ST_ORIGIN_BITS: u32 = ST_DEFERRED | ST_LOCAL_ORIGIN | ST_CLIENT;
 
 const SEC: u64 = 1_000_000_000;
-const TIMEOUT_CONN_ESTABLISHED: u64 = 6 * 3600 * SEC;
-const TIMEOUT_CONN_OPENING: u64 = 60 * SEC;
-const TIMEOUT_CONN_CLOSING: u64 = 10 * SEC;
-const TIMEOUT_UDP: u64 = 60 * SEC;
-const TIMEOUT_ICMP: u64 = 30 * SEC;
-const TIMEOUT_OTHER: u64 = 60 * SEC;
 
 /// The other direction.
 #[inline(always)]
@@ -104,20 +98,7 @@ fn now() -> u64 {
 
 #[inline(always)]
 fn timeout(proto_nr: u8, state: u32) -> u64 {
-    match proto_nr {
-        proto::TCP | proto::SCTP => {
-            if state & ST_CLOSING != 0 {
-                TIMEOUT_CONN_CLOSING
-            } else if state & ST_REPLIED != 0 {
-                TIMEOUT_CONN_ESTABLISHED
-            } else {
-                TIMEOUT_CONN_OPENING
-            }
-        }
-        proto::UDP => TIMEOUT_UDP,
-        proto::ICMP | proto::ICMPV6 => TIMEOUT_ICMP,
-        _ => TIMEOUT_OTHER,
-    }
+    ct_state::timeout_ns(proto_nr, state)
 }
 
 /// Whether a live (not expired) entry exists for `key`.
@@ -173,7 +154,7 @@ fn touch(pkt: &PacketCtx, key: &CtKey, reply: bool, flow: &Flow, out: &mut Verdi
     let t = now();
     let mut recheck_sender = false;
     if t.saturating_sub(v.last_seen_ns) > timeout(key.proto, v.state) {
-        let _ = CONNTRACK.remove(key);
+        remove(key);
         return UNTRACKED;
     }
     if v.revision != pkt.cfg.revision && v.state & ST_DEFERRED == 0 {
@@ -200,7 +181,7 @@ fn touch(pkt: &PacketCtx, key: &CtKey, reply: bool, flow: &Flow, out: &mut Verdi
         };
         judge(&q, out);
         if !out.allow {
-            let _ = CONNTRACK.remove(key);
+            remove(key);
             return DENIED;
         }
         v.revision = pkt.cfg.revision;
@@ -216,7 +197,7 @@ fn touch(pkt: &PacketCtx, key: &CtKey, reply: bool, flow: &Flow, out: &mut Verdi
         };
         let to = service::to(key.proto, dport);
         if service::defer(pkt.gen, key.ep_id, &key.daddr, to, pkt.cfg.flags) == service::DENY {
-            let _ = CONNTRACK.remove(key);
+            remove(key);
             return DENIED;
         }
         v.revision = pkt.cfg.revision;
@@ -262,13 +243,27 @@ pub fn forget(pkt: &PacketCtx, flow: &Flow, reply: bool) {
     } else {
         forward_key(pkt.ep_id, pkt.dir, flow)
     };
-    let _ = CONNTRACK.remove(&key);
+    remove(&key);
+}
+
+/// Removes `key`'s entry and gives its budget entry back (a frame of its
+/// own: inlined, it would grow [`lookup`]'s past the verifier's stack).
+#[inline(never)]
+fn remove(key: &CtKey) {
+    if CONNTRACK.remove(key).is_ok() {
+        ct_budget::give_back(key);
+    }
 }
 
 /// Creates the entry of a new, allowed (or deferred) flow; `origin` holds
-/// [`ST_DEFERRED`] and/or [`ST_LOCAL_ORIGIN`].
+/// [`ST_DEFERRED`] and/or [`ST_LOCAL_ORIGIN`]. `false`: the endpoint holds
+/// its conntrack budget in this direction, nothing was created and the
+/// packet must be dropped (see [`ct_budget`]).
 #[inline(never)]
-pub fn create(pkt: &PacketCtx, flow: &Flow, origin: u32) {
+pub fn create(pkt: &PacketCtx, flow: &Flow, origin: u32) -> bool {
+    if !ct_budget::take(pkt) {
+        return false;
+    }
     let key = forward_key(pkt.ep_id, pkt.dir, flow);
     let mut origin = origin;
     if pkt.dir == dir::INGRESS {
@@ -291,6 +286,7 @@ pub fn create(pkt: &PacketCtx, flow: &Flow, origin: u32) {
         refreshes: 0,
     };
     let _ = CONNTRACK.insert(&key, &value, 0);
+    true
 }
 
 #[inline(always)]

@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use policy_common::{
-    client_mark, Addr, CidrKey, ClientSlot, Config, CtKey, CtValue, EndpointInfo, EndpointPolicy,
-    EndpointPolicyKey, EventBudget, FragKey, IdentityValue, IpcacheKey, PolicyKey, PolicyValue,
-    SourceKey, DROP_REASONS,
+    client_mark, Addr, CidrKey, ClientSlot, Config, CtCount, CtKey, CtRefused, CtValue,
+    EndpointInfo, EndpointPolicy, EndpointPolicyKey, EventBudget, FragKey, IdentityValue,
+    IpcacheKey, PolicyKey, PolicyValue, SourceKey, DROP_REASONS,
 };
 
 /// Global configuration, one entry.
@@ -66,6 +66,15 @@ pub static CLIENT_NOW: PerCpuArray<ClientSlot> = PerCpuArray::with_max_entries(1
 /// The client a conntrack entry was judged on, when not its source.
 #[map(name = "PALISADE_CT_CLIENTS")]
 pub static CT_CLIENTS: LruHashMap<CtKey, Addr> = LruHashMap::with_max_entries(16384, 0);
+
+/// Endpoint id → the conntrack entries it holds (its budget).
+#[map(name = "PALISADE_CT_COUNT")]
+pub static CT_COUNT: LruHashMap<u32, CtCount> = LruHashMap::with_max_entries(2048, 0);
+
+/// Endpoint id → new flows refused for its conntrack budget, per CPU.
+#[map(name = "PALISADE_CT_REFUSED")]
+pub static CT_REFUSED: LruPerCpuHashMap<u32, CtRefused> =
+    LruPerCpuHashMap::with_max_entries(1024, 0);
 
 /// Verdict events for user space.
 #[map(name = "PALISADE_EVENTS")]

@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use policy_common::{
-    config_flags, dir, reason, v4_mapped, verdict, Addr, Config, SourceKey, LAYOUT_VERSION,
+    config_flags, dir, reason, v4_mapped, verdict, Addr, SourceKey, LAYOUT_VERSION,
 };
 
 use crate::{
@@ -28,10 +28,9 @@ const DROP: i32 = TC_ACT_SHOT as i32;
 
 /// What every stage needs to know about the packet's endpoint.
 pub struct PacketCtx {
-    /// Configuration read once for this packet (only `revision` and
-    /// `flags` are meaningful; the generation is derived from the
-    /// revision, see [`read_config`]).
-    pub cfg: Config,
+    /// Configuration read once for this packet (the generation is
+    /// derived from the revision, see [`read_config`]).
+    pub cfg: PacketConfig,
     /// Host-side veth ifindex.
     pub ifindex: u32,
     /// Endpoint id.
@@ -134,7 +133,7 @@ pub fn run(ctx: &TcContext, d: u8) -> i32 {
 #[inline(never)]
 fn not_ready(ifindex: u32, ep_id: u32, d: u8, local_origin: bool) -> i32 {
     let pkt = PacketCtx {
-        cfg: Config::default(),
+        cfg: PacketConfig::default(),
         ifindex,
         ep_id,
         dir: d,
@@ -148,16 +147,24 @@ fn not_ready(ifindex: u32, ep_id: u32, d: u8, local_origin: bool) -> i32 {
     drop(&pkt, &outer, &v)
 }
 
+/// What a packet needs of the configuration (read once per packet).
+#[derive(Clone, Copy, Default)]
+pub struct PacketConfig {
+    /// `Config::revision`.
+    pub revision: u32,
+    /// `Config::flags`.
+    pub flags: u32,
+}
+
 /// Reads the configuration; `None` when the maps are not configured for
-/// this layout. Only `revision` and `flags` are meaningful in what it
-/// returns (`layout_version` is [`LAYOUT_VERSION`], `active_gen` the
-/// generation): the generation is derived from the revision
+/// this layout. The generation is derived from the revision
 /// (`revision & 1`, which user space keeps equal to `active_gen`), so the
 /// pair a packet uses comes from one aligned 32-bit load and can never mix
 /// an old generation with a new revision, even if user space's write of
-/// the entry is not atomic as a whole.
+/// the entry is not atomic as a whole. (Not the whole `Config`: the packet
+/// context sits on the entry frame, whose stack the verifier bounds.)
 #[inline(always)]
-pub fn read_config() -> Option<Config> {
+pub fn read_config() -> Option<PacketConfig> {
     let c = CONFIG.get_ptr(0)?;
     // SAFETY: a pointer to the array's single, always present entry; each
     // field is read once with its own aligned load.
@@ -171,12 +178,7 @@ pub fn read_config() -> Option<Config> {
     if layout != LAYOUT_VERSION {
         return None;
     }
-    Some(Config {
-        layout_version: layout,
-        active_gen: revision & 1,
-        revision,
-        flags,
-    })
+    Some(PacketConfig { revision, flags })
 }
 
 /// Source validation of a packet leaving the pod: its source must be one
@@ -251,8 +253,8 @@ pub fn on_flow(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) -> i32 {
         match service::defer(pkt.gen, pkt.ep_id, &flow.daddr, to, pkt.cfg.flags) {
             service::DEFER if !pkt.node_hook => {
                 // To a ClusterIP: judged where the translated packet shows up.
-                if flow.create {
-                    conntrack::create(pkt, flow, conntrack::ST_DEFERRED);
+                if flow.create && !conntrack::create(pkt, flow, conntrack::ST_DEFERRED) {
+                    return over_budget(pkt, flow, v);
                 }
                 return ALLOW;
             }
@@ -284,12 +286,24 @@ pub fn on_flow(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) -> i32 {
         } else {
             0
         };
-        conntrack::create(pkt, flow, state);
+        if !conntrack::create(pkt, flow, state) {
+            return over_budget(pkt, flow, v);
+        }
         if pkt.cfg.flags & config_flags::EVENTS_ALLOWED != 0 {
             report(pkt, flow, v, verdict::ALLOWED);
         }
     }
     ALLOW
+}
+
+/// Drops a new flow of an endpoint that holds its conntrack budget (a
+/// frame of its own: one more inlined drop would grow [`on_flow`]'s
+/// frame past the verifier's stack).
+#[inline(never)]
+fn over_budget(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) -> i32 {
+    v.allow = false;
+    v.reason = reason::CT_BUDGET;
+    drop(pkt, flow, v)
 }
 
 /// The endpoint's own verdict on the packet (its query built here, off

@@ -12,6 +12,80 @@ use std::time::{Duration, Instant};
 use testbed::probe::Snapshot;
 use testbed::{read_probes, Observation, Probe, Testbed, TestbedOptions};
 
+/// A test bed with Palisade on, started by [`start_palisade_bed`]; its
+/// scratch folder is removed after the bed when it is dropped.
+pub struct PalisadeBed {
+    bed: Option<Testbed>,
+    dir: PathBuf,
+}
+
+impl std::ops::Deref for PalisadeBed {
+    type Target = Testbed;
+    fn deref(&self) -> &Testbed {
+        self.bed.as_ref().expect("the bed lives until dropped")
+    }
+}
+
+impl Drop for PalisadeBed {
+    fn drop(&mut self) {
+        drop(self.bed.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts a bed of `nodes` nodes with Palisade on, holding the objects of
+/// the manifest `cluster` (written into a scratch folder named by `tag`
+/// and the process id). Panics with the bed's error.
+pub fn start_palisade_bed(tag: &str, cluster: &str, nodes: usize) -> PalisadeBed {
+    let dir = std::env::temp_dir().join(format!("palisade-{tag}-{}", std::process::id()));
+    let manifest = dir.join("cluster.yaml");
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&manifest, cluster))
+    {
+        panic!("writing {}: {e}", manifest.display());
+    }
+    let bed = Testbed::start(TestbedOptions {
+        manifests: vec![manifest],
+        palisade: true,
+        bin_dir: bin_dir(),
+        probes: vec![],
+        nodes,
+        agent_args: Vec::new(),
+    })
+    .unwrap_or_else(|e| panic!("{nodes}-node test bed: {e}"));
+    PalisadeBed {
+        bed: Some(bed),
+        dir,
+    }
+}
+
+/// The wiring of `bed`'s pod called `name` (any namespace); panics when
+/// there is none.
+pub fn pod_named(bed: &Testbed, name: &str) -> testbed::WiredPod {
+    bed.pods()
+        .iter()
+        .find(|(r, _)| r.name == name)
+        .map(|(_, w)| w.clone())
+        .unwrap_or_else(|| panic!("no pod {name}"))
+}
+
+/// Runs `f` on a thread inside the named network namespace `ns` (one of
+/// the bed's, under `/run/netns`): sockets it opens belong to `ns`.
+pub fn in_named_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    use std::os::fd::AsRawFd;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let handle = std::fs::File::open(format!("/run/netns/{ns}"))
+                .unwrap_or_else(|e| panic!("opening netns {ns}: {e}"));
+            // SAFETY: setns on a valid namespace fd; affects this thread only.
+            let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("netns thread panicked")
+    })
+}
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

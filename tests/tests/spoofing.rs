@@ -14,15 +14,13 @@
 //! Needs root, bpffs and the binaries (see `palisade_tests::bin_dir`).
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use agent_api::{FlowRecord, Request};
-use palisade_tests::bin_dir;
-use testbed::{Testbed, TestbedOptions};
+use palisade_tests::{in_named_netns, pod_named, start_palisade_bed};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -80,21 +78,6 @@ fn ip(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs `f` on a thread inside named network namespace `ns`.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    thread::scope(|s| {
-        s.spawn(|| {
-            let handle = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-            // SAFETY: setns on a valid namespace fd; affects this thread only.
-            let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("netns thread panicked")
-    })
-}
-
 fn mac_of(ns: &str, ifname: &str) -> String {
     let text = ip(&["-n", ns, "-o", "link", "show", ifname]);
     text.split_whitespace()
@@ -106,7 +89,7 @@ fn mac_of(ns: &str, ifname: &str) -> String {
 
 /// Sends `DATAGRAMS` datagrams from `src` (bound, port 0) to `dst`.
 fn send_from(ns: &str, src: IpAddr, dst: SocketAddr) {
-    in_netns(ns, || {
+    in_named_netns(ns, || {
         let s = UdpSocket::bind(SocketAddr::new(src, 0))
             .unwrap_or_else(|e| panic!("bind {src} in {ns}: {e}"));
         for i in 0..DATAGRAMS {
@@ -146,26 +129,8 @@ fn forge(ns: &str, forged: IpAddr, victim: IpAddr, victim_mac: &str) {
 
 #[test]
 fn forged_sources_never_reach_an_isolated_pod() {
-    let dir = std::env::temp_dir().join(format!("palisade-spoof-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let manifest = dir.join("cluster.yaml");
-    std::fs::write(&manifest, CLUSTER).unwrap();
-    let bed = Testbed::start(TestbedOptions {
-        manifests: vec![manifest],
-        palisade: true,
-        bin_dir: bin_dir(),
-        probes: vec![],
-        nodes: 1,
-        agent_args: Vec::new(),
-    })
-    .unwrap_or_else(|e| panic!("test bed: {e}"));
-    let pod = |name: &str| {
-        bed.pods()
-            .iter()
-            .find(|(r, _)| r.name == name)
-            .map(|(_, w)| w.clone())
-            .unwrap_or_else(|| panic!("no pod {name}"))
-    };
+    let bed = start_palisade_bed("spoof", CLUSTER, 1);
+    let pod = |name: &str| pod_named(&bed, name);
     let (vault, friend, mallory) = (pod("vault"), pod("friend"), pod("mallory"));
     let vault6 = vault.ip6.expect("dual-stack bed");
     let friend6 = friend.ip6.expect("dual-stack bed");
@@ -187,7 +152,7 @@ fn forged_sources_never_reach_an_isolated_pod() {
     let (ready_tx, ready) = mpsc::channel();
     let vault_ns = vault.netns.clone();
     let receiver = thread::spawn(move || {
-        in_netns(&vault_ns, || {
+        in_named_netns(&vault_ns, || {
             let s = UdpSocket::bind(("::", PORT)).unwrap();
             s.set_read_timeout(Some(Duration::from_millis(200)))
                 .unwrap();
@@ -280,7 +245,6 @@ fn forged_sources_never_reach_an_isolated_pod() {
         );
     }
     drop(bed);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The name, in the node's namespace, of the host veth whose peer is
@@ -330,26 +294,8 @@ fn fdb_ports(node_ns: &str, mac: &str) -> Vec<String> {
 /// the bridge's forwarding table to its own port.
 #[test]
 fn a_forged_mac_does_not_move_the_victims_forwarding_entry() {
-    let dir = std::env::temp_dir().join(format!("palisade-l2-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let manifest = dir.join("cluster.yaml");
-    std::fs::write(&manifest, CLUSTER).unwrap();
-    let bed = Testbed::start(TestbedOptions {
-        manifests: vec![manifest],
-        palisade: true,
-        bin_dir: bin_dir(),
-        probes: vec![],
-        nodes: 1,
-        agent_args: Vec::new(),
-    })
-    .unwrap_or_else(|e| panic!("test bed: {e}"));
-    let pod = |name: &str| {
-        bed.pods()
-            .iter()
-            .find(|(r, _)| r.name == name)
-            .map(|(_, w)| w.clone())
-            .unwrap_or_else(|| panic!("no pod {name}"))
-    };
+    let bed = start_palisade_bed("l2", CLUSTER, 1);
+    let pod = |name: &str| pod_named(&bed, name);
     let (vault, friend, mallory) = (pod("vault"), pod("friend"), pod("mallory"));
     let node_ns = bed.node_netns().to_string();
     let vault_port = host_port(&node_ns, &vault.netns);
@@ -375,7 +321,7 @@ fn a_forged_mac_does_not_move_the_victims_forwarding_entry() {
         "address",
         &vault_mac,
     ]);
-    in_netns(&mallory.netns, || {
+    in_named_netns(&mallory.netns, || {
         let s = UdpSocket::bind(SocketAddr::new(IpAddr::V4(mallory.ip), 0)).unwrap();
         s.set_broadcast(true).unwrap();
         for i in 0..30 {
@@ -391,7 +337,6 @@ fn a_forged_mac_does_not_move_the_victims_forwarding_entry() {
     );
     assert_eq!(ports, vec![vault_port], "{}", bed.agent_log_tail(20));
     drop(bed);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// IPv4-mapped IPv6 (what a dual-stack socket reports) as IPv4.

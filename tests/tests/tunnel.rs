@@ -8,14 +8,12 @@
 //! Needs root, bpffs and the binaries (see `palisade_tests::bin_dir`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use palisade_tests::bin_dir;
+use palisade_tests::{in_named_netns, pod_named, start_palisade_bed};
 use testbed::overlay::{underlay_addr, VXLAN_PORT};
-use testbed::{Testbed, TestbedOptions};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -52,21 +50,6 @@ spec:
 
 const PORT: u16 = 9100;
 
-/// Runs `f` on a thread inside named network namespace `ns`.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    thread::scope(|s| {
-        s.spawn(|| {
-            let handle = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-            // SAFETY: setns on a valid namespace fd; affects this thread only.
-            let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("netns thread panicked")
-    })
-}
-
 /// A VXLAN payload (header, VNI 1) carrying an Ethernet frame from node0's
 /// VXLAN device to node1's, with an IPv4/UDP datagram `src` → `dst`:`PORT`.
 fn vxlan_frame(src: Ipv4Addr, dst: Ipv4Addr, body: &[u8]) -> Vec<u8> {
@@ -100,33 +83,15 @@ fn vxlan_frame(src: Ipv4Addr, dst: Ipv4Addr, body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_pod_cannot_inject_vxlan_into_another_node() {
-    let dir = std::env::temp_dir().join(format!("palisade-tunnel-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let manifest = dir.join("cluster.yaml");
-    std::fs::write(&manifest, CLUSTER).unwrap();
-    let bed = Testbed::start(TestbedOptions {
-        manifests: vec![manifest],
-        palisade: true,
-        bin_dir: bin_dir(),
-        probes: vec![],
-        nodes: 2,
-        agent_args: Vec::new(),
-    })
-    .unwrap_or_else(|e| panic!("two-node test bed: {e}"));
-    let pod = |name: &str| {
-        bed.pods()
-            .iter()
-            .find(|(r, _)| r.name == name)
-            .map(|(_, w)| w.clone())
-            .unwrap_or_else(|| panic!("no pod {name}"))
-    };
+    let bed = start_palisade_bed("tunnel", CLUSTER, 2);
+    let pod = |name: &str| pod_named(&bed, name);
     let (vault, friend, mallory) = (pod("vault"), pod("friend"), pod("mallory"));
 
     // The isolated pod on node1 collects what arrives.
     let (ready_tx, ready) = mpsc::channel();
     let vault_ns = vault.netns.clone();
     let receiver = thread::spawn(move || {
-        in_netns(&vault_ns, || {
+        in_named_netns(&vault_ns, || {
             let s = UdpSocket::bind(("0.0.0.0", PORT)).unwrap();
             s.set_read_timeout(Some(Duration::from_millis(200)))
                 .unwrap();
@@ -145,7 +110,7 @@ fn a_pod_cannot_inject_vxlan_into_another_node() {
     ready.recv().unwrap();
 
     // friend's own datagrams: the path works.
-    in_netns(&friend.netns, || {
+    in_named_netns(&friend.netns, || {
         let s = UdpSocket::bind((friend.ip, 0)).unwrap();
         for _ in 0..5 {
             s.send_to(b"honest", (vault.ip, PORT)).unwrap();
@@ -155,7 +120,7 @@ fn a_pod_cannot_inject_vxlan_into_another_node() {
     // mallory's VXLAN frames to node1, the inner packet claiming friend.
     let node1 = SocketAddr::new(IpAddr::V4(underlay_addr(1)), VXLAN_PORT);
     let forged = vxlan_frame(friend.ip, vault.ip, b"forged");
-    in_netns(&mallory.netns, || {
+    in_named_netns(&mallory.netns, || {
         let s = UdpSocket::bind((mallory.ip, 0)).unwrap();
         for _ in 0..20 {
             // A drop at the sender's own hook may surface as EPERM.
@@ -174,5 +139,4 @@ fn a_pod_cannot_inject_vxlan_into_another_node() {
         "a decapsulated forgery reached the isolated pod: {got:?}"
     );
     drop(bed);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -375,6 +375,17 @@ fn the_agent_is_probed_and_told_its_node() {
     assert!(cmd
         .windows(2)
         .any(|w| w == ["--cni-conf-dir", "/host/etc/cni/net.d"]));
+    // The CNI bin folder is the installer's alone: an agent that could
+    // write it could replace any plugin the runtime runs as root.
+    assert!(
+        agent["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["name"] != "cni-bin"),
+        "the agent mounts the CNI bin folder"
+    );
+    assert!(!cmd.contains(&"--cni-bin-dir".to_string()));
 }
 
 /// The image holds two static binaries and no shell (`cargo xtask image`):

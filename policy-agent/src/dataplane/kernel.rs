@@ -14,6 +14,7 @@
 
 mod attach;
 pub mod carry;
+pub mod ct_budget;
 pub mod events;
 mod generations;
 pub mod maps;
@@ -85,7 +86,7 @@ pub const NETLINK_PRIORITY: u16 = 0x5a1;
 pub const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 0x5a1);
 
 /// Every map of the object, all pinned (under [`PinPaths::map`]).
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 18] = [
     names::CONFIG,
     names::ENDPOINTS,
     names::EP_POLICY,
@@ -102,6 +103,8 @@ pub const ALL_MAPS: [&str; 16] = [
     names::LOCAL_ADDRS,
     names::CLIENTS,
     names::CT_CLIENTS,
+    names::CT_COUNT,
+    names::CT_REFUSED,
 ];
 
 /// Source addresses the sources map holds room for, per endpoint (a
@@ -292,10 +295,13 @@ impl KernelDataplane {
                 active_gen: 0,
                 revision: 0,
                 flags,
+                ct_limit: opts.conntrack_per_endpoint,
+                pad: 0,
             };
             dp.maps.set_config(dp.cfg)?;
         }
         dp.set_events_for_allowed(opts.events_for_allowed)?;
+        dp.set_conntrack_per_endpoint(opts.conntrack_per_endpoint)?;
         let old = dp
             .paths
             .other_versions()
@@ -442,7 +448,7 @@ impl Dataplane for KernelDataplane {
         Ok(())
     }
 
-    fn detach_endpoint(&mut self, ifname: &str, _ep_id: u32) -> Result<(), DataplaneError> {
+    fn detach_endpoint(&mut self, ifname: &str, ep_id: u32) -> Result<(), DataplaneError> {
         let pending = self.upgrade.as_mut().and_then(|u| u.pending.remove(ifname));
         let ifindex = self
             .attached
@@ -482,6 +488,7 @@ impl Dataplane for KernelDataplane {
             let _ = self.maps.endpoints.remove(&ifindex);
         }
         self.attached.remove(ifname);
+        self.forget_conntrack_budget(ep_id);
         Ok(())
     }
 
@@ -494,6 +501,14 @@ impl Dataplane for KernelDataplane {
 
     fn drop_counts(&self) -> BTreeMap<u8, u64> {
         self.maps.drop_counts()
+    }
+
+    fn conntrack_usage(&self) -> BTreeMap<u32, super::ConntrackUsage> {
+        ct_budget::usage(&self.maps.ct_count, &self.maps.ct_refused)
+    }
+
+    fn recount_conntrack(&mut self) -> Result<(), DataplaneError> {
+        KernelDataplane::recount_conntrack(self).map(|_| ())
     }
 
     fn capacity(&self) -> Option<Capacity> {

@@ -1,6 +1,9 @@
 //! The real `policy-agent run` in a node namespace: a scratch folder for
-//! its manifests, socket and log, the process (SIGKILLed on drop) and
-//! calls on its socket. Needs the `netns` support module beside it.
+//! its manifests, socket and log, the process (SIGKILLed on drop), started
+//! with any wrapper (`setpriv`, `prlimit`) and arguments or the usual way
+//! ([`AgentProc::start`]: manifests and pins, waiting until it is ready),
+//! calls on its socket and HTTP GETs on its health port. Needs the `netns`
+//! support module beside it.
 
 #![allow(dead_code)]
 
@@ -27,6 +30,11 @@ impl Scratch {
         std::fs::create_dir_all(&p).unwrap();
         Self(p)
     }
+
+    /// The agent's socket in it.
+    pub fn socket(&self) -> PathBuf {
+        socket(&self.0)
+    }
 }
 
 impl Drop for Scratch {
@@ -44,7 +52,8 @@ pub struct AgentProc {
 impl AgentProc {
     /// Starts the agent in `node` on the manifests `scratch/cluster.yaml`,
     /// the socket [`socket`]`(scratch)` and the pins `pins`, with `extra`
-    /// arguments; returns once its socket answers ready.
+    /// arguments, logging to `scratch/agent-<generation>.log`; returns
+    /// once its socket answers ready.
     pub fn start(
         node: &NetNs,
         scratch: &Path,
@@ -52,7 +61,7 @@ impl AgentProc {
         generation: u32,
         extra: &[&str],
     ) -> Self {
-        Self::spawn(node, scratch, pins, generation, extra, None)
+        Self::start_wrapped(node, scratch, pins, generation, &[], extra)
     }
 
     /// [`Self::start`] with at most `nofile` open descriptors.
@@ -63,67 +72,89 @@ impl AgentProc {
         extra: &[&str],
         nofile: u64,
     ) -> Self {
-        Self::spawn(node, scratch, pins, 1, extra, Some(nofile))
+        let limit = format!("--nofile={nofile}:{nofile}");
+        Self::start_wrapped(node, scratch, pins, 1, &["prlimit", &limit], extra)
     }
 
-    fn spawn(
+    fn start_wrapped(
         node: &NetNs,
         scratch: &Path,
         pins: &Path,
         generation: u32,
+        wrapper: &[&str],
         extra: &[&str],
-        nofile: Option<u64>,
     ) -> Self {
-        let log = scratch.join(format!("agent-{generation}.log"));
+        let manifests = scratch.join("cluster.yaml").display().to_string();
+        let pins = pins.display().to_string();
+        let mut args = vec!["--manifests", &manifests, "--bpffs-dir", &pins];
+        args.extend_from_slice(extra);
+        let log = format!("agent-{generation}.log");
+        let mut agent = Self::spawn_logging(node, scratch, &log, wrapper, &args);
+        agent.wait_ready(scratch);
+        agent
+    }
+
+    /// `wrapper... policy-agent run --cni-socket SCRATCH/cni.sock ARGS` in
+    /// `node`'s namespace (`wrapper`: e.g. `setpriv` and its options),
+    /// logging to `SCRATCH/agent.log`. Returns at once.
+    pub fn spawn(node: &NetNs, scratch: &Path, wrapper: &[&str], args: &[&str]) -> Self {
+        Self::spawn_logging(node, scratch, "agent.log", wrapper, args)
+    }
+
+    fn spawn_logging(
+        node: &NetNs,
+        scratch: &Path,
+        log: &str,
+        wrapper: &[&str],
+        args: &[&str],
+    ) -> Self {
+        let log = scratch.join(log);
         let out = File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
-        // prlimit and nsenter exec: the child's pid is the agent's.
-        let mut command = match nofile {
-            Some(n) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg("nsenter");
-                c
-            }
-            None => Command::new("nsenter"),
-        };
-        let child = command
+        // nsenter and the wrappers exec: the child's pid is the agent's.
+        let child = Command::new("nsenter")
             .arg(format!("--net={}", node.path()))
+            .args(wrapper)
             .arg(env!("CARGO_BIN_EXE_policy-agent"))
             .arg("run")
-            .arg("--manifests")
-            .arg(scratch.join("cluster.yaml"))
             .arg("--cni-socket")
             .arg(socket(scratch))
-            .arg("--bpffs-dir")
-            .arg(pins)
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .process_group(0)
             .spawn()
             .unwrap();
-        let mut agent = Self { child, log };
-        agent.wait_ready(scratch);
-        agent
+        Self { child, log }
     }
 
-    /// Waits until the socket answers STATUS with ready (30 s at most).
-    pub fn wait_ready(&mut self, scratch: &Path) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    /// Waits until `ok` holds, panicking with the log if the agent exits or
+    /// `patience` passes.
+    pub fn wait_for(&mut self, what: &str, patience: Duration, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + patience;
         loop {
-            self.assert_running();
-            if matches!(
-                agent_api::call(&socket(scratch), &Request::Status, Duration::from_secs(1)),
-                Ok(Response::Ok)
-            ) {
+            if ok() {
                 return;
             }
+            self.assert_running();
             if Instant::now() > deadline {
-                panic!("agent not ready in 30 s:\n{}", self.log_text());
+                panic!("{what}: not within {patience:?}:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until the socket in `scratch` answers STATUS with ready (30 s
+    /// at most).
+    pub fn wait_ready(&mut self, scratch: &Path) {
+        let socket = socket(scratch);
+        self.wait_for("the agent is ready", Duration::from_secs(30), || {
+            matches!(
+                agent_api::call(&socket, &Request::Status, Duration::from_secs(1)),
+                Ok(Response::Ok)
+            )
+        });
     }
 
     /// Panics with the log if the agent has exited.
@@ -165,4 +196,20 @@ pub fn socket(scratch: &Path) -> PathBuf {
 pub fn call(scratch: &Path, req: &Request) -> Response {
     agent_api::call(&socket(scratch), req, Duration::from_secs(15))
         .unwrap_or_else(|e| panic!("{req:?}: {e}"))
+}
+
+/// An HTTP/1.0 GET of `path` on `addr` from inside `ns`: (status code,
+/// body), or `None` when nothing answers.
+pub fn http_get(ns: &NetNs, addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    super::netns::in_ns(ns, || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((code, body))
+    })
 }

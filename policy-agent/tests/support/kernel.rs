@@ -48,11 +48,30 @@ impl Drop for PinDir {
 
 /// Opens a dataplane pinned under a fresh folder.
 pub fn open(name: &str) -> (KernelDataplane, PinDir) {
+    open_with(name, |_| {})
+}
+
+/// [`open`] with options `set` changes (map sizes, budgets).
+pub fn open_with(name: &str, set: impl FnOnce(&mut KernelOptions)) -> (KernelDataplane, PinDir) {
     require_root();
     let dir = PinDir::new(name);
-    let dp = KernelDataplane::open(KernelOptions::new(&dir.0))
-        .unwrap_or_else(|e| panic!("opening the kernel dataplane: {e}"));
+    let mut opts = KernelOptions::new(&dir.0);
+    set(&mut opts);
+    let dp =
+        KernelDataplane::open(opts).unwrap_or_else(|e| panic!("opening the kernel dataplane: {e}"));
     (dp, dir)
+}
+
+/// The verdict of program `prog` on `frame` seen on `ifindex`
+/// (`BPF_PROG_TEST_RUN`), or a panic naming the failure.
+pub fn verdict(
+    dp: &mut KernelDataplane,
+    prog: &str,
+    ifindex: u32,
+    frame: &[u8],
+) -> policy_agent::dataplane::kernel::TestVerdict {
+    dp.test_run(prog, frame, ifindex)
+        .unwrap_or_else(|e| panic!("test run: {e}"))
 }
 
 /// Source validation: endpoint → the addresses (IPv4-mapped for IPv4) its

@@ -26,8 +26,11 @@ use super::{kernel_error, DataplaneError, PinPaths};
 /// its destination, as 1 and 2 judged everything) nor marked as sent by
 /// the node's own stack; a flow from the node is then judged without the
 /// node's exemption the next time a policy change re-judges it. Layout 5
-/// (the pod's MAC in the endpoint entry) left conntrack as it was.
-pub const CONNTRACK_LAYOUTS: &[u32] = &[1, 2, 3, 4, 5];
+/// (the pod's MAC in the endpoint entry) and layout 6 (each endpoint's
+/// conntrack budget: its count and the limit in the configuration) left
+/// the entries as they were; carried entries are counted against their
+/// endpoint's budget from the first recount on.
+pub const CONNTRACK_LAYOUTS: &[u32] = &[1, 2, 3, 4, 5, 6];
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;

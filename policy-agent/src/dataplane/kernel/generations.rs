@@ -85,7 +85,7 @@ impl KernelDataplane {
             layout_version: LAYOUT_VERSION,
             active_gen: u32::from(target),
             revision,
-            flags: self.cfg.flags,
+            ..self.cfg
         };
         let flipped = self.maps.set_config(cfg);
         // Even a failed write may have flipped: the grace period that makes

@@ -4,13 +4,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
+    maps::{
+        lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+    },
     Ebpf,
 };
 use policy_common::{
-    maps as names, Addr, CidrKey, Config, CtKey, CtValue, EndpointInfo, EndpointPolicy,
-    EndpointPolicyKey, IdentityValue, IpcacheKey, PolicyKey, PolicyValue, SourceKey,
-    CIDR_KEY_HEAD_BITS, DROP_REASONS, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO,
+    maps as names, Addr, CidrKey, Config, CtCount, CtKey, CtRefused, CtValue, EndpointInfo,
+    EndpointPolicy, EndpointPolicyKey, IdentityValue, IpcacheKey, PolicyKey, PolicyValue,
+    SourceKey, CIDR_KEY_HEAD_BITS, DROP_REASONS, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO,
     POLICY_PREFIX_FULL,
 };
 use policy_engine::state::{CidrPrefix, MapOp, MapState, PolicyEntry, PortMatch};
@@ -43,6 +45,10 @@ pub struct Maps {
     pub services: HashMap<MapData, IpcacheKey, u32>,
     /// (gen, local endpoint address) → endpoint id.
     pub local_addrs: HashMap<MapData, IpcacheKey, u32>,
+    /// Endpoint → the conntrack entries it holds (its budget).
+    pub ct_count: HashMap<MapData, u32, CtCount>,
+    /// Endpoint → new flows refused for its budget, per CPU.
+    pub ct_refused: PerCpuHashMap<MapData, u32, CtRefused>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map, DataplaneError> {
@@ -95,6 +101,14 @@ impl Maps {
             local_addrs: typed(
                 names::LOCAL_ADDRS,
                 HashMap::try_from(take(ebpf, names::LOCAL_ADDRS)?),
+            )?,
+            ct_count: typed(
+                names::CT_COUNT,
+                HashMap::try_from(take(ebpf, names::CT_COUNT)?),
+            )?,
+            ct_refused: typed(
+                names::CT_REFUSED,
+                PerCpuHashMap::try_from(take(ebpf, names::CT_REFUSED)?),
             )?,
         })
     }

@@ -32,6 +32,9 @@ pub struct KernelOptions {
     pub attach_mode: AttachMode,
     /// Also report allowed new flows as events (drops are always reported).
     pub events_for_allowed: bool,
+    /// Conntrack entries one endpoint may hold per direction before its
+    /// new flows are dropped (0: no bound; see `ct_budget`).
+    pub conntrack_per_endpoint: u32,
     /// Layout version naming the version folder (tests fake an older
     /// agent's folder with it).
     pub(super) version_folder: u32,
@@ -45,6 +48,7 @@ impl KernelOptions {
             sizes: MapSizes::default(),
             attach_mode: AttachMode::default(),
             events_for_allowed: false,
+            conntrack_per_endpoint: super::ct_budget::DEFAULT_PER_ENDPOINT,
             version_folder: LAYOUT_VERSION,
         }
     }

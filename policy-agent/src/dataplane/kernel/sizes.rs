@@ -84,7 +84,7 @@ impl MapSizes {
 
     /// max_entries of each map these sizes create, by map name (the ring
     /// buffer left out: its size is not an entry count).
-    pub fn max_entries(&self) -> [(&'static str, u32); 10] {
+    pub fn max_entries(&self) -> [(&'static str, u32); 12] {
         [
             (names::ENDPOINTS, self.endpoints),
             (names::EP_POLICY, self.endpoints.saturating_mul(2)),
@@ -97,6 +97,10 @@ impl MapSizes {
                 self.endpoints.saturating_mul(SOURCES_PER_ENDPOINT),
             ),
             (names::EVENT_BUDGET, self.endpoints),
+            // An endpoint id per attached interface, and room for the ids
+            // of endpoints just gone.
+            (names::CT_COUNT, self.endpoints.saturating_mul(2)),
+            (names::CT_REFUSED, self.endpoints),
             // Per generation: every ClusterIP (at most one per pod address
             // would be a lot), and each local pod's addresses.
             (names::SERVICES, self.ipcache.saturating_mul(2)),

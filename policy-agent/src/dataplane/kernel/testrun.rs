@@ -108,6 +108,18 @@ impl KernelDataplane {
         self.run_ctx(prog, frame, ifindex, 0, repeat)
     }
 
+    /// Removes every conntrack entry behind the datapath's back (as LRU
+    /// evictions do), leaving the endpoints' counts as they are: for tests
+    /// of [`recount_conntrack`](Self::recount_conntrack).
+    #[doc(hidden)]
+    pub fn clear_conntrack(&mut self) -> Result<(), DataplaneError> {
+        let keys: Vec<CtKey> = self.maps.conntrack.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.maps.conntrack.remove(&k);
+        }
+        Ok(())
+    }
+
     /// Forgets what running `frame` through endpoint `ep_id`'s program for
     /// direction `d` left behind as the first packet of its flow: its
     /// conntrack entry and, for a first fragment, its datagram's fragment
@@ -132,8 +144,19 @@ impl KernelDataplane {
             saddr: flow.saddr,
             daddr: flow.daddr,
         };
-        // Absent (never made, or evicted) is as good as removed.
-        let _ = self.maps.conntrack.remove(&key);
+        // Absent (never made, or evicted) is as good as removed. A removed
+        // entry is given back to the endpoint's conntrack budget, as the
+        // datapath gives back what it removes.
+        if self.maps.conntrack.remove(&key).is_ok() {
+            if let Ok(mut c) = self.maps.ct_count.get(&ep_id, 0) {
+                if d == policy_common::dir::INGRESS {
+                    c.ingress -= 1;
+                } else {
+                    c.egress -= 1;
+                }
+                let _ = self.maps.ct_count.insert(ep_id, c, 0);
+            }
+        }
         if flow.frag == Frag::First {
             let path = self.paths().map(names::FRAGMENTS);
             let what = || format!("opening pinned map {}", path.display());
