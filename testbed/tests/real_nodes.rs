@@ -257,6 +257,7 @@ fn palisade_on_real_nodes_from_install_to_uninstall() {
         .apply_yaml("probed", PROBED)
         .unwrap_or_else(|e| panic!("kubectl apply: {e}"));
     ready(&cluster, "probed", "server");
+    status_kube_shows_every_node(&cluster, "probed/deny-all-ingress");
     // Across the overlay: identities of node1's pods judged on node0.
     let remote = client_pod("remote-client", "node1", "{role: client}")
         + &client_pod("remote-other", "node1", "{}");
@@ -517,6 +518,46 @@ fn kubectl_delete_k_leaves_every_node_starting_pods(cluster: &RealCluster, befor
                 POD_START,
             )
             .unwrap_or_else(|e| panic!("a new pod after the uninstall: {e}"));
+    }
+}
+
+/// `policy-agent status --kube`, as an admin runs it from anywhere: every
+/// node's agent is a Ready pod of the DaemonSet, and each node's newest
+/// `Enforced` Event is on `policy` (applied after the install).
+fn status_kube_shows_every_node(cluster: &RealCluster, policy: &str) {
+    let cp = cluster.control_plane();
+    let bin_dir = std::env::var_os("PALISADE_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target").join("debug"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", cp.netns()))
+            .arg(bin_dir.join("policy-agent"))
+            .args(["status", "--kube", "-o", "json"])
+            .env("KUBECONFIG", cp.admin_kubeconfig())
+            .output()
+            .unwrap_or_else(|e| panic!("policy-agent status --kube: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        let nodes = doc["nodes"].as_array().cloned().unwrap_or_default();
+        let good = nodes.len() == cluster.nodes().len()
+            && nodes.iter().all(|n| {
+                n["agent"] == "ready"
+                    && n["last_apply"]["policy"] == policy
+                    && n["last_apply"]["note"]
+                        .as_str()
+                        .is_some_and(|note| note.starts_with("Enforced on"))
+            });
+        if good {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status --kube does not show every node's agent ready with {policy} enforced:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 
