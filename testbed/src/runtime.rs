@@ -12,7 +12,9 @@
 //!   VXLAN), played by the bed;
 //! - [`e2e`]: the upstream e2e suite run against such a cluster;
 //! - [`cluster`]: the control plane, the nodes, kube-proxy on each, and
-//!   Palisade installed with `kubectl apply -k`.
+//!   Palisade installed with `kubectl apply -k`;
+//! - [`scenario`]: a scenario's manifests as real objects and agnhost
+//!   pods, its probes run inside the client pods.
 //!
 //! What stays played rather than real: flanneld (its VXLAN entries are
 //! written once, from the bed's own plan) and cluster DNS (none; pods fall
@@ -23,3 +25,4 @@ pub mod e2e;
 pub mod flannel;
 pub mod images;
 pub mod node;
+pub mod scenario;

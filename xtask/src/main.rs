@@ -67,8 +67,18 @@ enum Command {
         /// Against a real control plane (etcd, kube-apiserver,
         /// kube-controller-manager, kube-proxy): objects created through
         /// the API, the agent running `--kube` as Palisade's ServiceAccount.
-        #[arg(long, conflicts_with = "no_palisade")]
+        /// (Without `--runtime containerd` it runs the agent: no
+        /// `--no-palisade`.)
+        #[arg(long)]
         kube: bool,
+        /// With `--kube`, who plays the kubelet: `bed` (the test bed's own
+        /// code wires the pods and runs the agent as a process) or
+        /// `containerd` (real nodes: the kubelet and containerd in network
+        /// namespaces, pods as agnhost containers, Palisade installed from
+        /// its image with `kubectl apply -k overlays/testbed`, probes run
+        /// inside the client pods).
+        #[arg(long, value_enum, default_value_t = Runtime::Bed, requires = "kube")]
+        runtime: Runtime,
         /// With `--kube`: ask IPAM for each pod's manifest address
         /// (`status.podIP`) instead of letting it pick one, for policies
         /// whose ipBlocks name those addresses.
@@ -87,6 +97,12 @@ enum Command {
         /// Only this example (a directory name under examples/).
         #[arg(long)]
         example: Option<String>,
+        /// `containerd`: the story on real nodes, one cluster per example:
+        /// a Flannel cluster takes `kubectl apply -f` of the policies and
+        /// enforces nothing, then `kubectl apply -k overlays/testbed`
+        /// installs Palisade and the same probes are judged.
+        #[arg(long, value_enum, default_value_t = Runtime::Bed)]
+        runtime: Runtime,
         /// Build and run the release binaries.
         #[arg(long)]
         release: bool,
@@ -155,6 +171,15 @@ enum Command {
     },
 }
 
+/// Who plays the kubelet in `testbed --kube` and `demo`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Runtime {
+    /// The test bed's own code.
+    Bed,
+    /// Real kubelets and containerd.
+    Containerd,
+}
+
 /// Output formats of `testbed`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -179,6 +204,7 @@ fn main() -> ExitCode {
             nodes,
             release,
             kube,
+            runtime,
             manifest_addresses,
             via_services,
         } => tasks::testbed(tasks::TestbedArgs {
@@ -189,10 +215,15 @@ fn main() -> ExitCode {
             nodes,
             release,
             kube,
+            runtime,
             manifest_addresses,
             via_services,
         }),
-        Command::Demo { example, release } => tasks::demo(example.as_deref(), release),
+        Command::Demo {
+            example,
+            release,
+            runtime,
+        } => tasks::demo(example.as_deref(), release, runtime),
         Command::Bench {
             quick,
             only,
