@@ -293,6 +293,15 @@ impl Testbed {
     pub fn dual_stack(&self) -> bool {
         self.layout.dual_stack()
     }
+
+    /// Node 0's CNI network (its chain, as the runtime calls it).
+    fn first_network(&self) -> Result<crate::cni::Network, TestbedError> {
+        self.resources
+            .with(|r| r.networks.first().cloned())
+            .ok_or_else(|| TestbedError::Environment {
+                reason: "the test bed has no CNI network".into(),
+            })
+    }
 }
 
 /// The nodes as [`node::start`] leaves them.

@@ -11,37 +11,14 @@
 //! archive (`PALISADE_IMAGE`, set by `cargo xtask test`; else
 //! `target/palisade-image.oci.tar` as `cargo xtask image` writes it).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use testbed::runtime::images::ImageArchive;
+use testbed::runtime::images::{palisade_image_for_tests, workspace_dir};
 use testbed::scenario::{run, Kubelet, RealNodes, Scenario};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(".."))
-}
-
-fn palisade_image() -> ImageArchive {
-    let path = std::env::var_os("PALISADE_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target").join("palisade-image.oci.tar"));
-    assert!(
-        path.is_file(),
-        "Palisade's image archive {} is missing: run `cargo xtask image`, or the tests through \
-         `cargo xtask test`, or point PALISADE_IMAGE at it",
-        path.display()
-    );
-    ImageArchive {
-        path,
-        name: "docker.io/library/palisade:dev".into(),
-    }
-}
 
 #[test]
 fn apod_on_real_nodes_with_palisade_matches_every_expectation() {
-    let example = workspace().join("examples").join("apod");
+    let example = workspace_dir().join("examples").join("apod");
     let scenario = Scenario {
         manifests: example.join("cluster.yaml"),
         probes: Some(example.join("probes.jsonl")),
@@ -51,8 +28,8 @@ fn apod_on_real_nodes_with_palisade_matches_every_expectation() {
     };
     let kubelet = Kubelet::Containerd(RealNodes {
         flannel_plugin: PathBuf::from(env!("CARGO_BIN_EXE_palisade-testbed-flannel")),
-        palisade_image: Some(palisade_image()),
-        overlay: workspace().join("overlays").join("testbed"),
+        palisade_image: Some(palisade_image_for_tests().unwrap_or_else(|e| panic!("{e}"))),
+        overlay: workspace_dir().join("overlays").join("testbed"),
     });
     let outcome = run(&scenario, &kubelet).unwrap_or_else(|e| panic!("apod on real nodes: {e}"));
     let table = testbed::report::table(&outcome.observations);

@@ -3,13 +3,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use super::wire::no_address;
 use super::{Testbed, WiredPod};
-use crate::controlplane::cluster::KubeCluster;
+use crate::controlplane::cluster::{pod_ref, KubeCluster};
 use crate::echo;
 use crate::error::TestbedError;
 use crate::netns;
 use crate::node::no_dad;
-use crate::probe::PodRef;
 
 impl Testbed {
     /// Kube mode: the cluster in the control plane (the API server, the
@@ -32,26 +32,14 @@ impl Testbed {
                 reason: "pods can be added only in kube mode".into(),
             });
         };
-        let pod_ref = PodRef {
-            namespace: pod
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            name: pod.metadata.name.clone().unwrap_or_default(),
-        };
+        let pod_ref = pod_ref(pod);
         let name = format!("{}/{}", pod_ref.namespace, pod_ref.name);
         if self.pods.contains_key(&pod_ref) {
             return Err(TestbedError::Layout {
                 reason: format!("pod {name} is already in the test bed"),
             });
         }
-        let network = self
-            .resources
-            .with(|r| r.networks.first().cloned())
-            .ok_or_else(|| TestbedError::Environment {
-                reason: "the test bed has no CNI network".into(),
-            })?;
+        let network = self.first_network()?;
         crate::controlplane::kubelet::create_pod(
             cluster.control_plane(),
             pod,
@@ -76,13 +64,7 @@ impl Testbed {
         )?;
         let (ip, ip6) = (att.ipv4(), att.ipv6());
         self.resources.with(|r| r.attachments.push((0, att)));
-        let ip = ip.ok_or_else(|| TestbedError::Cni {
-            command: "ADD",
-            pod: name.clone(),
-            plugin: "bridge".into(),
-            message: "the result holds no IPv4 address".into(),
-            stderr: String::new(),
-        })?;
+        let ip = ip.ok_or_else(|| no_address(&name, "IPv4 address"))?;
         let ips: Vec<IpAddr> = [Some(IpAddr::V4(ip)), ip6.map(IpAddr::V6)]
             .into_iter()
             .flatten()

@@ -197,21 +197,9 @@ pub(super) fn wire_pods(
         let ip6 = att.ipv6();
         resources.with(|r| r.attachments.push((plan.node, att)));
         if layout.dual_stack() && ip6.is_none() {
-            return Err(TestbedError::Cni {
-                command: "ADD",
-                pod: name.clone(),
-                plugin: "bridge".into(),
-                message: "the result holds no IPv6 address on a dual-stack bed".into(),
-                stderr: String::new(),
-            });
+            return Err(no_address(&name, "IPv6 address on a dual-stack bed"));
         }
-        let ip = ip.ok_or_else(|| TestbedError::Cni {
-            command: "ADD",
-            pod: name.clone(),
-            plugin: "bridge".into(),
-            message: "the result holds no IPv4 address".into(),
-            stderr: String::new(),
-        })?;
+        let ip = ip.ok_or_else(|| no_address(&name, "IPv4 address"))?;
         if let Some(c) = cluster {
             let ips: Vec<IpAddr> = [Some(IpAddr::V4(ip)), ip6.map(IpAddr::V6)]
                 .into_iter()
@@ -266,4 +254,15 @@ pub(super) fn outside(
         }
         Some(ns)
     })
+}
+
+/// CNI ADD of pod `name` answered without `what` (an address the bed needs).
+pub(super) fn no_address(name: &str, what: &str) -> TestbedError {
+    TestbedError::Cni {
+        command: "ADD",
+        pod: name.to_string(),
+        plugin: "bridge".into(),
+        message: format!("the result holds no {what}"),
+        stderr: String::new(),
+    }
 }

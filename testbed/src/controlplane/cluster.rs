@@ -62,7 +62,8 @@ pub struct KubeCluster {
     agent_kubeconfig: PathBuf,
 }
 
-fn pod_ref(pod: &Pod) -> PodRef {
+/// A Pod object's `namespace/name` (`default` when it names none).
+pub(crate) fn pod_ref(pod: &Pod) -> PodRef {
     PodRef {
         namespace: pod
             .metadata

@@ -22,6 +22,7 @@ use kube::Api;
 
 use super::cluster::{RealCluster, RealClusterOptions};
 use super::images::{self, ImageArchive};
+use crate::controlplane::cluster::pod_ref;
 use crate::controlplane::objects::ClusterObjects;
 use crate::controlplane::{kube_err, kubelet, ControlPlaneOptions};
 use crate::error::TestbedError;
@@ -355,17 +356,6 @@ enum Verdict {
     Denied(String),
     /// The probe could not run.
     NotRun(String),
-}
-
-fn pod_ref(pod: &Pod) -> PodRef {
-    PodRef {
-        namespace: pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        name: pod.metadata.name.clone().unwrap_or_default(),
-    }
 }
 
 fn pod_ready(pod: &Pod) -> bool {
