@@ -90,18 +90,21 @@ enum Command {
         #[arg(long, requires = "kube")]
         via_services: bool,
     },
-    /// For each example under examples/, probe without Palisade (the plain
-    /// bridge), then on a real control plane with Palisade once the
-    /// policies are applied with kubectl, and show what they change.
+    /// For each example under examples/, on two real nodes: the policies
+    /// applied with kubectl on Flannel alone (enforced by nobody), then
+    /// Palisade installed with `kubectl apply -k`, and what that changes.
     Demo {
         /// Only this example (a directory name under examples/).
         #[arg(long)]
         example: Option<String>,
-        /// `containerd`: the story on real nodes, one cluster per example:
-        /// a Flannel cluster takes `kubectl apply -f` of the policies and
-        /// enforces nothing, then `kubectl apply -k overlays/testbed`
-        /// installs Palisade and the same probes are judged.
-        #[arg(long, value_enum, default_value_t = Runtime::Bed)]
+        /// `containerd` (default): the story on real nodes, one cluster
+        /// per example: a Flannel cluster takes `kubectl apply -f` of the
+        /// policies and enforces nothing, then `kubectl apply -k
+        /// overlays/testbed` installs Palisade and the same probes are
+        /// judged (about 1.5 to 4 minutes per example). `bed`: the quicker
+        /// story in the test bed (the plain bridge, then the bed's kubelet
+        /// against a real API server with Palisade).
+        #[arg(long, value_enum, default_value_t = Runtime::Containerd)]
         runtime: Runtime,
         /// Build and run the release binaries.
         #[arg(long)]
