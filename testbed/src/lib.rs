@@ -64,6 +64,7 @@ pub mod probe;
 mod prober;
 pub mod report;
 pub mod runtime;
+pub mod scenario;
 
 pub use bed::{
     load_snapshot, Testbed, TestbedOptions, WiredPod, AGENT_BINARY, BPFFS_ROOT, PLUGIN_BINARY,

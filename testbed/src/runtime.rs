@@ -14,7 +14,9 @@
 //! - [`cluster`]: the control plane, the nodes, kube-proxy on each, and
 //!   Palisade installed with `kubectl apply -k`;
 //! - [`workload`]: objects applied, pods waited for until Ready, and
-//!   connections tried from inside a pod (`agnhost connect`).
+//!   connections tried from inside a pod (`agnhost connect`);
+//! - [`scenario`]: a scenario's manifests as real objects and agnhost
+//!   pods, its probes run inside the client pods.
 //!
 //! What stays played rather than real: flanneld (its VXLAN entries are
 //! written once, from the bed's own plan) and cluster DNS (none; pods fall
@@ -25,4 +27,5 @@ pub mod e2e;
 pub mod flannel;
 pub mod images;
 pub mod node;
+pub mod scenario;
 pub mod workload;

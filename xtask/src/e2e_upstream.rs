@@ -43,7 +43,7 @@ pub struct Options {
 
 /// The name the nodes import Palisade's image as: what the CRI makes of
 /// the manifests' `palisade:dev`, and what `overlays/testbed` names.
-pub const NODE_IMAGE_NAME: &str = "docker.io/library/palisade:dev";
+pub const NODE_IMAGE_NAME: &str = testbed::runtime::images::PALISADE_IMAGE_NAME;
 
 /// Palisade's image as `cargo xtask image` makes it (the static binaries,
 /// of the release profile with `release`), as the nodes import it.

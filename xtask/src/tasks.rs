@@ -9,10 +9,11 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use testbed::controlplane::cluster::KubeOptions;
-use testbed::{report, Observation, Testbed, TestbedError, TestbedOptions};
+use testbed::report;
+use testbed::scenario::{Demo, Kubelet, RealNodes, Scenario};
 
 use crate::cmd::{self, cargo};
-use crate::{setup, Format};
+use crate::{setup, Format, Runtime};
 
 /// The binaries `build` produces, the test bed runs and the image ships.
 /// They are built once, statically for [`setup::STATIC_TARGET`], whatever
@@ -235,15 +236,46 @@ pub struct TestbedArgs {
     pub release: bool,
     /// Against a real control plane.
     pub kube: bool,
+    /// Who plays the kubelet (kube mode).
+    pub runtime: Runtime,
     /// Kube mode: pods get their manifest addresses.
     pub manifest_addresses: bool,
     /// Kube mode: probes to pods go through each pod's own Service.
     pub via_services: bool,
 }
 
+/// The one place the CLI turns its flags into who plays the kubelet:
+/// `kube` (the played kubelet's API mode, `None` for file mode) or real
+/// nodes (which build the bed's Flannel plugin and, with Palisade, its
+/// image).
+fn kubelet(
+    runtime: Runtime,
+    kube: Option<KubeOptions>,
+    palisade: bool,
+    release: bool,
+) -> Result<Kubelet> {
+    Ok(match (runtime, kube) {
+        (Runtime::Containerd, _) => Kubelet::Containerd(RealNodes {
+            flannel_plugin: build_host_bin("testbed", testbed::runtime::flannel::PLUGIN_BINARY)?,
+            palisade_image: if palisade {
+                Some(crate::e2e_upstream::palisade_image(release)?)
+            } else {
+                None
+            },
+            overlay: cmd::workspace_root().join("overlays").join("testbed"),
+        }),
+        (Runtime::Bed, Some(k)) => Kubelet::PlayedWithApi(k),
+        (Runtime::Bed, None) => Kubelet::Played,
+    })
+}
+
 /// `cargo xtask testbed`: exit 1 if an observation contradicts an
 /// expectation of the probe file, 2 on bad input.
 pub fn testbed(args: TestbedArgs) -> Result<ExitCode> {
+    if args.kube && args.runtime == Runtime::Bed && !args.palisade {
+        eprintln!("xtask testbed: --kube with the bed's kubelet runs the agent: --no-palisade needs --runtime containerd");
+        return Ok(exit_code(2));
+    }
     setup::run()?;
     let bin_dir = build_binaries(args.release)?;
     testbed::install_signal_cleanup().context("cannot install the Ctrl-C cleanup")?;
@@ -252,15 +284,21 @@ pub fn testbed(args: TestbedArgs) -> Result<ExitCode> {
         via_services: args.via_services,
         ..kube_options()
     });
-    let seen = match run_probes(
-        &args.manifests,
-        args.probes.as_deref(),
-        args.palisade,
-        args.nodes,
-        &bin_dir,
-        kube.as_ref(),
-    ) {
-        Ok((seen, _)) => seen,
+    let kubelet = kubelet(args.runtime, kube, args.palisade, args.release)?;
+    let scenario = Scenario {
+        manifests: args.manifests,
+        probes: args.probes,
+        palisade: args.palisade,
+        nodes: args.nodes,
+        bin_dir,
+    };
+    let seen = match testbed::scenario::run(&scenario, &kubelet) {
+        Ok(outcome) => {
+            for note in &outcome.notes {
+                eprintln!("   {note}");
+            }
+            outcome.observations
+        }
         Err(e) => {
             eprintln!("xtask testbed: {e}");
             return Ok(exit_code(e.exit_code()));
@@ -283,60 +321,6 @@ pub(crate) fn kube_options() -> KubeOptions {
         install: vec![cmd::workspace_root().join("manifests")],
         ..Default::default()
     }
-}
-
-/// Starts a test bed for `manifests` (with or without Palisade; against a
-/// real control plane with `kube`), runs the probes of `probes` (default:
-/// every pod to every declared port) and tears the bed down; with
-/// Palisade, also returns the drops the agent reported meanwhile (what
-/// `policy-agent flows --verdict dropped` shows). With `kube` and
-/// `policies_later`, the policies are applied with kubectl (its output
-/// printed) once the pods are up, before the probes run.
-fn run_probes(
-    manifests: &Path,
-    probes: Option<&Path>,
-    palisade: bool,
-    nodes: usize,
-    bin_dir: &Path,
-    kube: Option<&KubeOptions>,
-) -> Result<(Vec<Observation>, Vec<FlowRecord>), TestbedError> {
-    let manifests = vec![manifests.to_path_buf()];
-    let snapshot = testbed::load_snapshot(&manifests)?;
-    let probes = match probes {
-        // Service ClusterIPs are translated by the real kube-proxy, which
-        // only kube mode runs.
-        Some(file) if kube.is_some() => testbed::read_probes(file)?,
-        Some(file) => {
-            let (probes, skipped) = testbed::read_probes_without_services(file)?;
-            if skipped > 0 {
-                eprintln!(
-                    "   ({skipped} probes to svc: targets left out: Services need kube-proxy, run with --kube)"
-                );
-            }
-            probes
-        }
-        None => testbed::default_probes(&snapshot),
-    };
-    let opts = TestbedOptions {
-        manifests,
-        palisade,
-        bin_dir: bin_dir.to_path_buf(),
-        probes: probes.clone(),
-        nodes,
-        agent_args: Vec::new(),
-    };
-    let bed = match kube {
-        Some(k) => Testbed::start_with_kube(opts, &snapshot, k)?,
-        None => Testbed::start_with_snapshot(opts, &snapshot)?,
-    };
-    if let (Some(cluster), Some(true)) = (bed.kube(), kube.map(|k| k.policies_later)) {
-        println!("   $ kubectl apply -f policies.json");
-        for line in cluster.apply_policies_with_kubectl()?.lines() {
-            println!("   {line}");
-        }
-        bed.wait_for_agent_sync()?;
-    }
-    Ok(bed.probe_collecting_drops(&probes))
 }
 
 /// One line per distinct dropped connection attempt, as `policy-agent flows`
@@ -405,11 +389,14 @@ fn examples(only: Option<&str>) -> Result<Vec<Example>> {
     Ok(found)
 }
 
-/// `cargo xtask demo`: each example without Palisade (the plain bridge, what
-/// Flannel gives), then against a real API server with Palisade once the
-/// example's policies are applied with kubectl, side by side. Exit 1 if,
-/// with Palisade, a verdict differs from the example's expectation.
-pub fn demo(only: Option<&str>, release: bool) -> Result<ExitCode> {
+/// `cargo xtask demo`: each example's policies applied with kubectl on a
+/// Flannel cluster (enforced by nobody), then with Palisade, side by side.
+/// With the bed's kubelet, "before" is the plain bridge and "after" two
+/// nodes against a real API server; on real nodes (`runtime`
+/// `containerd`) both halves are one cluster, Palisade installed between
+/// them with `kubectl apply -k`. Exit 1 if, with Palisade, a verdict
+/// differs from the example's expectation.
+pub fn demo(only: Option<&str>, release: bool, runtime: Runtime) -> Result<ExitCode> {
     setup::run()?;
     let bin_dir = build_binaries(release)?;
     testbed::install_signal_cleanup().context("cannot install the Ctrl-C cleanup")?;
@@ -419,31 +406,39 @@ pub fn demo(only: Option<&str>, release: bool) -> Result<ExitCode> {
         policies_later: true,
         ..kube_options()
     };
+    let kubelet = kubelet(runtime, Some(kube), true, release)?;
     for ex in &list {
-        println!(
-            "\n== {}: BEFORE (plain bridge, as Flannel gives), then two nodes and a real API server with Palisade",
-            ex.name
-        );
-        let before = run_probes(&ex.cluster, Some(&ex.probes), false, 1, &bin_dir, None);
-        let after = || {
-            run_probes(
-                &ex.cluster,
-                Some(&ex.probes),
-                true,
-                2,
-                &bin_dir,
-                Some(&kube),
-            )
+        match runtime {
+            Runtime::Bed => println!(
+                "\n== {}: BEFORE (plain bridge, as Flannel gives), then two nodes and a real API server with Palisade",
+                ex.name
+            ),
+            Runtime::Containerd => println!(
+                "\n== {}: two real nodes (kubelet, containerd, Flannel): the policies applied, BEFORE; Palisade installed, AFTER",
+                ex.name
+            ),
+        }
+        let scenario = Scenario {
+            manifests: ex.cluster.clone(),
+            probes: Some(ex.probes.clone()),
+            palisade: true,
+            nodes: 2,
+            bin_dir: bin_dir.clone(),
         };
-        let (before, (after, drops)) = match before.and_then(|b| Ok((b.0, after()?))) {
-            Ok(pair) => pair,
+        let Demo { before, after } = match testbed::scenario::demo(&scenario, &kubelet) {
+            Ok(d) => d,
             Err(e) => {
                 eprintln!("xtask demo: {}: {e}", ex.name);
                 return Ok(exit_code(e.exit_code()));
             }
         };
+        for note in &after.notes {
+            println!("   {note}");
+        }
+        let after_drops = after.drops;
+        let after = after.observations;
         println!(
-            "   (BEFORE: plain bridge, AFTER: Palisade enforcing the policies kubectl applied)"
+            "   (BEFORE: the policies enforced by nobody, AFTER: Palisade enforcing the policies kubectl applied)"
         );
         print!("{}", report::comparison_table(&before, &after));
         let mismatched: Vec<_> = after
@@ -453,9 +448,11 @@ pub fn demo(only: Option<&str>, release: bool) -> Result<ExitCode> {
         for o in &mismatched {
             println!("   MISMATCH with Palisade: {} ({})", o.probe, o.detail);
         }
-        println!("   drops the agent reported (policy-agent flows --verdict dropped):");
-        for line in drop_lines(&drops) {
-            println!("{line}");
+        if runtime == Runtime::Bed {
+            println!("   drops the agent reported (policy-agent flows --verdict dropped):");
+            for line in drop_lines(&after_drops) {
+                println!("{line}");
+            }
         }
         probes += after.len();
         // By probe: the plain-bridge half has no kube-proxy, so it leaves

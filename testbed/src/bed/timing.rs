@@ -53,12 +53,7 @@ impl Testbed {
         &self,
         count: usize,
     ) -> Result<(Vec<Duration>, Vec<Duration>), TestbedError> {
-        let network = self
-            .resources
-            .with(|r| r.networks.first().cloned())
-            .ok_or_else(|| TestbedError::Environment {
-                reason: "the test bed has no CNI network".into(),
-            })?;
+        let network = self.first_network()?;
         let mut without = network.clone();
         if let Some(plugins) = without.conflist["plugins"].as_array_mut() {
             plugins.retain(|p| p["type"] != crate::PLUGIN_BINARY);

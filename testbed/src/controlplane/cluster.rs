@@ -62,7 +62,8 @@ pub struct KubeCluster {
     agent_kubeconfig: PathBuf,
 }
 
-fn pod_ref(pod: &Pod) -> PodRef {
+/// A Pod object's `namespace/name` (`default` when it names none).
+pub(crate) fn pod_ref(pod: &Pod) -> PodRef {
     PodRef {
         namespace: pod
             .metadata
@@ -94,47 +95,7 @@ impl KubeCluster {
         let (ns, sa) = AGENT_SERVICE_ACCOUNT;
         let agent_kubeconfig = cp.service_account_kubeconfig(ns, sa)?;
 
-        let mut namespaces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        for ns in &objects.namespaces {
-            if let Some(name) = &ns.metadata.name {
-                namespaces.insert(name.clone(), ns.metadata.labels.clone().unwrap_or_default());
-            }
-        }
-        let used = objects
-            .pods
-            .iter()
-            .map(|p| p.metadata.namespace.clone())
-            .chain(
-                objects
-                    .policies
-                    .iter()
-                    .map(|p| p.metadata.namespace.clone()),
-            )
-            .chain(
-                objects
-                    .services
-                    .iter()
-                    .map(|s| s.metadata.namespace.clone()),
-            );
-        for ns in used {
-            namespaces
-                .entry(ns.unwrap_or_else(|| "default".into()))
-                .or_default();
-        }
-        for (name, labels) in &namespaces {
-            kubelet::ensure_namespace(&cp, name, labels)?;
-        }
-        if !opts.policies_later {
-            for policy in &objects.policies {
-                kubelet::apply_policy(&cp, policy)?;
-            }
-        }
-        for service in &objects.services {
-            kubelet::apply_service(&cp, service)?;
-        }
-        for endpoints in &objects.endpoints {
-            kubelet::apply_endpoints(&cp, endpoints)?;
-        }
+        objects.create(&cp, !opts.policies_later)?;
         cp.start_kube_proxy(&node)?;
         Ok(KubeCluster {
             cp,
@@ -361,30 +322,7 @@ impl KubeCluster {
     /// file in the data folder), as a user applies them; returns what
     /// kubectl printed.
     pub fn apply_policies_with_kubectl(&self) -> Result<String, TestbedError> {
-        let items: Vec<serde_json::Value> = self
-            .objects
-            .policies
-            .iter()
-            .map(|p| {
-                serde_json::json!({
-                    "apiVersion": "networking.k8s.io/v1",
-                    "kind": "NetworkPolicy",
-                    "metadata": {
-                        "name": p.metadata.name,
-                        "namespace": p.metadata.namespace.as_deref().unwrap_or("default"),
-                        "labels": p.metadata.labels,
-                    },
-                    "spec": p.spec,
-                })
-            })
-            .collect();
-        let path = self.cp.dir().join("policies.json");
-        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
-        std::fs::write(&path, list.to_string()).map_err(|source| TestbedError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        self.cp.apply(&[path])
+        self.objects.apply_policies_with_kubectl(&self.cp)
     }
 
     /// Waits until the agent has applied what the API server holds now.

@@ -5,6 +5,7 @@
 //! from the same files (YAML documents, JSON, `List`s) the file mode
 //! reads. Other kinds are left out; the policy engine's loader reports them.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service};
@@ -12,6 +13,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::{kubelet, ControlPlane};
 use crate::error::TestbedError;
 
 /// Everything the API should hold, in file order within each kind.
@@ -117,6 +119,82 @@ impl ClusterObjects {
             _ => {}
         }
         Ok(())
+    }
+}
+
+impl ClusterObjects {
+    /// Every namespace the objects declare or live in, with the labels the
+    /// manifests give it (none for those only named).
+    pub fn namespace_labels(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        let mut namespaces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for ns in &self.namespaces {
+            if let Some(name) = &ns.metadata.name {
+                namespaces.insert(name.clone(), ns.metadata.labels.clone().unwrap_or_default());
+            }
+        }
+        let used = self
+            .pods
+            .iter()
+            .map(|p| &p.metadata.namespace)
+            .chain(self.policies.iter().map(|p| &p.metadata.namespace))
+            .chain(self.services.iter().map(|s| &s.metadata.namespace));
+        for ns in used {
+            namespaces
+                .entry(ns.clone().unwrap_or_else(|| "default".into()))
+                .or_default();
+        }
+        namespaces
+    }
+
+    /// Creates the Namespaces, the NetworkPolicies (unless `policies` is
+    /// false: the demo applies them later with kubectl), the Services and
+    /// the hand-written Endpoints through the API, as the admin. Pods are
+    /// the caller's: who plays the kubelet decides how they run.
+    pub fn create(&self, cp: &ControlPlane, policies: bool) -> Result<(), TestbedError> {
+        for (name, labels) in &self.namespace_labels() {
+            kubelet::ensure_namespace(cp, name, labels)?;
+        }
+        if policies {
+            for policy in &self.policies {
+                kubelet::apply_policy(cp, policy)?;
+            }
+        }
+        for service in &self.services {
+            kubelet::apply_service(cp, service)?;
+        }
+        for endpoints in &self.endpoints {
+            kubelet::apply_endpoints(cp, endpoints)?;
+        }
+        Ok(())
+    }
+
+    /// `kubectl apply -f` of the NetworkPolicies (written to one file in
+    /// the control plane's data folder), as a user applies them; returns
+    /// what kubectl printed.
+    pub fn apply_policies_with_kubectl(&self, cp: &ControlPlane) -> Result<String, TestbedError> {
+        let items: Vec<serde_json::Value> = self
+            .policies
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "apiVersion": "networking.k8s.io/v1",
+                    "kind": "NetworkPolicy",
+                    "metadata": {
+                        "name": p.metadata.name,
+                        "namespace": p.metadata.namespace.as_deref().unwrap_or("default"),
+                        "labels": p.metadata.labels,
+                    },
+                    "spec": p.spec,
+                })
+            })
+            .collect();
+        let path = cp.dir().join("policies.json");
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        std::fs::write(&path, list.to_string()).map_err(|source| TestbedError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        cp.apply(&[path])
     }
 }
 

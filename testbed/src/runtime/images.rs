@@ -53,6 +53,46 @@ pub fn images_dir() -> PathBuf {
         .map_or_else(|| bin.join("images"), |p| p.join("images"))
 }
 
+/// The name nodes import Palisade's image as: what the CRI makes of the
+/// manifests' `palisade:dev`, and what `overlays/testbed` names.
+pub const PALISADE_IMAGE_NAME: &str = "docker.io/library/palisade:dev";
+/// The variable naming Palisade's image archive for the tests (`cargo
+/// xtask test` sets it).
+pub const PALISADE_IMAGE_ENV: &str = "PALISADE_IMAGE";
+
+/// The repository this crate is part of.
+pub fn workspace_dir() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map_or_else(|| manifest.to_path_buf(), Path::to_path_buf)
+}
+
+/// Palisade's image archive as the tests find it: [`PALISADE_IMAGE_ENV`],
+/// else `target/palisade-image.oci.tar` as `cargo xtask image` writes it.
+pub fn palisade_image_for_tests() -> Result<ImageArchive, TestbedError> {
+    let path = std::env::var_os(PALISADE_IMAGE_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            workspace_dir()
+                .join("target")
+                .join("palisade-image.oci.tar")
+        });
+    if !path.is_file() {
+        return Err(TestbedError::Environment {
+            reason: format!(
+                "Palisade's image archive {} is missing: run `cargo xtask image`, or the tests \
+                 through `cargo xtask test`, or point {PALISADE_IMAGE_ENV} at it",
+                path.display()
+            ),
+        });
+    }
+    Ok(ImageArchive {
+        path,
+        name: PALISADE_IMAGE_NAME.into(),
+    })
+}
+
 /// The pause and agnhost archives, made first if missing.
 pub fn test_images() -> Result<Vec<ImageArchive>, TestbedError> {
     let dir = images_dir();
