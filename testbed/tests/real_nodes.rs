@@ -16,55 +16,32 @@
 //! image archive (`PALISADE_IMAGE`, set by `cargo xtask test`; else
 //! `target/palisade-image.oci.tar` as `cargo xtask image` writes it).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use testbed::controlplane::ControlPlaneOptions;
 use testbed::runtime::cluster::{RealCluster, RealClusterOptions};
 use testbed::runtime::e2e::{run_suite, SuiteOptions};
 use testbed::runtime::flannel;
-use testbed::runtime::images::ImageArchive;
+use testbed::runtime::images::{palisade_image_for_tests, workspace_dir};
 use testbed::runtime::workload::Connect;
 
 /// The upstream specs this test runs, and how many there are.
 const SUBSET: &str = "support a 'default-deny-ingress' policy|allow ingress access on one named port|enforce except clause while egress access|should enforce policy based on PodSelector and NamespaceSelector|NetworkPolicy API should support creating";
 const SUBSET_SPECS: usize = 5;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(".."))
-}
-
-fn palisade_image() -> ImageArchive {
-    let path = std::env::var_os("PALISADE_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target").join("palisade-image.oci.tar"));
-    assert!(
-        path.is_file(),
-        "Palisade's image archive {} is missing: run `cargo xtask image`, or the tests through \
-         `cargo xtask test`, or point PALISADE_IMAGE at it",
-        path.display()
-    );
-    ImageArchive {
-        path,
-        name: "docker.io/library/palisade:dev".into(),
-    }
-}
-
 fn two_nodes() -> RealCluster {
     RealCluster::start(RealClusterOptions {
         nodes: 2,
         flannel_plugin: PathBuf::from(env!("CARGO_BIN_EXE_palisade-testbed-flannel")),
-        images: vec![palisade_image()],
+        images: vec![palisade_image_for_tests().unwrap_or_else(|e| panic!("{e}"))],
         control_plane: ControlPlaneOptions::default(),
     })
     .unwrap_or_else(|e| panic!("real nodes: {e}"))
 }
 
 fn overlay() -> PathBuf {
-    workspace().join("overlays").join("testbed")
+    workspace_dir().join("overlays").join("testbed")
 }
 
 /// The namespace of the story's own pods.
@@ -528,7 +505,7 @@ fn status_kube_shows_every_node(cluster: &RealCluster, policy: &str) {
     let cp = cluster.control_plane();
     let bin_dir = std::env::var_os("PALISADE_BIN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target").join("debug"));
+        .unwrap_or_else(|| workspace_dir().join("target").join("debug"));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = std::process::Command::new("nsenter")

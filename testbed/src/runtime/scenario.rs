@@ -22,6 +22,7 @@ use kube::Api;
 
 use super::cluster::{RealCluster, RealClusterOptions};
 use super::images::{self, ImageArchive};
+use super::workload::Connect;
 use crate::controlplane::cluster::pod_ref;
 use crate::controlplane::objects::ClusterObjects;
 use crate::controlplane::{kube_err, kubelet, ControlPlaneOptions};
@@ -34,7 +35,7 @@ pub const AGENT_DAEMONSET: (&str, &str) = ("palisade-system", "palisade-agent");
 /// How long the scenario's pods may take to be Ready.
 const PODS_READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long `agnhost connect` waits for a connection.
-const CONNECT_TIMEOUT: &str = "2s";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a change (policies applied, Palisade installed) is given to
 /// reach the datapath before probes judge it. The upstream suite starts a
 /// client 2–4 s after its policy; this is inside that window.
@@ -256,36 +257,12 @@ impl RealScenario {
 
     /// `kubectl exec` into `client`: `agnhost connect target`.
     fn connect(&self, client: &PodRef, target: &str) -> Result<(), Verdict> {
-        let out = self.cluster.control_plane().kubectl(&[
-            "exec",
-            "-n",
-            &client.namespace,
-            &client.name,
-            "--",
-            "/agnhost",
-            "connect",
-            target,
-            "--protocol=tcp",
-            &format!("--timeout={CONNECT_TIMEOUT}"),
-        ]);
-        match out {
-            Ok(_) => Ok(()),
-            Err(TestbedError::Command { stderr, .. }) => {
-                // agnhost prefixes its failures with a fixed word; anything
-                // else is kubectl's or the kubelet's failure, not a verdict.
-                let line = stderr.lines().find(|l| {
-                    ["TIMEOUT", "REFUSED", "OTHER"]
-                        .iter()
-                        .any(|w| l.trim_start().starts_with(w))
-                });
-                match line {
-                    Some(l) => Err(Verdict::Denied(l.trim().to_string())),
-                    None => Err(Verdict::NotRun(format!(
-                        "kubectl exec failed: {}",
-                        stderr.trim()
-                    ))),
-                }
-            }
+        match self
+            .cluster
+            .connect_to(&client.namespace, &client.name, target, CONNECT_TIMEOUT)
+        {
+            Ok(Connect::Allowed) => Ok(()),
+            Ok(Connect::Denied(line)) => Err(Verdict::Denied(line)),
             Err(e) => Err(Verdict::NotRun(format!("kubectl exec failed: {e}"))),
         }
     }

@@ -94,6 +94,17 @@ impl RealCluster {
         } else {
             format!("{ip}:{port}")
         };
+        self.connect_to(namespace, pod, &dest, timeout)
+    }
+
+    /// [`Self::connect`] to `dest`, an `address:port` as agnhost takes it.
+    pub fn connect_to(
+        &self,
+        namespace: &str,
+        pod: &str,
+        dest: &str,
+        timeout: Duration,
+    ) -> Result<Connect, TestbedError> {
         let timeout = format!("--timeout={}ms", timeout.as_millis());
         let args = [
             "exec",
@@ -103,22 +114,27 @@ impl RealCluster {
             "--",
             "/agnhost",
             "connect",
-            dest.as_str(),
+            dest,
+            "--protocol=tcp",
             timeout.as_str(),
         ];
         match self.control_plane().kubectl(&args) {
             Ok(_) => Ok(Connect::Allowed),
             Err(TestbedError::Command { stderr, status, .. }) => {
-                // agnhost prints one word and exits 1; kubectl passes the
-                // exit status on ("command terminated with exit code 1").
-                let word = ["TIMEOUT", "REFUSED", "DNS", "OTHER"]
-                    .into_iter()
-                    .find(|w| stderr.contains(w));
-                match word {
-                    Some(w) if stderr.contains("exit code 1") => Ok(Connect::Denied(w.into())),
-                    _ => Err(TestbedError::Environment {
+                // agnhost prints its failure as a line starting with a
+                // fixed word and exits 1; anything else is kubectl's or
+                // the kubelet's failure, not a verdict.
+                let line = stderr.lines().map(str::trim).find(|l| {
+                    ["TIMEOUT", "REFUSED", "DNS", "OTHER"]
+                        .iter()
+                        .any(|w| l.starts_with(w))
+                });
+                match line {
+                    Some(l) => Ok(Connect::Denied(l.to_string())),
+                    None => Err(TestbedError::Environment {
                         reason: format!(
-                            "kubectl exec {namespace}/{pod} -- agnhost connect {dest}: {status}: {stderr}"
+                            "kubectl exec {namespace}/{pod} -- agnhost connect {dest}: {status}: {}",
+                            stderr.trim()
                         ),
                     }),
                 }
