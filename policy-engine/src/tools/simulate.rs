@@ -461,6 +461,11 @@ pub fn run_with(
         ..Outcome::default()
     };
     let sim = Simulation::new(loaded.snapshot);
+    // A policy the compiler could not use fails closed in the agent as
+    // here: the verdicts below show it, the warning says why.
+    outcome
+        .warnings
+        .extend(sim.compiled.errors.iter().map(ToString::to_string));
     let probe_path = opts.probes.clone().unwrap_or_else(|| PathBuf::from("-"));
     let matrix = probes.is_none();
     let list: Vec<(Option<Location>, Probe, Option<bool>)> = match probes {
@@ -904,6 +909,44 @@ spec: {clusterIP: 10.96.0.10, selector: {app: none}, ports: [{port: 80}]}
             let text = String::from_utf8(out).unwrap();
             assert!(text.contains(want), "{output:?}: {text}");
         }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_policy_over_its_budget_is_named_and_fails_closed() {
+        // 3,000 rules, each the world but one /32 on its own port: R²
+        // entries, past the per-policy budget.
+        let mut big = String::from("---\nkind: NetworkPolicy\nmetadata: {name: big, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Egress]\n  egress:\n");
+        for i in 0..3000u32 {
+            big.push_str(&format!(
+                "  - to: [{{ipBlock: {{cidr: 0.0.0.0/0, except: [100.64.{}.{}/32]}}}}]\n    ports: [{{port: {}}}]\n",
+                i / 256,
+                i % 256,
+                1000 + i
+            ));
+        }
+        let (dir, f) = write_cluster(&format!("{CLUSTER}{big}"));
+        let opts = Options {
+            input: vec![f].into(),
+            probes: None,
+            output: Output::Json,
+        };
+        let mut out = Vec::new();
+        let o = run_with(&opts, None::<&[u8]>, &mut out).unwrap();
+        assert!(
+            o.warnings
+                .iter()
+                .any(|w| w.contains("x/big") && w.contains("budget")),
+            "{:?}",
+            o.warnings
+        );
+        // x/b's egress is isolated by x/big, which allows nothing.
+        let lines = json_lines(out);
+        let b_to_a = lines
+            .iter()
+            .find(|l| l["from"] == "x/b" && l["to"] == "x/a")
+            .unwrap();
+        assert_eq!(b_to_a["allowed"], false, "{b_to_a}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

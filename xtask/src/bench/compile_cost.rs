@@ -63,14 +63,17 @@ fn tenant(rules: usize, per_port: bool) -> String {
 }
 
 /// One `simulate` run: wall seconds, peak resident KiB, and whether the
-/// compile reported an error (exit status 1: here, the budget's).
+/// compile put the policy over its budget (simulate warns on stderr).
 fn simulate(agent: &Path, manifest: &Path) -> Result<(f64, u64, bool)> {
+    let err_path = manifest.with_extension("stderr");
+    let err_file = std::fs::File::create(&err_path)
+        .with_context(|| format!("creating {}", err_path.display()))?;
     let started = Instant::now();
     let child = Command::new(agent)
         .args(["simulate", "-o", "json", "-f"])
         .arg(manifest)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(err_file)
         .spawn()
         .with_context(|| format!("cannot run {}", agent.display()))?;
     let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
@@ -83,15 +86,15 @@ fn simulate(agent: &Path, manifest: &Path) -> Result<(f64, u64, bool)> {
     if rc != pid {
         bail!("wait4 failed: {}", std::io::Error::last_os_error());
     }
-    // simulate exits 1 when the compile reported errors (the per-port
-    // variant's budget error): only a crash is a failure here.
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) > 1 {
-        bail!("policy-agent simulate failed (status {status})");
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&err_path);
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("policy-agent simulate failed (status {status}): {stderr}");
     }
     Ok((
         secs,
         u64::try_from(usage.ru_maxrss).unwrap_or(0),
-        libc::WEXITSTATUS(status) == 1,
+        stderr.contains("over budget"),
     ))
 }
 
