@@ -703,6 +703,32 @@ impl ControlPlane {
         }
     }
 
+    /// `policy-agent status --kube -o json` (the binary in `bin_dir`) as
+    /// the admin, inside the control-plane namespace, as an admin runs it
+    /// from anywhere: the JSON it printed (`Null` if none) and whether it
+    /// exited 0; fails with its stderr when it wrote no JSON.
+    pub fn status_kube(&self, bin_dir: &Path) -> Result<(serde_json::Value, bool), TestbedError> {
+        let agent = bin_dir.join("policy-agent");
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", netns_path(&self.netns).display()))
+            .arg(&agent)
+            .args(["status", "--kube", "-o", "json"])
+            .env("KUBECONFIG", &self.admin_kubeconfig)
+            .output()
+            .map_err(|source| TestbedError::Io {
+                path: agent.clone(),
+                source,
+            })?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let doc = serde_json::from_str(&text).map_err(|e| TestbedError::Environment {
+            reason: format!(
+                "policy-agent status --kube: {e}: {text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        })?;
+        Ok((doc, out.status.success()))
+    }
+
     /// [`Self::kubectl_with`] as the admin.
     pub fn kubectl(&self, args: &[&str]) -> Result<String, TestbedError> {
         self.kubectl_with(&self.admin_kubeconfig, args)

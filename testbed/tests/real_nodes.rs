@@ -508,15 +508,8 @@ fn status_kube_shows_every_node(cluster: &RealCluster, policy: &str) {
         .unwrap_or_else(|| workspace_dir().join("target").join("debug"));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = std::process::Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", cp.netns()))
-            .arg(bin_dir.join("policy-agent"))
-            .args(["status", "--kube", "-o", "json"])
-            .env("KUBECONFIG", cp.admin_kubeconfig())
-            .output()
-            .unwrap_or_else(|e| panic!("policy-agent status --kube: {e}"));
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        let seen = cp.status_kube(&bin_dir);
+        let doc = seen.as_ref().map_or(&serde_json::Value::Null, |(d, _)| d);
         let nodes = doc["nodes"].as_array().cloned().unwrap_or_default();
         let good = nodes.len() == cluster.nodes().len()
             && nodes.iter().all(|n| {
@@ -531,8 +524,7 @@ fn status_kube_shows_every_node(cluster: &RealCluster, policy: &str) {
         }
         assert!(
             Instant::now() < deadline,
-            "status --kube does not show every node's agent ready with {policy} enforced:\n{text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            "status --kube does not show every node's agent ready with {policy} enforced:\n{seen:?}"
         );
         std::thread::sleep(Duration::from_secs(1));
     }

@@ -137,21 +137,7 @@ fn show(events: &[Event]) -> String {
 /// `policy-agent status --kube -o json` as the admin, in the control
 /// plane's network namespace.
 fn status_kube(cp: &ControlPlane) -> (serde_json::Value, bool) {
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", cp.netns()))
-        .arg(bin_dir().join("policy-agent"))
-        .args(["status", "--kube", "-o", "json"])
-        .env("KUBECONFIG", cp.admin_kubeconfig())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let doc = serde_json::from_str(&text).unwrap_or_else(|e| {
-        panic!(
-            "status --kube: {e}: {text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (doc, out.status.success())
+    cp.status_kube(&bin_dir()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

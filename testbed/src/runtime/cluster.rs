@@ -332,12 +332,11 @@ impl RealCluster {
             .map_err(kube_err(format!("creating pod {namespace}/{name}")))?;
         let deadline = Instant::now() + timeout;
         loop {
-            let client = self.cp.client();
-            let (ns, n) = (namespace.to_string(), name.to_string());
             let phase = self
-                .cp
-                .run(async move { Api::<Pod>::namespaced(client, &ns).get(&n).await })
-                .map_err(kube_err(format!("reading pod {namespace}/{name}")))?
+                .pod(namespace, name)?
+                .ok_or_else(|| TestbedError::Environment {
+                    reason: format!("pod {namespace}/{name} on {node} is gone"),
+                })?
                 .status
                 .and_then(|s| s.phase);
             if phase.as_deref() == Some("Running") {

@@ -35,7 +35,8 @@ impl RealCluster {
         cp.kubectl(&["apply", "-f", &path.display().to_string()])
     }
 
-    fn pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, TestbedError> {
+    /// Pod `namespace/name` as the API has it now (`None`: there is none).
+    pub(crate) fn pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, TestbedError> {
         let cp = self.control_plane();
         let client = cp.client();
         let (ns, n) = (namespace.to_string(), name.to_string());
