@@ -185,9 +185,19 @@ pub struct FlowRecord {
     /// The other end as a pod (`namespace/name`), when it is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
-    /// The policy rule that allowed it, when one did.
+    /// For an allowed new connection, the NetworkPolicy
+    /// (`namespace/name`) whose rule allowed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// That rule, as its field in the policy (`spec.ingress[0]`;
+    /// NetworkPolicy rules carry no name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// For a connection dropped because no rule matched (or cut after a
+    /// policy change): the policies that isolate the pod in that
+    /// direction (`namespace/name`), none of whose rules admits it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub isolated_by: Vec<String>,
     /// Drops of the same pod held back since its previous record (drop
     /// reports are rate-limited per pod): this record stands for
     /// `1 + suppressed` drops.

@@ -185,6 +185,31 @@ pub fn lint(args: LintArgs) -> ExitCode {
     }
 }
 
+/// The attribution part of a `flows` table line: ` by ns/policy
+/// spec.ingress[0]` for an allowed connection, ` isolated by a, b; no rule
+/// matches` for a drop (policies of the pod's own namespace by name alone).
+pub fn attribution(r: &agent_api::FlowRecord) -> String {
+    if let Some(policy) = &r.policy {
+        return match &r.rule {
+            Some(rule) => format!(" by {policy} {rule}"),
+            None => format!(" by {policy}"),
+        };
+    }
+    if r.isolated_by.is_empty() {
+        return String::new();
+    }
+    let own = r.pod.split_once('/').map(|(ns, _)| ns);
+    let names: Vec<&str> = r
+        .isolated_by
+        .iter()
+        .map(|p| match p.split_once('/') {
+            Some((ns, name)) if Some(ns) == own => name,
+            _ => p.as_str(),
+        })
+        .collect();
+    format!(" isolated by {}; no rule matches", names.join(", "))
+}
+
 /// Prints `policy-agent flows --counters`.
 pub fn counters(rows: &[agent_api::CounterRow], output: Output) {
     let mut out = std::io::stdout().lock();

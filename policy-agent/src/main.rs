@@ -487,10 +487,7 @@ fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
                     .as_deref()
                     .map(|p| format!(" peer={p}"))
                     .unwrap_or_default(),
-                r.rule
-                    .as_deref()
-                    .map(|p| format!(" by {p}"))
-                    .unwrap_or_default(),
+                cli::attribution(&r),
                 r.service
                     .as_deref()
                     .map(|s| format!(" via Service {s}"))

@@ -112,6 +112,55 @@ pub struct Compiled {
     pub identities: BTreeMap<u32, IdentityDesc>,
     /// `PolicyValue::rule` → which policy rule.
     pub rules: BTreeMap<u32, RuleRef>,
+    /// Endpoint → the policies isolating it, `[ingress, egress]` (in
+    /// [`Direction::BOTH`] order): the policies a drop for lack of a rule
+    /// is reported against. Endpoints no policy isolates have no entry.
+    pub isolation: BTreeMap<u32, [BTreeSet<PolicyRef>; 2]>,
+}
+
+impl Compiled {
+    /// The policies isolating endpoint `ep` in `dir` (empty: not isolated).
+    pub fn isolating(&self, ep: u32, dir: Direction) -> impl Iterator<Item = &PolicyRef> + '_ {
+        self.isolation
+            .get(&ep)
+            .map(|sides| &sides[dir_index(dir)])
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// Index of `dir` in [`Direction::BOTH`] (and in [`Compiled::isolation`]).
+pub fn dir_index(dir: Direction) -> usize {
+    match dir {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
+/// Adds (`add`) or takes off policy `pref`'s isolation of the endpoints in
+/// `flags` (endpoint → isolation bits) in `isolation`.
+fn mark_isolation(
+    isolation: &mut BTreeMap<u32, [BTreeSet<PolicyRef>; 2]>,
+    pref: &PolicyRef,
+    flags: &BTreeMap<u32, u32>,
+    add: bool,
+) {
+    for (ep, f) in flags {
+        let sides = isolation.entry(*ep).or_default();
+        for dir in Direction::BOTH {
+            if f & dir.isolation_flag() != 0 {
+                let side = &mut sides[dir_index(dir)];
+                if add {
+                    side.insert(pref.clone());
+                } else {
+                    side.remove(pref);
+                }
+            }
+        }
+        if sides.iter().all(BTreeSet::is_empty) {
+            isolation.remove(ep);
+        }
+    }
 }
 
 /// Every non-hostNetwork pod as an endpoint, numbered 1, 2, ... in name
@@ -272,6 +321,7 @@ fn build(
                 *flags |= f;
             }
         }
+        mark_isolation(&mut out.isolation, pref, &c.flags, true);
         all.extend(c.entries.iter().copied());
         for (id, r) in &c.rules {
             out.rules.insert(*id, r.clone());

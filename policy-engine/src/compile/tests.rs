@@ -483,3 +483,40 @@ fn a_reused_address_belongs_to_the_running_pod() {
     }
 }
 mod budget;
+
+#[test]
+fn isolating_policies_follow_endpoints_as_they_come_and_go() {
+    let snap = base()
+        .policy("metadata: {name: deny, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n")
+        .policy("metadata: {name: allow-b, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: b}}}]}]\n")
+        .build();
+    let a: PodRef = "x/a".parse().unwrap();
+    let b: PodRef = "x/b".parse().unwrap();
+    let mut engine = Engine::new();
+    engine.update(&snap, &BTreeMap::new());
+    let one: BTreeMap<PodRef, u32> = [(a.clone(), 1)].into();
+    engine.endpoints_changed(&snap, &one);
+    let two: BTreeMap<PodRef, u32> = [(a.clone(), 1), (b.clone(), 2)].into();
+    engine.endpoints_changed(&snap, &two);
+    let names = |engine: &Engine, ep: u32, dir: Direction| -> Vec<String> {
+        engine
+            .current()
+            .isolating(ep, dir)
+            .map(|p| p.to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&engine, 1, Direction::Ingress),
+        ["x/allow-b", "x/deny"]
+    );
+    assert_eq!(names(&engine, 2, Direction::Ingress), ["x/deny"]);
+    assert!(names(&engine, 1, Direction::Egress).is_empty());
+    let st = &engine.current().state.endpoints;
+    assert_eq!(st[&1], policy_common::ep_flags::ISOLATED_INGRESS);
+    assert_eq!(st[&2], policy_common::ep_flags::ISOLATED_INGRESS);
+    let full = compile(&snap, &two, &mut Allocator::new());
+    assert_eq!(engine.current().isolation, full.isolation);
+    // a goes: its policies no longer name it.
+    engine.endpoints_changed(&snap, &[(b.clone(), 2)].into());
+    assert!(names(&engine, 1, Direction::Ingress).is_empty());
+}
