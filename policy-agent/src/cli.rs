@@ -207,6 +207,12 @@ pub fn attribution(r: &agent_api::FlowRecord) -> String {
             _ => p.as_str(),
         })
         .collect();
+    if r.verdict == "would-drop" {
+        return format!(
+            " isolated by {} (audit mode); no rule matches, passed",
+            names.join(", ")
+        );
+    }
     format!(" isolated by {}; no rule matches", names.join(", "))
 }
 

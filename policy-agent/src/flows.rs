@@ -189,12 +189,7 @@ pub fn resolve<D: Dataplane>(agent: &Agent<D>, ev: &VerdictEvent) -> FlowRecord 
         time_ns: ev.ts_ns,
         pod,
         direction: direction.into(),
-        verdict: if ev.verdict == verdict::DROPPED {
-            "dropped"
-        } else {
-            "allowed"
-        }
-        .into(),
+        verdict: verdict_text(ev.verdict).into(),
         reason: reason_text(ev.reason).into(),
         protocol: protocol_name(ev.proto),
         src: src.to_string(),
@@ -226,6 +221,14 @@ pub fn attribution<'c>(
             None,
             compiled
                 .isolating(ev.ep_id, direction)
+                .map(ToString::to_string)
+                .collect(),
+        ),
+        // The policies in audit mode isolating the endpoint would drop it.
+        (verdict::WOULD_DROP, _) => (
+            None,
+            compiled
+                .audit_isolating(ev.ep_id, direction)
                 .map(ToString::to_string)
                 .collect(),
         ),
@@ -278,6 +281,15 @@ fn pod_at<D: Dataplane>(agent: &Agent<D>, ip: IpAddr) -> Option<String> {
     agent.snapshot().pod_by_ip(ip).map(|p| p.to_string())
 }
 
+/// `allowed`, `dropped` or `would-drop` for a [`verdict`] code.
+pub fn verdict_text(code: u8) -> &'static str {
+    match code {
+        verdict::DROPPED => "dropped",
+        verdict::WOULD_DROP => "would-drop",
+        _ => "allowed",
+    }
+}
+
 /// A word or two for a [`reason`] code.
 pub fn reason_text(code: u8) -> &'static str {
     match code {
@@ -291,6 +303,7 @@ pub fn reason_text(code: u8) -> &'static str {
         reason::ESTABLISHED => "established",
         reason::SPOOFED => "spoofed source",
         reason::CT_BUDGET => "conntrack budget",
+        reason::AUDIT_NO_RULE => "audit: no rule",
         _ => "unknown",
     }
 }
@@ -306,10 +319,12 @@ fn protocol_name(p: u8) -> String {
     }
 }
 
-/// True when `record` passes a client's filters.
+/// True when `record` passes a client's filters (verdict `audit` stands
+/// for `would-drop`).
 pub fn matches(record: &FlowRecord, pod: Option<&str>, verdict: Option<&str>) -> bool {
     pod.is_none_or(|p| record.pod == p || record.peer.as_deref() == Some(p))
-        && verdict.is_none_or(|v| record.verdict == v)
+        && verdict
+            .is_none_or(|v| record.verdict == v || (v == "audit" && record.verdict == "would-drop"))
 }
 
 #[cfg(test)]

@@ -226,8 +226,9 @@ struct FlowsArgs {
     /// Only flows to or from this pod (`namespace/name`).
     #[arg(long)]
     pod: Option<String>,
-    /// Only this verdict.
-    #[arg(long, value_parser = ["allowed", "dropped"])]
+    /// Only this verdict: `allowed`, `dropped`, or `audit` (the
+    /// would-drops of policies in audit mode).
+    #[arg(long, value_parser = ["allowed", "dropped", "audit"])]
     verdict: Option<String>,
     /// `table` (one line a flow; counters under a header), `wide`, `json`
     /// (one object a line) or `yaml`.

@@ -1,7 +1,10 @@
-//! Attribution with real packets: the agent core on the kernel dataplane,
-//! pods wired by veth. A connection a rule allows is reported with that
-//! policy and rule (the cookie the datapath read from the policy map's
-//! value); a drop names the policies isolating the pod in that direction.
+//! Attribution and audit mode with real packets: the agent core on the
+//! kernel dataplane, pods wired by veth. A connection a rule allows is
+//! reported with that policy and rule (the cookie the datapath read from
+//! the policy map's value); a drop names the policies isolating the pod in
+//! that direction. A policy in audit mode drops nothing: what it would
+//! drop passes and is reported as a would-drop; without the annotation it
+//! is enforced, and a flow it let through is cut on its next packet.
 //! Needs root.
 
 #[path = "support/agent_bed.rs"]
@@ -11,6 +14,8 @@ mod kernel;
 #[path = "support/netns.rs"]
 mod netns;
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_bed::Bed;
@@ -118,4 +123,111 @@ fn allows_name_the_rule_and_drops_the_isolating_policies() {
         vec!["at/allow-c".to_string(), "at/default-deny".to_string()],
         "{rec:?}"
     );
+}
+
+/// Pod `au/p` isolated for ingress only by `lock-p` (which admits nobody
+/// but `app: admin` on X), in audit mode when `audit`.
+fn audit_cluster(audit: bool) -> policy_engine::model::Snapshot {
+    let annotations = if audit {
+        ", annotations: {policy.palisade.dev/mode: audit}"
+    } else {
+        ""
+    };
+    ClusterBuilder::new()
+        .ns("au", &[])
+        .pod("au/p", &[("app", "p")], &["10.97.1.2"])
+        .pod("au/c", &[("app", "c")], &["10.97.2.2"])
+        .policy(&format!(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: lock-p, namespace: au{annotations}}}
+spec:
+  podSelector: {{matchLabels: {{app: p}}}}
+  ingress:
+  - from: [{{podSelector: {{matchLabels: {{app: admin}}}}}}]
+    ports: [{{port: {X}, protocol: UDP}}]
+"
+        ))
+        .build()
+}
+
+#[test]
+fn audit_mode_reports_would_drops_and_drops_nothing_until_enforced() {
+    let mut bed = Bed::new("audit", 97);
+    bed.pod("p", "aup-h", 1);
+    bed.pod("c", "auc-h", 2);
+    let mut agent = bed.agent(MapSizes::default());
+    let mut reader = agent
+        .dataplane_mut()
+        .take_event_reader()
+        .expect("event reader");
+    bed.on_node(|| {
+        agent.set_snapshot(audit_cluster(true)).unwrap();
+        agent
+            .add(bed.endpoint("au", "p", "p", "sandbox-p"))
+            .unwrap();
+        agent
+            .add(bed.endpoint("au", "c", "c", "sandbox-c"))
+            .unwrap();
+    });
+
+    // One UDP flow c → p:X kept open across the change.
+    let (p, c) = (bed.get("p"), bed.get("c"));
+    let dst = SocketAddr::from((p.addr, X));
+    let got = netns::Received::default();
+    let (stop, bound) = (AtomicBool::new(false), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        let _guard = netns::StopOnDrop([&stop, &stop]);
+        s.spawn(|| {
+            p.ns.enter();
+            netns::serve_udp(dst, &got, &stop, &bound);
+        });
+        netns::wait_bound(&bound, 1);
+        let src = c.addr;
+        let mut sender = netns::in_ns(&c.ns, || netns::Sender::new(src, &[dst]));
+        for _ in 0..5 {
+            sender.round();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(got.settle(), 5, "audit mode dropped something");
+        let evs = events_to(&mut reader, X);
+        let recs: Vec<_> = evs.iter().map(|e| resolve(&agent, e)).collect();
+        assert!(
+            recs.iter().all(|r| r.verdict != "dropped"),
+            "a drop in audit mode: {recs:?}"
+        );
+        let would = recs
+            .iter()
+            .find(|r| r.pod == "au/p" && r.verdict == "would-drop")
+            .unwrap_or_else(|| panic!("no would-drop reported at p: {recs:?}"));
+        assert_eq!(would.direction, "ingress", "{would:?}");
+        assert_eq!(
+            would.isolated_by,
+            vec!["au/lock-p".to_string()],
+            "{would:?}"
+        );
+        assert!(
+            policy_agent::flows::matches(would, None, Some("audit")),
+            "flows --verdict audit shows it"
+        );
+
+        // The annotation goes: enforced as a normal update; the open flow
+        // is cut on its next packet.
+        bed.on_node(|| agent.set_snapshot(audit_cluster(false)).unwrap());
+        got.clear();
+        for _ in 0..5 {
+            sender.round();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(got.settle(), 0, "the open flow was not cut once enforced");
+        let evs = events_to(&mut reader, X);
+        let recs: Vec<_> = evs.iter().map(|e| resolve(&agent, e)).collect();
+        let cut = recs
+            .iter()
+            .find(|r| r.pod == "au/p" && r.verdict == "dropped")
+            .unwrap_or_else(|| panic!("no drop reported once enforced: {recs:?}"));
+        assert_eq!(cut.isolated_by, vec!["au/lock-p".to_string()], "{cut:?}");
+        stop.store(true, Ordering::SeqCst);
+    });
+    assert!(!bed.reaches("c", "p", X), "a new flow passes once enforced");
 }

@@ -43,6 +43,9 @@ pub struct Engine {
     /// (Entry, rule id) → how many contributions carry it.
     entry_rules: EntryRules,
     current: Compiled,
+    /// Some policy is in audit mode: every change compiles fully (the
+    /// as-enforced view is derived from the whole enforced state).
+    audited: bool,
     /// The allow entries of ClusterIPs judged at the sender in `current`
     /// (`service_flags::POLICY_DIR`; see `compile::services`).
     at_sender: BTreeSet<PolicyEntry>,
@@ -219,15 +222,19 @@ impl Engine {
         self.current.identities = BTreeMap::new();
         self.current.rules = BTreeMap::new();
         self.current.isolation = BTreeMap::new();
+        self.current.audit_isolation = BTreeMap::new();
         self.current.errors = Vec::new();
         self.endpoints = endpoints.clone();
         let limits = self.limits;
         let full = build(snapshot, endpoints, &limits, &mut self.alloc);
         self.alloc.sweep();
         let ops = diff(&self.current.state, &full.compiled.state);
-        for c in full.contrib.values() {
-            count(&mut self.entry_rules, c);
+        for (r, c) in &full.contrib {
+            if !snapshot.policies.get(r).is_some_and(|p| p.audit) {
+                count(&mut self.entry_rules, c);
+            }
         }
+        self.audited = snapshot.policies.values().any(|p| p.audit);
         self.with_ipblocks = snapshot
             .policies
             .iter()
@@ -426,7 +433,11 @@ impl Engine {
     /// `pod` was added, changed (labels, IPs, ports) or removed in
     /// `snapshot`. Returns the map operations.
     pub fn pod_changed(&mut self, snapshot: &Snapshot, pod: &PodRef) -> Vec<MapOp> {
-        if !self.compiled_once || self.named_ipblocks || self.index.has_host_prefixes() {
+        if !self.compiled_once
+            || self.audited
+            || self.named_ipblocks
+            || self.index.has_host_prefixes()
+        {
             return self.fallback(snapshot);
         }
         let mut j = Journal::default();
@@ -539,7 +550,7 @@ impl Engine {
         snapshot: &Snapshot,
         endpoints: &BTreeMap<PodRef, u32>,
     ) -> Vec<MapOp> {
-        if !self.compiled_once {
+        if !self.compiled_once || self.audited {
             return self.update(snapshot, endpoints);
         }
         let changed: BTreeSet<PodRef> = self
@@ -646,7 +657,13 @@ impl Engine {
     /// Policy `policy` was added, changed or removed in `snapshot`.
     pub fn policy_changed(&mut self, snapshot: &Snapshot, policy: &PolicyRef) -> Vec<MapOp> {
         let now_ipblock = snapshot.policies.get(policy).is_some_and(has_ipblock);
-        if !self.compiled_once || now_ipblock || self.with_ipblocks.contains(policy) {
+        let now_audited = snapshot.policies.get(policy).is_some_and(|p| p.audit);
+        if !self.compiled_once
+            || self.audited
+            || now_audited
+            || now_ipblock
+            || self.with_ipblocks.contains(policy)
+        {
             return self.fallback(snapshot);
         }
         match snapshot.policies.get(policy) {
@@ -660,7 +677,7 @@ impl Engine {
 
     /// Namespace `name` was added, relabelled or removed in `snapshot`.
     pub fn namespace_changed(&mut self, snapshot: &Snapshot, name: &str) -> Vec<MapOp> {
-        if !self.compiled_once {
+        if !self.compiled_once || self.audited {
             return self.fallback(snapshot);
         }
         let _ = name;
