@@ -24,6 +24,11 @@ pub struct ManifestArgs {
     /// Unknown fields are warnings instead of errors.
     #[arg(long)]
     lenient: bool,
+    /// Count the policies in audit mode (`policy.palisade.dev/mode:
+    /// audit`) as enforced; by default they are left out, as the datapath
+    /// leaves them out.
+    #[arg(long)]
+    as_enforced: bool,
 }
 
 impl ManifestArgs {
@@ -32,6 +37,7 @@ impl ManifestArgs {
             paths: self.filename,
             recursive: self.recursive,
             lenient: self.lenient,
+            as_enforced: self.as_enforced,
         }
     }
 }
