@@ -553,6 +553,9 @@ mod tests {
                 policy_engine::testutil::ClusterBuilder::new()
                     .ns("default", &[])
                     .pod("default/a", &[], &["10.0.0.2"])
+                    .policy(
+                        "metadata: {name: deny, namespace: default}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
+                    )
                     .build(),
             )
             .unwrap();
@@ -600,6 +603,11 @@ mod tests {
         };
         hub.publish(record("default/a"));
         hub.publish(record("default/gone"));
+        // Attributed: one isolating policy of the node, one gone.
+        hub.publish(agent_api::FlowRecord {
+            isolated_by: vec!["default/deny".into(), "default/deleted".into()],
+            ..record("default/gone")
+        });
         let (tx, view) = crate::shared::view_channel();
         tx.send_replace(Arc::new(AgentView::of(&*agent.lock().await)));
         let state = HealthState {
@@ -634,6 +642,16 @@ mod tests {
             text.matches("palisade_conntrack_refused_total{").count(),
             2,
             "one series per local pod and direction: {text}"
+        );
+        assert!(
+            text.contains(
+                r#"palisade_policy_verdicts_total{namespace="default",policy="deny",verdict="dropped"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"policy="deleted""#),
+            "per-policy series of policies gone are pruned: {text}"
         );
         assert!(
             !text.contains(r#"pod="default/gone""#),
