@@ -71,7 +71,8 @@ pub enum Request {
         /// Only flows of this pod (`namespace/name`), either direction.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pod: Option<String>,
-        /// Only this verdict (`allowed` or `dropped`).
+        /// Only this verdict (`allowed`, `dropped`, or `audit` for
+        /// `would-drop`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         verdict: Option<String>,
     },
@@ -168,7 +169,8 @@ pub struct FlowRecord {
     pub pod: String,
     /// `ingress` (into `pod`) or `egress` (out of it).
     pub direction: String,
-    /// `allowed` or `dropped`.
+    /// `allowed`, `dropped` or `would-drop` (passed, but the policies in
+    /// audit mode isolating the pod would drop it).
     pub verdict: String,
     /// Why, in a word or two (`no rule`, `not ready`, `policy revision`, ...).
     pub reason: String,
@@ -185,9 +187,20 @@ pub struct FlowRecord {
     /// The other end as a pod (`namespace/name`), when it is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
-    /// The policy rule that allowed it, when one did.
+    /// For an allowed new connection, the NetworkPolicy
+    /// (`namespace/name`) whose rule allowed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// That rule, as its field in the policy (`spec.ingress[0]`;
+    /// NetworkPolicy rules carry no name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// For a connection dropped because no rule matched (or cut after a
+    /// policy change): the policies that isolate the pod in that
+    /// direction (`namespace/name`), none of whose rules admits it; for a
+    /// would-drop, the policies in audit mode isolating it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub isolated_by: Vec<String>,
     /// Drops of the same pod held back since its previous record (drop
     /// reports are rate-limited per pod): this record stands for
     /// `1 + suppressed` drops.

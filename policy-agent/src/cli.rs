@@ -24,6 +24,11 @@ pub struct ManifestArgs {
     /// Unknown fields are warnings instead of errors.
     #[arg(long)]
     lenient: bool,
+    /// Count the policies in audit mode (`policy.palisade.dev/mode:
+    /// audit`) as enforced; by default they are left out, as the datapath
+    /// leaves them out.
+    #[arg(long)]
+    as_enforced: bool,
 }
 
 impl ManifestArgs {
@@ -32,6 +37,7 @@ impl ManifestArgs {
             paths: self.filename,
             recursive: self.recursive,
             lenient: self.lenient,
+            as_enforced: self.as_enforced,
         }
     }
 }
@@ -183,6 +189,37 @@ pub fn lint(args: LintArgs) -> ExitCode {
         }
         Err(e) => failed(&e),
     }
+}
+
+/// The attribution part of a `flows` table line: ` by ns/policy
+/// spec.ingress[0]` for an allowed connection, ` isolated by a, b; no rule
+/// matches` for a drop (policies of the pod's own namespace by name alone).
+pub fn attribution(r: &agent_api::FlowRecord) -> String {
+    if let Some(policy) = &r.policy {
+        return match &r.rule {
+            Some(rule) => format!(" by {policy} {rule}"),
+            None => format!(" by {policy}"),
+        };
+    }
+    if r.isolated_by.is_empty() {
+        return String::new();
+    }
+    let own = r.pod.split_once('/').map(|(ns, _)| ns);
+    let names: Vec<&str> = r
+        .isolated_by
+        .iter()
+        .map(|p| match p.split_once('/') {
+            Some((ns, name)) if Some(ns) == own => name,
+            _ => p.as_str(),
+        })
+        .collect();
+    if r.verdict == "would-drop" {
+        return format!(
+            " isolated by {} (audit mode); no rule matches, passed",
+            names.join(", ")
+        );
+    }
+    format!(" isolated by {}; no rule matches", names.join(", "))
 }
 
 /// Prints `policy-agent flows --counters`.

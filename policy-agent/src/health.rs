@@ -328,6 +328,7 @@ pub fn render_view(
     let over = &view.over_budget;
     // Per-pod series only for the pods on the node now.
     hub.retain_pods(&view.live_pods);
+    hub.retain_policies(&view.live_policies);
     let m = metrics();
     registry.register(
         "cni_add_duration_seconds",
@@ -472,6 +473,22 @@ pub fn render_view(
         "Verdict events by local pod, direction and verdict",
         verdicts,
     );
+    let by_policy = Family::<Vec<(String, String)>, Counter>::default();
+    for row in hub.policy_counters() {
+        let (namespace, name) = row.policy.split_once('/').unwrap_or(("", &row.policy));
+        by_policy
+            .get_or_create(&vec![
+                ("namespace".into(), namespace.into()),
+                ("policy".into(), name.into()),
+                ("verdict".into(), row.verdict),
+            ])
+            .inc_by(row.count);
+    }
+    registry.register(
+        "policy_verdicts",
+        "Connections by NetworkPolicy: allowed by one of its rules, or dropped while it isolated the pod (a drop counts for every policy isolating the pod); series go with the policy",
+        by_policy,
+    );
     let dropped = Family::<Vec<(String, String)>, Counter>::default();
     for (code, n) in view.drops.iter().map(|(c, n)| (*c, *n)) {
         dropped
@@ -536,6 +553,9 @@ mod tests {
                 policy_engine::testutil::ClusterBuilder::new()
                     .ns("default", &[])
                     .pod("default/a", &[], &["10.0.0.2"])
+                    .policy(
+                        "metadata: {name: deny, namespace: default}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
+                    )
                     .build(),
             )
             .unwrap();
@@ -575,12 +595,19 @@ mod tests {
             dst: "10.0.0.2".into(),
             dport: 80,
             peer: None,
+            policy: None,
             rule: None,
+            isolated_by: Vec::new(),
             suppressed: 0,
             service: None,
         };
         hub.publish(record("default/a"));
         hub.publish(record("default/gone"));
+        // Attributed: one isolating policy of the node, one gone.
+        hub.publish(agent_api::FlowRecord {
+            isolated_by: vec!["default/deny".into(), "default/deleted".into()],
+            ..record("default/gone")
+        });
         let (tx, view) = crate::shared::view_channel();
         tx.send_replace(Arc::new(AgentView::of(&*agent.lock().await)));
         let state = HealthState {
@@ -615,6 +642,16 @@ mod tests {
             text.matches("palisade_conntrack_refused_total{").count(),
             2,
             "one series per local pod and direction: {text}"
+        );
+        assert!(
+            text.contains(
+                r#"palisade_policy_verdicts_total{namespace="default",policy="deny",verdict="dropped"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"policy="deleted""#),
+            "per-policy series of policies gone are pruned: {text}"
         );
         assert!(
             !text.contains(r#"pod="default/gone""#),

@@ -226,8 +226,9 @@ struct FlowsArgs {
     /// Only flows to or from this pod (`namespace/name`).
     #[arg(long)]
     pod: Option<String>,
-    /// Only this verdict.
-    #[arg(long, value_parser = ["allowed", "dropped"])]
+    /// Only this verdict: `allowed`, `dropped`, or `audit` (the
+    /// would-drops of policies in audit mode).
+    #[arg(long, value_parser = ["allowed", "dropped", "audit"])]
     verdict: Option<String>,
     /// `table` (one line a flow; counters under a header), `wide`, `json`
     /// (one object a line) or `yaml`.
@@ -487,10 +488,7 @@ fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
                     .as_deref()
                     .map(|p| format!(" peer={p}"))
                     .unwrap_or_default(),
-                r.rule
-                    .as_deref()
-                    .map(|p| format!(" by {p}"))
-                    .unwrap_or_default(),
+                cli::attribution(&r),
                 r.service
                     .as_deref()
                     .map(|s| format!(" via Service {s}"))

@@ -310,15 +310,6 @@ impl<D: Dataplane> Agent<D> {
         &self.snapshot
     }
 
-    /// A policy rule reference from the maps, in words.
-    pub fn describe_rule(&self, rule: u32) -> Option<String> {
-        self.engine
-            .current()
-            .rules
-            .get(&rule)
-            .map(|r| r.to_string())
-    }
-
     /// Number of policies the last compile found invalid.
     pub fn invalid_policies(&self) -> usize {
         let mut invalid: BTreeSet<&PolicyRef> = BTreeSet::new();

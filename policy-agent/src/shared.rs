@@ -30,6 +30,9 @@ pub struct AgentView {
     pub endpoints: usize,
     /// The pods of the local endpoints (`namespace/name`).
     pub live_pods: BTreeSet<String>,
+    /// The policies isolating some local pod (`namespace/name`): those
+    /// whose per-policy counters are kept.
+    pub live_policies: BTreeSet<String>,
     /// Compiled states written.
     pub applies: u64,
     /// Policies that failed to compile.
@@ -57,6 +60,7 @@ impl Default for AgentView {
         Self {
             endpoints: 0,
             live_pods: BTreeSet::new(),
+            live_policies: BTreeSet::new(),
             applies: 0,
             invalid_policies: 0,
             drops: BTreeMap::new(),
@@ -94,6 +98,14 @@ impl AgentView {
                 .iter()
                 .filter(|e| !crate::reconcile::quarantine::is_quarantined(e))
                 .map(|e| e.pod.to_string())
+                .collect(),
+            live_policies: agent
+                .compiled()
+                .isolation
+                .values()
+                .flatten()
+                .flatten()
+                .map(ToString::to_string)
                 .collect(),
             applies: agent.applies(),
             invalid_policies: agent.invalid_policies(),

@@ -24,7 +24,7 @@
 #![deny(missing_docs)]
 
 /// Version of every map layout in this crate; bump on any change.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Traffic direction as seen from the endpoint (the pod).
 pub mod dir {
@@ -32,6 +32,22 @@ pub mod dir {
     pub const INGRESS: u8 = 0;
     /// Packets leaving the pod (checked at tc ingress of the host-side veth).
     pub const EGRESS: u8 = 1;
+    /// Not a packet direction: the `dir` of the as-enforced allow entries
+    /// of an endpoint's ingress that an audited policy isolates (see
+    /// [`crate::ep_flags::AUDIT_INGRESS`]).
+    pub const AUDIT_INGRESS: u8 = 3;
+    /// As [`AUDIT_INGRESS`], for egress.
+    pub const AUDIT_EGRESS: u8 = 4;
+
+    /// The audit pseudo-direction of a packet direction.
+    #[inline(always)]
+    pub const fn audit(dir: u8) -> u8 {
+        if dir == EGRESS {
+            AUDIT_EGRESS
+        } else {
+            AUDIT_INGRESS
+        }
+    }
 }
 
 /// IP protocol numbers Palisade understands.
@@ -68,6 +84,15 @@ pub mod ep_flags {
     pub const ISOLATED_INGRESS: u32 = 1 << 0;
     /// At least one policy selects the endpoint for egress.
     pub const ISOLATED_EGRESS: u32 = 1 << 1;
+    /// A policy in audit mode (`policy.palisade.dev/mode: audit`) isolates
+    /// the endpoint for ingress: a new flow the enforced view lets in is
+    /// looked up once more in the as-enforced view (entries under
+    /// [`crate::dir::AUDIT_INGRESS`]); no entry there means the audited
+    /// policies would drop it, reported as [`crate::verdict::WOULD_DROP`]
+    /// while the packet passes.
+    pub const AUDIT_INGRESS: u32 = 1 << 4;
+    /// As [`AUDIT_INGRESS`], for egress ([`crate::dir::AUDIT_EGRESS`]).
+    pub const AUDIT_EGRESS: u32 = 1 << 5;
 }
 
 /// Flags in [`EndpointInfo::flags`].
@@ -555,6 +580,9 @@ pub mod verdict {
     pub const ALLOWED: u8 = 0;
     /// The packet was dropped.
     pub const DROPPED: u8 = 1;
+    /// The packet passed (a new flow), but the policies in audit mode
+    /// isolating the endpoint would have dropped it.
+    pub const WOULD_DROP: u8 = 2;
 }
 
 /// Reasons in [`VerdictEvent::reason`].
@@ -583,6 +611,9 @@ pub mod reason {
     /// A new flow of an endpoint that already holds its conntrack budget
     /// in that direction ([`crate::Config::ct_limit`]): not tracked.
     pub const CT_BUDGET: u8 = 9;
+    /// With [`crate::verdict::WOULD_DROP`]: no as-enforced entry allows
+    /// the new flow (an audited policy isolates the endpoint).
+    pub const AUDIT_NO_RULE: u8 = 12;
 }
 
 /// One verdict, sent to user space through [`maps::EVENTS`].

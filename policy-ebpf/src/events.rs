@@ -88,11 +88,11 @@ fn budget(info: &EventInfo<'_>) -> Option<u32> {
     Some(carried)
 }
 
-/// Sends one event (lost silently if the ring buffer is full); drops go
-/// through the endpoint's event budget.
+/// Sends one event (lost silently if the ring buffer is full); drops and
+/// would-drops go through the endpoint's event budget.
 #[inline(never)]
 pub fn emit(info: &EventInfo<'_>) {
-    let suppressed = if info.outcome == verdict::DROPPED {
+    let suppressed = if info.outcome == verdict::DROPPED || info.outcome == verdict::WOULD_DROP {
         match budget(info) {
             Some(n) => n,
             None => return,

@@ -292,8 +292,21 @@ pub fn on_flow(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) -> i32 {
         if pkt.cfg.flags & config_flags::EVENTS_ALLOWED != 0 {
             report(pkt, flow, v, verdict::ALLOWED);
         }
+        if v.audit {
+            would_drop(pkt, flow, v);
+        }
     }
     ALLOW
+}
+
+/// Reports a new flow the policies in audit mode would drop (it passes).
+/// A frame of its own, off [`on_flow`]'s.
+#[inline(never)]
+fn would_drop(pkt: &PacketCtx, flow: &Flow, v: &Verdict) {
+    let mut w = *v;
+    w.reason = reason::AUDIT_NO_RULE;
+    w.rule = 0;
+    report(pkt, flow, &w, verdict::WOULD_DROP);
 }
 
 /// Drops a new flow of an endpoint that holds its conntrack budget (a
@@ -326,6 +339,11 @@ fn judge_packet(pkt: &PacketCtx, flow: &Flow, v: &mut Verdict) {
         local_origin: pkt.local_origin,
     };
     judge(&q, v);
+    if v.allow && v.audit {
+        v.audit = crate::policy::audit_denies(&q);
+    } else {
+        v.audit = false;
+    }
 }
 
 /// Drops a packet that the sending local endpoint's egress denies (judged

@@ -11,6 +11,11 @@
 //!    one POLICY LPM lookup with the full key; a hit allows.
 //! 5. Otherwise drop (`NO_RULE`).
 //!
+//! After an allow (steps 2 to 4): when a policy in audit mode isolates the
+//! endpoint in that direction (`ep_flags::AUDIT_*`), the caller asks
+//! [`audit_denies`] the same question of the as-enforced entries; a new
+//! flow they would drop passes and is reported as `verdict::WOULD_DROP`.
+//!
 //! Before step 2: egress UDP to an encapsulation port
 //! (`policy_common::ENCAP_PORTS`) of an address whose ipcache identity is
 //! none or `HOST` (a node, or outside the pod network) is allowed only by
@@ -37,6 +42,10 @@ pub struct Verdict {
     pub allow: bool,
     /// `policy_common::reason` value.
     pub reason: u8,
+    /// Set by [`judge`] when a policy in audit mode isolates the endpoint
+    /// in this direction (the as-enforced view must be asked too, see
+    /// [`audit_denies`]); then by the caller, whether it would drop.
+    pub audit: bool,
 }
 
 impl Verdict {
@@ -48,6 +57,7 @@ impl Verdict {
             rule: 0,
             allow: false,
             reason: reason::NO_RULE,
+            audit: false,
         }
     }
 
@@ -85,6 +95,7 @@ pub struct Query {
 #[inline(never)]
 pub fn judge(q: &Query, out: &mut Verdict) {
     let gen = q.gen;
+    out.audit = false;
     let ep_key = EndpointPolicyKey {
         gen: u32::from(gen),
         ep_id: q.ep_id,
@@ -114,6 +125,16 @@ pub fn judge(q: &Query, out: &mut Verdict) {
         && q.ports_known
         && (q.dport == ENCAP_PORTS[0] || q.dport == ENCAP_PORTS[1])
         && ipc.is_none_or(|i| i == identity::HOST);
+    let audit = if q.dir == dir::INGRESS {
+        ep_flags::AUDIT_INGRESS
+    } else {
+        ep_flags::AUDIT_EGRESS
+    };
+    // Not for the tunnel check (judged on its own rule) nor for the node's
+    // own traffic (always allowed).
+    out.audit = flags & audit != 0
+        && !tunnel
+        && !(q.dir == dir::INGRESS && q.local_origin && ipc == Some(identity::HOST));
     if flags & isolated == 0 && !tunnel {
         return out.set(true, reason::NOT_ISOLATED, ipc.unwrap_or(0), 0);
     }
@@ -174,4 +195,58 @@ pub fn judge(q: &Query, out: &mut Verdict) {
         return out.set(true, reason::POLICY_ALLOW, peer_identity, v.rule);
     }
     out.set(false, reason::NO_RULE, peer_identity, 0)
+}
+
+/// Whether the as-enforced view (the policies in audit mode counted as
+/// enforced; entries under `dir::audit(q.dir)`) would drop the packet `q`
+/// that the enforced view allows: the same peer identities, the same
+/// longest-prefix lookups, under the pseudo-direction. Asked only for
+/// endpoints with an `ep_flags::AUDIT_*` bit (see `Verdict::audit`).
+#[inline(never)]
+pub fn audit_denies(q: &Query) -> bool {
+    let ipc_key = IpcacheKey {
+        gen: u32::from(q.gen),
+        addr: q.peer,
+    };
+    // SAFETY: copied out at once.
+    let ipc = unsafe { IPCACHE.get(&ipc_key) }.map(|v| v.identity);
+    let cidr_key = Key::new(
+        CIDR_KEY_HEAD_BITS + 128,
+        CidrKey {
+            gen: q.gen,
+            pad: [0, 0, 0],
+            addr: q.peer,
+        },
+    );
+    let cidr = CIDRS.get(&cidr_key).map(|v| v.identity);
+    let (prefix, dport) = if q.ports_known {
+        (POLICY_PREFIX_FULL, q.dport)
+    } else {
+        (POLICY_PREFIX_ANY_PORT, 0)
+    };
+    let mut key = Key::new(
+        prefix,
+        PolicyKey::new(
+            q.gen,
+            dir::audit(q.dir),
+            q.ep_id,
+            identity::ANY,
+            q.proto,
+            dport,
+        ),
+    );
+    if let Some(id) = ipc {
+        key.data.identity = id.to_be_bytes();
+        if POLICY.get(&key).is_some() {
+            return false;
+        }
+    }
+    if let Some(id) = cidr {
+        key.data.identity = id.to_be_bytes();
+        if POLICY.get(&key).is_some() {
+            return false;
+        }
+    }
+    key.data.identity = identity::ANY.to_be_bytes();
+    POLICY.get(&key).is_none()
 }

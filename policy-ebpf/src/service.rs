@@ -113,7 +113,8 @@ pub fn local_ep(gen: u8, addr: &Addr) -> u32 {
 ///
 /// For a packet the sender addressed to the pod directly this repeats the
 /// check its own hook made, with the same answer; for a packet it sent to a
-/// ClusterIP this is the only egress check.
+/// ClusterIP this is the only egress check. `out` keeps its verdict unless
+/// the sender denies (then it holds the sender's).
 #[inline(never)]
 pub fn sender_denies(gen: u8, flow: &Flow, reply: bool, out: &mut Verdict) -> u32 {
     let (saddr, daddr, dport) = if reply {
@@ -139,8 +140,13 @@ pub fn sender_denies(gen: u8, flow: &Flow, reply: bool, out: &mut Verdict) -> u3
         ports_known: flow.ports_known,
         local_origin: false,
     };
+    // The receiver's own verdict (its allowing rule) is what an allowed
+    // flow is reported with: the sender's check only replaces it when it
+    // denies.
+    let own = *out;
     judge(&q, out);
     if out.allow {
+        *out = own;
         0
     } else {
         ep_id

@@ -21,6 +21,7 @@
 //!   the state produced; a policy that would produce too much is stopped
 //!   at its budget and fails closed for its own pods only.
 
+pub mod audit;
 mod cidr_classes;
 mod engine;
 pub mod identity;
@@ -112,6 +113,72 @@ pub struct Compiled {
     pub identities: BTreeMap<u32, IdentityDesc>,
     /// `PolicyValue::rule` → which policy rule.
     pub rules: BTreeMap<u32, RuleRef>,
+    /// Endpoint → the policies isolating it, `[ingress, egress]` (in
+    /// [`Direction::BOTH`] order): the policies a drop for lack of a rule
+    /// is reported against. Endpoints no policy isolates have no entry.
+    pub isolation: BTreeMap<u32, [BTreeSet<PolicyRef>; 2]>,
+    /// As [`Compiled::isolation`], for the policies in audit mode (which
+    /// the enforced state leaves out; see [`audit`]): the policies a
+    /// would-drop is reported against.
+    pub audit_isolation: BTreeMap<u32, [BTreeSet<PolicyRef>; 2]>,
+}
+
+impl Compiled {
+    /// The policies isolating endpoint `ep` in `dir` (empty: not isolated).
+    pub fn isolating(&self, ep: u32, dir: Direction) -> impl Iterator<Item = &PolicyRef> + '_ {
+        self.isolation
+            .get(&ep)
+            .map(|sides| &sides[dir_index(dir)])
+            .into_iter()
+            .flatten()
+    }
+
+    /// The policies in audit mode isolating endpoint `ep` in `dir`.
+    pub fn audit_isolating(
+        &self,
+        ep: u32,
+        dir: Direction,
+    ) -> impl Iterator<Item = &PolicyRef> + '_ {
+        self.audit_isolation
+            .get(&ep)
+            .map(|sides| &sides[dir_index(dir)])
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// Index of `dir` in [`Direction::BOTH`] (and in [`Compiled::isolation`]).
+pub fn dir_index(dir: Direction) -> usize {
+    match dir {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
+/// Adds (`add`) or takes off policy `pref`'s isolation of the endpoints in
+/// `flags` (endpoint → isolation bits) in `isolation`.
+fn mark_isolation(
+    isolation: &mut BTreeMap<u32, [BTreeSet<PolicyRef>; 2]>,
+    pref: &PolicyRef,
+    flags: &BTreeMap<u32, u32>,
+    add: bool,
+) {
+    for (ep, f) in flags {
+        let sides = isolation.entry(*ep).or_default();
+        for dir in Direction::BOTH {
+            if f & dir.isolation_flag() != 0 {
+                let side = &mut sides[dir_index(dir)];
+                if add {
+                    side.insert(pref.clone());
+                } else {
+                    side.remove(pref);
+                }
+            }
+        }
+        if sides.iter().all(BTreeSet::is_empty) {
+            isolation.remove(ep);
+        }
+    }
 }
 
 /// Every non-hostNetwork pod as an endpoint, numbered 1, 2, ... in name
@@ -265,14 +332,22 @@ fn build(
     }
     let mut contrib = BTreeMap::new();
     let mut all: Vec<(PolicyEntry, PolicyValue)> = Vec::new();
+    let mut audited: Vec<(PolicyEntry, PolicyValue)> = Vec::new();
     for (pref, policy) in &snapshot.policies {
         let c = contribution(&ix, snapshot, pref, policy, &local, alloc);
-        for (ep, f) in &c.flags {
-            if let Some(flags) = out.state.endpoints.get_mut(ep) {
-                *flags |= f;
+        if policy.audit {
+            // Left out of the enforced state (see `audit`).
+            mark_isolation(&mut out.audit_isolation, pref, &c.flags, true);
+            audited.extend(c.entries.iter().copied());
+        } else {
+            for (ep, f) in &c.flags {
+                if let Some(flags) = out.state.endpoints.get_mut(ep) {
+                    *flags |= f;
+                }
             }
+            mark_isolation(&mut out.isolation, pref, &c.flags, true);
+            all.extend(c.entries.iter().copied());
         }
-        all.extend(c.entries.iter().copied());
         for (id, r) in &c.rules {
             out.rules.insert(*id, r.clone());
         }
@@ -281,6 +356,8 @@ fn build(
     // One entry per key with the lowest rule id; building the map from a
     // sorted sequence is linear.
     sort_min_rule(&mut all);
+    let view = audit::view(&mut out, &all, audited);
+    all.extend(view);
     out.state.policy = all.into_iter().collect();
     out.errors = policy_errors(snapshot, &ix, &contrib);
     services::fill(snapshot, endpoints, &mut out.state);

@@ -188,6 +188,54 @@ fn judge(
     if dir == policy_common::dir::INGRESS && from_host {
         return Verdict::plain(true, Reason::Host);
     }
+    entry_match(state, ep_id, dir, identities, proto, dport)
+        .unwrap_or_else(|| Verdict::plain(false, Reason::NoRule))
+}
+
+/// Whether the policies in audit mode would drop a packet that
+/// [`verdict`] allows (the datapath's `audit_denies`): the endpoint
+/// carries the `ep_flags::AUDIT_*` bit of `dir` and no as-enforced entry
+/// (under `dir::audit(dir)`) matches. Never for the node's own traffic
+/// nor for the tunnel check.
+pub fn would_drop(
+    state: &MapState,
+    ep_id: u32,
+    dir: u8,
+    peer: IpAddr,
+    proto: u8,
+    dport: u16,
+) -> bool {
+    let Some(flags) = state.endpoints.get(&ep_id) else {
+        return false;
+    };
+    let bit = if dir == policy_common::dir::INGRESS {
+        policy_common::ep_flags::AUDIT_INGRESS
+    } else {
+        policy_common::ep_flags::AUDIT_EGRESS
+    };
+    let from_host = state.ipcache.get(&to_addr(peer)) == Some(&HOST);
+    if flags & bit == 0
+        || (dir == policy_common::dir::INGRESS && from_host)
+        || is_tunnel(state, dir, peer, proto, dport)
+        || !verdict(state, ep_id, dir, peer, proto, dport).allowed
+    {
+        return false;
+    }
+    let ids = peer_identities(state, peer);
+    let audit = policy_common::dir::audit(dir);
+    entry_match(state, ep_id, audit, &ids, proto, Some(dport)).is_none()
+}
+
+/// The first entry under (`ep_id`, `dir`) allowing one of `identities`
+/// (in order) on `proto`/`dport` (`None`: a packet without ports).
+fn entry_match(
+    state: &MapState,
+    ep_id: u32,
+    dir: u8,
+    identities: &[u32],
+    proto: u8,
+    dport: Option<u16>,
+) -> Option<Verdict> {
     for &identity in identities {
         let key = |ports| PolicyEntry {
             ep_id,
@@ -221,17 +269,17 @@ fn judge(
         }
         for e in candidates {
             if let Some(v) = state.policy.get(&e) {
-                return Verdict {
+                return Some(Verdict {
                     allowed: true,
                     reason: Reason::PolicyAllow,
                     rule: Some(v.rule),
                     identity: Some(identity),
                     entry: Some(e),
-                };
+                });
             }
         }
     }
-    Verdict::plain(false, Reason::NoRule)
+    None
 }
 
 /// Whether a packet is a pod's UDP to the overlay's encapsulation port of

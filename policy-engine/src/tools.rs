@@ -53,13 +53,25 @@ pub struct Input {
     pub recursive: bool,
     /// Unknown fields are warnings, not errors (`--lenient`).
     pub lenient: bool,
+    /// Policies in audit mode (`policy.palisade.dev/mode: audit`) count as
+    /// enforced (`--as-enforced`): the view they are audited against.
+    /// Without it, the tools show what the datapath enforces, without
+    /// them.
+    pub as_enforced: bool,
 }
 
 impl Input {
     /// Reads the manifests; invalid objects and (unless lenient) unknown
     /// fields are errors.
     pub fn load(&self) -> Result<crate::manifest::Loaded, ToolError> {
-        Ok(crate::manifest::load_inputs(&self.paths, self.recursive)?.checked(self.lenient)?)
+        let mut loaded =
+            crate::manifest::load_inputs(&self.paths, self.recursive)?.checked(self.lenient)?;
+        if self.as_enforced {
+            for p in loaded.snapshot.policies.values_mut() {
+                p.audit = false;
+            }
+        }
+        Ok(loaded)
     }
 }
 
@@ -153,4 +165,57 @@ impl ToolError {
 
 pub(crate) fn write_err(source: std::io::Error) -> ToolError {
     ToolError::Write { source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without `--as-enforced` the tools judge as the datapath enforces
+    /// (the audited policy left out); with it, as if it were enforced.
+    #[test]
+    fn as_enforced_counts_audited_policies() {
+        let dir = std::env::temp_dir().join(format!("palisade-as-enforced-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cluster.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: default, labels: {app: a}}
+spec: {containers: [{name: c, image: x}]}
+status: {podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: default, labels: {app: b}}
+spec: {containers: [{name: c, image: x}]}
+status: {podIP: 10.0.0.2, podIPs: [{ip: 10.0.0.2}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: default, annotations: {policy.palisade.dev/mode: audit}}
+spec: {podSelector: {matchLabels: {app: a}}, policyTypes: [Ingress]}
+",
+        )
+        .unwrap();
+        let allowed = |as_enforced: bool| {
+            let opts = explain::Options {
+                input: Input {
+                    paths: vec![file.clone()],
+                    as_enforced,
+                    ..Input::default()
+                },
+                from: "default/b".into(),
+                to: "default/a".into(),
+                port: "80".into(),
+                output: Output::Table,
+            };
+            explain::run(&opts, &mut Vec::new()).map(|e| e.allowed)
+        };
+        let (enforced, as_enforced) = (allowed(false), allowed(true));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(enforced.unwrap(), "audited: not enforced");
+        assert!(!as_enforced.unwrap(), "as enforced: denied");
+    }
 }

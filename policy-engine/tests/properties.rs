@@ -409,6 +409,7 @@ proptest! {
             prop_assert_eq!(&state, &full.state);
             prop_assert_eq!(ops, policy_engine::state::diff(&before, &full.state));
             prop_assert_eq!(&engine.current().rules, &full.rules);
+            prop_assert_eq!(&engine.current().isolation, &full.isolation);
             let fresh = compile(&s, &eps, &mut Allocator::new()).state;
             prop_assert_eq!(verdicts_with(&s, &state, &eps), verdicts_with(&s, &fresh, &eps));
         }

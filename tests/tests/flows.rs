@@ -66,6 +66,9 @@ fn drops_are_reported_with_pod_names_and_counted() {
     assert_eq!(record.direction, "ingress");
     assert_eq!(record.verdict, "dropped");
     assert_eq!(record.reason, "no rule");
+    // Attributed to the policy that isolates the pod.
+    assert_eq!(record.isolated_by, vec!["default/apod-api".to_string()]);
+    assert_eq!(record.policy, None);
     assert_eq!(record.protocol, "TCP");
     let peer = record.peer.clone().unwrap_or_default();
     assert!(

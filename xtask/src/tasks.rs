@@ -341,8 +341,14 @@ fn drop_lines(drops: &[FlowRecord]) -> Vec<String> {
             } else {
                 (r.pod.clone(), peer)
             };
+            // Which policies isolate the pod (none of their rules matched).
+            let by = if r.isolated_by.is_empty() {
+                String::new()
+            } else {
+                format!("; isolated by {}", r.isolated_by.join(", "))
+            };
             format!(
-                "   {from} -> {to}:{}/{} dropped at {}'s {} ({})",
+                "   {from} -> {to}:{}/{} dropped at {}'s {} ({}{by})",
                 r.dport, r.protocol, r.pod, r.direction, r.reason
             )
         })

@@ -15,8 +15,8 @@ use policy_common::identity::HOST;
 use policy_common::{Addr, PolicyValue};
 
 use super::{
-    build, contribution, pod_group, policy_errors, Allocator, Compiled, Contribution, IdentityDesc,
-    Index, Limits, Local, PodGroup,
+    build, contribution, mark_isolation, pod_group, policy_errors, Allocator, Compiled,
+    Contribution, IdentityDesc, Index, Limits, Local, PodGroup,
 };
 use crate::model::addr::to_addr;
 use crate::model::{Direction, Labels, Peer, PodRef, Policy, PolicyRef, Snapshot};
@@ -42,9 +42,10 @@ pub struct Engine {
     wide_peers: BTreeSet<PolicyRef>,
     /// (Entry, rule id) → how many contributions carry it.
     entry_rules: EntryRules,
-    /// Endpoint → [ingress, egress] isolation counts.
-    flag_counts: BTreeMap<u32, [u32; 2]>,
     current: Compiled,
+    /// Some policy is in audit mode: every change compiles fully (the
+    /// as-enforced view is derived from the whole enforced state).
+    audited: bool,
     /// The allow entries of ClusterIPs judged at the sender in `current`
     /// (`service_flags::POLICY_DIR`; see `compile::services`).
     at_sender: BTreeSet<PolicyEntry>,
@@ -149,29 +150,9 @@ fn lowest_rule(entry_rules: &EntryRules, e: &PolicyEntry) -> Option<u32> {
         .map(|((_, rule), _)| *rule)
 }
 
-fn count(
-    entry_rules: &mut EntryRules,
-    flag_counts: &mut BTreeMap<u32, [u32; 2]>,
-    c: &Contribution,
-    add: bool,
-) {
+fn count(entry_rules: &mut EntryRules, c: &Contribution) {
     for (e, v) in &c.entries {
-        bump(entry_rules, e, v.rule, add);
-    }
-    for (ep, f) in &c.flags {
-        let counts = flag_counts.entry(*ep).or_default();
-        for (i, dir) in Direction::BOTH.iter().enumerate() {
-            if f & dir.isolation_flag() != 0 {
-                if add {
-                    counts[i] += 1;
-                } else {
-                    counts[i] = counts[i].saturating_sub(1);
-                }
-            }
-        }
-        if *counts == [0, 0] {
-            flag_counts.remove(ep);
-        }
+        bump(entry_rules, e, v.rule, true);
     }
 }
 
@@ -238,18 +219,22 @@ impl Engine {
         self.local = Local::new();
         self.contrib = BTreeMap::new();
         self.entry_rules = EntryRules::new();
-        self.flag_counts = BTreeMap::new();
         self.current.identities = BTreeMap::new();
         self.current.rules = BTreeMap::new();
+        self.current.isolation = BTreeMap::new();
+        self.current.audit_isolation = BTreeMap::new();
         self.current.errors = Vec::new();
         self.endpoints = endpoints.clone();
         let limits = self.limits;
         let full = build(snapshot, endpoints, &limits, &mut self.alloc);
         self.alloc.sweep();
         let ops = diff(&self.current.state, &full.compiled.state);
-        for c in full.contrib.values() {
-            count(&mut self.entry_rules, &mut self.flag_counts, c, true);
+        for (r, c) in &full.contrib {
+            if !snapshot.policies.get(r).is_some_and(|p| p.audit) {
+                count(&mut self.entry_rules, c);
+            }
         }
+        self.audited = snapshot.policies.values().any(|p| p.audit);
         self.with_ipblocks = snapshot
             .policies
             .iter()
@@ -330,11 +315,13 @@ impl Engine {
     }
 
     fn flags_of(&self, ep: u32) -> u32 {
-        let c = self.flag_counts.get(&ep).copied().unwrap_or_default();
+        let Some(sides) = self.current.isolation.get(&ep) else {
+            return 0;
+        };
         Direction::BOTH
             .iter()
-            .zip(c)
-            .filter(|(_, n)| *n > 0)
+            .zip(sides)
+            .filter(|(_, by)| !by.is_empty())
             .fold(0, |f, (d, _)| f | d.isolation_flag())
     }
 
@@ -399,22 +386,8 @@ impl Engine {
                 }
             }
             if old.flags != newc.flags {
-                let flags_only = |c: &Contribution| Contribution {
-                    flags: c.flags.clone(),
-                    ..Contribution::default()
-                };
-                count(
-                    &mut self.entry_rules,
-                    &mut self.flag_counts,
-                    &flags_only(&old),
-                    false,
-                );
-                count(
-                    &mut self.entry_rules,
-                    &mut self.flag_counts,
-                    &flags_only(newc),
-                    true,
-                );
+                mark_isolation(&mut self.current.isolation, pref, &old.flags, false);
+                mark_isolation(&mut self.current.isolation, pref, &newc.flags, true);
                 touched_eps.extend(old.flags.keys().copied());
                 touched_eps.extend(newc.flags.keys().copied());
             }
@@ -460,7 +433,11 @@ impl Engine {
     /// `pod` was added, changed (labels, IPs, ports) or removed in
     /// `snapshot`. Returns the map operations.
     pub fn pod_changed(&mut self, snapshot: &Snapshot, pod: &PodRef) -> Vec<MapOp> {
-        if !self.compiled_once || self.named_ipblocks || self.index.has_host_prefixes() {
+        if !self.compiled_once
+            || self.audited
+            || self.named_ipblocks
+            || self.index.has_host_prefixes()
+        {
             return self.fallback(snapshot);
         }
         let mut j = Journal::default();
@@ -573,7 +550,7 @@ impl Engine {
         snapshot: &Snapshot,
         endpoints: &BTreeMap<PodRef, u32>,
     ) -> Vec<MapOp> {
-        if !self.compiled_once {
+        if !self.compiled_once || self.audited {
             return self.update(snapshot, endpoints);
         }
         let changed: BTreeSet<PodRef> = self
@@ -680,7 +657,13 @@ impl Engine {
     /// Policy `policy` was added, changed or removed in `snapshot`.
     pub fn policy_changed(&mut self, snapshot: &Snapshot, policy: &PolicyRef) -> Vec<MapOp> {
         let now_ipblock = snapshot.policies.get(policy).is_some_and(has_ipblock);
-        if !self.compiled_once || now_ipblock || self.with_ipblocks.contains(policy) {
+        let now_audited = snapshot.policies.get(policy).is_some_and(|p| p.audit);
+        if !self.compiled_once
+            || self.audited
+            || now_audited
+            || now_ipblock
+            || self.with_ipblocks.contains(policy)
+        {
             return self.fallback(snapshot);
         }
         match snapshot.policies.get(policy) {
@@ -694,7 +677,7 @@ impl Engine {
 
     /// Namespace `name` was added, relabelled or removed in `snapshot`.
     pub fn namespace_changed(&mut self, snapshot: &Snapshot, name: &str) -> Vec<MapOp> {
-        if !self.compiled_once {
+        if !self.compiled_once || self.audited {
             return self.fallback(snapshot);
         }
         let _ = name;

@@ -36,6 +36,13 @@ pub struct RuleRef {
     pub index: usize,
 }
 
+impl RuleRef {
+    /// The rule within its policy, as a field path: `spec.ingress[0]`.
+    pub fn field(&self) -> String {
+        format!("spec.{}[{}]", self.dir.field(), self.index)
+    }
+}
+
 impl std::fmt::Display for RuleRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

@@ -483,3 +483,152 @@ fn a_reused_address_belongs_to_the_running_pod() {
     }
 }
 mod budget;
+
+#[test]
+fn isolating_policies_follow_endpoints_as_they_come_and_go() {
+    let snap = base()
+        .policy("metadata: {name: deny, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n")
+        .policy("metadata: {name: allow-b, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: b}}}]}]\n")
+        .build();
+    let a: PodRef = "x/a".parse().unwrap();
+    let b: PodRef = "x/b".parse().unwrap();
+    let mut engine = Engine::new();
+    engine.update(&snap, &BTreeMap::new());
+    let one: BTreeMap<PodRef, u32> = [(a.clone(), 1)].into();
+    engine.endpoints_changed(&snap, &one);
+    let two: BTreeMap<PodRef, u32> = [(a.clone(), 1), (b.clone(), 2)].into();
+    engine.endpoints_changed(&snap, &two);
+    let names = |engine: &Engine, ep: u32, dir: Direction| -> Vec<String> {
+        engine
+            .current()
+            .isolating(ep, dir)
+            .map(|p| p.to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&engine, 1, Direction::Ingress),
+        ["x/allow-b", "x/deny"]
+    );
+    assert_eq!(names(&engine, 2, Direction::Ingress), ["x/deny"]);
+    assert!(names(&engine, 1, Direction::Egress).is_empty());
+    let st = &engine.current().state.endpoints;
+    assert_eq!(st[&1], policy_common::ep_flags::ISOLATED_INGRESS);
+    assert_eq!(st[&2], policy_common::ep_flags::ISOLATED_INGRESS);
+    let full = compile(&snap, &two, &mut Allocator::new());
+    assert_eq!(engine.current().isolation, full.isolation);
+    // a goes: its policies no longer name it.
+    engine.endpoints_changed(&snap, &[(b.clone(), 2)].into());
+    assert!(names(&engine, 1, Direction::Ingress).is_empty());
+}
+
+/// `policy.palisade.dev/mode: audit`: the enforced state leaves the
+/// policy out; the endpoints it isolates carry the audit bit and the
+/// as-enforced entries; the lookup model reports what it would drop.
+#[test]
+fn audited_policies_are_compiled_as_enforced_but_not_enforced() {
+    let deny = "metadata: {name: deny, namespace: x, annotations: {policy.palisade.dev/mode: audit}}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: b}}}], ports: [{port: 80}]}]\n";
+    let sim = base().policy(deny).sim();
+    let a = sim.endpoints[&"x/a".parse().unwrap()];
+    let flags = sim.compiled.state.endpoints[&a];
+    assert_eq!(
+        flags,
+        policy_common::ep_flags::AUDIT_INGRESS,
+        "not isolated, audited"
+    );
+    // Enforced: everything passes.
+    assert!(sim.tcp("y/c", "x/a", 80));
+    assert!(sim.tcp("x/b", "x/a", 80));
+    let names: Vec<String> = sim
+        .compiled
+        .audit_isolating(a, Direction::Ingress)
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(names, ["x/deny"]);
+    assert_eq!(sim.compiled.isolating(a, Direction::Ingress).count(), 0);
+    // As enforced: c would be dropped, b on 80 not, b on 81 would.
+    let wd = |from: &str, port: u16| {
+        crate::lookup::would_drop(
+            &sim.compiled.state,
+            a,
+            policy_common::dir::INGRESS,
+            from.parse().unwrap(),
+            policy_common::proto::TCP,
+            port,
+        )
+    };
+    assert!(wd("10.0.1.1", 80), "c would be dropped");
+    assert!(!wd("10.0.0.2", 80), "b allowed as enforced");
+    assert!(wd("10.0.0.2", 81));
+    // Other endpoints: no bit, no audit entries.
+    let b = sim.endpoints[&"x/b".parse().unwrap()];
+    assert_eq!(sim.compiled.state.endpoints[&b], 0);
+    assert!(sim
+        .compiled
+        .state
+        .policy
+        .keys()
+        .all(|e| e.dir != policy_common::dir::AUDIT_EGRESS
+            && (e.dir != policy_common::dir::AUDIT_INGRESS || e.ep_id == a)));
+
+    // Next to an enforced policy: its entries are in the view too.
+    let sim = base()
+        .policy(deny)
+        .policy("metadata: {name: allow-c, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n")
+        .sim();
+    let a = sim.endpoints[&"x/a".parse().unwrap()];
+    assert_eq!(
+        sim.compiled.state.endpoints[&a],
+        policy_common::ep_flags::ISOLATED_INGRESS | policy_common::ep_flags::AUDIT_INGRESS
+    );
+    assert!(sim.tcp("y/c", "x/a", 80));
+    assert!(!sim.tcp("x/b", "x/a", 80), "enforced: only c");
+    let wd = |from: &str, port: u16| {
+        crate::lookup::would_drop(
+            &sim.compiled.state,
+            a,
+            policy_common::dir::INGRESS,
+            from.parse().unwrap(),
+            policy_common::proto::TCP,
+            port,
+        )
+    };
+    assert!(
+        !wd("10.0.1.1", 80),
+        "c allowed by the enforced policy, as enforced too"
+    );
+
+    // The annotation gone: enforced as a normal policy.
+    let sim = base()
+        .policy(&deny.replace(", annotations: {policy.palisade.dev/mode: audit}", ""))
+        .sim();
+    assert!(!sim.tcp("y/c", "x/a", 80));
+    assert!(sim.tcp("x/b", "x/a", 80));
+    let a = sim.endpoints[&"x/a".parse().unwrap()];
+    assert_eq!(
+        sim.compiled.state.endpoints[&a],
+        policy_common::ep_flags::ISOLATED_INGRESS
+    );
+}
+
+#[test]
+fn the_engine_follows_a_policy_into_and_out_of_audit_mode() {
+    let audited = "metadata: {name: deny, namespace: x, annotations: {policy.palisade.dev/mode: audit}}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  policyTypes: [Ingress]\n";
+    let enforced = audited.replace(", annotations: {policy.palisade.dev/mode: audit}", "");
+    let plain = base().build();
+    let with_audit = base().policy(audited).build();
+    let with_enforced = base().policy(&enforced).build();
+    let deny: PolicyRef = "x/deny".parse().unwrap();
+    let eps = all_endpoints(&plain);
+    let mut engine = Engine::new();
+    engine.update(&plain, &eps);
+    for snap in [&with_audit, &with_enforced, &with_audit, &plain] {
+        let before = engine.current().state.clone();
+        let ops = engine.policy_changed(snap, &deny);
+        let full = compile(snap, &eps, &mut engine.allocator().clone());
+        assert_eq!(engine.current().state, full.state);
+        assert_eq!(engine.current().audit_isolation, full.audit_isolation);
+        let mut applied = before;
+        applied.apply(&ops);
+        assert_eq!(applied, full.state);
+    }
+}

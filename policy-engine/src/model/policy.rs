@@ -191,7 +191,16 @@ pub struct Policy {
     pub egress: Option<Vec<Rule>>,
     /// Validation problems; non-empty = the policy allows nothing.
     pub issues: Vec<PolicyIssue>,
+    /// Annotated [`MODE_ANNOTATION`]`: audit`: compiled, but not enforced;
+    /// what it alone would drop passes and is reported (`would-drop`).
+    pub audit: bool,
 }
+
+/// The annotation that puts a NetworkPolicy in audit mode (value
+/// [`MODE_AUDIT`]); any other value, or none, enforces it.
+pub const MODE_ANNOTATION: &str = "policy.palisade.dev/mode";
+/// The value of [`MODE_ANNOTATION`] for audit mode.
+pub const MODE_AUDIT: &str = "audit";
 
 impl Policy {
     /// The rules of one direction, if the policy applies to it.
@@ -209,9 +218,10 @@ impl Policy {
 
     /// The snapshot entry of a NetworkPolicy object (namespace defaulted to
     /// `default`). Of the metadata only the name, namespace and creation
-    /// time (which orders policies for the CIDR map's room) are kept, so
-    /// two versions that differ only in bookkeeping (resourceVersion,
-    /// managedFields, annotations) compare equal.
+    /// time (which orders policies for the CIDR map's room) are kept, and
+    /// of the annotations only [`MODE_ANNOTATION`], so two versions that
+    /// differ only in bookkeeping (resourceVersion, managedFields, other
+    /// annotations) compare equal.
     pub fn from_network_policy(
         np: &NetworkPolicy,
     ) -> Result<(super::PolicyRef, Policy), super::ModelError> {
@@ -233,6 +243,12 @@ impl Policy {
                 name: Some(name.clone()),
                 namespace: Some(namespace.clone()),
                 creation_timestamp: np.metadata.creation_timestamp.clone(),
+                annotations: np
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(MODE_ANNOTATION))
+                    .map(|v| [(MODE_ANNOTATION.to_string(), v.clone())].into()),
                 ..Default::default()
             },
             spec: np.spec.clone(),
@@ -297,12 +313,19 @@ impl Policy {
                 })
                 .collect()
         });
+        let audit = object
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(MODE_ANNOTATION))
+            .is_some_and(|v| v == MODE_AUDIT);
         Policy {
             object,
             pod_selector,
             ingress,
             egress,
             issues,
+            audit,
         }
     }
 }

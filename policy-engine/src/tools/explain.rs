@@ -360,21 +360,16 @@ impl Side<'_> {
     fn describe(&self, v: Verdict, lines: &mut Vec<String>) {
         let s = &self.sim.snapshot;
         let title = format!("{} at {}", dir_title(self.dir), self.pod);
-        let Some(info) = s.pods.get(self.pod) else {
+        if !s.pods.contains_key(self.pod) {
             return;
-        };
-        let isolating: Vec<&PodRef> = s
-            .policies
-            .iter()
-            .filter(|(r, p)| {
-                r.namespace == self.pod.namespace
-                    && p.rules(self.dir).is_some()
-                    && p.pod_selector
-                        .as_ref()
-                        .is_none_or(|sel| sel.matches(&info.labels))
-            })
-            .map(|(r, _)| r)
-            .collect();
+        }
+        // The compiler's own list, as `flows` reports it for a drop.
+        let isolating: Vec<&PodRef> = self
+            .sim
+            .endpoints
+            .get(self.pod)
+            .map(|ep| self.sim.compiled.isolating(*ep, self.dir).collect())
+            .unwrap_or_default();
         match v.reason {
             Reason::NotIsolated => {
                 lines.push(format!(
