@@ -113,7 +113,7 @@ pub fn run(opts: &Options, out: &mut impl Write) -> Result<Explanation, ToolErro
     })?;
     let e = explain(&sim, &from, &to, proto, port).map_err(|source| ToolError::End { source })?;
     match opts.output {
-        Output::Table | Output::Wide => {
+        Output::Table | Output::Wide | Output::Html => {
             for l in &e.lines {
                 writeln!(out, "{l}").map_err(write_err)?;
             }

@@ -24,11 +24,12 @@ mod simulation;
 mod tests;
 
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use super::probe;
+use super::{html, probe};
 use super::{write_err, Input, Output, ToolError};
 use crate::manifest::Location;
+use crate::model::Snapshot;
 
 pub use probes::{all_pairs, parse_probe, parse_probe_line, read_probes, Probe, ProbeLine};
 pub use result::ProbeResult;
@@ -107,25 +108,24 @@ impl Outcome {
 /// Runs `simulate` as the CLI does: loads the manifests (invalid policies
 /// are errors), reads probes (stdin for `-`), writes results.
 pub fn run(opts: &Options, out: &mut impl Write) -> Result<Outcome, ToolError> {
-    match opts.probes.as_deref() {
-        Some(p) if p == Path::new("-") => {
-            let stdin = std::io::stdin();
-            let lock = stdin.lock();
-            run_with(opts, Some(lock), out)
-        }
-        Some(p) => {
-            let f = std::fs::File::open(p).map_err(|source| ToolError::Read {
-                path: p.to_path_buf(),
-                source,
-            })?;
-            run_with(opts, Some(std::io::BufReader::new(f)), out)
-        }
-        None => run_with(opts, None::<&[u8]>, out),
-    }
+    let probes = super::open_probes(opts.probes.as_deref())?;
+    run_with(opts, probes, out)
+}
+
+/// Runs `simulate` on a snapshot read elsewhere (the API server) instead
+/// of `opts.input`, with `warnings` from reading it.
+pub fn run_on(
+    snapshot: Snapshot,
+    warnings: Vec<String>,
+    opts: &Options,
+    out: &mut impl Write,
+) -> Result<Outcome, ToolError> {
+    let probes = super::open_probes(opts.probes.as_deref())?;
+    judge_all(snapshot, warnings, opts, probes, out)
 }
 
 /// One probe's answer: judged, or why it could not be.
-enum Answer {
+pub(crate) enum Answer {
     Judged(ProbeResult),
     Failed {
         location: Option<Location>,
@@ -142,11 +142,23 @@ pub fn run_with(
     out: &mut impl Write,
 ) -> Result<Outcome, ToolError> {
     let loaded = opts.input.load()?;
+    judge_all(loaded.snapshot, loaded.warnings, opts, probes, out)
+}
+
+/// Judges the probes (`None` = all pod pairs) on `snapshot` and writes
+/// the answers.
+fn judge_all(
+    snapshot: Snapshot,
+    warnings: Vec<String>,
+    opts: &Options,
+    probes: Option<impl BufRead>,
+    out: &mut impl Write,
+) -> Result<Outcome, ToolError> {
     let mut outcome = Outcome {
-        warnings: loaded.warnings.clone(),
+        warnings,
         ..Outcome::default()
     };
-    let sim = Simulation::new(loaded.snapshot);
+    let sim = Simulation::new(snapshot);
     // A policy the compiler could not use fails closed in the agent as
     // here: the verdicts below show it, the warning says why.
     outcome
@@ -204,6 +216,23 @@ pub fn run_with(
                 });
             }
         }
+    }
+    if opts.output == Output::Html {
+        let cells = answers
+            .iter()
+            .filter_map(|a| match a {
+                Answer::Judged(r) => Some(html::Cell::judged(&sim, r)),
+                Answer::Failed { .. } => None,
+            })
+            .collect();
+        let page = html::Page {
+            title: "Palisade: simulate".into(),
+            whatif: false,
+            cells,
+            notes: outcome.warnings.clone(),
+        };
+        page.write(out).map_err(write_err)?;
+        return Ok(outcome);
     }
     render::write_answers(&answers, opts.output, matrix, outcome.skipped_pods, out)
         .map_err(write_err)?;

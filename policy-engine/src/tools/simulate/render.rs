@@ -60,7 +60,9 @@ pub(super) fn write_answers(
                 .collect();
             write_matrix(&results, out)?;
         }
-        Output::Table | Output::Wide => write_rows(answers, output == Output::Wide, out)?,
+        Output::Table | Output::Wide | Output::Html => {
+            write_rows(answers, output == Output::Wide, out)?
+        }
     }
     if matrix && skipped > 0 && matches!(output, Output::Table | Output::Wide) {
         writeln!(out, "({skipped} pod(s) without an address skipped)")?;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::{Probe, ProbeResult};
 use crate::compile::{self, Allocator, Compiled};
-use crate::model::{PodRef, Snapshot};
+use crate::model::{Direction, PodRef, PolicyRef, Snapshot};
 use crate::tools::probe::{self, Connection, End, Judge};
 
 /// A snapshot compiled with every non-hostNetwork pod as an endpoint.
@@ -40,6 +40,27 @@ impl Simulation {
             endpoints: &self.endpoints,
             identities: &self.identities,
         }
+    }
+
+    /// The NetworkPolicies that isolate `pod` in `dir`: those of its
+    /// namespace that select it and have rules (or `policyTypes`) for
+    /// that direction.
+    pub fn isolating(&self, pod: &PodRef, dir: Direction) -> Vec<&PolicyRef> {
+        let Some(info) = self.snapshot.pods.get(pod) else {
+            return Vec::new();
+        };
+        self.snapshot
+            .policies
+            .iter()
+            .filter(|(r, p)| {
+                r.namespace == pod.namespace
+                    && p.rules(dir).is_some()
+                    && p.pod_selector
+                        .as_ref()
+                        .is_none_or(|sel| sel.matches(&info.labels))
+            })
+            .map(|(r, _)| r)
+            .collect()
     }
 
     /// Judges one probe.
