@@ -242,3 +242,25 @@ fn the_page_marks_the_changed_cells_and_names_the_policies() {
         "{page}"
     );
 }
+
+#[test]
+fn wide_adds_the_reason_before_the_change() {
+    let before = snapshot(CLUSTER);
+    let (_, text) = run_to_string(&before, &overlay("", &["x/p"]), Output::Wide, false);
+    let head = text.lines().next().unwrap();
+    assert!(head.ends_with("BEFORE-REASON"), "{text}");
+    let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        row,
+        [
+            "x/c",
+            "x/a",
+            "80/TCP",
+            "DENIED",
+            "allowed",
+            "egress:not-isolated,ingress:not-isolated",
+            "ingress:no-rule"
+        ],
+        "{text}"
+    );
+}
