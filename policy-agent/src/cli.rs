@@ -1,8 +1,11 @@
 //! The users' commands (`simulate`, `explain`, `lint`, `flows`, `status`)
 //! with kubectl's conventions: `-f/--filename` (files, folders with `-R`,
-//! `-` for stdin), `-o/--output table|wide|json|yaml`, exit 0 (fine), 1
-//! (a finding or mismatch CI should stop on), 2 (bad input), and a quiet
-//! end when the reader of stdout goes away (`| head`).
+//! `-` for stdin), `-o/--output table|wide|json|yaml` (and `html` for
+//! `simulate`), exit 0 (fine), 1 (a finding or mismatch CI should stop
+//! on), 2 (bad input), and a quiet end when the reader of stdout goes away
+//! (`| head`). `simulate` and `explain` also judge the live cluster
+//! (`--kube`, with `--context` and `--namespace` as kubectl has them),
+//! with candidate files and deletions laid over it (a what-if).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -38,22 +41,156 @@ impl ManifestArgs {
             recursive: self.recursive,
             lenient: self.lenient,
             as_enforced: self.as_enforced,
+            namespace: None,
         }
     }
+}
+
+/// The state `simulate` and `explain` judge: manifest files, or the live
+/// cluster with candidate files laid over it.
+#[derive(Args)]
+pub struct StateArgs {
+    /// Manifest files (YAML/JSON, multi-document, List), folders, or `-`
+    /// for stdin. With `--kube`: candidate objects laid over the cluster's
+    /// (each replaces the object of its kind and name, or is added).
+    #[arg(short = 'f', long = "filename", visible_alias = "manifests", required_unless_present = "kube", num_args = 1..)]
+    filename: Vec<PathBuf>,
+    /// Also read the folders' subfolders.
+    #[arg(short = 'R', long)]
+    recursive: bool,
+    /// Unknown fields are warnings instead of errors.
+    #[arg(long)]
+    lenient: bool,
+    /// Read the cluster's Pods, Namespaces, NetworkPolicies, Services and
+    /// EndpointSlices from the API server (kubeconfig found as kubectl
+    /// finds it: $KUBECONFIG, ~/.kube/config, in-cluster). With `-f` or
+    /// `--delete`, show what the change would do.
+    #[arg(long)]
+    kube: bool,
+    /// The kubeconfig context to use (`--kube`; default: the current one).
+    #[arg(long, requires = "kube")]
+    context: Option<String>,
+    /// The namespace of `-f` objects that name none and of `--delete NAME`
+    /// (`--kube`; default: the context's, else `default`).
+    #[arg(short = 'n', long, requires = "kube")]
+    namespace: Option<String>,
+    /// Delete this NetworkPolicy (`NAMESPACE/NAME`, or `NAME` in
+    /// `--namespace`) before judging (`--kube`; repeatable).
+    #[arg(long, requires = "kube")]
+    delete: Vec<String>,
+    /// Count the policies in audit mode (`policy.palisade.dev/mode:
+    /// audit`) as enforced; by default they are left out, as the datapath
+    /// leaves them out.
+    #[arg(long)]
+    as_enforced: bool,
+}
+
+impl StateArgs {
+    fn input(&self, namespace: Option<String>) -> Input {
+        Input {
+            paths: self.filename.clone(),
+            recursive: self.recursive,
+            lenient: self.lenient,
+            as_enforced: self.as_enforced,
+            namespace,
+        }
+    }
+}
+
+/// The live cluster's state, and after an overlay when one is given.
+struct LiveState {
+    before: policy_engine::model::Snapshot,
+    after: Option<policy_engine::model::Snapshot>,
+    warnings: Vec<String>,
+}
+
+/// A client from the kubeconfig as kubectl finds it (`$KUBECONFIG`,
+/// `~/.kube/config`, in-cluster), in `context` if given, and the
+/// context's namespace.
+async fn kube_client(context: Option<String>) -> anyhow::Result<(kube::Client, String)> {
+    let config = match context {
+        None => kube::Config::infer().await?,
+        Some(context) => {
+            let options = kube::config::KubeConfigOptions {
+                context: Some(context),
+                ..Default::default()
+            };
+            kube::Config::from_kubeconfig(&options).await?
+        }
+    };
+    let namespace = config.default_namespace.clone();
+    Ok((kube::Client::try_from(config)?, namespace))
+}
+
+/// Reads the live cluster and lays `-f` and `--delete` over it. Errors
+/// are printed; the exit code is 2 for them.
+fn live_state(args: &StateArgs) -> Result<LiveState, ExitCode> {
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("policy-agent: {e}");
+        ExitCode::from(2)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(&e))?;
+    let (mut before, namespace) = runtime
+        .block_on(async {
+            let (client, namespace) = kube_client(args.context.clone()).await?;
+            let snapshot = policy_agent::source::once::read(client).await?;
+            anyhow::Ok((snapshot, namespace))
+        })
+        .map_err(|e| fail(&format!("reading the cluster: {e:#}")))?;
+    if args.as_enforced {
+        before.enforce_audited();
+    }
+    let namespace = args.namespace.clone().unwrap_or(namespace);
+    let mut overlay = tools::whatif::Overlay::default();
+    let mut warnings = Vec::new();
+    if !args.filename.is_empty() {
+        let loaded = args
+            .input(Some(namespace.clone()))
+            .load()
+            .map_err(|e| fail(&e))?;
+        warnings = loaded.warnings;
+        overlay.candidate = loaded.snapshot;
+    }
+    for d in &args.delete {
+        let full = if d.contains('/') {
+            d.clone()
+        } else {
+            format!("{namespace}/{d}")
+        };
+        let policy = full
+            .parse()
+            .map_err(|e| fail(&format!("--delete {d}: {e}")))?;
+        overlay.delete.push(policy);
+    }
+    let after = if overlay.is_empty() {
+        None
+    } else {
+        Some(overlay.apply(&before).map_err(|e| fail(&e))?)
+    };
+    Ok(LiveState {
+        before,
+        after,
+        warnings,
+    })
 }
 
 /// `simulate`.
 #[derive(Args)]
 pub struct SimulateArgs {
     #[command(flatten)]
-    manifests: ManifestArgs,
+    state: StateArgs,
     /// Probes, one JSON object a line (`-` for stdin); a probe's `allowed`
     /// field is the expected verdict (exit 1 on a mismatch). Default: every
     /// pod pair on every declared port.
     #[arg(long)]
     probes: Option<PathBuf>,
     /// `table` (a matrix per port for all pairs), `wide`, `json` (one object
-    /// a line) or `yaml`.
+    /// a line), `yaml`, or `html` (one self-contained page: the matrix per
+    /// port, the policies involved on hover, changed cells marked). For a
+    /// what-if, the probes whose verdict changes.
     #[arg(
         short = 'o',
         long = "output",
@@ -61,13 +198,17 @@ pub struct SimulateArgs {
         default_value = "table"
     )]
     output: Output,
+    /// With `--kube` and a change (`-f`, `--delete`): exit 1 when the
+    /// change would deny a connection that is allowed now (a CI gate).
+    #[arg(long, requires = "kube")]
+    fail_on_deny: bool,
 }
 
 /// `explain`.
 #[derive(Args)]
 pub struct ExplainArgs {
     #[command(flatten)]
-    manifests: ManifestArgs,
+    state: StateArgs,
     /// Source: `namespace/pod` or an IP address.
     #[arg(long)]
     from: String,
@@ -122,31 +263,99 @@ fn warn_all(warnings: &[String]) {
     }
 }
 
+/// `-o html` is `simulate`'s alone.
+pub fn no_html(output: Output, command: &str) -> Result<(), ExitCode> {
+    if output == Output::Html {
+        eprintln!("policy-agent: {command}: -o html is only for simulate");
+        return Err(ExitCode::from(2));
+    }
+    Ok(())
+}
+
+/// Reports a simulate outcome's warnings, errors and mismatches.
+fn report(
+    warnings: &[String],
+    errors: &[String],
+    mismatches: &[tools::simulate::Mismatch],
+    probes: usize,
+) {
+    warn_all(warnings);
+    for e in errors {
+        eprintln!("policy-agent: error: {e}");
+    }
+    for m in mismatches {
+        eprintln!("policy-agent: mismatch: {m}");
+    }
+    if !mismatches.is_empty() {
+        eprintln!(
+            "policy-agent: {} of {probes} probe(s) differ from their expected verdict",
+            mismatches.len(),
+        );
+    }
+}
+
 /// `policy-agent simulate`.
 pub fn simulate(args: SimulateArgs) -> ExitCode {
-    let opts = tools::simulate::Options {
-        input: args.manifests.input(),
+    let code = |c: i32| ExitCode::from(u8::try_from(c).unwrap_or(1));
+    let stdout = std::io::stdout();
+    if !args.state.kube {
+        let opts = tools::simulate::Options {
+            input: args.state.input(None),
+            probes: args.probes,
+            output: args.output,
+        };
+        return match tools::simulate::run(&opts, &mut stdout.lock()) {
+            Ok(o) => {
+                report(&o.warnings, &o.errors, &o.mismatches, o.probes);
+                code(o.exit_code())
+            }
+            Err(e) => failed(&e),
+        };
+    }
+    let state = match live_state(&args.state) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let Some(after) = state.after else {
+        let opts = tools::simulate::Options {
+            input: Input::default(),
+            probes: args.probes,
+            output: args.output,
+        };
+        return match tools::simulate::run_on(
+            state.before,
+            state.warnings,
+            &opts,
+            &mut stdout.lock(),
+        ) {
+            Ok(o) => {
+                report(&o.warnings, &o.errors, &o.mismatches, o.probes);
+                code(o.exit_code())
+            }
+            Err(e) => failed(&e),
+        };
+    };
+    let opts = tools::whatif::Options {
         probes: args.probes,
         output: args.output,
+        fail_on_deny: args.fail_on_deny,
     };
-    let stdout = std::io::stdout();
-    match tools::simulate::run(&opts, &mut stdout.lock()) {
-        Ok(outcome) => {
-            warn_all(&outcome.warnings);
-            for e in &outcome.errors {
-                eprintln!("policy-agent: error: {e}");
-            }
-            for m in &outcome.mismatches {
-                eprintln!("policy-agent: mismatch: {m}");
-            }
-            if !outcome.mismatches.is_empty() {
+    match tools::whatif::run(
+        state.before,
+        after,
+        state.warnings,
+        &opts,
+        &mut stdout.lock(),
+    ) {
+        Ok(o) => {
+            report(&o.warnings, &o.errors, &o.mismatches, o.probes);
+            if args.fail_on_deny && o.newly_denied > 0 {
                 eprintln!(
-                    "policy-agent: {} of {} probe(s) differ from their expected verdict",
-                    outcome.mismatches.len(),
-                    outcome.probes
+                    "policy-agent: the change would deny {} connection(s) allowed now",
+                    o.newly_denied
                 );
             }
-            ExitCode::from(u8::try_from(outcome.exit_code()).unwrap_or(1))
+            code(o.exit_code(args.fail_on_deny))
         }
         Err(e) => failed(&e),
     }
@@ -154,15 +363,34 @@ pub fn simulate(args: SimulateArgs) -> ExitCode {
 
 /// `policy-agent explain`.
 pub fn explain(args: ExplainArgs) -> ExitCode {
-    let opts = tools::explain::Options {
-        input: args.manifests.input(),
+    if let Err(code) = no_html(args.output, "explain") {
+        return code;
+    }
+    let stdout = std::io::stdout();
+    let mut opts = tools::explain::Options {
+        input: Input::default(),
         from: args.from,
         to: args.to,
         port: args.port,
         output: args.output,
     };
-    let stdout = std::io::stdout();
-    match tools::explain::run(&opts, &mut stdout.lock()) {
+    let result = if args.state.kube {
+        let state = match live_state(&args.state) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        warn_all(&state.warnings);
+        match state.after {
+            Some(after) => {
+                tools::explain::run_on(after, Some(state.before), &opts, &mut stdout.lock())
+            }
+            None => tools::explain::run_on(state.before, None, &opts, &mut stdout.lock()),
+        }
+    } else {
+        opts.input = args.state.input(None);
+        tools::explain::run(&opts, &mut stdout.lock())
+    };
+    match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => failed(&e),
     }
@@ -170,6 +398,9 @@ pub fn explain(args: ExplainArgs) -> ExitCode {
 
 /// `policy-agent lint`.
 pub fn lint(args: LintArgs) -> ExitCode {
+    if let Err(code) = no_html(args.output, "lint") {
+        return code;
+    }
     let fail_on = if args.fail_on == "warning" {
         tools::lint::Severity::Warning
     } else {
@@ -233,7 +464,7 @@ pub fn counters(rows: &[agent_api::CounterRow], output: Output) {
             let doc = serde_json::to_value(rows).unwrap_or_default();
             tools::table::write_yaml(&mut out, &doc)
         }
-        Output::Table | Output::Wide => {
+        Output::Table | Output::Wide | Output::Html => {
             let table: Vec<Vec<String>> = rows
                 .iter()
                 .map(|c| {
@@ -284,6 +515,9 @@ pub struct StatusArgs {
 /// `--kube`, exit 1 when a node's agent is not ready or could not enforce a
 /// policy.
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    if let Err(code) = no_html(args.output, "status") {
+        return Ok(code);
+    }
     if args.kube {
         return status_kube(&args);
     }
@@ -343,7 +577,7 @@ fn status_kube(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let written = match args.output {
         Output::Json => tools::table::write_json(&mut out, &serde_json::to_value(&summary)?),
         Output::Yaml => tools::table::write_yaml(&mut out, &serde_json::to_value(&summary)?),
-        Output::Table | Output::Wide => write_cluster(&summary, &mut out),
+        Output::Table | Output::Wide | Output::Html => write_cluster(&summary, &mut out),
     };
     match written {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
@@ -395,7 +629,7 @@ fn write_status(
     match output {
         Output::Json => tools::table::write_json(out, &doc()),
         Output::Yaml => tools::table::write_yaml(out, &doc()),
-        Output::Table | Output::Wide => {
+        Output::Table | Output::Wide | Output::Html => {
             let wide = output == Output::Wide;
             let side = |isolated: bool, rules: usize| {
                 if isolated {

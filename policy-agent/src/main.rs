@@ -445,6 +445,9 @@ fn mount_bpffs(args: &MountBpffsArgs) -> anyhow::Result<ExitCode> {
 
 fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
+    if let Err(code) = cli::no_html(args.output, "flows") {
+        return Ok(code);
+    }
     if args.counters {
         let answer = agent_api::call(
             &args.socket,

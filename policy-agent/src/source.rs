@@ -12,12 +12,16 @@
 //! - [`file`] (`run --manifests`): manifest files, sent whole as
 //!   [`Change::Replace`] whenever they change.
 //!
+//! [`once`] reads the API server's state a single time through the same
+//! watchers, for the users' tools (`simulate --kube`, `explain --kube`).
+//!
 //! The agent compares each change with what it holds: a change that
 //! changes nothing (a status heartbeat, a new resourceVersion, a relist of
 //! the same objects) costs a comparison and no compile.
 
 pub mod file;
 pub mod kube;
+pub mod once;
 
 use std::collections::BTreeSet;
 

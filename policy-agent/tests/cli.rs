@@ -349,3 +349,62 @@ fn a_broken_pipe_ends_quietly() {
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     assert!(o.stderr.is_empty(), "{}", text(&o.stderr));
 }
+
+#[test]
+fn html_is_simulate_s_alone_and_kube_flags_need_kube() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = write(dir.path(), "c.yaml", CLUSTER);
+    let o = run(&["simulate", "-o", "html"], &[&cluster]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let page = text(&o.stdout);
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+    assert!(page.contains("isolated by app/worker-egress"), "{page}");
+    for args in [
+        &[
+            "explain",
+            "--from",
+            "app/worker",
+            "--to",
+            "app/web",
+            "--port",
+            "8080",
+            "-o",
+            "html",
+        ][..],
+        &["lint", "-o", "html"][..],
+    ] {
+        let o = run(args, &[&cluster]);
+        assert_eq!(code(&o), 2, "{args:?}");
+        assert!(
+            text(&o.stderr).contains("-o html is only for simulate"),
+            "{args:?}"
+        );
+    }
+    // What-if flags without --kube are refused by the parser.
+    for flag in [
+        &["--delete", "app/x"][..],
+        &["--fail-on-deny"][..],
+        &["--context", "c"][..],
+    ] {
+        let o = run(&[&["simulate"][..], flag].concat(), &[&cluster]);
+        assert_eq!(code(&o), 2, "{flag:?}: {}", text(&o.stderr));
+    }
+}
+
+#[test]
+fn kube_without_a_kubeconfig_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(AGENT)
+        .args(["simulate", "--kube"])
+        .env("KUBECONFIG", dir.path().join("none"))
+        .env("HOME", dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 2, "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("reading the cluster"),
+        "{}",
+        text(&o.stderr)
+    );
+}

@@ -203,7 +203,20 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Loaded, ManifestError> {
 /// [`load_paths`], descending into subdirectories when `recursive` (as
 /// `kubectl -R`).
 pub fn load_inputs(paths: &[PathBuf], recursive: bool) -> Result<Loaded, ManifestError> {
-    let mut loader = Loader::default();
+    load_inputs_in(paths, recursive, None)
+}
+
+/// [`load_inputs`], with namespaced objects that name no namespace put in
+/// `namespace` (as `kubectl apply -n`) instead of `default`.
+pub fn load_inputs_in(
+    paths: &[PathBuf],
+    recursive: bool,
+    namespace: Option<&str>,
+) -> Result<Loaded, ManifestError> {
+    let mut loader = Loader {
+        namespace: namespace.map(str::to_string),
+        ..Loader::default()
+    };
     for path in paths {
         if path == Path::new("-") {
             let mut text = String::new();
@@ -270,7 +283,7 @@ fn collect_files(
 pub fn load_str(text: &str, path: &Path, loaded: &mut Loaded) -> Result<(), ManifestError> {
     let mut loader = Loader {
         loaded: std::mem::take(loaded),
-        problems: Vec::new(),
+        ..Loader::default()
     };
     loader.text(text, path);
     let problems = std::mem::take(&mut loader.problems);
@@ -287,6 +300,8 @@ pub fn load_str(text: &str, path: &Path, loaded: &mut Loaded) -> Result<(), Mani
 struct Loader {
     loaded: Loaded,
     problems: Vec<Diagnostic>,
+    /// The namespace of objects that name none (`None`: `default`).
+    namespace: Option<String>,
 }
 
 /// Where an object's text is.
@@ -378,12 +393,23 @@ impl Loader {
         self.loaded.warnings.push(format!("{at}: {text}"));
     }
 
-    fn object(&mut self, v: Value, src: Source<'_>) {
+    fn object(&mut self, mut v: Value, src: Source<'_>) {
         let kind = v
             .get("kind")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
+        if let Some(ns) = &self.namespace {
+            let namespaced = matches!(
+                kind.as_str(),
+                "Pod" | "Service" | "Endpoints" | "NetworkPolicy"
+            );
+            if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                if namespaced && !meta.contains_key("namespace") {
+                    meta.insert("namespace".into(), Value::from(ns.clone()));
+                }
+            }
+        }
         let name = v
             .pointer("/metadata/name")
             .and_then(Value::as_str)

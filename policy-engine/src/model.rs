@@ -393,6 +393,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Counts the policies in audit mode as enforced (the tools'
+    /// `--as-enforced` view).
+    pub fn enforce_audited(&mut self) {
+        for p in self.policies.values_mut() {
+            p.audit = false;
+        }
+    }
+
     /// Inserts or replaces a namespace; returns its name.
     pub fn upsert_namespace(&mut self, ns: &Namespace) -> Result<String, ModelError> {
         let (name, info) = NamespaceInfo::from_namespace(ns)?;

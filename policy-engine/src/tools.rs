@@ -1,13 +1,16 @@
-//! User-facing tools on top of the engine: `simulate`, `explain`, `lint`.
+//! User-facing tools on top of the engine: `simulate` (and its what-if,
+//! [`whatif`]), `explain`, `lint`.
 //! The CLI wiring lives in `policy-agent`; these are library functions that
 //! write to any `Write` and return a [`ToolError`] whose
 //! [`ToolError::exit_code`] the CLI uses.
 
 pub mod explain;
+pub mod html;
 pub mod lint;
 pub mod probe;
 pub mod simulate;
 pub mod table;
+pub mod whatif;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -27,6 +30,9 @@ pub enum Output {
     Json,
     /// YAML.
     Yaml,
+    /// One self-contained HTML page (`simulate` only; the other tools
+    /// write their table).
+    Html,
 }
 
 impl FromStr for Output {
@@ -37,8 +43,9 @@ impl FromStr for Output {
             "wide" => Ok(Output::Wide),
             "json" => Ok(Output::Json),
             "yaml" => Ok(Output::Yaml),
+            "html" => Ok(Output::Html),
             _ => Err(format!(
-                "unknown output format {s:?} (expected table, wide, json or yaml)"
+                "unknown output format {s:?} (expected table, wide, json, yaml or html)"
             )),
         }
     }
@@ -58,18 +65,23 @@ pub struct Input {
     /// Without it, the tools show what the datapath enforces, without
     /// them.
     pub as_enforced: bool,
+    /// The namespace of namespaced objects that name none (kubectl's
+    /// `--namespace`); `None` = `default`.
+    pub namespace: Option<String>,
 }
 
 impl Input {
     /// Reads the manifests; invalid objects and (unless lenient) unknown
     /// fields are errors.
     pub fn load(&self) -> Result<crate::manifest::Loaded, ToolError> {
-        let mut loaded =
-            crate::manifest::load_inputs(&self.paths, self.recursive)?.checked(self.lenient)?;
+        let mut loaded = crate::manifest::load_inputs_in(
+            &self.paths,
+            self.recursive,
+            self.namespace.as_deref(),
+        )?
+        .checked(self.lenient)?;
         if self.as_enforced {
-            for p in loaded.snapshot.policies.values_mut() {
-                p.audit = false;
-            }
+            loaded.snapshot.enforce_audited();
         }
         Ok(loaded)
     }
@@ -150,6 +162,12 @@ pub enum ToolError {
         #[source]
         source: std::io::Error,
     },
+    /// `--delete` names a NetworkPolicy the cluster does not have.
+    #[error("--delete {policy}: the cluster has no NetworkPolicy {policy}")]
+    NoSuchPolicy {
+        /// The policy named.
+        policy: crate::model::PolicyRef,
+    },
 }
 
 impl ToolError {
@@ -165,6 +183,23 @@ impl ToolError {
 
 pub(crate) fn write_err(source: std::io::Error) -> ToolError {
     ToolError::Write { source }
+}
+
+/// Opens a probes file (`-` for stdin); `None` for none.
+pub(crate) fn open_probes(
+    path: Option<&std::path::Path>,
+) -> Result<Option<Box<dyn std::io::BufRead>>, ToolError> {
+    match path {
+        None => Ok(None),
+        Some(p) if p == std::path::Path::new("-") => Ok(Some(Box::new(std::io::stdin().lock()))),
+        Some(p) => {
+            let f = std::fs::File::open(p).map_err(|source| ToolError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?;
+            Ok(Some(Box::new(std::io::BufReader::new(f))))
+        }
+    }
 }
 
 #[cfg(test)]

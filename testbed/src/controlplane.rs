@@ -703,22 +703,39 @@ impl ControlPlane {
         }
     }
 
+    /// Runs `policy-agent ARGS` (the binary in `bin_dir`) inside the
+    /// control-plane namespace with `KUBECONFIG` set to `kubeconfig`, as a
+    /// user runs the CLI from anywhere the API server is reachable, and
+    /// returns what it printed and its exit status.
+    pub fn policy_agent(
+        &self,
+        bin_dir: &Path,
+        kubeconfig: &Path,
+        args: &[&str],
+    ) -> Result<std::process::Output, TestbedError> {
+        let agent = bin_dir.join(crate::AGENT_BINARY);
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", netns_path(&self.netns).display()))
+            .arg(&agent)
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .output()
+            .map_err(|source| TestbedError::Io {
+                path: agent.clone(),
+                source,
+            })
+    }
+
     /// `policy-agent status --kube -o json` (the binary in `bin_dir`) as
     /// the admin, inside the control-plane namespace, as an admin runs it
     /// from anywhere: the JSON it printed (`Null` if none) and whether it
     /// exited 0; fails with its stderr when it wrote no JSON.
     pub fn status_kube(&self, bin_dir: &Path) -> Result<(serde_json::Value, bool), TestbedError> {
-        let agent = bin_dir.join("policy-agent");
-        let out = std::process::Command::new("nsenter")
-            .arg(format!("--net={}", netns_path(&self.netns).display()))
-            .arg(&agent)
-            .args(["status", "--kube", "-o", "json"])
-            .env("KUBECONFIG", &self.admin_kubeconfig)
-            .output()
-            .map_err(|source| TestbedError::Io {
-                path: agent.clone(),
-                source,
-            })?;
+        let out = self.policy_agent(
+            bin_dir,
+            &self.admin_kubeconfig,
+            &["status", "--kube", "-o", "json"],
+        )?;
         let text = String::from_utf8_lossy(&out.stdout);
         let doc = serde_json::from_str(&text).map_err(|e| TestbedError::Environment {
             reason: format!(

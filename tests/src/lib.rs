@@ -5,6 +5,8 @@
 //! namespaces through the `testbed` crate and clean them up on drop.
 #![deny(missing_docs)]
 
+pub mod browser;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -13,7 +13,8 @@ use crate::cmd::{self, probe};
 /// reference CNI plugins, iptables and dnsmasq (kube-dns's part) for the
 /// test bed; etcd, openssl (the
 /// control plane's credentials), and Go 1.19, rsync and reflect2 1.0.2 to
-/// build the Kubernetes binaries (see `kube_build`).
+/// build the Kubernetes binaries (see `kube_build`); chromium renders the
+/// HTML view in its tests.
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -43,6 +44,8 @@ pub const APT_PACKAGES: &[&str] = &[
     // The static (musl) build of the shipped binaries: ring's C and
     // assembly parts need musl's compiler wrapper.
     "musl-tools",
+    // `simulate -o html` is tested in a real headless browser.
+    "chromium",
 ];
 
 /// The nightly that builds the eBPF object (LLVM 22; a newer nightly's LLVM 23

@@ -264,3 +264,30 @@ fn tempdir() -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+#[test]
+fn objects_without_a_namespace_take_the_one_given() {
+    let d = tempdir();
+    let f = d.join("c.yaml");
+    std::fs::write(
+        &f,
+        "kind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: {}}\n---\n\
+         kind: NetworkPolicy\nmetadata: {name: q, namespace: other}\nspec: {podSelector: {}}\n---\n\
+         kind: Namespace\nmetadata: {name: n}\n",
+    )
+    .unwrap();
+    let names =
+        |l: Loaded| -> Vec<String> { l.snapshot.policies.keys().map(|r| r.to_string()).collect() };
+    let given = load_inputs_in(std::slice::from_ref(&f), false, Some("team")).unwrap();
+    assert_eq!(names(given.clone()), ["other/q", "team/p"]);
+    // A Namespace has no namespace of its own.
+    assert!(given.snapshot.namespaces.contains_key("n"));
+    assert!(
+        given.unknown_fields.is_empty(),
+        "{:?}",
+        given.unknown_fields
+    );
+    let plain = load_inputs(&[f], false).unwrap();
+    assert_eq!(names(plain), ["default/p", "other/q"]);
+    std::fs::remove_dir_all(d).unwrap();
+}

@@ -98,7 +98,20 @@ pub fn parse_port(s: &str) -> Result<(u16, Protocol), ModelError> {
 /// Runs `explain` as the CLI does.
 pub fn run(opts: &Options, out: &mut impl Write) -> Result<Explanation, ToolError> {
     let loaded = opts.input.load()?;
-    let sim = Simulation::new(loaded.snapshot);
+    run_on(loaded.snapshot, None, opts, out)
+}
+
+/// Runs `explain` on a snapshot read elsewhere (the API server) instead of
+/// `opts.input`. With `before` (a what-if: `snapshot` is the state after
+/// the change), the verdict before the change is told first (`before` in
+/// JSON).
+pub fn run_on(
+    snapshot: Snapshot,
+    before: Option<Snapshot>,
+    opts: &Options,
+    out: &mut impl Write,
+) -> Result<Explanation, ToolError> {
+    let sim = Simulation::new(snapshot);
     let from: End = opts.from.parse().map_err(|source| ToolError::Argument {
         arg: "--from",
         source,
@@ -111,19 +124,49 @@ pub fn run(opts: &Options, out: &mut impl Write) -> Result<Explanation, ToolErro
         arg: "--port",
         source,
     })?;
-    let e = explain(&sim, &from, &to, proto, port).map_err(|source| ToolError::End { source })?;
+    let mut e =
+        explain(&sim, &from, &to, proto, port).map_err(|source| ToolError::End { source })?;
+    let probe = super::simulate::Probe {
+        from: from.clone(),
+        to: to.clone(),
+        port,
+        protocol: proto,
+    };
+    let before = match before {
+        Some(b) => Some(
+            Simulation::new(b)
+                .judge(&probe)
+                .map_err(|source| ToolError::End { source })?,
+        ),
+        None => None,
+    };
+    if let Some(b) = &before {
+        let word = |a: bool| if a { "ALLOWED" } else { "DENIED" };
+        e.lines.insert(
+            1,
+            format!(
+                "Before the change: {} ({}); after it: {}.",
+                word(b.allowed()),
+                b.reason(),
+                word(e.allowed)
+            ),
+        );
+    }
+    let doc = || {
+        let mut v = e.to_json(&from, &to, port, proto);
+        if let Some(b) = &before {
+            v["before"] = serde_json::json!({"allowed": b.allowed(), "reason": b.reason()});
+        }
+        v
+    };
     match opts.output {
-        Output::Table | Output::Wide => {
+        Output::Table | Output::Wide | Output::Html => {
             for l in &e.lines {
                 writeln!(out, "{l}").map_err(write_err)?;
             }
         }
-        Output::Json => {
-            table::write_json(out, &e.to_json(&from, &to, port, proto)).map_err(write_err)?
-        }
-        Output::Yaml => {
-            table::write_yaml(out, &e.to_json(&from, &to, port, proto)).map_err(write_err)?
-        }
+        Output::Json => table::write_json(out, &doc()).map_err(write_err)?,
+        Output::Yaml => table::write_yaml(out, &doc()).map_err(write_err)?,
     }
     Ok(e)
 }

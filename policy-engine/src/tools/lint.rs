@@ -115,7 +115,7 @@ fn write_findings(
     let (errors, warnings) = (count(Severity::Error), count(Severity::Warning));
     let loc = |l: &Option<Location>| l.as_ref().map_or("-".to_string(), |l| l.to_string());
     match output {
-        Output::Table | Output::Wide => {
+        Output::Table | Output::Wide | Output::Html => {
             let wide = output == Output::Wide;
             let rows: Vec<Vec<String>> = findings
                 .iter()
