@@ -220,6 +220,7 @@ pub fn reason_text(code: u8) -> &'static str {
         reason::ESTABLISHED => "established",
         reason::SPOOFED => "spoofed source",
         reason::CT_BUDGET => "conntrack budget",
+        reason::TIER_DENY => "tier deny",
         _ => "unknown",
     }
 }

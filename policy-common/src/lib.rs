@@ -24,7 +24,7 @@
 #![deny(missing_docs)]
 
 /// Version of every map layout in this crate; bump on any change.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Traffic direction as seen from the endpoint (the pod).
 pub mod dir {
@@ -88,6 +88,11 @@ pub mod ep_info {
 pub mod policy_flags {
     /// The entry names a port or port block (not every port).
     pub const PORT: u32 = 1 << 0;
+    /// The entry's answer is drop: ClusterNetworkPolicy tiers compiled a
+    /// Deny (or a NetworkPolicy isolation beneath a Pass) into it. The
+    /// compiler folds every tier into each entry, so the first entry the
+    /// lookup finds is final, allow or deny.
+    pub const DENY: u32 = 1 << 1;
 }
 
 /// The overlay's encapsulation ports: VXLAN as Linux and Flannel use it
@@ -583,6 +588,10 @@ pub mod reason {
     /// A new flow of an endpoint that already holds its conntrack budget
     /// in that direction ([`crate::Config::ct_limit`]): not tracked.
     pub const CT_BUDGET: u8 = 9;
+    /// Dropped by a policy entry carrying [`crate::policy_flags::DENY`]:
+    /// a ClusterNetworkPolicy Deny, or (entry rule 0) NetworkPolicy
+    /// isolation that a tier passed the connection to.
+    pub const TIER_DENY: u8 = 10;
 }
 
 /// One verdict, sent to user space through [`maps::EVENTS`].

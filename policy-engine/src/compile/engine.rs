@@ -6,8 +6,8 @@
 //! the previous state and a full compile of the new snapshot with the same
 //! allocator (property-tested). Changes it does not handle incrementally —
 //! host addresses, policies with ipBlocks, pods while named ports resolve
-//! behind ipBlock peers — fall back to a full compile and a diff, which is
-//! always correct, only slower.
+//! behind ipBlock peers, anything while ClusterNetworkPolicies exist — fall
+//! back to a full compile and a diff, which is always correct, only slower.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -49,6 +49,10 @@ pub struct Engine {
     /// (`service_flags::POLICY_DIR`; see `compile::services`).
     at_sender: BTreeSet<PolicyEntry>,
     compiled_once: bool,
+    /// ClusterNetworkPolicies exist: their tiers fold every policy into
+    /// each entry of the endpoints they select, so every change compiles
+    /// fully.
+    tiered: bool,
 }
 
 /// Old values of every key a change touched, to emit exactly `diff`'s ops.
@@ -284,7 +288,22 @@ impl Engine {
             .copied()
             .collect();
         self.compiled_once = true;
+        self.tiered = !snapshot.cluster_policies.is_empty();
         ops
+    }
+
+    /// A ClusterNetworkPolicy was added, changed or removed in `snapshot`.
+    pub fn cluster_policy_changed(&mut self, snapshot: &Snapshot) -> Vec<MapOp> {
+        self.fallback(snapshot)
+    }
+
+    /// A Node (labels, addresses) changed in `snapshot`: only
+    /// ClusterNetworkPolicy `nodes` peers read them.
+    pub fn node_changed(&mut self, snapshot: &Snapshot) -> Vec<MapOp> {
+        if self.compiled_once && !self.tiered {
+            return Vec::new();
+        }
+        self.fallback(snapshot)
     }
 
     fn fallback(&mut self, snapshot: &Snapshot) -> Vec<MapOp> {
@@ -460,7 +479,11 @@ impl Engine {
     /// `pod` was added, changed (labels, IPs, ports) or removed in
     /// `snapshot`. Returns the map operations.
     pub fn pod_changed(&mut self, snapshot: &Snapshot, pod: &PodRef) -> Vec<MapOp> {
-        if !self.compiled_once || self.named_ipblocks || self.index.has_host_prefixes() {
+        if self.tiered
+            || !self.compiled_once
+            || self.named_ipblocks
+            || self.index.has_host_prefixes()
+        {
             return self.fallback(snapshot);
         }
         let mut j = Journal::default();
@@ -573,7 +596,7 @@ impl Engine {
         snapshot: &Snapshot,
         endpoints: &BTreeMap<PodRef, u32>,
     ) -> Vec<MapOp> {
-        if !self.compiled_once {
+        if self.tiered || !self.compiled_once {
             return self.update(snapshot, endpoints);
         }
         let changed: BTreeSet<PodRef> = self
@@ -680,7 +703,8 @@ impl Engine {
     /// Policy `policy` was added, changed or removed in `snapshot`.
     pub fn policy_changed(&mut self, snapshot: &Snapshot, policy: &PolicyRef) -> Vec<MapOp> {
         let now_ipblock = snapshot.policies.get(policy).is_some_and(has_ipblock);
-        if !self.compiled_once || now_ipblock || self.with_ipblocks.contains(policy) {
+        if self.tiered || !self.compiled_once || now_ipblock || self.with_ipblocks.contains(policy)
+        {
             return self.fallback(snapshot);
         }
         match snapshot.policies.get(policy) {
@@ -694,7 +718,7 @@ impl Engine {
 
     /// Namespace `name` was added, relabelled or removed in `snapshot`.
     pub fn namespace_changed(&mut self, snapshot: &Snapshot, name: &str) -> Vec<MapOp> {
-        if !self.compiled_once {
+        if self.tiered || !self.compiled_once {
             return self.fallback(snapshot);
         }
         let _ = name;

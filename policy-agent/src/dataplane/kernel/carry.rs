@@ -29,8 +29,10 @@ use super::{kernel_error, DataplaneError, PinPaths};
 /// (the pod's MAC in the endpoint entry) and layout 6 (each endpoint's
 /// conntrack budget: its count and the limit in the configuration) left
 /// the entries as they were; carried entries are counted against their
-/// endpoint's budget from the first recount on.
-pub const CONNTRACK_LAYOUTS: &[u32] = &[1, 2, 3, 4, 5, 6];
+/// endpoint's budget from the first recount on. Layout 7 (a deny flag in
+/// policy entries, for ClusterNetworkPolicy tiers) left them as they were
+/// too.
+pub const CONNTRACK_LAYOUTS: &[u32] = &[1, 2, 3, 4, 5, 6, 7];
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
