@@ -304,6 +304,7 @@ pub fn reason_text(code: u8) -> &'static str {
         reason::SPOOFED => "spoofed source",
         reason::CT_BUDGET => "conntrack budget",
         reason::AUDIT_NO_RULE => "audit: no rule",
+        reason::TIER_DENY => "tier deny",
         _ => "unknown",
     }
 }

@@ -710,6 +710,12 @@ impl<D: Dataplane> Agent<D> {
                     CompileError::OverBudget { policy, .. } => {
                         tracing::error!(%policy, error = %text, "policy over budget: the pods it selects are isolated and it allows nothing; every other policy is enforced")
                     }
+                    CompileError::InvalidClusterPolicy { name, .. } => {
+                        tracing::error!(cluster_network_policy = %name, error = %text, "invalid ClusterNetworkPolicy: it denies its subject's traffic in the directions it has rules for")
+                    }
+                    CompileError::ClusterPolicyOverBudget { name, .. } => {
+                        tracing::error!(cluster_network_policy = %name, error = %text, "ClusterNetworkPolicy prefixes over budget: every pod a ClusterNetworkPolicy selects is isolated and allows nothing")
+                    }
                 }
             }
             now.insert(text);

@@ -113,6 +113,11 @@ pub mod ep_info {
 pub mod policy_flags {
     /// The entry names a port or port block (not every port).
     pub const PORT: u32 = 1 << 0;
+    /// The entry's answer is drop: ClusterNetworkPolicy tiers compiled a
+    /// Deny (or a NetworkPolicy isolation beneath a Pass) into it. The
+    /// compiler folds every tier into each entry, so the first entry the
+    /// lookup finds is final, allow or deny.
+    pub const DENY: u32 = 1 << 1;
 }
 
 /// The overlay's encapsulation ports: VXLAN as Linux and Flannel use it
@@ -614,6 +619,10 @@ pub mod reason {
     /// With [`crate::verdict::WOULD_DROP`]: no as-enforced entry allows
     /// the new flow (an audited policy isolates the endpoint).
     pub const AUDIT_NO_RULE: u8 = 12;
+    /// Dropped by a policy entry carrying [`crate::policy_flags::DENY`]:
+    /// a ClusterNetworkPolicy Deny, or (entry rule 0) NetworkPolicy
+    /// isolation that a tier passed the connection to.
+    pub const TIER_DENY: u8 = 10;
 }
 
 /// One verdict, sent to user space through [`maps::EVENTS`].

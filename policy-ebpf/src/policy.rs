@@ -8,7 +8,9 @@
 //!    that merely carries a node address (a NodePort client masqueraded by
 //!    kube-proxy) gets no exemption and is judged like any other peer.
 //! 4. For each peer identity in [ipcache, CIDR LPM, `ANY`] (those found),
-//!    one POLICY LPM lookup with the full key; a hit allows.
+//!    one POLICY LPM lookup with the full key; the first hit decides: it
+//!    allows, unless its value carries `policy_flags::DENY` (the compiler
+//!    folded a ClusterNetworkPolicy tier's drop into it: `TIER_DENY`).
 //! 5. Otherwise drop (`NO_RULE`).
 //!
 //! After an allow (steps 2 to 4): when a policy in audit mode isolates the
@@ -58,6 +60,17 @@ impl Verdict {
             allow: false,
             reason: reason::NO_RULE,
             audit: false,
+        }
+    }
+
+    /// The answer of the first policy entry found: allow, or drop when the
+    /// compiler marked it `DENY`.
+    #[inline(always)]
+    fn entry(&mut self, flags: u32, peer_identity: u32, rule: u32) {
+        if flags & policy_flags::DENY != 0 {
+            self.set(false, reason::TIER_DENY, peer_identity, rule);
+        } else {
+            self.set(true, reason::POLICY_ALLOW, peer_identity, rule);
         }
     }
 
@@ -172,7 +185,7 @@ pub fn judge(q: &Query, out: &mut Verdict) {
             key.data.identity = id.to_be_bytes();
             if let Some(v) = POLICY.get(&key) {
                 if v.flags & policy_flags::PORT != 0 {
-                    return out.set(true, reason::POLICY_ALLOW, id, v.rule);
+                    return out.entry(v.flags, id, v.rule);
                 }
             }
         }
@@ -181,18 +194,18 @@ pub fn judge(q: &Query, out: &mut Verdict) {
     if let Some(id) = ipc {
         key.data.identity = id.to_be_bytes();
         if let Some(v) = POLICY.get(&key) {
-            return out.set(true, reason::POLICY_ALLOW, id, v.rule);
+            return out.entry(v.flags, id, v.rule);
         }
     }
     if let Some(id) = cidr {
         key.data.identity = id.to_be_bytes();
         if let Some(v) = POLICY.get(&key) {
-            return out.set(true, reason::POLICY_ALLOW, id, v.rule);
+            return out.entry(v.flags, id, v.rule);
         }
     }
     key.data.identity = identity::ANY.to_be_bytes();
     if let Some(v) = POLICY.get(&key) {
-        return out.set(true, reason::POLICY_ALLOW, peer_identity, v.rule);
+        return out.entry(v.flags, peer_identity, v.rule);
     }
     out.set(false, reason::NO_RULE, peer_identity, 0)
 }

@@ -27,6 +27,7 @@ mod engine;
 pub mod identity;
 pub mod ports;
 pub mod services;
+pub mod tiers;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -57,6 +58,26 @@ pub enum CompileError {
         /// What is wrong.
         message: String,
     },
+    /// A ClusterNetworkPolicy is invalid: it denies its subject's traffic
+    /// in the directions it has rules for.
+    #[error("ClusterNetworkPolicy {name}: {field}: {message}")]
+    InvalidClusterPolicy {
+        /// The policy's name.
+        name: String,
+        /// Path of the offending field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The prefixes of ClusterNetworkPolicies did not fit the CIDR map:
+    /// every endpoint they select is isolated and allows nothing.
+    #[error("ClusterNetworkPolicy prefixes ({name}): over budget, every endpoint a ClusterNetworkPolicy selects fails closed: {message}")]
+    ClusterPolicyOverBudget {
+        /// The policy's name (empty: the host prefixes of pods).
+        name: String,
+        /// Which budget, and by how much.
+        message: String,
+    },
     /// A policy is over its budget ([`Limits`]): like an invalid one, it
     /// isolates its pods but allows nothing.
     #[error("NetworkPolicy {policy}: over budget, fails closed (its pods are isolated and it allows nothing): {message}")]
@@ -74,9 +95,17 @@ impl CompileError {
         match self {
             CompileError::InvalidPolicy { policy, .. }
             | CompileError::OverBudget { policy, .. } => policy,
+            CompileError::InvalidClusterPolicy { .. }
+            | CompileError::ClusterPolicyOverBudget { .. } => &NO_POLICY,
         }
     }
 }
+
+/// What [`CompileError::policy`] names for ClusterNetworkPolicy problems.
+static NO_POLICY: PolicyRef = PolicyRef {
+    namespace: String::new(),
+    name: String::new(),
+};
 
 /// Per-policy allow entries (and ipBlock address classes) a policy may
 /// produce by default: half the default policy map.
@@ -121,6 +150,8 @@ pub struct Compiled {
     /// the enforced state leaves out; see [`audit`]): the policies a
     /// would-drop is reported against.
     pub audit_isolation: BTreeMap<u32, [BTreeSet<PolicyRef>; 2]>,
+    /// `PolicyValue::rule` → which ClusterNetworkPolicy rule.
+    pub cnp_rules: BTreeMap<u32, tiers::TierRuleInfo>,
 }
 
 impl Compiled {
@@ -360,6 +391,7 @@ fn build(
     all.extend(view);
     out.state.policy = all.into_iter().collect();
     out.errors = policy_errors(snapshot, &ix, &contrib);
+    tiers::apply(snapshot, &ix, &local, alloc, &mut out);
     services::fill(snapshot, endpoints, &mut out.state);
     let at_sender = services::sender_entries(snapshot, &out.state);
     out.state.policy.extend(at_sender);
@@ -471,6 +503,9 @@ struct Index {
     claimants: BTreeMap<std::net::IpAddr, BTreeSet<PodRef>>,
     /// CIDR identities.
     cidrs: cidr_classes::CidrIndex,
+    /// Pod identities some pod of which has an address in a CIDR a policy
+    /// names, while ClusterNetworkPolicies exist (see `tiers`).
+    covered: BTreeSet<u32>,
     /// The budgets it was built with.
     limits: Limits,
 }
@@ -566,8 +601,24 @@ impl Index {
                 .flat_map(|rule| named_port_hosts(rule, &pod_by_ip))
                 .collect()
         };
-        let cidrs = cidr_classes::build(snapshot, &hosts, &pod_by_ip, limits, alloc, out);
+        let covering = tiers::covering_nets(snapshot);
+        let covered: BTreeSet<u32> = pods
+            .values()
+            .filter(|(_, ips)| {
+                ips.iter()
+                    .any(|ip| covering.iter().any(|n: &IpNet| n.contains(ip)))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let covered_ips: Vec<std::net::IpAddr> = pods
+            .values()
+            .filter(|(id, _)| covered.contains(id))
+            .flat_map(|(_, ips)| ips.iter().copied())
+            .collect();
+        let extra = tiers::extra_blocks(snapshot, covered_ips);
+        let cidrs = cidr_classes::build(snapshot, &extra, &hosts, &pod_by_ip, limits, alloc, out);
         Index {
+            covered,
             by_ns,
             groups,
             members,

@@ -15,6 +15,10 @@
 //!    port of the protocol, or a port block covering the port.
 //! 5. Otherwise drop.
 //!
+//! The first entry found decides: one whose value carries
+//! `policy_flags::DENY` drops (ClusterNetworkPolicy tiers fold their
+//! final answer into every entry, see `compile::tiers`).
+//!
 //! Before step 2: a pod's UDP to the overlay's encapsulation port of an
 //! address that is no pod's ([`is_tunnel`]) is allowed only by an entry of
 //! the peer's CIDR identity that names the port, isolated or not.
@@ -43,6 +47,9 @@ pub enum Reason {
     PolicyAllow,
     /// Isolated, and no entry allows it (dropped).
     NoRule,
+    /// The first matching entry carries `policy_flags::DENY` (dropped):
+    /// a ClusterNetworkPolicy tier decided so.
+    TierDeny,
 }
 
 impl Reason {
@@ -54,6 +61,7 @@ impl Reason {
             Reason::Host => "host",
             Reason::PolicyAllow => "policy",
             Reason::NoRule => "no-rule",
+            Reason::TierDeny => "tier-deny",
         }
     }
 }
@@ -243,10 +251,9 @@ fn entry_match(
             identity,
             ports,
         };
-        let mut candidates = vec![
-            key(PortMatch::AnyProtocol),
-            key(PortMatch::AnyPort { proto }),
-        ];
+        // Most specific first, as the datapath's longest-prefix match
+        // (it matters once entries can deny).
+        let mut candidates = Vec::with_capacity(19);
         // Without a port only the block of every port (prefix 0, which
         // the datapath's key cannot tell from "any port") can match.
         let (blocks, dport) = match dport {
@@ -267,19 +274,31 @@ fn entry_match(
                 prefix_len,
             }));
         }
+        candidates.push(key(PortMatch::AnyPort { proto }));
+        candidates.push(key(PortMatch::AnyProtocol));
         for e in candidates {
             if let Some(v) = state.policy.get(&e) {
-                return Some(Verdict {
-                    allowed: true,
-                    reason: Reason::PolicyAllow,
-                    rule: Some(v.rule),
-                    identity: Some(identity),
-                    entry: Some(e),
-                });
+                return Some(hit(e, *v, identity));
             }
         }
     }
     None
+}
+
+/// The verdict of the first entry found.
+fn hit(e: PolicyEntry, v: policy_common::PolicyValue, identity: u32) -> Verdict {
+    let denied = v.flags & policy_common::policy_flags::DENY != 0;
+    Verdict {
+        allowed: !denied,
+        reason: if denied {
+            Reason::TierDeny
+        } else {
+            Reason::PolicyAllow
+        },
+        rule: Some(v.rule),
+        identity: Some(identity),
+        entry: Some(e),
+    }
 }
 
 /// Whether a packet is a pod's UDP to the overlay's encapsulation port of
@@ -324,13 +343,7 @@ fn judge_tunnel(
             },
         };
         if let Some(v) = state.policy.get(&e) {
-            return Verdict {
-                allowed: true,
-                reason: Reason::PolicyAllow,
-                rule: Some(v.rule),
-                identity: Some(identity),
-                entry: Some(e),
-            };
+            return hit(e, *v, identity);
         }
     }
     Verdict::plain(false, Reason::NoRule)

@@ -19,10 +19,12 @@ use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::model::cluster_policy::ClusterNetworkPolicy;
 use crate::model::{ModelError, PolicyRef, Snapshot};
 use text::{format_path, parse_path, Document, Segment};
 
@@ -472,6 +474,28 @@ impl Loader {
                     Err(e) => self.model_error(e, &object, &src),
                 }
             }
+            "ClusterNetworkPolicy" => {
+                let object = format!("ClusterNetworkPolicy {name}");
+                let Some(cnp) = self.typed::<ClusterNetworkPolicy>(v, &object, &src) else {
+                    return;
+                };
+                let name = self.loaded.snapshot.upsert_cluster_policy(&cnp);
+                let object = format!("ClusterNetworkPolicy {name}");
+                self.loaded.invalid_policies.retain(|d| d.object != object);
+                let issues = self.loaded.snapshot.cluster_policies[&name].issues.clone();
+                for issue in issues {
+                    let d = src.diagnostic(&object, &issue.field, issue.message);
+                    self.loaded.invalid_policies.push(d);
+                }
+                self.record(object, start, &src);
+            }
+            "Node" => self.plain(
+                v,
+                &format!("Node {name}"),
+                &src,
+                |_: &Node| Vec::new(),
+                |s, node| s.upsert_node(node).map(|n| format!("Node {n}")),
+            ),
             k if k == "List" || k.ends_with("List") => {
                 let Some(Value::Array(items)) = v.get("items") else {
                     return;
@@ -487,7 +511,7 @@ impl Loader {
             "" => self.warn(&start, "skipped a document without kind".into()),
             other => self.warn(
                 &start,
-                format!("skipped {other} {namespace}/{name}: Palisade reads only Namespace, Pod, Service, Endpoints and NetworkPolicy"),
+                format!("skipped {other} {namespace}/{name}: Palisade reads only Namespace, Pod, Node, Service, Endpoints, NetworkPolicy and ClusterNetworkPolicy"),
             ),
         }
     }

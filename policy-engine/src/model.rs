@@ -7,6 +7,7 @@
 //! about them reaches the compiler.
 
 pub mod addr;
+pub mod cluster_policy;
 pub mod policy;
 pub mod selector;
 pub mod service;
@@ -390,6 +391,11 @@ pub struct Snapshot {
     pub service_endpoints: BTreeMap<ServiceRef, Vec<service::EndpointSubset>>,
     /// Each Service's EndpointSlices by name, when the source reads slices.
     pub endpoint_slices: BTreeMap<ServiceRef, slices::Slices>,
+    /// ClusterNetworkPolicies by name, parsed.
+    pub cluster_policies: BTreeMap<String, cluster_policy::ClusterPolicy>,
+    /// Nodes by name (labels and addresses, for ClusterNetworkPolicy
+    /// `nodes` peers).
+    pub nodes: BTreeMap<String, cluster_policy::NodeInfo>,
 }
 
 impl Snapshot {
@@ -399,6 +405,40 @@ impl Snapshot {
         for p in self.policies.values_mut() {
             p.audit = false;
         }
+    }
+
+    /// Inserts or replaces a ClusterNetworkPolicy (kept even when invalid:
+    /// it fails closed); returns its name.
+    pub fn upsert_cluster_policy(&mut self, cnp: &cluster_policy::ClusterNetworkPolicy) -> String {
+        let policy = cluster_policy::ClusterPolicy::from_object(cnp);
+        let name = policy.name().to_string();
+        self.cluster_policies.insert(name.clone(), policy);
+        name
+    }
+
+    /// Inserts or replaces a Node (labels and `status.addresses` that
+    /// parse as IP addresses); returns its name.
+    pub fn upsert_node(
+        &mut self,
+        node: &k8s_openapi::api::core::v1::Node,
+    ) -> Result<String, ModelError> {
+        let name = node.metadata.name.clone().ok_or(ModelError::MissingName {
+            kind: "Node",
+            field: "metadata.name",
+        })?;
+        let addrs = node
+            .status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
+        let info = cluster_policy::NodeInfo {
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            addrs,
+        };
+        self.nodes.insert(name.clone(), info);
+        Ok(name)
     }
 
     /// Inserts or replaces a namespace; returns its name.

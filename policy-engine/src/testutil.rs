@@ -12,6 +12,7 @@ use crate::compile::{self, Allocator, Compiled};
 use crate::model::{ContainerPort, PodInfo, PodRef, Protocol, Snapshot};
 use crate::tools::probe::{self, End};
 
+pub mod cnp_conformance;
 pub mod conformance;
 pub mod reference;
 
@@ -91,6 +92,29 @@ impl ClusterBuilder {
             ..PodInfo::default()
         };
         self.snapshot.insert_pod(pod.parse().unwrap(), info);
+        self
+    }
+
+    /// Adds a ClusterNetworkPolicy written in YAML (`metadata`, `spec`).
+    pub fn cnp(mut self, yaml: &str) -> Self {
+        let obj: crate::model::cluster_policy::ClusterNetworkPolicy =
+            serde_norway::from_str(yaml).expect("ClusterNetworkPolicy YAML");
+        self.snapshot.upsert_cluster_policy(&obj);
+        self
+    }
+
+    /// Adds a Node with labels and addresses.
+    pub fn node(mut self, name: &str, labels: &[(&str, &str)], addrs: &[&str]) -> Self {
+        self.snapshot.nodes.insert(
+            name.into(),
+            crate::model::cluster_policy::NodeInfo {
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            },
+        );
         self
     }
 

@@ -58,7 +58,13 @@ fn shared_scenarios() {
 fn examples_in_repo() {
     let dir = crate_dir().join("../examples");
     let mut total = 0;
-    for name in ["service-abc", "apod", "db-backup", "dns-egress"] {
+    for name in [
+        "service-abc",
+        "apod",
+        "db-backup",
+        "dns-egress",
+        "protect-kube-system",
+    ] {
         let d = dir.join(name);
         total += check_scenario(&d.join("cluster.yaml"), &d.join("probes.jsonl"));
     }

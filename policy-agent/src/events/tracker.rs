@@ -109,6 +109,11 @@ impl Tracker {
                         self.node
                     ),
                 ),
+                // Never about a NetworkPolicy (they name no namespace).
+                Some(
+                    CompileError::InvalidClusterPolicy { .. }
+                    | CompileError::ClusterPolicyOverBudget { .. },
+                ) => continue,
                 None if origin.listed => {
                     self.reported
                         .insert(policy, (origin.uid, origin.generation));

@@ -108,6 +108,20 @@ struct PolicyBlocks<'a> {
     nets: BTreeSet<IpNet>,
 }
 
+/// Prefixes that are not NetworkPolicy ipBlocks: ClusterNetworkPolicy
+/// `networks` and `nodes` peers (one group per rule, under a reference no
+/// NetworkPolicy has: an empty namespace, see `compile::tiers`), and host
+/// prefixes of pod addresses those policies need resolved per pod.
+#[derive(Clone, Debug)]
+pub(super) struct ExtraBlocks {
+    /// Reference of the owner (admission and budget are per owner).
+    pub pref: PolicyRef,
+    /// Per rule, the blocks it covers.
+    pub rules: Vec<(RuleRef, Vec<IpBlock>)>,
+    /// Host prefixes to add.
+    pub hosts: Vec<IpNet>,
+}
+
 /// Admission order of policies: oldest first, then by name.
 fn order_key<'a>(pref: &'a PolicyRef, p: &'a Policy) -> impl Ord + 'a {
     let created = p.object.metadata.creation_timestamp.as_ref().map(|t| t.0);
@@ -119,6 +133,7 @@ fn order_key<'a>(pref: &'a PolicyRef, p: &'a Policy) -> impl Ord + 'a {
 /// gives per policy), and indexes their ipBlock rules.
 pub(super) fn build(
     snapshot: &Snapshot,
+    extra: &[ExtraBlocks],
     hosts: &dyn Fn(&Policy) -> Vec<IpNet>,
     pod_by_ip: &BTreeMap<IpAddr, (&PodRef, &PodInfo)>,
     limits: &Limits,
@@ -160,6 +175,26 @@ pub(super) fn build(
         nets.extend(hosts(policy));
         if !nets.is_empty() {
             all.push(PolicyBlocks { pref, groups, nets });
+        }
+    }
+    // After every NetworkPolicy: they keep the room they had without
+    // ClusterNetworkPolicies.
+    for x in extra {
+        let mut groups = Vec::new();
+        let mut nets: BTreeSet<IpNet> = x.hosts.iter().copied().collect();
+        for (rref, blocks) in &x.rules {
+            nets.extend(blocks.iter().map(|b| b.cidr));
+            groups.push(Group {
+                first: Arc::new(rref.clone()),
+                blocks: blocks.iter().collect(),
+            });
+        }
+        if !nets.is_empty() {
+            all.push(PolicyBlocks {
+                pref: &x.pref,
+                groups,
+                nets,
+            });
         }
     }
     let mut excluded = BTreeMap::new();

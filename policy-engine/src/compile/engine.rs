@@ -6,8 +6,8 @@
 //! the previous state and a full compile of the new snapshot with the same
 //! allocator (property-tested). Changes it does not handle incrementally —
 //! host addresses, policies with ipBlocks, pods while named ports resolve
-//! behind ipBlock peers — fall back to a full compile and a diff, which is
-//! always correct, only slower.
+//! behind ipBlock peers, anything while ClusterNetworkPolicies exist — fall
+//! back to a full compile and a diff, which is always correct, only slower.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -50,6 +50,10 @@ pub struct Engine {
     /// (`service_flags::POLICY_DIR`; see `compile::services`).
     at_sender: BTreeSet<PolicyEntry>,
     compiled_once: bool,
+    /// ClusterNetworkPolicies exist: their tiers fold every policy into
+    /// each entry of the endpoints they select, so every change compiles
+    /// fully.
+    tiered: bool,
 }
 
 /// Old values of every key a change touched, to emit exactly `diff`'s ops.
@@ -269,7 +273,22 @@ impl Engine {
             .copied()
             .collect();
         self.compiled_once = true;
+        self.tiered = !snapshot.cluster_policies.is_empty();
         ops
+    }
+
+    /// A ClusterNetworkPolicy was added, changed or removed in `snapshot`.
+    pub fn cluster_policy_changed(&mut self, snapshot: &Snapshot) -> Vec<MapOp> {
+        self.fallback(snapshot)
+    }
+
+    /// A Node (labels, addresses) changed in `snapshot`: only
+    /// ClusterNetworkPolicy `nodes` peers read them.
+    pub fn node_changed(&mut self, snapshot: &Snapshot) -> Vec<MapOp> {
+        if self.compiled_once && !self.tiered {
+            return Vec::new();
+        }
+        self.fallback(snapshot)
     }
 
     fn fallback(&mut self, snapshot: &Snapshot) -> Vec<MapOp> {
@@ -433,7 +452,8 @@ impl Engine {
     /// `pod` was added, changed (labels, IPs, ports) or removed in
     /// `snapshot`. Returns the map operations.
     pub fn pod_changed(&mut self, snapshot: &Snapshot, pod: &PodRef) -> Vec<MapOp> {
-        if !self.compiled_once
+        if self.tiered
+            || !self.compiled_once
             || self.audited
             || self.named_ipblocks
             || self.index.has_host_prefixes()
@@ -550,7 +570,7 @@ impl Engine {
         snapshot: &Snapshot,
         endpoints: &BTreeMap<PodRef, u32>,
     ) -> Vec<MapOp> {
-        if !self.compiled_once || self.audited {
+        if self.tiered || !self.compiled_once || self.audited {
             return self.update(snapshot, endpoints);
         }
         let changed: BTreeSet<PodRef> = self
@@ -658,7 +678,8 @@ impl Engine {
     pub fn policy_changed(&mut self, snapshot: &Snapshot, policy: &PolicyRef) -> Vec<MapOp> {
         let now_ipblock = snapshot.policies.get(policy).is_some_and(has_ipblock);
         let now_audited = snapshot.policies.get(policy).is_some_and(|p| p.audit);
-        if !self.compiled_once
+        if self.tiered
+            || !self.compiled_once
             || self.audited
             || now_audited
             || now_ipblock
@@ -677,7 +698,7 @@ impl Engine {
 
     /// Namespace `name` was added, relabelled or removed in `snapshot`.
     pub fn namespace_changed(&mut self, snapshot: &Snapshot, name: &str) -> Vec<MapOp> {
-        if !self.compiled_once || self.audited {
+        if self.tiered || !self.compiled_once || self.audited {
             return self.fallback(snapshot);
         }
         let _ = name;

@@ -291,3 +291,47 @@ fn objects_without_a_namespace_take_the_one_given() {
     assert_eq!(names(plain), ["default/p", "other/q"]);
     std::fs::remove_dir_all(d).unwrap();
 }
+
+#[test]
+fn cluster_network_policies_and_nodes_are_read_and_invalid_ones_named() {
+    let text = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: n1, labels: {zone: a}}
+status: {addresses: [{type: InternalIP, address: 192.0.2.10}, {type: Hostname, address: n1}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: ok}
+spec:
+  tier: Baseline
+  priority: 10
+  subject: {namespaces: {}}
+  ingress: [{action: Deny, from: [{namespaces: {}}]}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: broken}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {}}
+  egress:
+  - action: Deny
+    to: [{networks: [10.0.0.0/8]}]
+    protocols: [{udp: {destinationPort: {range: {start: 9, end: 9}}}}]
+"#;
+    let l = load(text, "cnp.yaml").unwrap();
+    assert_eq!(
+        l.snapshot.nodes["n1"].addrs,
+        vec!["192.0.2.10".parse::<IpAddr>().unwrap()]
+    );
+    assert!(l.snapshot.cluster_policies["ok"].is_valid());
+    // Kept (it fails closed) and reported by name, field and line.
+    assert!(!l.snapshot.cluster_policies["broken"].is_valid());
+    let e = l.strict().unwrap_err().to_string();
+    assert!(
+        e.contains("cnp.yaml:26: ClusterNetworkPolicy broken: spec.egress[0].protocols[0].udp.destinationPort.range"),
+        "{e}"
+    );
+}

@@ -391,6 +391,66 @@ struct Side<'a> {
 }
 
 impl Side<'_> {
+    /// The verdict told per tier, when a ClusterNetworkPolicy selects the
+    /// pod in this direction (`None` otherwise).
+    fn tiers(&self, v: &Verdict, info: &PodInfo, isolating: &[&PodRef]) -> Option<String> {
+        let s = &self.sim.snapshot;
+        let ns_labels = s
+            .namespaces
+            .get(&self.pod.namespace)
+            .map(|n| n.labels.clone())
+            .unwrap_or_else(|| crate::model::NamespaceInfo::implicit(&self.pod.namespace).labels);
+        let tiered = s.cluster_policies.values().any(|p| {
+            !p.fail_dirs().is_empty()
+                && p.subject
+                    .as_ref()
+                    .is_some_and(|sub| sub.matches(&ns_labels, &info.labels))
+                && p.object
+                    .spec
+                    .ingress
+                    .as_ref()
+                    .filter(|_| self.dir == Direction::Ingress)
+                    .or(p
+                        .object
+                        .spec
+                        .egress
+                        .as_ref()
+                        .filter(|_| self.dir == Direction::Egress))
+                    .is_some_and(|r| !r.is_empty())
+        });
+        if !tiered {
+            return None;
+        }
+        let rule = v.rule.unwrap_or(0);
+        if let Some(t) = self.sim.compiled.cnp_rules.get(&rule) {
+            return Some(match t.action {
+                crate::model::cluster_policy::Action::Pass => {
+                    format!("{t} → no NetworkPolicy isolates it → allowed by default.")
+                }
+                _ => format!("{t}."),
+            });
+        }
+        let np = if isolating.is_empty() {
+            "no NetworkPolicy isolates it".to_string()
+        } else {
+            let names: Vec<String> = isolating.iter().map(|r| r.to_string()).collect();
+            format!("isolated by NetworkPolicy {}", names.join(", "))
+        };
+        let head = "[Admin] Pass or no rule matches → [NetworkPolicy]";
+        Some(if !v.allowed {
+            format!(
+                "{head} {np}, no rule admits {} on {}/{}: dropped.",
+                self.peer_name(),
+                self.port,
+                self.proto
+            )
+        } else if let Some(r) = self.sim.compiled.rules.get(&rule) {
+            format!("{head} allowed by {r}.")
+        } else {
+            format!("{head} {np} → [Baseline] no rule matches → allowed by default.")
+        })
+    }
+
     /// The peer as it reads best: its address, else its pod.
     fn peer_name(&self) -> String {
         match (self.peer_ip, self.peer_pod) {
@@ -403,9 +463,9 @@ impl Side<'_> {
     fn describe(&self, v: Verdict, lines: &mut Vec<String>) {
         let s = &self.sim.snapshot;
         let title = format!("{} at {}", dir_title(self.dir), self.pod);
-        if !s.pods.contains_key(self.pod) {
+        let Some(info) = s.pods.get(self.pod) else {
             return;
-        }
+        };
         // The compiler's own list, as `flows` reports it for a drop.
         let isolating: Vec<&PodRef> = self
             .sim
@@ -413,6 +473,10 @@ impl Side<'_> {
             .get(self.pod)
             .map(|ep| self.sim.compiled.isolating(*ep, self.dir).collect())
             .unwrap_or_default();
+        if let Some(line) = self.tiers(&v, info, &isolating) {
+            lines.push(format!("{title}: {line}"));
+            return;
+        }
         match v.reason {
             Reason::NotIsolated => {
                 lines.push(format!(
@@ -713,6 +777,42 @@ mod tests {
         assert!(
             text.contains("the peer matches") && text.contains("81/TCP is not in"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn explains_per_tier() {
+        let b = crate::testutil::ClusterBuilder::new()
+            .ns("kube-system", &[])
+            .ns("x", &[])
+            .pod("kube-system/dns", &[("app", "dns")], &["10.0.0.9"])
+            .pod("x/a", &[], &["10.0.0.1"])
+            .pod("x/b", &[], &["10.0.0.2"])
+            .policy("metadata: {name: from-a, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{podSelector: {}}]}]\n")
+            .cnp("metadata: {name: protect-kube-system}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: kube-system}}}\n  ingress: [{name: deny-all, action: Deny, from: [{namespaces: {}}]}]\n")
+            .cnp("metadata: {name: pass-x}\nspec:\n  tier: Admin\n  priority: 2\n  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: x}}}\n  ingress: [{name: pass, action: Pass, from: [{namespaces: {}}]}]\n");
+        let s = Simulation::new(b.build());
+        let text = |from: &str, to: &str| {
+            explain(
+                &s,
+                &from.parse().unwrap(),
+                &to.parse().unwrap(),
+                Protocol::Tcp,
+                53,
+            )
+            .unwrap()
+            .lines
+            .join("\n")
+        };
+        let t = text("x/a", "kube-system/dns");
+        assert!(
+            t.contains("[Admin] Deny by cnp/protect-kube-system rule \"deny-all\""),
+            "{t}"
+        );
+        let t = text("x/a", "x/b");
+        assert!(
+            t.contains("[Admin] Pass or no rule matches → [NetworkPolicy] allowed by NetworkPolicy x/from-a spec.ingress[0]"),
+            "{t}"
         );
     }
 

@@ -8,6 +8,7 @@
 
 mod compiled;
 mod index;
+mod tiers;
 
 use std::io::Write;
 
@@ -62,9 +63,14 @@ pub struct Finding {
 }
 
 impl Finding {
-    /// `NetworkPolicy namespace/name`.
+    /// `NetworkPolicy namespace/name`, or `ClusterNetworkPolicy name` (a
+    /// reference without namespace).
     pub fn object(&self) -> String {
-        format!("NetworkPolicy {}", self.policy)
+        if self.policy.namespace.is_empty() {
+            format!("ClusterNetworkPolicy {}", self.policy.name)
+        } else {
+            format!("NetworkPolicy {}", self.policy)
+        }
     }
 }
 
@@ -238,6 +244,7 @@ pub fn lint(s: &Snapshot) -> Vec<Finding> {
     let compiled = compiled::LintCompile::new(s, &ix);
     out.extend(compiled.dns(s));
     out.extend(compiled.redundant(s));
+    out.extend(tiers::findings(s));
     out.sort_by(|a, b| {
         (
             std::cmp::Reverse(a.severity),

@@ -31,7 +31,8 @@ use super::{kernel_error, DataplaneError, PinPaths};
 /// the entries as they were; carried entries are counted against their
 /// endpoint's budget from the first recount on. Layout 7 (audit mode:
 /// endpoint flag bits, policy entries under pseudo-directions, a verdict
-/// code) left the conntrack entries as they were too.
+/// code; a deny flag in policy entries, for ClusterNetworkPolicy tiers)
+/// left the conntrack entries as they were too.
 pub const CONNTRACK_LAYOUTS: &[u32] = &[1, 2, 3, 4, 5, 6, 7];
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
