@@ -24,11 +24,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use testbed::controlplane::{bulk, kubelet, sync, ControlPlane, ControlPlaneOptions};
 use testbed::runtime::cluster::{RealCluster, RealClusterOptions};
 use testbed::runtime::containers::{self, cri_log_text};
-use testbed::runtime::images::ImageArchive;
+use testbed::runtime::images::{ImageArchive, AGNHOST_IMAGE};
 use testbed::runtime::node::RealNode;
 
 use super::figures::{
@@ -128,7 +129,22 @@ pub fn run(bin_dir: &Path, sizes: &Sizes) -> Result<ControlPlaneFigures> {
     );
     let cp = cluster.control_plane();
     kubelet::ensure_namespace(cp, "bench", &BTreeMap::new())?;
-    cluster.run_pod("bench", "sleep", &node, Duration::from_secs(120))?;
+    // An agnhost pod on the node (created through the played kubelet's
+    // helper only for its wait on the new namespace's ServiceAccount).
+    let sleep: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "sleep", "namespace": "bench"},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "pause",
+                "image": AGNHOST_IMAGE,
+                "imagePullPolicy": "Never",
+                "args": ["pause"],
+            }],
+        },
+    }))?;
+    kubelet::create_pod(cp, &sleep, &node)?;
+    cluster.wait_pod_ready("bench", "sleep", Duration::from_secs(120))?;
     // What the relabels turn on and off: `web` admits `client`.
     let policy: NetworkPolicy = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "web-from-client", "namespace": "bench"},
@@ -209,6 +225,10 @@ fn full_sync(cluster: &RealCluster, node: &str, old: &Agent, sizes: &Sizes) -> R
         .ok_or_else(|| anyhow!("no node {node}"))?;
     let (pid, cgroup_peak_mib) = container_process(real, &agent.id)?;
     let started = process_start(pid)?;
+    eprintln!(
+        "bench: the new agent (pid {pid}) started at {started}; its log's first lines:\n{}",
+        read().lines().take(12).collect::<Vec<_>>().join("\n")
+    );
     let ms = |from: jiff::Timestamp| synced.duration_since(from).as_secs_f64() * 1000.0;
     let (dataplane_ms, compile_ms, apply_ms) = sync_breakdown(&read(), started);
     Ok(Sync {
