@@ -44,6 +44,9 @@ use crate::e2e_upstream::{AGENT_DAEMONSET, NODE_IMAGE_NAME};
 const AGENT_CONTAINER: &str = "agent";
 /// The agent pods' labels.
 const AGENT_SELECTOR: &str = "app.kubernetes.io/name=palisade,app.kubernetes.io/component=agent";
+/// What the agent logs once its programs are loaded or taken over
+/// (`reused`, `ms`).
+const PROGRAMS_LOADED_LOG: &str = "programs loaded";
 /// The node the bulk pods are bound to (a Node object, no kubelet).
 const ABSENT_NODE: &str = "elsewhere";
 /// How long the restarted agent's pod may take to start its container.
@@ -225,10 +228,11 @@ fn full_sync(cluster: &RealCluster, node: &str, old: &Agent, sizes: &Sizes) -> R
         .ok_or_else(|| anyhow!("no node {node}"))?;
     let (pid, cgroup_peak_mib) = container_process(real, &agent.id)?;
     let started = process_start(pid)?;
-    eprintln!(
-        "bench: the new agent (pid {pid}) started at {started}; its log's first lines:\n{}",
-        read().lines().take(12).collect::<Vec<_>>().join("\n")
-    );
+    // Whether it took the pinned programs over or loaded them again.
+    let text = read();
+    if let Some(line) = text.lines().find(|l| l.contains(PROGRAMS_LOADED_LOG)) {
+        eprintln!("bench: the new agent: {}", sync::strip_ansi(line));
+    }
     let ms = |from: jiff::Timestamp| synced.duration_since(from).as_secs_f64() * 1000.0;
     let (dataplane_ms, compile_ms, apply_ms) = sync_breakdown(&read(), started);
     Ok(Sync {
