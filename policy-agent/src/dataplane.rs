@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use policy_common::Addr;
+use policy_common::{Addr, CtCount};
 use policy_engine::capacity::Capacity;
 use policy_engine::state::MapState;
 
@@ -50,6 +50,11 @@ pub struct ConntrackUsage {
     /// New flows of the pod dropped because it held its budget.
     pub refused_egress: u64,
 }
+
+/// A walk of the conntrack map that holds its own handle on the map, so
+/// it runs without the dataplane (outside the agent's lock): each
+/// endpoint's live entries, by endpoint id.
+pub type ConntrackWalk = Box<dyn FnOnce() -> BTreeMap<u32, CtCount> + Send>;
 
 /// What the agent needs from a dataplane.
 pub trait Dataplane: Send {
@@ -114,9 +119,20 @@ pub trait Dataplane: Send {
         BTreeMap::new()
     }
 
-    /// Corrects the endpoints' conntrack counts from the conntrack map
-    /// (entries evicted or expired untouched); called now and then.
-    fn recount_conntrack(&mut self) -> Result<(), DataplaneError> {
+    /// The walk of a recount of the conntrack map (entries evicted or
+    /// expired untouched are still counted until one), to run outside the
+    /// agent's lock: on a full map it takes long, and nothing else of the
+    /// agent needs to wait for it. `None`: nothing to recount. What it
+    /// finds goes to [`correct_conntrack`](Self::correct_conntrack).
+    fn conntrack_walk(&mut self) -> Option<ConntrackWalk> {
+        None
+    }
+
+    /// Writes what the last [`conntrack_walk`](Self::conntrack_walk)
+    /// found as the endpoints' counts, except for endpoints forgotten
+    /// since it began (their ids may be another pod's by now).
+    fn correct_conntrack(&mut self, live: &BTreeMap<u32, CtCount>) -> Result<(), DataplaneError> {
+        let _ = live;
         Ok(())
     }
 
@@ -138,8 +154,23 @@ pub trait Dataplane: Send {
 /// In-memory dataplane: remembers what it was told.
 pub mod fake {
     use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
 
-    use super::{Addr, Capacity, ConntrackUsage, Dataplane, DataplaneError, MapState};
+    use policy_common::CtCount;
+
+    use super::{
+        Addr, Capacity, ConntrackUsage, ConntrackWalk, Dataplane, DataplaneError, MapState,
+    };
+
+    /// What [`Dataplane::conntrack_walk`] runs in a [`FakeDataplane`].
+    #[derive(Clone)]
+    pub struct WalkHook(pub Arc<dyn Fn() -> BTreeMap<u32, CtCount> + Send + Sync>);
+
+    impl std::fmt::Debug for WalkHook {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("WalkHook")
+        }
+    }
 
     /// Records attachments and the last applied state.
     #[derive(Debug, Default)]
@@ -163,6 +194,10 @@ pub mod fake {
         pub vanished: BTreeSet<String>,
         /// What [`Dataplane::conntrack_usage`] reports.
         pub conntrack: BTreeMap<u32, ConntrackUsage>,
+        /// What [`Dataplane::conntrack_walk`] runs (none: no walk).
+        pub walk: Option<WalkHook>,
+        /// Every [`Dataplane::correct_conntrack`] call's counts, in order.
+        pub corrected: Vec<BTreeMap<u32, CtCount>>,
     }
 
     impl Dataplane for FakeDataplane {
@@ -210,6 +245,19 @@ pub mod fake {
 
         fn interface_exists(&self, ifname: &str) -> bool {
             !self.vanished.contains(ifname)
+        }
+
+        fn conntrack_walk(&mut self) -> Option<ConntrackWalk> {
+            let hook = self.walk.clone()?;
+            Some(Box::new(move || (hook.0)()))
+        }
+
+        fn correct_conntrack(
+            &mut self,
+            live: &BTreeMap<u32, CtCount>,
+        ) -> Result<(), DataplaneError> {
+            self.corrected.push(live.clone());
+            Ok(())
         }
     }
 }

@@ -20,7 +20,9 @@ pub type SharedAgent<D> = Arc<Mutex<Agent<D>>>;
 pub const VIEW_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the endpoints' conntrack counts are corrected from the
-/// conntrack map ([`Dataplane::recount_conntrack`]), by the publisher.
+/// conntrack map, by the publisher: the walk ([`Dataplane::conntrack_walk`])
+/// outside the agent's lock, then the lock only to write the counts
+/// ([`Dataplane::correct_conntrack`]).
 pub const RECOUNT_CONNTRACK_EVERY: u32 = 10;
 
 /// What the agent's HTTP endpoint reports, as of the last publication.
@@ -133,6 +135,23 @@ pub fn view_channel() -> (watch::Sender<Arc<AgentView>>, ViewRx) {
     watch::channel(Arc::new(AgentView::default()))
 }
 
+/// Corrects the conntrack counts: the map walked on a blocking thread
+/// with the agent's lock free (CNI ADDs and applies go on meanwhile), the
+/// lock taken again only to write what the walk found.
+async fn recount_conntrack<D: Dataplane + 'static>(agent: &SharedAgent<D>) {
+    let Some(walk) = agent.lock().await.dataplane_mut().conntrack_walk() else {
+        return;
+    };
+    match tokio::task::spawn_blocking(walk).await {
+        Ok(live) => {
+            if let Err(e) = agent.lock().await.dataplane_mut().correct_conntrack(&live) {
+                tracing::warn!(error = %e, "conntrack counts not corrected");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "the conntrack walk failed"),
+    }
+}
+
 /// Publishes the agent's view now and then every [`VIEW_EVERY`] until
 /// the task is aborted or nobody reads it any more.
 pub fn spawn_publisher<D: Dataplane + 'static>(
@@ -142,13 +161,11 @@ pub fn spawn_publisher<D: Dataplane + 'static>(
     tokio::spawn(async move {
         let mut round: u32 = 0;
         loop {
-            let mut guard = agent.lock().await;
             if round.is_multiple_of(RECOUNT_CONNTRACK_EVERY) {
-                if let Err(e) = guard.dataplane_mut().recount_conntrack() {
-                    tracing::warn!(error = %e, "conntrack counts not corrected");
-                }
+                recount_conntrack(&agent).await;
             }
             round = round.wrapping_add(1);
+            let guard = agent.lock().await;
             let view = AgentView::of(&*guard);
             drop(guard);
             if tx.send(Arc::new(view)).is_err() {
@@ -157,4 +174,68 @@ pub fn spawn_publisher<D: Dataplane + 'static>(
             tokio::time::sleep(VIEW_EVERY).await;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use policy_common::CtCount;
+
+    use super::*;
+    use crate::dataplane::fake::{FakeDataplane, WalkHook};
+
+    /// The recount's walk of the conntrack map (long on a full map) runs
+    /// with the agent's lock free; only the correction takes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_conntrack_walk_runs_outside_the_agents_lock() {
+        let (walking_tx, walking_rx) = mpsc::channel::<()>();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let go_rx = std::sync::Mutex::new(go_rx);
+        let live = BTreeMap::from([(
+            7_u32,
+            CtCount {
+                ingress: 3,
+                egress: 1,
+            },
+        )]);
+        let found = live.clone();
+        let dataplane = FakeDataplane {
+            walk: Some(WalkHook(Arc::new(move || {
+                let _ = walking_tx.send(());
+                if let Ok(rx) = go_rx.lock() {
+                    let _ = rx.recv_timeout(Duration::from_secs(10));
+                }
+                found.clone()
+            }))),
+            ..FakeDataplane::default()
+        };
+        let agent: SharedAgent<FakeDataplane> =
+            Arc::new(Mutex::new(Agent::new(dataplane, Vec::new())));
+        let (tx, _rx) = view_channel();
+        let publisher = spawn_publisher(Arc::clone(&agent), tx);
+        tokio::task::spawn_blocking(move || walking_rx.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("the walk never began: {e}"));
+        // The walk is under way: the lock is free for a CNI ADD.
+        let guard = tokio::time::timeout(Duration::from_secs(2), agent.lock())
+            .await
+            .unwrap_or_else(|_| panic!("the agent's lock is held during the conntrack walk"));
+        assert!(guard.dataplane().corrected.is_empty(), "not written yet");
+        drop(guard);
+        let _ = go_tx.send(());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if agent.lock().await.dataplane().corrected.first() == Some(&live) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the walk's counts were never written"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        publisher.abort();
+    }
 }

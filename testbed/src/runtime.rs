@@ -8,6 +8,8 @@
 //! - [`node`]: one node (namespaces and mounts, cgroups, containerd, the
 //!   kubelet) and its teardown;
 //! - [`images`]: the pause and agnhost images, made without Docker;
+//! - [`containers`]: one container as its node knows it (its log file,
+//!   its cgroup, its processes);
 //! - [`flannel`]: what Flannel does on a node (conflist, `subnet.env`,
 //!   VXLAN), played by the bed;
 //! - [`e2e`]: the upstream e2e suite run against such a cluster;
@@ -23,6 +25,7 @@
 //! back to the node's resolver, and the suites used dial ClusterIPs).
 
 pub mod cluster;
+pub mod containers;
 pub mod e2e;
 pub mod flannel;
 pub mod images;

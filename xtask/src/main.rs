@@ -164,9 +164,15 @@ enum Command {
         /// the number of CIDRs here.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// The kube section in one bed only: `bed` (the played kubelet: the
+        /// ClusterIP figures and the control plane's) or `containerd` (the
+        /// control plane's on a real node, the agent in its DaemonSet pod).
+        /// Both by default, the played one first.
+        #[arg(long, value_enum)]
+        runtime: Option<Runtime>,
         /// Run the policy engine's criterion benchmarks instead
         /// (`cargo bench -p policy-engine`, arguments after `--`).
-        #[arg(long, conflicts_with_all = ["only", "json", "plot"])]
+        #[arg(long, conflicts_with_all = ["only", "json", "plot", "runtime"])]
         engine: bool,
         /// Arguments passed to the engine's benchmark harness.
         #[arg(
@@ -236,6 +242,7 @@ fn main() -> ExitCode {
             only,
             json,
             plot,
+            runtime,
             engine,
             args,
         } => tasks::bench(
@@ -245,6 +252,7 @@ fn main() -> ExitCode {
                 only,
                 json,
                 plot,
+                runtime,
             },
             &args,
         ),

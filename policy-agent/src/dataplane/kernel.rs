@@ -183,6 +183,9 @@ pub struct KernelDataplane {
     capacity: Capacity,
     /// Test hook: see [`KernelDataplane::fail_next_attach_after`].
     fail_attach_after: Option<usize>,
+    /// While a conntrack walk is out: the endpoints forgotten since it
+    /// began (see [`KernelDataplane::begin_conntrack_walk`]).
+    ct_forgotten: Option<BTreeSet<u32>>,
 }
 
 /// Grace periods [`KernelDataplane::apply`] waited for before writing the
@@ -275,6 +278,7 @@ impl KernelDataplane {
             grace_stats: GraceStats::default(),
             capacity,
             fail_attach_after: None,
+            ct_forgotten: None,
         };
         let flags = if opts.events_for_allowed {
             CONFIG_FLAG_EVENTS_ALLOWED
@@ -507,8 +511,15 @@ impl Dataplane for KernelDataplane {
         ct_budget::usage(&self.maps.ct_count, &self.maps.ct_refused)
     }
 
-    fn recount_conntrack(&mut self) -> Result<(), DataplaneError> {
-        KernelDataplane::recount_conntrack(self).map(|_| ())
+    fn conntrack_walk(&mut self) -> Option<super::ConntrackWalk> {
+        Some(self.begin_conntrack_walk())
+    }
+
+    fn correct_conntrack(
+        &mut self,
+        live: &BTreeMap<u32, policy_common::CtCount>,
+    ) -> Result<(), DataplaneError> {
+        self.end_conntrack_walk(live)
     }
 
     fn capacity(&self) -> Option<Capacity> {

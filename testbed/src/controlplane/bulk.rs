@@ -1,11 +1,13 @@
 //! Many objects at once, for the scale figures: pods of a node that is not
 //! in the bed (the agent watches them as peers, as it does every pod of a
-//! cluster) and policies between them, created concurrently.
+//! cluster) and policies between them, created concurrently. On a cluster
+//! of real nodes, [`register_absent_node`] gives that node a Node object,
+//! so that the pod garbage collector leaves its pods alone.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec, Toleration};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicySpec,
 };
@@ -43,6 +45,12 @@ fn pod(namespace: &str, i: usize, node: &str) -> Pod {
                 image: Some("bulk".into()),
                 ..Default::default()
             }],
+            // On a cluster of real nodes their node never reports: its
+            // taints would have the pods evicted in the middle of a bench.
+            tolerations: Some(vec![Toleration {
+                operator: Some("Exists".into()),
+                ..Default::default()
+            }]),
             ..Default::default()
         }),
         status: None,
@@ -158,4 +166,31 @@ pub fn create_policies(
     .map_err(kube_err(format!(
         "creating {count} policies in {namespace}"
     )))
+}
+
+/// Creates Node `name` for pods bound to a node outside the bed (a
+/// cluster of real nodes runs every controller: the pod garbage collector
+/// deletes pods bound to no Node). Unschedulable, without the
+/// `kubernetes.io/os` label (no DaemonSet selects it) and without
+/// addresses; it never reports, so it goes NotReady and tainted, which
+/// the bulk pods tolerate.
+pub fn register_absent_node(cp: &ControlPlane, name: &str) -> Result<(), TestbedError> {
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name},
+        "spec": {"unschedulable": true},
+    }))
+    .map_err(|e| TestbedError::Kube {
+        what: format!("building Node {name}"),
+        source: Box::new(e),
+    })?;
+    let client = cp.client();
+    cp.run(async move {
+        Api::<Node>::all(client)
+            .create(&PostParams::default(), &node)
+            .await
+            .map(drop)
+    })
+    .map_err(kube_err(format!("creating Node {name}")))
 }

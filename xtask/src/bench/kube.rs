@@ -1,29 +1,47 @@
 //! `cargo xtask bench --only kube`: the figures against the test bed's
-//! real API server and kube-proxy, each next to its target.
+//! real API server and kube-proxy, each next to its target, in two beds
+//! one after the other:
 //!
-//! - through a ClusterIP: throughput, latency and connection rate with
-//!   Palisade and with Palisade removed, in turn;
-//! - change → enforced: from just before the API write (a pod relabel, a
-//!   policy created) to the agent's log line saying the state holding that
-//!   write is in the maps (it is logged after the apply, and the maps flip
-//!   atomically, so the next packet sees it); p50 and p99.
-//! - full sync: an agent started against a cluster of N pods and M
-//!   policies, from its start until it has listed everything and applied
-//!   it (the same log line), and its peak resident memory then.
+//! 1. the played kubelet (our code creates the pods and runs the agent as
+//!    a process of the release build):
+//!    - through a ClusterIP: throughput, latency and connection rate with
+//!      Palisade and with Palisade removed, in turn (the datapath figures
+//!      stay here: on real nodes the pods' traffic is the same veths,
+//!      bridge and kube-proxy rules);
+//!    - change → enforced: from just before the API write (a pod relabel,
+//!      a policy created) to the agent's log line saying the state holding
+//!      that write is in the maps (it is logged after the apply, and the
+//!      maps flip atomically, so the next packet sees it); p50 and p99;
+//!    - full sync: an agent started against a cluster of N pods and M
+//!      policies, from its start until it has listed everything and
+//!      applied it (the same log line), and its peak resident memory then;
+//! 2. a real node (containerd and the kubelet), the agent in its
+//!    DaemonSet pod from the release build's image: the same
+//!    control-plane figures, the sync after `kubectl rollout restart`,
+//!    and the container's cgroup memory peak ([`real_nodes`]).
+//!
+//! The table prints each bed's figures under its own title; the JSON has
+//! the played ones at the top level (the keys as before) and the real
+//! node's under `real_nodes`.
+
+mod figures;
+mod real_nodes;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use serde_json::{json, Map, Value};
-use testbed::controlplane::{bulk, kubelet, sync};
+use serde_json::{Map, Value};
+use testbed::controlplane::{bulk, kubelet};
 use testbed::{Testbed, TestbedOptions};
 
-use super::stats::percentile;
 use super::{cluster, datapath, load, samples};
-use crate::cmd;
+use crate::{cmd, Runtime};
+use figures::{
+    change_to_enforced, peak_rss_mib, sync_breakdown, wait_for_state, Change, ControlPlaneFigures,
+    Subject, Sync,
+};
 
 /// Sizes of one run.
 struct Sizes {
@@ -42,7 +60,13 @@ pub struct Plan {
 
 /// Runs the figures (`quick`: fewer samples, a tenth of the cluster),
 /// printing a table and adding their keys to `out`.
-pub fn run(bin_dir: &Path, quick: bool, plan: &Plan, out: &mut Map<String, Value>) -> Result<()> {
+pub fn run(
+    bin_dir: &Path,
+    quick: bool,
+    plan: &Plan,
+    runtime: Option<Runtime>,
+    out: &mut Map<String, Value>,
+) -> Result<()> {
     let sizes = if quick {
         Sizes {
             samples: 20,
@@ -57,6 +81,28 @@ pub fn run(bin_dir: &Path, quick: bool, plan: &Plan, out: &mut Map<String, Value
         }
     };
     testbed::install_signal_cleanup().context("cannot install the Ctrl-C cleanup")?;
+    if runtime != Some(Runtime::Containerd) {
+        played(bin_dir, &sizes, plan, out)?;
+    }
+    if runtime != Some(Runtime::Bed) {
+        let started = Instant::now();
+        let real = real_nodes::run(bin_dir, &sizes)?;
+        real.print(
+            "control plane on a real node (containerd, kubelet; the agent in its DaemonSet pod)",
+        );
+        let mut figures = Map::new();
+        real.insert_json(&mut figures);
+        out.insert("real_nodes".into(), Value::Object(figures));
+        eprintln!(
+            "bench: the real node's figures took {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// The figures with the played kubelet.
+fn played(bin_dir: &Path, sizes: &Sizes, plan: &Plan, out: &mut Map<String, Value>) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("palisade-bench")
         .tempdir()?;
@@ -80,66 +126,32 @@ pub fn run(bin_dir: &Path, quick: bool, plan: &Plan, out: &mut Map<String, Value
         &crate::tasks::kube_options(),
     )?;
     cluster_ip(&bed, bin_dir, plan, out)?;
-    let relabel = change_to_enforced(&bed, sizes.samples, Change::Relabel)?;
-    let policy = change_to_enforced(&bed, sizes.samples, Change::Policy)?;
-    let synced = full_sync(&bed, &sizes)?;
-    println!();
-    println!(
-        "{:<44} {:>10} {:>10}",
-        "control plane", "measured", "target"
-    );
-    let row = |name: &str, v: f64, target: &str| println!("{name:<44} {v:>10.1} {target:>10}");
-    for (what, ms) in [("pod relabel", &relabel), ("policy add", &policy)] {
-        row(
-            &format!("change→enforced p50 ms ({what})"),
-            percentile(ms, 50),
-            "",
-        );
-        row(
-            &format!("change→enforced p99 ms ({what})"),
-            percentile(ms, 99),
-            "< 100",
-        );
-    }
-    row(
-        &format!(
-            "full sync ms ({} pods, {} policies)",
-            sizes.pods, sizes.policies
-        ),
-        synced.total_ms,
-        "< 1000",
-    );
-    row(
-        "  of which: start to eBPF loaded and adopted",
-        synced.dataplane_ms,
-        "",
-    );
-    row("  of which: the full compile", synced.compile_ms, "");
-    row("  of which: its write to the maps", synced.apply_ms, "");
-    row(
-        "agent RSS MiB (peak, after the full sync)",
-        synced.rss_mib,
-        "< 64",
-    );
-    let all = [relabel, policy].concat();
-    out.insert(
-        "change_to_enforced_p99_ms".into(),
-        json!(super::round3(percentile(&all, 99))),
-    );
-    out.insert("full_sync_ms".into(), json!(super::round3(synced.total_ms)));
-    out.insert(
-        "full_sync_dataplane_ms".into(),
-        json!(super::round3(synced.dataplane_ms)),
-    );
-    out.insert(
-        "full_sync_compile_ms".into(),
-        json!(super::round3(synced.compile_ms)),
-    );
-    out.insert(
-        "full_sync_apply_ms".into(),
-        json!(super::round3(synced.apply_ms)),
-    );
-    out.insert("agent_rss_mib".into(), json!(super::round3(synced.rss_mib)));
+    let cluster = bed.kube().ok_or_else(|| anyhow!("kube mode"))?;
+    let cp = cluster.control_plane();
+    let log = bed.nodes()[0]
+        .agent_log
+        .clone()
+        .ok_or_else(|| anyhow!("no agent log"))?;
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let subject = Subject {
+        namespace: "default",
+        pod: "sleep",
+        // Alternately lets `sleep` reach apod-api and not.
+        apps: ["apod-web", "sleep"],
+        policy_app: "apod-log",
+    };
+    let relabel = change_to_enforced(cp, &read, &subject, sizes.samples, Change::Relabel)?;
+    let policy = change_to_enforced(cp, &read, &subject, sizes.samples, Change::Policy)?;
+    let synced = full_sync(&bed, sizes)?;
+    let figures = ControlPlaneFigures {
+        relabel,
+        policy,
+        sync: synced,
+        pods: sizes.pods,
+        policies: sizes.policies,
+    };
+    figures.print("control plane, agent run by the bed as a process (played kubelet)");
+    figures.insert_json(out);
     Ok(())
 }
 
@@ -221,110 +233,6 @@ fn cluster_ip(
     Ok(())
 }
 
-#[derive(Clone, Copy)]
-enum Change {
-    Relabel,
-    Policy,
-}
-
-/// `samples` changes of one kind, each waited for; their latencies in ms.
-fn change_to_enforced(bed: &Testbed, samples: usize, change: Change) -> Result<Vec<f64>> {
-    let cluster = bed.kube().ok_or_else(|| anyhow!("kube mode"))?;
-    let cp = cluster.control_plane();
-    let log = bed.nodes()[0]
-        .agent_log
-        .clone()
-        .ok_or_else(|| anyhow!("no agent log"))?;
-    // The policies there are besides the one each sample adds.
-    let base = sync::agent_states(&std::fs::read_to_string(&log).unwrap_or_default())
-        .last()
-        .map_or(0, |s| s.policies.count);
-    let mut out = Vec::with_capacity(samples);
-    for i in 0..samples {
-        let before = jiff::Timestamp::now();
-        let rv = match change {
-            // Alternately lets `sleep` reach apod-api and not.
-            Change::Relabel => {
-                let app = if i % 2 == 0 { "apod-web" } else { "sleep" };
-                let labels = BTreeMap::from([("app".to_string(), app.to_string())]);
-                kubelet::relabel_pod(cp, "default", "sleep", &labels)?
-            }
-            // A default-deny policy for apod-log, created and then deleted
-            // (the deletion is waited for too, not measured).
-            Change::Policy => {
-                let policy: NetworkPolicy = serde_json::from_value(serde_json::json!({
-                    "metadata": {"name": format!("bench-{i}"), "namespace": "default"},
-                    "spec": {"podSelector": {"matchLabels": {"app": "apod-log"}}, "policyTypes": ["Ingress"]}
-                }))?;
-                kubelet::apply_policy(cp, &policy)?
-            }
-        };
-        let at = wait_for_state(&log, |s| match change {
-            Change::Relabel => s.pods.newest >= rv,
-            Change::Policy => s.policies.newest >= rv && s.policies.count == base + 1,
-        })?;
-        out.push(at.duration_since(before).as_secs_f64() * 1000.0);
-        if let Change::Policy = change {
-            kubelet::delete_policy(cp, "default", &format!("bench-{i}"))?;
-            wait_for_state(&log, |s| s.policies.count == base && s.policies.newest > rv)?;
-        }
-    }
-    Ok(out)
-}
-
-/// Waits for the first state line matching `done` (the agent logs one per
-/// applied batch), returns its timestamp.
-fn wait_for_state(
-    log: &Path,
-    done: impl Fn(&sync::ClusterState) -> bool,
-) -> Result<jiff::Timestamp> {
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some((stamp, _)) = sync::agent_states_timed(&text)
-            .into_iter()
-            .find(|(_, s)| done(s))
-        {
-            return stamp
-                .parse()
-                .with_context(|| format!("agent log timestamp {stamp:?}"));
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let last: Vec<String> = sync::agent_states_timed(&text)
-                .into_iter()
-                .rev()
-                .take(3)
-                .map(|(t, s)| format!("{t} {s:?}"))
-                .collect();
-            bail!(
-                "the agent did not log the state in 60 s; its last states: {last:#?}\n{}",
-                std::fs::read_to_string(log)
-                    .unwrap_or_default()
-                    .lines()
-                    .rev()
-                    .take(10)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// A full sync's figures.
-struct Sync {
-    /// From the agent's start to the state holding everything applied.
-    total_ms: f64,
-    /// Of which: to its programs and maps ready.
-    dataplane_ms: f64,
-    /// Of which: its full compile.
-    compile_ms: f64,
-    /// Of which: that compile's write to the maps.
-    apply_ms: f64,
-    /// Peak resident memory.
-    rss_mib: f64,
-}
-
 /// Fills the cluster, restarts the agent, and measures its first sync.
 fn full_sync(bed: &Testbed, sizes: &Sizes) -> Result<Sync> {
     let cluster = bed.kube().ok_or_else(|| anyhow!("kube mode"))?;
@@ -344,50 +252,25 @@ fn full_sync(bed: &Testbed, sizes: &Sizes) -> Result<Sync> {
         .agent_log
         .clone()
         .ok_or_else(|| anyhow!("no agent log"))?;
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
     // From the new agent's start: the old one's shutdown is not the sync.
     bed.stop_agents();
     let started = jiff::Timestamp::now();
     bed.restart_agents()?;
     let pods = sizes.pods + 4;
-    let synced = wait_for_state(&log, |s| {
+    let synced = wait_for_state(&read, |s| {
         s.pods.count >= pods && s.policies.count >= sizes.policies
     })?;
     let sync_ms = synced.duration_since(started).as_secs_f64() * 1000.0;
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    // The new agent's log: from its last "dataplane ready" line on.
-    let since_ready = text
-        .rfind(sync::AGENT_DATAPLANE_READY_LOG)
-        .map_or("", |at| {
-            &text[text[..at].rfind('\n').map_or(0, |n| n + 1)..]
-        });
-    let ready_ms = since_ready
-        .lines()
-        .next()
-        .and_then(|l| sync::log_stamp(l).parse::<jiff::Timestamp>().ok())
-        .map_or(f64::NAN, |t| {
-            t.duration_since(started).as_secs_f64() * 1000.0
-        });
-    // Its full compile: its own time and its write's.
-    let compiled = since_ready
-        .lines()
-        .rfind(|l| l.contains(sync::AGENT_FULL_COMPILE_LOG))
-        .map(|l| {
-            let field = |k: &str| sync::log_number(l, k).unwrap_or(f64::NAN);
-            (field("compile_ms"), field("apply_ms"))
-        })
-        .unwrap_or((f64::NAN, f64::NAN));
+    let (dataplane_ms, compile_ms, apply_ms) = sync_breakdown(&read(), started);
     let pid = bed.agent_pids()[0];
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| anyhow!("no VmHWM in /proc/{pid}/status"))?;
     Ok(Sync {
         total_ms: sync_ms,
-        dataplane_ms: ready_ms,
-        compile_ms: compiled.0,
-        apply_ms: compiled.1,
-        rss_mib: hwm_kib / 1024.0,
+        dataplane_ms,
+        compile_ms,
+        apply_ms,
+        rss_mib: peak_rss_mib(pid)?,
+        from_restart_ms: None,
+        cgroup_peak_mib: None,
     })
 }

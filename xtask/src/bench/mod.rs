@@ -15,7 +15,9 @@
 //!   merged and the per-port variant; see [`compile_cost`]);
 //! - `kube`: against the real control plane, through a ClusterIP with
 //!   kube-proxy's DNAT in the path, and the control-plane figures
-//!   (change → enforced, full sync, agent memory; see [`kube`]).
+//!   (change → enforced, full sync, agent memory), with the played kubelet
+//!   and again on a real node with the agent in its DaemonSet pod
+//!   (`--runtime` picks one; see [`kube`]).
 //!
 //! Results: a table on stdout, `--json FILE` with the keys the README
 //! lists, `--plot FILE` an SVG of verdict cost and connection rate against
@@ -68,6 +70,8 @@ pub struct Options {
     pub json: Option<PathBuf>,
     /// Where to write the SVG plot.
     pub plot: Option<PathBuf>,
+    /// The kube section's bed (`None`: both, the played one first).
+    pub runtime: Option<crate::Runtime>,
 }
 
 /// Sizes of one run.
@@ -161,7 +165,13 @@ pub fn run(bin_dir: &Path, verdict_sweep: &Path, opts: &Options) -> Result<()> {
     }
     if wants(Section::Kube) {
         let mut clock = Instant::now();
-        kube::run(bin_dir, opts.quick, &plan_kube(&plan), &mut out)?;
+        kube::run(
+            bin_dir,
+            opts.quick,
+            &plan_kube(&plan),
+            opts.runtime,
+            &mut out,
+        )?;
         took("kube", &mut clock);
     }
     let text = serde_json::to_string_pretty(&Value::Object(out))?;

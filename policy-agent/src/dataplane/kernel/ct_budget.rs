@@ -7,7 +7,8 @@
 //! conntrack map, counts each endpoint's live entries (by the datapath's
 //! own timeouts) and writes those counts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap};
 use policy_common::{ct_state, dir, CtCount, CtKey, CtRefused, CtValue};
@@ -64,17 +65,19 @@ pub fn live_counts(
 }
 
 /// Writes `live` as the counts of `counts` (and zero for an endpoint
-/// counted there that holds no live entry any more). A flow created
-/// between the walk and this write is not counted until the next recount:
-/// an endpoint may go over its budget by what it creates in that time.
+/// counted there that holds no live entry any more), leaving the
+/// endpoints in `skip` as they are. A flow created between the walk and
+/// this write is not counted until the next recount: an endpoint may go
+/// over its budget by what it creates in that time.
 pub fn correct(
     counts: &mut HashMap<MapData, u32, CtCount>,
     live: &BTreeMap<u32, CtCount>,
+    skip: &BTreeSet<u32>,
 ) -> Result<(), DataplaneError> {
     let stale: Vec<u32> = counts
         .keys()
         .filter_map(Result::ok)
-        .filter(|ep| !live.contains_key(ep))
+        .filter(|ep| !live.contains_key(ep) && !skip.contains(ep))
         .collect();
     for ep in stale {
         match counts.insert(ep, CtCount::default(), 0) {
@@ -87,7 +90,7 @@ pub fn correct(
             }
         }
     }
-    for (ep, c) in live {
+    for (ep, c) in live.iter().filter(|(ep, _)| !skip.contains(ep)) {
         counts.insert(ep, c, 0).map_err(|e| {
             kernel_error(
                 format!("correcting the conntrack count of endpoint {ep}"),
@@ -121,11 +124,34 @@ pub fn usage(
 
 impl KernelDataplane {
     /// Walks the conntrack map and writes each endpoint's live entries as
-    /// its count (see the module docs); returns the counts written.
+    /// its count (see the module docs); returns the counts written. The
+    /// agent does the same in two steps, the walk outside its lock
+    /// ([`Self::begin_conntrack_walk`], [`Self::end_conntrack_walk`]).
     pub fn recount_conntrack(&mut self) -> Result<BTreeMap<u32, CtCount>, DataplaneError> {
-        let live = live_counts(&self.maps.conntrack, monotonic_ns());
-        correct(&mut self.maps.ct_count, &live)?;
+        let walk = self.begin_conntrack_walk();
+        let live = walk();
+        self.end_conntrack_walk(&live)?;
         Ok(live)
+    }
+
+    /// A walk of the conntrack map through its second handle, which runs
+    /// without `self`; from now until [`Self::end_conntrack_walk`] the
+    /// endpoints forgotten are remembered, so that their ids are not
+    /// given the counts the walk finds for them.
+    pub fn begin_conntrack_walk(&mut self) -> Box<dyn FnOnce() -> BTreeMap<u32, CtCount> + Send> {
+        self.ct_forgotten = Some(BTreeSet::new());
+        let map = Arc::clone(&self.maps.conntrack_walker);
+        Box::new(move || live_counts(&map, monotonic_ns()))
+    }
+
+    /// Writes what a walk found (see [`correct`]), except for the
+    /// endpoints forgotten since it began.
+    pub fn end_conntrack_walk(
+        &mut self,
+        live: &BTreeMap<u32, CtCount>,
+    ) -> Result<(), DataplaneError> {
+        let forgotten = self.ct_forgotten.take().unwrap_or_default();
+        correct(&mut self.maps.ct_count, live, &forgotten)
     }
 
     /// Forgets an endpoint's count and refusals (it is gone; its id may
@@ -133,6 +159,9 @@ impl KernelDataplane {
     pub(super) fn forget_conntrack_budget(&mut self, ep_id: u32) {
         let _ = self.maps.ct_count.remove(&ep_id);
         let _ = self.maps.ct_refused.remove(&ep_id);
+        if let Some(forgotten) = &mut self.ct_forgotten {
+            forgotten.insert(ep_id);
+        }
     }
 
     /// Sets the conntrack entries one endpoint may hold per direction

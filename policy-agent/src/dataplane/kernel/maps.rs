@@ -2,6 +2,8 @@
 //! a [`MapState`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::AsFd as _;
+use std::sync::Arc;
 
 use aya::{
     maps::{
@@ -35,6 +37,9 @@ pub struct Maps {
     pub policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     /// Conntrack (LRU hash).
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
+    /// A second handle on the conntrack map (its own file descriptor),
+    /// which the recount's walk takes along outside the agent's lock.
+    pub conntrack_walker: Arc<HashMap<MapData, CtKey, CtValue>>,
     /// (endpoint, address) an endpoint may send from.
     pub sources: HashMap<MapData, SourceKey, u32>,
     /// Drops by reason, per CPU.
@@ -62,9 +67,30 @@ fn typed<T>(name: &str, r: Result<T, MapError>) -> Result<T, DataplaneError> {
     r.map_err(|e| kernel_error(format!("opening map {name}"), e))
 }
 
+/// A handle of its own on hash map `map` (a duplicate of its descriptor).
+fn second_handle<K: aya::Pod, V: aya::Pod>(
+    map: &Map,
+    name: &str,
+) -> Result<HashMap<MapData, K, V>, DataplaneError> {
+    let (Map::HashMap(data) | Map::LruHashMap(data)) = map else {
+        return Err(kernel_error(
+            format!("opening map {name} again"),
+            "not a hash map",
+        ));
+    };
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| kernel_error(format!("duplicating map {name}"), e))?;
+    let again = typed(name, MapData::from_fd(fd))?;
+    typed(name, HashMap::try_from(Map::LruHashMap(again)))
+}
+
 impl Maps {
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+        let conntrack = take(ebpf, names::CONNTRACK)?;
         Ok(Self {
             config: typed(names::CONFIG, Array::try_from(take(ebpf, names::CONFIG)?))?,
             endpoints: typed(
@@ -81,10 +107,8 @@ impl Maps {
             )?,
             cidrs: typed(names::CIDRS, LpmTrie::try_from(take(ebpf, names::CIDRS)?))?,
             policy: typed(names::POLICY, LpmTrie::try_from(take(ebpf, names::POLICY)?))?,
-            conntrack: typed(
-                names::CONNTRACK,
-                HashMap::try_from(take(ebpf, names::CONNTRACK)?),
-            )?,
+            conntrack_walker: Arc::new(second_handle(&conntrack, names::CONNTRACK)?),
+            conntrack: typed(names::CONNTRACK, HashMap::try_from(conntrack))?,
             sources: typed(
                 names::SOURCES,
                 HashMap::try_from(take(ebpf, names::SOURCES)?),
