@@ -175,6 +175,8 @@ spec:
 "#;
 
 const DAEMONSET: &str = "palisade-agent";
+/// The agent pods' labels.
+const AGENT_SELECTOR: &str = "app.kubernetes.io/name=palisade,app.kubernetes.io/component=agent";
 const SYSTEM_NS: &str = "palisade-system";
 const POD_START: Duration = Duration::from_secs(120);
 
@@ -443,6 +445,19 @@ fn a_rolling_restart_under_traffic(cluster: &mut RealCluster, web: &str) {
         );
     }
     eprintln!("rolling restart: {rounds} rounds of probes");
+    // The restarted agents took the programs their predecessors pinned
+    // over instead of verifying them again: with only CAP_BPF, reading a
+    // pinned program's maps must not need CAP_SYS_ADMIN.
+    for node in ["node0", "node1"] {
+        let log = cluster
+            .current_log(SYSTEM_NS, AGENT_SELECTOR, node, "agent")
+            .unwrap_or_else(|e| panic!("the agent's log on {node}: {e}"))
+            .unwrap_or_default();
+        assert!(
+            log.contains("programs taken over from their pins"),
+            "the restarted agent on {node} loaded its programs again:\n{log}"
+        );
+    }
     ready(cluster, NS, "late-client");
     ready(cluster, NS, "late-sealed");
     expect(

@@ -115,6 +115,9 @@ struct Run {
     cpu: Duration,
     /// Wall time from start to the end of the probes.
     wall: Duration,
+    /// Restarted, the agent took the programs it had pinned over (with
+    /// only its capabilities) instead of loading them again.
+    took_over: bool,
 }
 
 const PROBES: &str = r#"{"from": "y/a", "to": "x/a", "port": 80, "protocol": "TCP", "allowed": true}
@@ -186,8 +189,20 @@ fn run_confined(caps: &[String]) -> Result<Run, TestbedError> {
         peak_rss: kb(status_field(pid, "VmHWM")),
         cpu: cpu_time(pid),
         wall: started.elapsed(),
+        took_over: false,
     };
+    // A restart (as a rolling update's) takes the pinned programs over.
+    let restarted = bed.restart_agents();
+    let log = bed
+        .agent_log()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
     drop(bed);
+    restarted?;
+    let run = Run {
+        took_over: log.contains("programs taken over from their pins"),
+        ..run
+    };
     Ok(run)
 }
 
@@ -230,6 +245,10 @@ fn the_documented_capabilities_are_enough_and_the_memory_limit_holds() {
         run.wall,
         request >> 20,
         limit >> 20
+    );
+    assert!(
+        run.took_over,
+        "the restarted agent loaded its programs again instead of taking its pins over with {caps:?}"
     );
     assert!(run.peak_rss > 0, "VmHWM not read");
     assert!(

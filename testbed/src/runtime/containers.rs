@@ -39,6 +39,27 @@ impl RealCluster {
                 "listing pods {selector} in {namespace} on {node}"
             )))
     }
+
+    /// What container `container` of the pod matching `selector` in
+    /// `namespace` on `node` that is not being deleted has logged so far
+    /// (its current run); `None` before it started.
+    pub fn current_log(
+        &self,
+        namespace: &str,
+        selector: &str,
+        node: &str,
+        container: &str,
+    ) -> Result<Option<String>, TestbedError> {
+        let Some(real) = self.nodes().iter().find(|n| n.name() == node) else {
+            return Ok(None);
+        };
+        Ok(self
+            .pods_on(namespace, selector, node)?
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .find_map(|p| container_log(p, container))
+            .map(|log| cri_log_text(&std::fs::read_to_string(real.path(&log)).unwrap_or_default())))
+    }
 }
 
 /// The ID containerd knows container `container` of `pod` by, once it has

@@ -9,6 +9,7 @@
 //! older builds' pins (links and filters still using an old program keep
 //! it alive until they are moved to the new one).
 
+use std::os::fd::AsFd;
 use std::time::Instant;
 
 use aya::maps::MapInfo;
@@ -80,6 +81,11 @@ fn take_over(paths: &PinPaths, build: &str) -> Option<Programs> {
         .map(|info| info.id())
         .collect();
     if ours.len() != ALL_MAPS.len() {
+        tracing::info!(
+            found = ours.len(),
+            want = ALL_MAPS.len(),
+            "not every map is pinned yet; loading the programs"
+        );
         return None;
     }
     let mut out = Programs::new();
@@ -87,6 +93,7 @@ fn take_over(paths: &PinPaths, build: &str) -> Option<Programs> {
     for name in ALL_PROGRAMS {
         let path = paths.program(build, name);
         if !path.exists() {
+            tracing::info!(path = %path.display(), "no pinned program of this build; loading the programs");
             return None;
         }
         let p = match SchedClassifier::from_pin(&path) {
@@ -96,7 +103,17 @@ fn take_over(paths: &PinPaths, build: &str) -> Option<Programs> {
                 return None;
             }
         };
-        let ids = p.info().ok().and_then(|i| i.map_ids().ok().flatten())?;
+        let ids = match p.fd().map(|fd| super::sys::prog_map_ids(fd.as_fd())) {
+            Ok(Ok(ids)) => ids,
+            Ok(Err(e)) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the pinned program's maps; loading again");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "pinned program without a descriptor; loading again");
+                return None;
+            }
+        };
         used.extend(ids.into_iter().filter(|id| ours.contains(id)));
         out.insert(name, p);
     }

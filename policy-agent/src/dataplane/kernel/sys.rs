@@ -1,10 +1,72 @@
 //! The one place that calls `bpf(2)` directly, for the few commands aya
 //! has no API for (a map-in-map grace check in [`super::rcu`], detaching
-//! a pinned link at once in [`super::attach`], and the empty classifier
-//! benchmarks measure against in [`super::testrun`]).
+//! a pinned link at once in [`super::attach`], the empty classifier
+//! benchmarks measure against in [`super::testrun`], and the maps of a
+//! pinned program read without `CAP_SYS_ADMIN`, [`prog_map_ids`]).
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// `BPF_OBJ_GET_INFO_BY_FD`.
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// The head of `struct bpf_prog_info`, up to its map ids: the kernel
+/// copies no more than the length it is given.
+#[repr(C)]
+#[derive(Default)]
+struct ProgInfoHead {
+    prog_type: u32,
+    id: u32,
+    tag: [u8; 8],
+    jited_prog_len: u32,
+    xlated_prog_len: u32,
+    jited_prog_insns: u64,
+    xlated_prog_insns: u64,
+    load_time: u64,
+    created_by_uid: u32,
+    nr_map_ids: u32,
+    map_ids: u64,
+}
+
+/// The `info` member of `union bpf_attr`.
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The ids of the maps the program behind `prog` uses, read through that
+/// descriptor. aya's `ProgramInfo::map_ids` opens the program again by
+/// its id, which takes `CAP_SYS_ADMIN`: the DaemonSet's agent has
+/// `CAP_BPF` only, and would never take its pinned programs over.
+pub(super) fn prog_map_ids(prog: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    let mut ids: Vec<u32> = Vec::new();
+    // Twice: the count, then the ids (a program's maps never change).
+    for _ in 0..2 {
+        let mut info = ProgInfoHead {
+            nr_map_ids: u32::try_from(ids.len()).map_err(io::Error::other)?,
+            map_ids: ids.as_mut_ptr() as u64,
+            ..ProgInfoHead::default()
+        };
+        let attr = InfoAttr {
+            bpf_fd: u32::try_from(prog.as_raw_fd()).map_err(io::Error::other)?,
+            info_len: std::mem::size_of::<ProgInfoHead>() as u32,
+            info: (&mut info as *mut ProgInfoHead) as u64,
+        };
+        // SAFETY: `attr` is the `info` member of `union bpf_attr`; the
+        // kernel writes at most `info_len` bytes into `info` and at most
+        // `nr_map_ids` ids into `ids`, both alive until the call returns.
+        unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &attr) }?;
+        let count = info.nr_map_ids as usize;
+        if count <= ids.len() {
+            ids.truncate(count);
+            return Ok(ids);
+        }
+        ids = vec![0; count];
+    }
+    Err(io::Error::other("the program's map count changed"))
+}
 
 /// Runs `bpf(cmd, attr, size_of::<A>())` and returns what it returned (an
 /// fd for the commands that make one).
