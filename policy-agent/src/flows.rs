@@ -338,23 +338,7 @@ mod tests {
 
     #[test]
     fn drop_events_name_both_pods_and_are_counted() {
-        let snap = ClusterBuilder::new()
-            .ns("default", &[])
-            .pod("default/a", &[("app", "a")], &["10.244.0.10"])
-            .pod("default/b", &[("app", "b")], &["10.244.0.11"])
-            .build();
-        let mut agent = Agent::new(FakeDataplane::default(), vec![]);
-        agent.set_snapshot(snap).unwrap();
-        agent
-            .add(NewEndpoint {
-                container_id: "c1".into(),
-                pod: PodRef::new("default", "a"),
-                ifname: "veth-a".into(),
-                pod_ifname: "eth0".into(),
-                ips: vec!["10.244.0.10".parse().unwrap()],
-            })
-            .unwrap();
-        let ep_id = agent.dataplane().endpoints["veth-a"];
+        let (agent, ep_id) = attributed_agent(&[]);
         let ev = VerdictEvent {
             ep_id,
             dir: dir::INGRESS,
@@ -409,8 +393,9 @@ spec:
     ports: [{port: 80}]
 ";
 
-    /// The agent with pod `default/a` local, isolated for ingress by
-    /// `default-deny` and `allow-web` (whose second rule admits b on 80).
+    /// The agent with pod `default/a` local (`default/b` remote), isolated
+    /// by `policies` (e.g. `default-deny` and `allow-web`, whose second
+    /// rule admits b on 80).
     fn attributed_agent(policies: &[&str]) -> (Agent<FakeDataplane>, u32) {
         let mut b = ClusterBuilder::new()
             .ns("default", &[])
