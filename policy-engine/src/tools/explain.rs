@@ -466,13 +466,7 @@ impl Side<'_> {
         let Some(info) = s.pods.get(self.pod) else {
             return;
         };
-        // The compiler's own list, as `flows` reports it for a drop.
-        let isolating: Vec<&PodRef> = self
-            .sim
-            .endpoints
-            .get(self.pod)
-            .map(|ep| self.sim.compiled.isolating(*ep, self.dir).collect())
-            .unwrap_or_default();
+        let isolating: Vec<&PodRef> = self.sim.isolating(self.pod, self.dir);
         if let Some(line) = self.tiers(&v, info, &isolating) {
             lines.push(format!("{title}: {line}"));
             return;

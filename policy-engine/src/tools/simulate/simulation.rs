@@ -42,25 +42,13 @@ impl Simulation {
         }
     }
 
-    /// The NetworkPolicies that isolate `pod` in `dir`: those of its
-    /// namespace that select it and have rules (or `policyTypes`) for
-    /// that direction.
+    /// The NetworkPolicies that isolate `pod` in `dir`: the compiler's own
+    /// list ([`Compiled::isolating`]), as `flows` reports it for a drop.
     pub fn isolating(&self, pod: &PodRef, dir: Direction) -> Vec<&PolicyRef> {
-        let Some(info) = self.snapshot.pods.get(pod) else {
-            return Vec::new();
-        };
-        self.snapshot
-            .policies
-            .iter()
-            .filter(|(r, p)| {
-                r.namespace == pod.namespace
-                    && p.rules(dir).is_some()
-                    && p.pod_selector
-                        .as_ref()
-                        .is_none_or(|sel| sel.matches(&info.labels))
-            })
-            .map(|(r, _)| r)
-            .collect()
+        self.endpoints
+            .get(pod)
+            .map(|ep| self.compiled.isolating(*ep, dir).collect())
+            .unwrap_or_default()
     }
 
     /// Judges one probe.
